@@ -1,0 +1,53 @@
+# wasmlet — the only entry points a user needs: `make run`, `make test`, `make bench`.
+
+CARGO ?= cargo
+# CI points this outside the clone so repeated runs reuse compiled dependencies.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+BIN := $(CARGO_TARGET_DIR)/debug
+RUN_DIR := $(CURDIR)/.run
+
+.PHONY: all build run test test-deps lint fmt bench bench-deps clean-run
+
+all: build
+
+## Toolchain pieces the build and the tests need (idempotent, quick when present).
+test-deps:
+	@rustup target list --installed | grep -qx wasm32-wasip1 && rustup target list --installed | grep -qx wasm32-wasip2 \
+		|| rustup target add wasm32-wasip1 wasm32-wasip2
+	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
+
+## Builds every binary of the workspace (one profile for building, testing and benchmarking).
+build:
+	$(CARGO) build --workspace --bins
+
+## Builds and starts the agent in the foreground; Ctrl-C stops it.
+run: build
+	@mkdir -p $(RUN_DIR)/agent
+	@echo "wasmlet agent API on http://127.0.0.1:7071 — try: curl -s 127.0.0.1:7071/status | head -c 600; curl -s 127.0.0.1:7071/metrics"
+	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent --api-addr 127.0.0.1:7071
+
+## Installs what the tests need, then runs the whole suite.
+test: test-deps build
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Tools the benchmarks compare against and drive load with.
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 && test -x /usr/bin/prometheus-node-exporter \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk prometheus-node-exporter)
+	@# The Debian package enables a system service; the bench starts its own copy on loopback.
+	@systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
+
+## Benchmarks, printed as JSON lines. `make bench SCENARIOS=report` runs a subset.
+bench: bench-deps build
+	$(CARGO) build -p wasmlet-tests --bins
+	$(BIN)/wasmlet-bench $(SCENARIOS)
+
+clean-run:
+	rm -rf $(RUN_DIR)

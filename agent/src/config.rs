@@ -1,0 +1,206 @@
+//! The agent's settings: every option is a flag, a `WASMLET_…` environment
+//! variable and a key of the `--config` TOML file. The defaults live here and
+//! nowhere else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wasmlet_api::{Bytes, Cpu, Duration};
+
+/// The built-in defaults, one place for all of them.
+pub mod defaults {
+    pub const DATA_DIR: &str = "/var/lib/wasmlet";
+    pub const API_ADDR: &str = "0.0.0.0:7071";
+    pub const SAMPLE_INTERVAL: &str = "5s";
+    pub const PRESSURE_TRANSITION_PERIOD: &str = "30s";
+    pub const MEMORY_AVAILABLE_MIN: &str = "100Mi";
+    pub const NODEFS_AVAILABLE_MIN_PERCENT: &str = "10";
+    pub const INODES_FREE_MIN_PERCENT: &str = "5";
+    pub const PID_AVAILABLE_MIN_PERCENT: &str = "5";
+    pub const MAX_INSTANCES: &str = "1000";
+    pub const RESERVED_CPU: &str = "0";
+    pub const RESERVED_MEMORY: &str = "0";
+    pub const RESERVED_STORAGE: &str = "0";
+    pub const WATCH_TIMEOUT: &str = "30s";
+}
+
+/// `wasmlet-agent`: the wasmlet node agent.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "wasmlet-agent",
+    version,
+    args_override_self = true,
+    about = "wasmlet node agent: reports this machine and runs WASM workloads"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// TOML file with settings; keys are the long flag names (`data-dir = "/srv/wasmlet"`).
+    #[arg(long, global = true, env = "WASMLET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub agent: AgentConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print this machine's report once and exit, without starting the daemon.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Settings of a running agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentConfig {
+    /// Node name in the cluster; defaults to the hostname.
+    #[arg(long, global = true, env = "WASMLET_NAME")]
+    pub name: Option<String>,
+
+    /// Directory for the agent's state, module cache and logs; its filesystem is the node's ephemeral storage.
+    #[arg(long, global = true, env = "WASMLET_DATA_DIR", default_value = defaults::DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address of the local API (/healthz, /readyz, /status, /metrics).
+    #[arg(long, global = true, env = "WASMLET_API_ADDR", default_value = defaults::API_ADDR, value_name = "HOST:PORT")]
+    pub api_addr: SocketAddr,
+
+    /// Labels of this node, `key=value,key2=value2`.
+    #[arg(long, global = true, env = "WASMLET_LABELS", value_parser = parse_label, value_delimiter = ',', value_name = "K=V,...")]
+    pub labels: Vec<(String, String)>,
+
+    /// How often the machine is sampled.
+    #[arg(long, global = true, env = "WASMLET_SAMPLE_INTERVAL", default_value = defaults::SAMPLE_INTERVAL, value_name = "DURATION")]
+    pub sample_interval: Duration,
+
+    /// How long a pressure condition must stay clear before it returns to False.
+    #[arg(long, global = true, env = "WASMLET_PRESSURE_TRANSITION_PERIOD", default_value = defaults::PRESSURE_TRANSITION_PERIOD, value_name = "DURATION")]
+    pub pressure_transition_period: Duration,
+
+    /// MemoryPressure when the kernel's MemAvailable falls below this.
+    #[arg(long, global = true, env = "WASMLET_MEMORY_AVAILABLE_MIN", default_value = defaults::MEMORY_AVAILABLE_MIN, value_name = "BYTES")]
+    pub memory_available_min: Bytes,
+
+    /// DiskPressure when the data dir's filesystem has less than this percentage free.
+    #[arg(long, global = true, env = "WASMLET_NODEFS_AVAILABLE_MIN_PERCENT", default_value = defaults::NODEFS_AVAILABLE_MIN_PERCENT, value_parser = parse_percent, value_name = "PERCENT")]
+    pub nodefs_available_min_percent: f64,
+
+    /// DiskPressure when the data dir's filesystem has less than this percentage of inodes free.
+    #[arg(long, global = true, env = "WASMLET_INODES_FREE_MIN_PERCENT", default_value = defaults::INODES_FREE_MIN_PERCENT, value_parser = parse_percent, value_name = "PERCENT")]
+    pub inodes_free_min_percent: f64,
+
+    /// PIDPressure when less than this percentage of pid_max is free.
+    #[arg(long, global = true, env = "WASMLET_PID_AVAILABLE_MIN_PERCENT", default_value = defaults::PID_AVAILABLE_MIN_PERCENT, value_parser = parse_percent, value_name = "PERCENT")]
+    pub pid_available_min_percent: f64,
+
+    /// Most instances this node accepts.
+    #[arg(long, global = true, env = "WASMLET_MAX_INSTANCES", default_value = defaults::MAX_INSTANCES, value_name = "N")]
+    pub max_instances: u32,
+
+    /// CPU kept back for the system and the agent (allocatable = capacity − reserved).
+    #[arg(long, global = true, env = "WASMLET_RESERVED_CPU", default_value = defaults::RESERVED_CPU, value_name = "CPU")]
+    pub reserved_cpu: Cpu,
+
+    /// Memory kept back for the system and the agent.
+    #[arg(long, global = true, env = "WASMLET_RESERVED_MEMORY", default_value = defaults::RESERVED_MEMORY, value_name = "BYTES")]
+    pub reserved_memory: Bytes,
+
+    /// Ephemeral storage kept back for the system and the agent.
+    #[arg(long, global = true, env = "WASMLET_RESERVED_STORAGE", default_value = defaults::RESERVED_STORAGE, value_name = "BYTES")]
+    pub reserved_storage: Bytes,
+
+    /// Longest a `/status?watch=true` request waits for a change.
+    #[arg(long, global = true, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
+    pub watch_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl AgentConfig {
+    /// Settings for a test or an embedding: defaults, with the given data dir
+    /// and an API on a free loopback port.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut cli = Cli::parse_from(["wasmlet-agent", "--api-addr", "127.0.0.1:0"]);
+        cli.agent.data_dir = data_dir.into();
+        cli.agent
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.labels.iter().cloned().collect()
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not `key=value`"))?;
+    if !wasmlet_api::validate::is_label_key(key) {
+        return Err(format!("`{key}` is not a valid label key"));
+    }
+    if !wasmlet_api::validate::is_label_value(value) {
+        return Err(format!("`{value}` is not a valid label value"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim_end_matches('%').parse().map_err(|_| format!("`{text}` is not a number"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!("{value} is not between 0 and 100"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cli: Cli = wasmlet_config::load(["wasmlet-agent"]).unwrap();
+        assert_eq!(cli.agent.api_addr.port(), 7071);
+        assert_eq!(cli.agent.sample_interval, Duration::from_secs(5));
+        assert_eq!(cli.agent.pressure_transition_period, Duration::from_secs(30));
+        assert_eq!(cli.agent.memory_available_min, Bytes::new(100 << 20));
+        assert_eq!(cli.agent.max_instances, 1000);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_problem() {
+        let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-agent", "--memory-available-min", "12Qi"]).unwrap_err().to_string();
+        assert!(err.contains("--memory-available-min") && err.contains("unknown suffix `Qi`"), "{err}");
+        let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-agent", "--labels", "zone"]).unwrap_err().to_string();
+        assert!(err.contains("not `key=value`"), "{err}");
+        let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-agent", "--nodefs-available-min-percent", "120"]).unwrap_err().to_string();
+        assert!(err.contains("between 0 and 100"), "{err}");
+    }
+
+    #[test]
+    fn labels_parse_from_flags_and_file_tables() {
+        let cli: Cli = wasmlet_config::load(["wasmlet-agent", "--labels", "zone=a,tier=edge"]).unwrap();
+        assert_eq!(cli.agent.labels().get("tier").map(String::as_str), Some("edge"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "labels = { zone = \"b\" }\nsample-interval = \"1s\"\n").unwrap();
+        let cli: Cli = wasmlet_config::load(["wasmlet-agent", "--config", path.to_str().unwrap(), "status"]).unwrap();
+        assert_eq!(cli.agent.labels().get("zone").map(String::as_str), Some("b"));
+        assert_eq!(cli.agent.sample_interval, Duration::from_secs(1));
+        assert!(matches!(cli.command, Some(Command::Status { output: OutputFormat::Table })));
+    }
+}

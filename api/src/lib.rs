@@ -1,0 +1,33 @@
+//! wasmlet's objects as they travel on the wire and sit in manifests.
+//!
+//! # Layout
+//! - `meta`: `apiVersion`, `kind` and `ObjectMeta`, shared by every object.
+//! - `node`: the Node, its spec (taints, cordon) and the status an agent reports:
+//!   capacity, conditions, addresses, machine facts, live usage and pressure.
+//! - `workload`, `instance`, `event`: the desired state and what happened to it.
+//! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
+//! - `decode`: JSON/YAML decoding whose errors name the offending field.
+//! - `validate`: rules serde cannot express; every problem is reported with its field.
+//!
+//! The crate does no I/O; the agent, the master and the CLI all speak through it.
+#![forbid(unsafe_code)]
+
+pub mod decode;
+pub mod duration;
+pub mod event;
+pub mod instance;
+pub mod meta;
+pub mod node;
+pub mod quantity;
+pub mod validate;
+pub mod workload;
+
+pub use decode::{DecodeError, from_json, from_yaml};
+pub use duration::Duration;
+pub use event::{Event, EventType, ObjectReference};
+pub use instance::{Instance, InstanceSpec, InstanceStatus, Phase};
+pub use meta::{API_VERSION, ObjectMeta};
+pub use node::*;
+pub use quantity::{Bytes, Cpu, QuantityError};
+pub use validate::{FieldError, ValidationError};
+pub use workload::*;

@@ -1,0 +1,383 @@
+//! The Workload object: what to run, how many, where, and within which bounds.
+//! One kind covers what Kubernetes splits into Deployment, DaemonSet and Job.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::meta::{ObjectMeta, api_version, validate_type};
+use crate::node::TaintEffect;
+use crate::quantity::{Bytes, Cpu};
+use crate::validate::{Errors, ValidationError, is_label_key, is_label_value};
+
+pub const WORKLOAD_KIND: &str = "Workload";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    #[serde(default = "workload_kind")]
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: WorkloadSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<WorkloadStatus>,
+}
+
+fn workload_kind() -> String {
+    WORKLOAD_KIND.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSpec {
+    pub module: ModuleRef,
+    #[serde(rename = "type")]
+    pub kind: WorkloadType,
+    /// How many instances to keep; 1 when neither this nor `placement` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Directories the guest may open. Nothing else of the host is visible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirGrant>,
+    /// Hosts (`name` or `name:port`) a service may call; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_path: Option<String>,
+    #[serde(default)]
+    pub disconnect: Disconnect,
+}
+
+/// The module to run, always pinned by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModuleRef {
+    /// A path (relative to the manifest, or uploaded to the master), or an `https://` URL.
+    pub source: String,
+    /// `sha256:<64 hex digits>`; checked before anything runs.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkloadType {
+    /// A wasi:http component, instantiated per request.
+    Service,
+    /// A wasi:cli program kept running.
+    Daemon,
+    /// A program run to completion.
+    Job,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Placement {
+    /// One instance on every eligible node.
+    EveryNode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    /// Empty with `operator: Exists` tolerates every taint.
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    #[serde(default)]
+    pub value: String,
+    /// Empty tolerates every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+/// A directory opened for the guest at `path`: a fresh scratch directory of
+/// the instance, or a host directory inside the agent's allow-list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirGrant {
+    /// Where the guest sees it, e.g. `/data`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: ResourceRequests,
+    #[serde(default)]
+    pub limits: ResourceLimits,
+}
+
+/// What the scheduler sets aside on a node for one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequests {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+}
+
+/// What one instance may use at most.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// Linear memories and tables together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Bytes>,
+    /// CPU time one run of a job or daemon may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<Duration>,
+    /// Wall time one request to a service may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Where the ingress sends traffic for a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+/// What happens when the node running an instance stops reporting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disconnect {
+    /// Silence after which the instance counts as Lost (master default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<Duration>,
+    /// Whether a Lost instance is replaced on another node (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<bool>,
+    /// Silence after which the agent stops the instance on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_agent_after: Option<Duration>,
+}
+
+/// What the master observes of a workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadStatus {
+    #[serde(default)]
+    pub desired: u32,
+    #[serde(default)]
+    pub running: u32,
+    #[serde(default)]
+    pub ready: u32,
+    #[serde(default)]
+    pub succeeded: u32,
+    #[serde(default)]
+    pub failed: u32,
+    #[serde(default)]
+    pub observed_generation: u64,
+}
+
+impl Workload {
+    /// The restart policy in force: as given, else Always for services and
+    /// daemons and OnFailure for jobs.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.spec.restart_policy.unwrap_or(match self.spec.kind {
+            WorkloadType::Job => RestartPolicy::OnFailure,
+            WorkloadType::Service | WorkloadType::Daemon => RestartPolicy::Always,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut errors = Errors::default();
+        validate_type(&self.api_version, &self.kind, WORKLOAD_KIND, &mut errors);
+        self.metadata.validate(&mut errors);
+        let spec = &self.spec;
+
+        if spec.module.source.trim().is_empty() {
+            errors.push("spec.module.source", "must name a module file or an https:// URL");
+        }
+        if let Err(problem) = check_digest(&spec.module.digest) {
+            errors.push("spec.module.digest", problem);
+        }
+        if spec.replicas.is_some() && spec.placement.is_some() {
+            errors.push("spec.placement", "give either `replicas` or `placement: everyNode`, not both");
+        }
+        for (key, value) in &spec.node_selector {
+            if !is_label_key(key) || !is_label_value(value) {
+                errors.push(format!("spec.nodeSelector.{key}"), format!("`{key}={value}` is not a valid label selector term"));
+            }
+        }
+        for (i, t) in spec.tolerations.iter().enumerate() {
+            if t.operator == TolerationOperator::Exists && !t.value.is_empty() {
+                errors.push(format!("spec.tolerations[{i}].value"), "must be empty when operator is Exists");
+            }
+            if t.operator == TolerationOperator::Equal && t.key.is_empty() {
+                errors.push(format!("spec.tolerations[{i}].key"), "is required when operator is Equal");
+            }
+        }
+        for key in spec.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                errors.push(format!("spec.env.{key}"), "environment variable names must be non-empty and contain no '=' or NUL");
+            }
+        }
+        let mut guest_paths = BTreeSet::new();
+        for (i, dir) in spec.dirs.iter().enumerate() {
+            if !dir.path.starts_with('/') || dir.path.split('/').any(|c| c == "..") {
+                errors.push(format!("spec.dirs[{i}].path"), format!("`{}` must be an absolute guest path without `..`", dir.path));
+            }
+            if !guest_paths.insert(dir.path.as_str()) {
+                errors.push(format!("spec.dirs[{i}].path"), format!("`{}` is granted twice", dir.path));
+            }
+            if let Some(host) = &dir.host_path
+                && (!host.starts_with('/') || host.split('/').any(|c| c == ".."))
+            {
+                errors.push(format!("spec.dirs[{i}].hostPath"), format!("`{host}` must be an absolute host path without `..`"));
+            }
+        }
+        for (i, host) in spec.allowed_outbound_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                errors.push(format!("spec.allowedOutboundHosts[{i}]"), format!("`{host}` is not a host name or host:port"));
+            }
+        }
+        if let (Some(request), Some(limit)) = (spec.resources.requests.memory, spec.resources.limits.memory)
+            && request > limit
+        {
+            errors.push("spec.resources.requests.memory", format!("request {request} is above the limit {limit}"));
+        }
+        if spec.kind == WorkloadType::Job && spec.restart_policy == Some(RestartPolicy::Always) {
+            errors.push("spec.restartPolicy", "a job runs to completion: use OnFailure or Never");
+        }
+        if spec.kind != WorkloadType::Service {
+            for (field, given) in [
+                ("spec.route", spec.route.is_some()),
+                ("spec.readinessPath", spec.readiness_path.is_some()),
+                ("spec.livenessPath", spec.liveness_path.is_some()),
+                ("spec.resources.limits.requestTimeout", spec.resources.limits.request_timeout.is_some()),
+            ] {
+                if given {
+                    errors.push(field, "only applies to `type: service`");
+                }
+            }
+        }
+        if let Some(route) = &spec.route {
+            if route.host.is_none() && route.path_prefix.is_none() {
+                errors.push("spec.route", "give a `host`, a `pathPrefix` or both");
+            }
+            if let Some(prefix) = &route.path_prefix
+                && !prefix.starts_with('/')
+            {
+                errors.push("spec.route.pathPrefix", format!("`{prefix}` must start with '/'"));
+            }
+        }
+        for (field, path) in [("spec.readinessPath", &spec.readiness_path), ("spec.livenessPath", &spec.liveness_path)] {
+            if let Some(path) = path
+                && !path.starts_with('/')
+            {
+                errors.push(field, format!("`{path}` must start with '/'"));
+            }
+        }
+        errors.finish()
+    }
+}
+
+fn check_digest(digest: &str) -> Result<(), String> {
+    let Some(hex) = digest.strip_prefix("sha256:") else {
+        return Err(format!("`{digest}` must be `sha256:` followed by 64 hex digits"));
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("`{digest}` must be `sha256:` followed by 64 lowercase hex digits"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::from_yaml;
+
+    const DIGEST: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn manifest(extra_spec: &str) -> String {
+        format!(
+            "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: sensor\nspec:\n  type: daemon\n  module:\n    source: sensor.wasm\n    digest: {DIGEST}\n{extra_spec}"
+        )
+    }
+
+    #[test]
+    fn a_full_manifest_decodes() {
+        let w: Workload = from_yaml(&manifest(
+            "  replicas: 2\n  args: [\"--interval\", \"1s\"]\n  env: {LEVEL: info}\n  dirs:\n  - path: /data\n  resources:\n    requests: {cpu: 100m, memory: 16Mi}\n    limits: {memory: 64Mi, cpuTime: 10s}\n  restartPolicy: OnFailure\n  disconnect: {lostAfter: 15s, stopOnAgentAfter: 10s}\n",
+        ))
+        .unwrap();
+        assert_eq!(w.spec.replicas, Some(2));
+        assert_eq!(w.spec.resources.limits.memory, Some(Bytes::new(64 << 20)));
+        assert_eq!(w.spec.disconnect.stop_on_agent_after, Some(Duration::from_secs(10)));
+        assert_eq!(w.restart_policy(), RestartPolicy::OnFailure);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_quantities_name_the_field() {
+        let err = from_yaml::<Workload>(&manifest("  replicaz: 2\n")).unwrap_err().to_string();
+        assert!(err.contains("spec") && err.contains("replicaz"), "{err}");
+
+        let err = from_yaml::<Workload>(&manifest("  resources:\n    limits: {memory: 12Qi}\n")).unwrap_err().to_string();
+        assert!(err.contains("spec.resources.limits.memory"), "{err}");
+        assert!(err.contains("unknown suffix `Qi`"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut w: Workload = from_yaml(&manifest("  replicas: 1\n  placement: everyNode\n  route: {pathPrefix: /x}\n")).unwrap();
+        w.spec.module.digest = "sha256:abc".into();
+        let err = w.validate().unwrap_err();
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.module.digest", "spec.placement", "spec.route"]);
+    }
+
+    #[test]
+    fn defaults_of_restart_policy_follow_the_type() {
+        let mut w: Workload = from_yaml(&manifest("")).unwrap();
+        assert_eq!(w.restart_policy(), RestartPolicy::Always);
+        w.spec.kind = WorkloadType::Job;
+        assert_eq!(w.restart_policy(), RestartPolicy::OnFailure);
+    }
+}

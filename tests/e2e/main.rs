@@ -1,0 +1,6 @@
+//! End-to-end tests: the real binaries, started as processes, driven over HTTP.
+//! One test binary with a module per area keeps link times down.
+
+mod agent_api;
+mod agent_config;
+mod agent_report;

@@ -1,0 +1,154 @@
+//! What scenarios share beyond the `wasmlet_tests` harness: finding tools,
+//! free ports, HTTP polling and the reference process, Debian's
+//! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`.
+//!
+//! `free_port`, `http_client`, `get_ok` and `NodeExporter` would fit in
+//! `tests/src/lib.rs` once a test needs them.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// How to get the tools the bench drives.
+pub const INSTALL_HINT: &str = "run `make bench-deps` (apt-get install wrk prometheus-node-exporter)";
+
+/// The first executable file called `name` in `$PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Fails with a hint when a binary the bench starts is missing.
+pub fn require_executable(path: &Path, hint: &str) -> anyhow::Result<()> {
+    if !is_executable(path) {
+        bail!("{} not found: {hint}", path.display());
+    }
+    Ok(())
+}
+
+/// A loopback port nobody listened on a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    Ok(listener.local_addr().context("reading the free port")?.port())
+}
+
+/// A client for the bench's own requests (not the load, which wrk makes).
+pub fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().context("building an HTTP client")
+}
+
+/// GET `url`, failing unless the answer is a success; returns the body.
+pub fn get_ok(client: &reqwest::blocking::Client, url: &str) -> anyhow::Result<Vec<u8>> {
+    let response = client.get(url).send().with_context(|| format!("GET {url}"))?;
+    let response = response.error_for_status().with_context(|| format!("GET {url}"))?;
+    response.bytes().map(|b| b.to_vec()).with_context(|| format!("reading the body of GET {url}"))
+}
+
+/// The path Debian's package installs the reference to.
+pub const NODE_EXPORTER_BIN: &str = "/usr/bin/prometheus-node-exporter";
+/// The reference's name in the figures.
+pub const NODE_EXPORTER: &str = "prometheus-node-exporter";
+
+/// A running `prometheus-node-exporter` on a free loopback port with its
+/// default collectors; killed when dropped.
+pub struct NodeExporter {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    base: String,
+    /// Everything it wrote to stderr so far.
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl NodeExporter {
+    /// Starts the exporter and waits until its `/metrics` answers. A port taken
+    /// in the meantime by someone else makes it exit; then it tries another.
+    pub fn start() -> anyhow::Result<NodeExporter> {
+        require_executable(Path::new(NODE_EXPORTER_BIN), INSTALL_HINT)?;
+        let client = http_client()?;
+        let mut attempt = 1;
+        loop {
+            let mut exporter = Self::spawn(free_port()?)?;
+            match exporter.wait_until_ready(&client, Duration::from_secs(30)) {
+                Ok(()) => return Ok(exporter),
+                Err(error) if attempt < 3 && exporter.has_exited() => {
+                    eprintln!("{NODE_EXPORTER} exited at start ({error:#}); trying another port");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn spawn(port: u16) -> anyhow::Result<NodeExporter> {
+        let mut child = Command::new(NODE_EXPORTER_BIN)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {NODE_EXPORTER_BIN}"))?;
+        let stderr = child.stderr.take();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = stderr {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        Ok(NodeExporter { child, base: format!("http://127.0.0.1:{port}"), logs })
+    }
+
+    fn wait_until_ready(&mut self, client: &reqwest::blocking::Client, timeout: Duration) -> anyhow::Result<()> {
+        let url = self.url("/metrics");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if get_ok(client, &url).is_ok() {
+                return Ok(());
+            }
+            if self.has_exited() {
+                bail!("{NODE_EXPORTER} exited before {url} answered; its log:\n{}", self.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("{NODE_EXPORTER}'s {url} did not answer within {timeout:?}; its log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log_text(&self) -> String {
+        self.logs.lock().map(|logs| logs.join("\n")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,153 @@
+//! Harness for wasmlet's end-to-end tests and benchmarks: starts the real
+//! binaries as processes on loopback and stops them again, also when a test
+//! fails (every process is killed when its handle drops).
+//!
+//! Binaries are found in `WASMLET_BIN_DIR`, else next to the test executable
+//! (`target/<profile>/`), where `make test` builds them first.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Where the wasmlet binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("WASMLET_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe.parent().expect("the test executable is in a directory");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    if dir.ends_with("deps") { dir.parent().unwrap_or(dir).to_path_buf() } else { dir.to_path_buf() }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A running `wasmlet-agent` with its own data dir and an API on a free loopback port.
+pub struct Agent {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub api: String,
+    pub data_dir: tempfile::TempDir,
+    /// Everything the agent wrote to stderr so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts an agent and waits until its API answers.
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let data_dir = tempfile::Builder::new().prefix("wasmlet-agent-").tempdir()?;
+        Self::start_in(data_dir, extra_args)
+    }
+
+    pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let mut child = Command::new(bin("wasmlet-agent"))
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--api-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra_args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin("wasmlet-agent").display()))?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(api) = started_api(&line) {
+                        let _ = tx.send(api);
+                    }
+                    logs.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let mut agent = Agent { child, api: String::new(), data_dir, logs };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(api) => agent.api = api,
+            Err(_) => bail!("the agent did not report its API address; its log:\n{}", agent.log_text()),
+        }
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status (killing after `grace`).
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        signal(self.pid(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the agent did not stop within {grace:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `api` field of the agent's "started" log line.
+fn started_api(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = value.get("fields")?;
+    if fields.get("message")?.as_str()? != "wasmlet agent started" {
+        return None;
+    }
+    fields.get("api")?.as_str().map(str::to_string)
+}
+
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Resident set size of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// User + system CPU time a process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = 100.0; // USER_HZ on Linux
+    Some((utime + stime) / ticks)
+}
