@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build run test test-deps lint fmt bench bench-deps clean-run
+.PHONY: all build examples run test test-deps lint fmt bench bench-deps clean-run
 
 all: build
 
@@ -20,14 +20,23 @@ test-deps:
 build:
 	$(CARGO) build --workspace --bins
 
-## Builds and starts the agent in the foreground; Ctrl-C stops it.
-run: build
+## The example workloads, compiled for wasm32-wasip1/-wasip2 into wasm-examples/dist.
+examples: test-deps
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/wasm-examples bash wasm-examples/build.sh
+
+## Builds and starts an agent in the foreground running the hello and sensor examples; Ctrl-C stops it.
+run: build examples
 	@mkdir -p $(RUN_DIR)/agent
-	@echo "wasmlet agent API on http://127.0.0.1:7071 — try: curl -s 127.0.0.1:7071/status | head -c 600; curl -s 127.0.0.1:7071/metrics"
-	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent --api-addr 127.0.0.1:7071
+	@bash wasm-examples/manifests.sh $(RUN_DIR)/manifests $(RUN_DIR)/sensor-data
+	@echo "wasmlet agent API on http://127.0.0.1:7071 — try:"
+	@echo "  curl -s 127.0.0.1:7071/instances | jq '.[] | {name: .metadata.name, phase: .status.phase}'"
+	@echo "  curl -s '127.0.0.1:7071/instances/sensor-0/logs?tail=5&follow=true'"
+	@echo "  echo 22.0 > $(RUN_DIR)/sensor-data/value    # the sensor reads it within a second"
+	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent --api-addr 127.0.0.1:7071 \
+		--manifests-dir $(RUN_DIR)/manifests --allowed-host-paths $(RUN_DIR)/sensor-data
 
 ## Installs what the tests need, then runs the whole suite.
-test: test-deps build
+test: test-deps build examples
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 lint:
@@ -45,7 +54,7 @@ bench-deps:
 	@systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
 
 ## Benchmarks, printed as JSON lines. `make bench SCENARIOS=report` runs a subset.
-bench: bench-deps build
+bench: bench-deps build examples
 	$(CARGO) build -p wasmlet-tests --bins
 	$(BIN)/wasmlet-bench $(SCENARIOS)
 

@@ -3,20 +3,26 @@
 //! Built for polling by dashboards and fleets of scrapers: every answer comes
 //! from the latest published report, already serialized; `ETag` and
 //! `If-None-Match` save the body when nothing changed, and `?watch=true`
-//! long-polls until it does.
+//! long-polls until it does. Instances, their logs and the agent's events
+//! are served from the supervisor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Query, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::report::Report;
+use crate::supervisor::Supervisor;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -25,6 +31,10 @@ pub struct ApiState {
     pub reports: watch::Receiver<Arc<Report>>,
     /// Longest a watch may wait, whatever the client asks.
     pub watch_timeout: Duration,
+    /// The instances, their logs and events; None when the runtime did not start.
+    pub supervisor: Option<Arc<Supervisor>>,
+    /// Cancelled at shutdown: ends log streams so shutdown does not wait on them.
+    pub shutdown: CancellationToken,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -33,6 +43,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/instances", get(list_instances))
+        .route("/instances/{name}", get(get_instance))
+        .route("/instances/{name}/logs", get(instance_logs))
+        .route("/events", get(events))
         .with_state(state)
 }
 
@@ -99,11 +113,95 @@ async fn status(
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let report = state.reports.borrow().clone();
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
-        report.metrics.clone(),
-    )
-        .into_response()
+    let body = match &state.supervisor {
+        // The node's part is pre-rendered; instances change too often for that.
+        Some(supervisor) => {
+            let node = std::str::from_utf8(&report.metrics).unwrap_or_default();
+            let node = node.trim_end().trim_end_matches("# EOF").trim_end();
+            bytes::Bytes::from(format!("{node}\n{}\n# EOF\n", supervisor.render_metrics().trim_end()))
+        }
+        None => report.metrics.clone(),
+    };
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], body).into_response()
+}
+
+fn no_runtime() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "the WASM runtime did not start on this node; see /readyz\n").into_response()
+}
+
+fn no_instance(name: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("no instance named `{name}` on this node; GET /instances lists them\n")).into_response()
+}
+
+async fn list_instances(State(state): State<ApiState>) -> Response {
+    match &state.supervisor {
+        Some(s) => Json(s.instances()).into_response(),
+        None => Json(Vec::<wasmlet_api::Instance>::new()).into_response(),
+    }
+}
+
+async fn get_instance(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let Some(supervisor) = &state.supervisor else { return no_runtime() };
+    match supervisor.instance(&name) {
+        Some(instance) => Json(instance).into_response(),
+        None => no_instance(&name),
+    }
+}
+
+async fn events(State(state): State<ApiState>) -> Response {
+    match &state.supervisor {
+        Some(s) => Json(s.events.list()).into_response(),
+        None => Json(Vec::<wasmlet_api::Event>::new()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The instance's log lines; with `follow=true` the answer stays open and
+/// streams new lines until the instance is removed or the agent stops.
+async fn instance_logs(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {}\n", e.body_text())).into_response(),
+    };
+    let Some(supervisor) = &state.supervisor else { return no_runtime() };
+    let Some(log) = supervisor.log(&name) else { return no_instance(&name) };
+    // Subscribe before reading the tail so no line falls between the two.
+    let live = log.subscribe();
+    let mut text = String::new();
+    for line in log.tail(query.tail) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let plain = [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))];
+    if !query.follow {
+        return (plain, text).into_response();
+    }
+    let shutdown = state.shutdown.clone();
+    let head = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(bytes::Bytes::from(text)) });
+    let tail = futures::stream::unfold((live, shutdown), |(mut live, shutdown)| async move {
+        let next = tokio::select! {
+            next = live.recv() => next,
+            _ = shutdown.cancelled() => return None,
+        };
+        let chunk = match next {
+            Ok(line) => format!("{line}\n"),
+            Err(broadcast::error::RecvError::Lagged(n)) => format!("[wasmlet] {n} lines skipped: the reader fell behind\n"),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(bytes::Bytes::from(chunk)), (live, shutdown)))
+    });
+    (plain, Body::from_stream(head.chain(tail))).into_response()
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {

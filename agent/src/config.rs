@@ -24,6 +24,14 @@ pub mod defaults {
     pub const RESERVED_MEMORY: &str = "0";
     pub const RESERVED_STORAGE: &str = "0";
     pub const WATCH_TIMEOUT: &str = "30s";
+    pub const MANIFESTS_POLL_INTERVAL: &str = "1s";
+    pub const RESTART_BACKOFF_INITIAL: &str = "100ms";
+    pub const RESTART_BACKOFF_MAX: &str = "30s";
+    pub const RESTART_BACKOFF_RESET: &str = "10m";
+    pub const LOG_MAX_SIZE: &str = "1Mi";
+    pub const EPOCH_TICK: &str = "10ms";
+    pub const POOL_INSTANCES: &str = "1000";
+    pub const MAX_INSTANCE_MEMORY: &str = "4Gi";
 }
 
 /// `wasmlet-agent`: the wasmlet node agent.
@@ -123,6 +131,46 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
     pub watch_timeout: Duration,
 
+    /// Directory of Workload manifests (YAML or JSON) to run without a master; watched for changes.
+    #[arg(long, global = true, env = "WASMLET_MANIFESTS_DIR", value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+
+    /// How often the manifests dir is checked for changes.
+    #[arg(long, global = true, env = "WASMLET_MANIFESTS_POLL_INTERVAL", default_value = defaults::MANIFESTS_POLL_INTERVAL, value_name = "DURATION")]
+    pub manifests_poll_interval: Duration,
+
+    /// Host directories workloads may be granted (`dirs[].hostPath`), comma-separated; none by default.
+    #[arg(long, global = true, env = "WASMLET_ALLOWED_HOST_PATHS", value_delimiter = ',', value_name = "DIR,...")]
+    pub allowed_host_paths: Vec<PathBuf>,
+
+    /// First delay before restarting an instance that ended; doubles on every restart.
+    #[arg(long, global = true, env = "WASMLET_RESTART_BACKOFF_INITIAL", default_value = defaults::RESTART_BACKOFF_INITIAL, value_name = "DURATION")]
+    pub restart_backoff_initial: Duration,
+
+    /// Longest delay between restarts.
+    #[arg(long, global = true, env = "WASMLET_RESTART_BACKOFF_MAX", default_value = defaults::RESTART_BACKOFF_MAX, value_name = "DURATION")]
+    pub restart_backoff_max: Duration,
+
+    /// A run this long resets the restart delay to its initial value.
+    #[arg(long, global = true, env = "WASMLET_RESTART_BACKOFF_RESET", default_value = defaults::RESTART_BACKOFF_RESET, value_name = "DURATION")]
+    pub restart_backoff_reset: Duration,
+
+    /// Size at which an instance's log file is rotated (one rotated file is kept).
+    #[arg(long, global = true, env = "WASMLET_LOG_MAX_SIZE", default_value = defaults::LOG_MAX_SIZE, value_name = "BYTES")]
+    pub log_max_size: Bytes,
+
+    /// How often running guests yield to the scheduler and have their CPU time checked.
+    #[arg(long, global = true, env = "WASMLET_EPOCH_TICK", default_value = defaults::EPOCH_TICK, value_name = "DURATION")]
+    pub epoch_tick: Duration,
+
+    /// Instances the pooling allocator reserves room for; 0 allocates on demand.
+    #[arg(long, global = true, env = "WASMLET_POOL_INSTANCES", default_value = defaults::POOL_INSTANCES, value_name = "N")]
+    pub pool_instances: u32,
+
+    /// Largest linear memory one instance may have, whatever its manifest says.
+    #[arg(long, global = true, env = "WASMLET_MAX_INSTANCE_MEMORY", default_value = defaults::MAX_INSTANCE_MEMORY, value_name = "BYTES")]
+    pub max_instance_memory: Bytes,
+
     /// Log format.
     #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -141,6 +189,15 @@ impl AgentConfig {
         let mut cli = Cli::parse_from(["wasmlet-agent", "--api-addr", "127.0.0.1:0"]);
         cli.agent.data_dir = data_dir.into();
         cli.agent
+    }
+
+    pub fn runtime_settings(&self) -> crate::runtime::RuntimeSettings {
+        crate::runtime::RuntimeSettings {
+            cache_dir: self.data_dir.join("cache").join("compiled"),
+            epoch_tick: self.epoch_tick.get().max(std::time::Duration::from_millis(1)),
+            pool_instances: self.pool_instances,
+            max_instance_memory: self.max_instance_memory.get(),
+        }
     }
 
     pub fn labels(&self) -> BTreeMap<String, String> {
@@ -189,6 +246,28 @@ mod tests {
         assert!(err.contains("not `key=value`"), "{err}");
         let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-agent", "--nodefs-available-min-percent", "120"]).unwrap_err().to_string();
         assert!(err.contains("between 0 and 100"), "{err}");
+    }
+
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+            let default = arg.get_default_values().first().map(|d| d.to_string_lossy().into_owned());
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("README has no row for --{long}"));
+            assert!(row.contains(&format!("`{env}`")), "README row for --{long} names {env}: {row}");
+            if let Some(default) = default {
+                assert!(row.contains(&format!("`{default}`")), "README row for --{long} gives the default {default}: {row}");
+            }
+        }
     }
 
     #[test]

@@ -6,60 +6,115 @@
 //! - `report`: what the machine is and how it is doing. A probe reads the
 //!   facts, thresholds turn them into conditions, and the reporter publishes
 //!   a Node object (with its JSON and metrics pre-rendered) on a timer.
-//! - `runtime`: the wasmtime engine every workload runs in.
-//! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`),
-//!   answering from the latest report.
+//! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
+//!   workload runs with.
+//! - `supervisor`: keeps the desired instances running, with restart policies
+//!   and back-off; `logs` holds what they print, `events` what happened.
+//! - `manifests`: Workload files in a directory, run without a master.
+//! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
+//!   `/instances`, logs, `/events`).
 //! - `status_cmd`: `wasmlet-agent status`, the report printed once.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same agent in-process with their own listener and shutdown.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod config;
+pub mod events;
+pub mod logs;
+pub mod manifests;
 pub mod report;
 pub mod runtime;
 pub mod status_cmd;
+pub mod supervisor;
 
 use std::future::Future;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wasmlet_api::NodeRuntime;
 
 pub use config::{AgentConfig, Cli};
 use report::{Clock, HostProbe, ReportSettings, Reporter};
 use runtime::Runtime;
+use supervisor::{Backoff, Supervisor, SupervisorSettings};
 
 /// Runs the agent on `listener` until `shutdown` completes, then stops
-/// sampling, ends open watches and finishes in-flight requests.
+/// sampling and workloads, ends open watches and streams, and finishes
+/// in-flight requests.
 pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the API listener's address")?;
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
-    let runtime = match Runtime::new() {
+    let node = report::node_name(config.name.as_deref());
+    let runtime = Runtime::new(config.runtime_settings());
+    let runtime_health = match &runtime {
         Ok(r) => Ok(r.describe()),
         Err(e) => {
             tracing::error!(error = %e, "the WASM runtime did not start; the node will report Ready=False");
             Err(format!("the WASM runtime did not start: {e:#}"))
         }
     };
+    let supervisor = runtime.ok().map(|runtime| {
+        let allocator = runtime.allocator.clone();
+        let settings = SupervisorSettings {
+            data_dir: config.data_dir.clone(),
+            backoff: Backoff {
+                initial: config.restart_backoff_initial.get(),
+                max: config.restart_backoff_max.get(),
+                reset: config.restart_backoff_reset.get(),
+            },
+            log_max_size: config.log_max_size.get(),
+        };
+        (Supervisor::new(runtime, settings, &node), allocator)
+    });
+
     let probe = Box::new(HostProbe::new(&config.data_dir));
-    let (reporter, reports) = Reporter::new(probe, ReportSettings::from_config(&config), runtime, Clock::System);
-    let node = reports.borrow().node.metadata.name.clone();
+    let mut settings = ReportSettings::from_config(&config);
+    settings.name = Some(node.clone());
+    let (mut reporter, reports) = Reporter::new(probe, settings, runtime_health, Clock::System);
+    if let Some((supervisor, allocator)) = &supervisor {
+        let info = NodeRuntime { allocator: allocator.kind.to_string(), allocator_reason: allocator.reason.clone() };
+        reporter = reporter.with_supervisor(supervisor.clone(), info);
+    }
+    let supervisor = supervisor.map(|(s, _)| s);
     tracing::info!(%node, api = %format!("http://{addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
-    let app = api::router(api::ApiState { reports, watch_timeout: config.watch_timeout.get() });
+    let manifests = match (&config.manifests_dir, &supervisor) {
+        (Some(dir), Some(supervisor)) => {
+            let watcher = manifests::ManifestWatcher::new(dir.clone(), &config.allowed_host_paths, supervisor.clone());
+            Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
+        }
+        (Some(dir), None) => {
+            tracing::error!(dir = %dir.display(), "not running static manifests: the WASM runtime did not start");
+            None
+        }
+        _ => None,
+    };
+    let app = api::router(api::ApiState {
+        reports,
+        watch_timeout: config.watch_timeout.get(),
+        supervisor: supervisor.clone(),
+        shutdown: stop.clone(),
+    });
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         signal.cancel();
     });
-    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.context("serving the agent API")?;
+    axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the agent API")?;
+    if let Some(task) = manifests {
+        let _ = task.await;
+    }
+    if let Some(supervisor) = &supervisor {
+        supervisor.stop_all().await;
+    }
     sampler.await.context("the sampler task failed")?;
     tracing::info!("agent stopped");
     Ok(())

@@ -11,7 +11,8 @@ use crate::runtime::Runtime;
 
 /// Samples twice (CPU use needs an interval), then prints.
 pub async fn execute(config: &AgentConfig, output: OutputFormat) -> anyhow::Result<()> {
-    let runtime = Runtime::new().map(|r| r.describe()).map_err(|e| format!("the WASM runtime did not start: {e:#}"));
+    let runtime =
+        Runtime::new(config.runtime_settings()).map(|r| r.describe()).map_err(|e| format!("the WASM runtime did not start: {e:#}"));
     let probe = Box::new(HostProbe::new(&config.data_dir));
     let (mut reporter, reports) = Reporter::new(probe, ReportSettings::from_config(config), runtime, Clock::System);
     tokio::time::sleep(Duration::from_millis(250)).await;

@@ -34,7 +34,7 @@ pub struct InstanceSpec {
     pub epoch: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstanceStatus {
     #[serde(default)]
@@ -50,6 +50,32 @@ pub struct InstanceStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How the previous run ended, while the instance waits to restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_termination: Option<Termination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<InstanceUsage>,
+}
+
+/// The end of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Termination {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub reason: String,
+    pub message: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// What an instance uses now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceUsage {
+    pub memory_bytes: u64,
+    /// CPU time over all runs of the instance.
+    pub cpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,5 +99,28 @@ impl Instance {
             spec,
             status: InstanceStatus::default(),
         }
+    }
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Starting => "Starting",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Lost => "Lost",
+            Phase::Terminating => "Terminating",
+        }
+    }
+
+    pub const ALL: [Phase; 7] =
+        [Phase::Pending, Phase::Starting, Phase::Running, Phase::Succeeded, Phase::Failed, Phase::Lost, Phase::Terminating];
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -25,7 +25,7 @@ pub mod workload;
 pub use decode::{DecodeError, from_json, from_yaml};
 pub use duration::Duration;
 pub use event::{Event, EventType, ObjectReference};
-pub use instance::{Instance, InstanceSpec, InstanceStatus, Phase};
+pub use instance::{Instance, InstanceSpec, InstanceStatus, InstanceUsage, Phase, Termination};
 pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};

@@ -111,6 +111,17 @@ pub struct NodeStatus {
     /// A short list of what runs there.
     #[serde(default)]
     pub instances: Vec<InstanceSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<NodeRuntime>,
+}
+
+/// How the node's WASM runtime is set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRuntime {
+    /// `pooling` or `on-demand`.
+    pub allocator: String,
+    pub allocator_reason: String,
 }
 
 /// Amounts of each resource a node has or offers.

@@ -4,3 +4,4 @@
 mod agent_api;
 mod agent_config;
 mod agent_report;
+mod runtime;

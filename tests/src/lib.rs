@@ -29,6 +29,48 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// Where the example workloads are built (`make examples`).
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wasm-examples/dist")
+}
+
+/// The path and `sha256:` digest of a built example.
+pub fn example(name: &str) -> (PathBuf, String) {
+    let path = examples_dir().join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make examples`)", path.display()));
+    (path, sha256(&bytes))
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// A Workload manifest running example `module` as `name`; `extra` is YAML
+/// indented by two spaces, appended to `spec`.
+pub fn workload_manifest(name: &str, module: &str, kind: &str, extra: &str) -> String {
+    let (path, digest) = example(module);
+    format!(
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  module:\n    source: {}\n    digest: {digest}\n{extra}",
+        path.display()
+    )
+}
+
+/// Polls `check` every 50 ms until it returns Some, or fails after `timeout`
+/// with `what` and the last value seen.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running `wasmlet-agent` with its own data dir and an API on a free loopback port.
 pub struct Agent {
     child: Child,
@@ -50,6 +92,8 @@ impl Agent {
         let mut child = Command::new(bin("wasmlet-agent"))
             .arg("--data-dir")
             .arg(data_dir.path())
+            // Tests start many agents: a small pool keeps each one's reservation modest.
+            .args(["--pool-instances", "64"])
             .args(["--api-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra_args)
             .env_remove("RUST_LOG")
@@ -80,12 +124,46 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Stops the agent with SIGTERM and hands back its data dir, for a restart on the same state.
+    pub fn stop_keep_data(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.terminate(Duration::from_secs(20))?;
+        let dir = tempfile::Builder::new().prefix("wasmlet-empty-").tempdir()?;
+        Ok(std::mem::replace(&mut self.data_dir, dir))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
+    }
+
+    /// GET a path of the agent's API and decode the JSON answer.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let body = reqwest::blocking::get(self.url(path))?.error_for_status()?.bytes()?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(reqwest::blocking::get(self.url(path))?.text()?)
+    }
+
+    /// The agent's instance of that name, if it has one.
+    pub fn instance(&self, name: &str) -> Option<wasmlet_api::Instance> {
+        let instances: Vec<wasmlet_api::Instance> = self.get_json("/instances").ok()?;
+        instances.into_iter().find(|i| i.metadata.name == name)
+    }
+
+    /// Waits until the instance reaches `phase` and returns it.
+    pub fn wait_phase(&self, name: &str, phase: wasmlet_api::Phase, timeout: Duration) -> wasmlet_api::Instance {
+        wait_for(timeout, &format!("instance {name} to be {phase}"), || self.instance(name).filter(|i| i.status.phase == phase))
+    }
+
+    /// The value of one metric line (exact name and labels) from `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get_text("/metrics").ok()?;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     pub fn log_text(&self) -> String {

@@ -19,12 +19,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
-use wasmlet_api::{AddressType, Bytes, Cpu, Node, NodeAddress, NodeStatus, NodeUsage, ResourceList};
+use wasmlet_api::{AddressType, Bytes, Condition, Cpu, Node, NodeAddress, NodeRuntime, NodeStatus, NodeUsage, ResourceList};
 
 pub use conditions::{AgentHealth, ConditionTracker, Thresholds};
 pub use probe::{Facts, HostProbe, Probe};
 
 use crate::config::AgentConfig;
+use crate::supervisor::Supervisor;
 use metrics::NodeMetrics;
 
 /// One published reading of the machine.
@@ -117,6 +118,11 @@ pub struct Reporter {
     run_id: String,
     metrics: NodeMetrics,
     tx: watch::Sender<Arc<Report>>,
+    /// Where the node's instance list comes from, when the agent runs workloads.
+    supervisor: Option<Arc<Supervisor>>,
+    node_runtime: Option<NodeRuntime>,
+    /// The last reading and what it meant, republished when only instances change.
+    last: Option<(Facts, Vec<Condition>, DateTime<Utc>, f64)>,
 }
 
 impl Reporter {
@@ -147,22 +153,43 @@ impl Reporter {
             run_id,
             metrics: NodeMetrics::new(),
             tx,
+            supervisor: None,
+            node_runtime: None,
+            last: None,
         };
         reporter.sample();
         let rx = reporter.tx.subscribe();
         (reporter, rx)
     }
 
-    /// Samples every `sample_interval` until `shutdown` completes. Dropping the
-    /// reporter then ends every watch waiting on it.
+    /// Lists the supervisor's instances in the report and republishes when they change.
+    pub fn with_supervisor(mut self, supervisor: Arc<Supervisor>, node_runtime: NodeRuntime) -> Self {
+        self.supervisor = Some(supervisor);
+        self.node_runtime = Some(node_runtime);
+        self.publish();
+        self
+    }
+
+    /// Samples every `sample_interval` until `shutdown` completes, and
+    /// republishes when instances change. Dropping the reporter then ends
+    /// every watch waiting on it.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut ticks = tokio::time::interval_at(Instant::now() + self.settings.sample_interval, self.settings.sample_interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let changed = self.supervisor.as_ref().map(|s| s.changed.clone());
+        let instances_changed = wait_for_change(changed.clone());
         tokio::pin!(shutdown);
+        tokio::pin!(instances_changed);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => self.sample(),
+                _ = &mut instances_changed => {
+                    self.publish();
+                    // Bursts of changes (a thousand instances starting) are published at most every 100 ms.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    instances_changed.set(wait_for_change(changed.clone()));
+                }
             }
         }
     }
@@ -176,10 +203,21 @@ impl Reporter {
         let health = AgentHealth { data_dir: check_data_dir(&self.settings.data_dir), runtime: self.runtime.clone() };
         let observations = conditions::observe(&facts, &health, &self.settings.thresholds);
         let conditions = self.tracker.update(observations, now, wall);
+        self.last = Some((facts, conditions, wall, started.elapsed().as_secs_f64()));
+        self.publish();
+    }
 
+    /// Builds the Node from the last reading and the current instances, and
+    /// publishes it if it differs from the previous report.
+    fn publish(&mut self) {
+        let Some((facts, conditions, wall, sample_seconds)) = self.last.clone() else { return };
         let previous = self.tx.borrow().clone();
         let mut node = self.build_node(&facts, wall);
         node.status.conditions = conditions;
+        if let Some(supervisor) = &self.supervisor {
+            node.status.instances = supervisor.summaries();
+        }
+        node.status.runtime = self.node_runtime.clone();
         node.metadata.resource_version = Some(previous.version);
         node.metadata.creation_timestamp = previous.node.metadata.creation_timestamp.or(Some(wall));
 
@@ -190,7 +228,7 @@ impl Reporter {
         let version = previous.version + 1;
         node.metadata.resource_version = Some(version);
         let json = serde_json::to_vec(&node).unwrap_or_default();
-        let metrics = self.metrics.render(&node, started.elapsed().as_secs_f64());
+        let metrics = self.metrics.render(&node, sample_seconds);
         self.tx.send_replace(Arc::new(Report {
             version,
             etag: format!("\"{}-{version}\"", self.run_id),
@@ -248,8 +286,25 @@ impl Reporter {
                 pressure: facts.pressure.clone(),
             }),
             instances: Vec::new(),
+            runtime: None,
         };
         node
+    }
+}
+
+/// Completes when the supervisor signals a change; never without one.
+async fn wait_for_change(notify: Option<Arc<tokio::sync::Notify>>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The node's name: as configured, else from the hostname.
+pub fn node_name(configured: Option<&str>) -> String {
+    match configured {
+        Some(name) => name.to_string(),
+        None => node_name_from_hostname(&sysinfo::System::host_name().unwrap_or_default()),
     }
 }
 
@@ -300,7 +355,7 @@ pub fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use probe::FixedProbe;
-    use wasmlet_api::{ConditionStatus, ConditionType, Condition};
+    use wasmlet_api::{ConditionStatus, ConditionType};
 
     fn settings(data_dir: &std::path::Path) -> ReportSettings {
         ReportSettings {

@@ -156,10 +156,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_all_reported() {
-        assert_eq!(
-            parse_args(SCENARIOS, &args(&["report", "nope", "--fast"])),
-            Err(args(&["nope", "--fast"]))
-        );
+        assert_eq!(parse_args(SCENARIOS, &args(&["report", "nope", "--fast"])), Err(args(&["nope", "--fast"])));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What scenarios share beyond the `wasmlet_tests` harness: finding tools,
 //! free ports, HTTP polling and the reference process, Debian's
-//! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`.
+//! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`;
+//! polling that fails instead of panicking, percentiles, and placing a
+//! manifest in an agent's `--manifests-dir`.
 //!
 //! `free_port`, `http_client`, `get_ok` and `NodeExporter` would fit in
 //! `tests/src/lib.rs` once a test needs them.
@@ -73,7 +75,7 @@ impl NodeExporter {
     /// Starts the exporter and waits until its `/metrics` answers. A port taken
     /// in the meantime by someone else makes it exit; then it tries another.
     pub fn start() -> anyhow::Result<NodeExporter> {
-        require_executable(Path::new(NODE_EXPORTER_BIN), INSTALL_HINT)?;
+        Self::require()?;
         let client = http_client()?;
         let mut attempt = 1;
         loop {
@@ -87,6 +89,11 @@ impl NodeExporter {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Fails with an install hint when the package is not installed.
+    pub fn require() -> anyhow::Result<()> {
+        require_executable(Path::new(NODE_EXPORTER_BIN), INSTALL_HINT)
     }
 
     fn spawn(port: u16) -> anyhow::Result<NodeExporter> {
@@ -150,5 +157,80 @@ impl Drop for NodeExporter {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Calls `check` every `every` until it returns `Some`, fails with its error,
+/// or `timeout` passes (then fails naming `what`). Unlike the harness's
+/// `wait_for` it returns an error instead of panicking.
+pub fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check()? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The nearest-rank `quantile` (0 < quantile <= 1) of `values`: the smallest
+/// value with at least that share of the values at or below it. NaN when empty.
+pub fn percentile(values: &[f64], quantile: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Puts a manifest into an agent's `--manifests-dir` atomically: written under
+/// a name the agent ignores (no `.yaml`), then renamed to `file_name`. Returns
+/// the wall-clock time read just before the rename, when the file appears.
+pub fn place_manifest(dir: &Path, file_name: &str, text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let temp = dir.join(format!(".{file_name}.tmp"));
+    let target = dir.join(file_name);
+    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    let now = chrono::Utc::now();
+    std::fs::rename(&temp, &target).with_context(|| format!("renaming {} to {}", temp.display(), target.display()))?;
+    Ok(now)
+}
+
+/// `later - earlier` in milliseconds, with microsecond resolution.
+pub fn millis_between(earlier: chrono::DateTime<chrono::Utc>, later: chrono::DateTime<chrono::Utc>) -> f64 {
+    (later - earlier).num_microseconds().map_or(f64::NAN, |us| us as f64 / 1000.0)
+}
+
+/// A YAML scalar holding `path` (a JSON string, which YAML reads as is).
+pub fn yaml_path(path: &Path) -> String {
+    serde_json::Value::String(path.display().to_string()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&values, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn paths_are_quoted_for_yaml() {
+        assert_eq!(yaml_path(Path::new("/tmp/a b/c.wasm")), r#""/tmp/a b/c.wasm""#);
     }
 }

@@ -49,7 +49,9 @@ pub fn run(url: &str, load: Load) -> anyhow::Result<WrkReport> {
         })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        bail!("{WRK} against {url} failed ({}): {}{}", output.status, stdout.trim(), String::from_utf8_lossy(&output.stderr).trim());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said: Vec<&str> = [stdout.trim(), stderr.trim()].into_iter().filter(|text| !text.is_empty()).collect();
+        bail!("{WRK} against {url} failed ({}): {}", output.status, said.join("\n"));
     }
     parse(&stdout).with_context(|| format!("reading the report of {WRK} against {url}:\n{stdout}"))
 }
@@ -199,7 +201,11 @@ Transfer/sec:     12.92MB
 
     #[test]
     fn a_run_without_latency_distribution_is_an_error() {
-        let without: String = SAMPLE.lines().filter(|l| !l.trim_start().starts_with(['5', '7', '9']) && !l.contains("Distribution")).map(|l| format!("{l}\n")).collect();
+        let without: String = SAMPLE
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(['5', '7', '9']) && !l.contains("Distribution"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let error = parse(&without).expect_err("no percentiles");
         assert!(error.to_string().contains("--latency"), "{error}");
     }

@@ -1,0 +1,239 @@
+//! Static manifests: Workload files in `--manifests-dir`, run without a
+//! master, like the kubelet's static pods. The directory is polled: a new or
+//! changed file starts or updates its workloads, a removed file stops them,
+//! and a broken file is reported (event and log line naming the file, the
+//! field and the problem) while what runs keeps running, on its last good version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+use wasmlet_api::{EventType, Placement, Workload, WorkloadType};
+
+use crate::runtime::module::{detect, sha256_digest};
+use crate::runtime::sandbox::Preopen;
+use crate::supervisor::{DesiredInstance, Supervisor};
+
+/// A workload admitted from a manifest, ready to become instances.
+#[derive(Clone)]
+struct Admitted {
+    workload: Arc<Workload>,
+    module: Arc<Vec<u8>>,
+    host_dirs: Vec<Preopen>,
+    generation: String,
+}
+
+struct FileEntry {
+    /// Hash of the content last read, so an unchanged file is not parsed again.
+    content: [u8; 32],
+    /// The last good version of the file's workloads.
+    admitted: Vec<Admitted>,
+}
+
+/// Watches a manifests directory and keeps the supervisor in step with it.
+pub struct ManifestWatcher {
+    dir: PathBuf,
+    /// Canonical host paths workloads may be granted.
+    allowed_host_paths: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileEntry>,
+    supervisor: Arc<Supervisor>,
+}
+
+impl ManifestWatcher {
+    pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], supervisor: Arc<Supervisor>) -> Self {
+        let allowed_host_paths = allowed_host_paths.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), supervisor }
+    }
+
+    /// Polls until `stop` is cancelled.
+    pub async fn run(mut self, poll: Duration, stop: CancellationToken) {
+        tracing::info!(dir = %self.dir.display(), "watching static manifests");
+        loop {
+            if self.scan() {
+                self.supervisor.reconcile(self.desired());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Reads what changed. Returns whether the set of admitted workloads changed.
+    pub fn scan(&mut self) -> bool {
+        let events = self.supervisor.events.clone();
+        let present: BTreeSet<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .collect(),
+            Err(e) => {
+                events.record(EventType::Warning, "ManifestsDirUnreadable", "Node", "manifests", format!("{}: {e}", self.dir.display()));
+                return false;
+            }
+        };
+        let mut changed = false;
+        let removed: Vec<PathBuf> = self.files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        for path in removed {
+            self.files.remove(&path);
+            events.record(EventType::Normal, "ManifestRemoved", "Manifest", &file_name(&path), "file removed: its workloads stop");
+            changed = true;
+        }
+        for path in present {
+            let Ok(text) = std::fs::read(&path) else { continue };
+            let content: [u8; 32] = Sha256::digest(&text).into();
+            if self.files.get(&path).is_some_and(|f| f.content == content) {
+                continue;
+            }
+            let taken: BTreeSet<String> = self
+                .files
+                .iter()
+                .filter(|(p, _)| **p != path)
+                .flat_map(|(_, f)| f.admitted.iter().map(|a| a.workload.metadata.name.clone()))
+                .collect();
+            match self.admit_file(&path, &text, &taken) {
+                Ok(admitted) => {
+                    let names: Vec<String> = admitted.iter().map(|a| a.workload.metadata.name.clone()).collect();
+                    events.record(
+                        EventType::Normal,
+                        "ManifestApplied",
+                        "Manifest",
+                        &file_name(&path),
+                        format!("workloads: {}", names.join(", ")),
+                    );
+                    self.files.insert(path, FileEntry { content, admitted });
+                    changed = true;
+                }
+                Err(problem) => {
+                    events.record(
+                        EventType::Warning,
+                        "ManifestInvalid",
+                        "Manifest",
+                        &file_name(&path),
+                        format!("{}: {problem}", path.display()),
+                    );
+                    // Keep the last good version running; remember this content so it is reported once.
+                    let previous = self.files.remove(&path).map(|f| f.admitted).unwrap_or_default();
+                    self.files.insert(path, FileEntry { content, admitted: previous });
+                }
+            }
+        }
+        changed
+    }
+
+    /// Instances for every admitted workload: `<workload>-<index>`.
+    pub fn desired(&self) -> Vec<DesiredInstance> {
+        let mut out = Vec::new();
+        for admitted in self.files.values().flat_map(|f| f.admitted.iter()) {
+            let spec = &admitted.workload.spec;
+            let replicas = match spec.placement {
+                Some(Placement::EveryNode) => 1,
+                None => spec.replicas.unwrap_or(1),
+            };
+            for i in 0..replicas {
+                out.push(DesiredInstance {
+                    name: format!("{}-{i}", admitted.workload.metadata.name),
+                    workload: admitted.workload.clone(),
+                    module: admitted.module.clone(),
+                    host_dirs: admitted.host_dirs.clone(),
+                    generation: admitted.generation.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn admit_file(&self, path: &Path, text: &[u8], taken: &BTreeSet<String>) -> Result<Vec<Admitted>, String> {
+        let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8 text: {e}"))?;
+        let workloads = parse_workloads(path, text)?;
+        let mut admitted = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, workload) in workloads.into_iter().enumerate() {
+            let at = |problem: String| if i == 0 { problem } else { format!("document {}: {problem}", i + 1) };
+            let name = workload.metadata.name.clone();
+            if taken.contains(&name) || !names.insert(name.clone()) {
+                return Err(at(format!("metadata.name: workload `{name}` is already defined by another manifest")));
+            }
+            admitted.push(self.admit(path, workload).map_err(at)?);
+        }
+        Ok(admitted)
+    }
+
+    fn admit(&self, manifest: &Path, workload: Workload) -> Result<Admitted, String> {
+        workload.validate().map_err(|e| e.to_string())?;
+        let spec = &workload.spec;
+        if spec.kind == WorkloadType::Service {
+            return Err(
+                "spec.type: `service` workloads need the HTTP runtime, which this agent does not have yet; use `daemon` or `job`".into()
+            );
+        }
+        let source = &spec.module.source;
+        if source.contains("://") {
+            return Err(format!(
+                "spec.module.source: `{source}`: static manifests take a file path (relative to the manifest); URLs come through a master"
+            ));
+        }
+        let base = manifest.parent().unwrap_or(Path::new("."));
+        let module_path = base.join(source);
+        let bytes = std::fs::read(&module_path).map_err(|e| format!("spec.module.source: cannot read {}: {e}", module_path.display()))?;
+        let actual = sha256_digest(&bytes);
+        if actual != spec.module.digest {
+            return Err(format!(
+                "spec.module.digest: the manifest pins {} but {} hashes to {actual}",
+                spec.module.digest,
+                module_path.display()
+            ));
+        }
+        detect(&bytes).map_err(|e| format!("spec.module.source: {}: {e}", module_path.display()))?;
+
+        let mut host_dirs = Vec::new();
+        for (i, grant) in spec.dirs.iter().enumerate() {
+            let Some(host) = &grant.host_path else { continue };
+            let canonical = Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
+            if !self.allowed_host_paths.iter().any(|allowed| canonical.starts_with(allowed)) {
+                let allowed = if self.allowed_host_paths.is_empty() {
+                    "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
+                } else {
+                    let list: Vec<String> = self.allowed_host_paths.iter().map(|p| p.display().to_string()).collect();
+                    format!("allowed: {}", list.join(", "))
+                };
+                return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
+            }
+            host_dirs.push(Preopen { host: canonical, guest: grant.path.clone(), read_only: grant.read_only });
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(serde_json::to_vec(&workload.spec).unwrap_or_default());
+        hasher.update(serde_json::to_vec(&workload.metadata.labels).unwrap_or_default());
+        let generation = format!("{:x}", hasher.finalize())[..16].to_string();
+        Ok(Admitted { workload: Arc::new(workload), module: Arc::new(bytes), host_dirs, generation })
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The Workload documents of one file: JSON, or YAML with `---` between documents.
+pub fn parse_workloads(path: &Path, text: &str) -> Result<Vec<Workload>, String> {
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        return wasmlet_api::from_json::<Workload>(text.as_bytes()).map(|w| vec![w]).map_err(|e| e.to_string());
+    }
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let workload: Workload = serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            let doc = if i == 0 { String::new() } else { format!("document {}: ", i + 1) };
+            format!("{doc}{at}{}", e.into_inner())
+        })?;
+        out.push(workload);
+    }
+    if out.is_empty() {
+        return Err("no Workload documents in the file".into());
+    }
+    Ok(out)
+}

@@ -1,0 +1,340 @@
+//! Modules: what the bytes are, whether they are what the manifest pinned,
+//! and their compiled form, made once per digest and engine.
+//!
+//! Compiled artefacts are cached in memory (a second replica shares them) and
+//! on disk under `<cache>/<digest>-<engine hash>.cwasm` with a `.sha256`
+//! beside it, so an agent restart does not recompile. An entry is loaded only
+//! when its checksum matches and wasmtime accepts it for this engine;
+//! anything else is deleted and compiled afresh.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::OnceCell;
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{Engine, InstancePre, Linker, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use super::sandbox::{ComponentState, CoreState};
+
+/// What a module's bytes turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    /// A core module for WASI preview 1 (`wasm32-wasip1`).
+    Core,
+    /// A component (`wasm32-wasip2`).
+    Component,
+}
+
+/// Why a module cannot run. Each message says what was found and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "digest mismatch: the manifest pins {expected} but the module's bytes hash to {actual}; rebuild the manifest's digest or fix the file"
+    )]
+    DigestMismatch { expected: String, actual: String },
+    #[error("not a WebAssembly module: {0}; wasmlet runs core modules for WASI preview 1 (wasm32-wasip1) and components (wasm32-wasip2)")]
+    NotWasm(String),
+    #[error("invalid module: {0}")]
+    Invalid(String),
+    #[error("module refused: {0}")]
+    Unsupported(String),
+}
+
+/// How a load was served, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    MemoryHit,
+    DiskHit,
+    Compiled,
+}
+
+/// A module ready to instantiate: imports resolved once, shared by every instance.
+pub struct LoadedModule {
+    pub digest: String,
+    pub kind: ModuleKind,
+    pub program: Program,
+}
+
+pub enum Program {
+    /// A WASI preview 1 command: instantiate, then call `_start`.
+    Core(InstancePre<CoreState>),
+    /// A component exporting `wasi:cli/run`.
+    Command(CommandPre<ComponentState>),
+}
+
+/// Counters of the compile cache, exported as metrics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub compiled: AtomicU64,
+    /// Disk entries found corrupt or foreign and removed.
+    pub discarded: AtomicU64,
+}
+
+/// Compiled modules by digest.
+pub struct ModuleCache {
+    engine: Engine,
+    dir: PathBuf,
+    /// Hex hash of everything that makes compiled code fit this engine.
+    engine_hash: String,
+    core_linker: Linker<CoreState>,
+    component_linker: ComponentLinker<ComponentState>,
+    loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModule>>>>>,
+    pub stats: CacheStats,
+}
+
+/// Identifies the module format from its first eight bytes.
+pub fn detect(bytes: &[u8]) -> Result<ModuleKind, LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        let start: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let hint = if bytes.starts_with(b"(module") || bytes.starts_with(b"(component") {
+            " (this is WebAssembly text; compile it to binary first)".to_string()
+        } else {
+            String::new()
+        };
+        return Err(LoadError::NotWasm(format!("{} bytes starting with [{}] lack the `\\0asm` magic{hint}", bytes.len(), start.join(" "))));
+    }
+    let [a, b, c, d] = [bytes[4], bytes[5], bytes[6], bytes[7]];
+    match [a, b, c, d] {
+        [1, 0, 0, 0] => Ok(ModuleKind::Core),
+        [0x0d, 0x00, 0x01, 0x00] => Ok(ModuleKind::Component),
+        _ => Err(LoadError::NotWasm(format!(
+            "binary version/layer {a:02x} {b:02x} {c:02x} {d:02x} is neither a core module (01 00 00 00) nor a component (0d 00 01 00)"
+        ))),
+    }
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+impl ModuleCache {
+    pub fn new(engine: Engine, dir: PathBuf) -> anyhow::Result<ModuleCache> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+        let mut core_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, |s: &mut CoreState| &mut s.wasi)?;
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        Ok(ModuleCache {
+            engine,
+            dir,
+            engine_hash,
+            core_linker,
+            component_linker,
+            loaded: Mutex::new(HashMap::new()),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The module for `bytes`, which must hash to `digest`: from memory, from
+    /// disk, or compiled now (once, however many callers ask at the same time).
+    pub async fn load(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<(Arc<LoadedModule>, CacheOutcome), LoadError> {
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(LoadError::DigestMismatch { expected: digest.to_string(), actual });
+        }
+        let cell = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            loaded.entry(digest.to_string()).or_default().clone()
+        };
+        if let Some(module) = cell.get() {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((module.clone(), CacheOutcome::MemoryHit));
+        }
+        let mut outcome = CacheOutcome::MemoryHit;
+        let module = cell
+            .get_or_try_init(|| async {
+                let (module, how) = self.load_uncached(digest, bytes).await?;
+                outcome = how;
+                Ok::<_, LoadError>(Arc::new(module))
+            })
+            .await?
+            .clone();
+        match outcome {
+            CacheOutcome::MemoryHit => self.stats.memory_hits.fetch_add(1, Ordering::Relaxed),
+            CacheOutcome::DiskHit => self.stats.disk_hits.fetch_add(1, Ordering::Relaxed),
+            CacheOutcome::Compiled => self.stats.compiled.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok((module, outcome))
+    }
+
+    async fn load_uncached(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<(LoadedModule, CacheOutcome), LoadError> {
+        let kind = detect(&bytes)?;
+        let artefact = self.artefact_path(digest);
+        let engine = self.engine.clone();
+        let stats_discarded = {
+            let path = artefact.clone();
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || load_artefact(&engine, &path, kind))
+                .await
+                .map_err(|e| LoadError::Invalid(format!("loading the cached artefact failed: {e}")))?
+        };
+        let (compiled, outcome) = match stats_discarded {
+            ArtefactLoad::Loaded(compiled) => (compiled, CacheOutcome::DiskHit),
+            other => {
+                if matches!(other, ArtefactLoad::Discarded) {
+                    self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                let path = artefact.clone();
+                let compiled = tokio::task::spawn_blocking(move || compile_and_store(&engine, &bytes, kind, &path))
+                    .await
+                    .map_err(|e| LoadError::Invalid(format!("compilation failed: {e}")))??;
+                (compiled, CacheOutcome::Compiled)
+            }
+        };
+        let program = self.link(compiled)?;
+        Ok((LoadedModule { digest: digest.to_string(), kind, program }, outcome))
+    }
+
+    /// Resolves imports once. An import the agent does not provide is named in the error.
+    fn link(&self, compiled: Compiled) -> Result<Program, LoadError> {
+        match compiled {
+            Compiled::Core(module) => {
+                let start = module.get_export("_start");
+                if !matches!(start, Some(wasmtime::ExternType::Func(_))) {
+                    return Err(LoadError::Unsupported(
+                        "the core module exports no `_start` function: wasmlet runs WASI command modules (a wasm32-wasip1 program with `main`), not libraries or reactors".to_string(),
+                    ));
+                }
+                let pre = self.core_linker.instantiate_pre(&module).map_err(|e| LoadError::Unsupported(import_error(&e)))?;
+                Ok(Program::Core(pre))
+            }
+            Compiled::Component(component) => {
+                let pre = self.component_linker.instantiate_pre(&component).map_err(|e| LoadError::Unsupported(import_error(&e)))?;
+                let command = CommandPre::new(pre).map_err(|e| {
+                    LoadError::Unsupported(format!(
+                        "the component does not export `wasi:cli/run` ({e:#}); daemons and jobs must be WASI command components"
+                    ))
+                })?;
+                Ok(Program::Command(command))
+            }
+        }
+    }
+
+    fn artefact_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir.join(format!("{hex}-{}.cwasm", self.engine_hash))
+    }
+}
+
+fn import_error(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    if text.contains("unknown import") || text.contains("import") {
+        format!("it imports something this agent does not provide: {text}")
+    } else {
+        text
+    }
+}
+
+enum Compiled {
+    Core(Module),
+    Component(Component),
+}
+
+enum ArtefactLoad {
+    Loaded(Compiled),
+    Absent,
+    /// Present but corrupt or made for another engine: removed.
+    Discarded,
+}
+
+fn checksum_path(artefact: &Path) -> PathBuf {
+    artefact.with_extension("cwasm.sha256")
+}
+
+fn load_artefact(engine: &Engine, path: &Path, kind: ModuleKind) -> ArtefactLoad {
+    let Ok(bytes) = std::fs::read(path) else { return ArtefactLoad::Absent };
+    let expected = std::fs::read_to_string(checksum_path(path)).unwrap_or_default();
+    let discard = |why: String| {
+        tracing::warn!(artefact = %path.display(), reason = %why, "discarding a cached compiled module; it will be recompiled");
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(checksum_path(path));
+        ArtefactLoad::Discarded
+    };
+    if expected.trim() != sha256_digest(&bytes) {
+        return discard("its checksum does not match".to_string());
+    }
+    match deserialize(engine, &bytes, kind) {
+        Ok(compiled) => ArtefactLoad::Loaded(compiled),
+        Err(e) => discard(format!("{e:#}")),
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, bytes: &[u8], kind: ModuleKind) -> wasmtime::Result<Compiled> {
+    // SAFETY: wasmtime runs deserialized code as is, so it must be code that
+    // this engine compiled. The artefact was written by `compile_and_store`
+    // into the agent's own cache directory, its SHA-256 was just checked
+    // against the sidecar written with it, and wasmtime itself refuses
+    // artefacts from another version or configuration.
+    unsafe {
+        match kind {
+            ModuleKind::Core => Module::deserialize(engine, bytes).map(Compiled::Core),
+            ModuleKind::Component => Component::deserialize(engine, bytes).map(Compiled::Component),
+        }
+    }
+}
+
+fn compile_and_store(engine: &Engine, bytes: &[u8], kind: ModuleKind, path: &Path) -> Result<Compiled, LoadError> {
+    let (compiled, serialized) = match kind {
+        ModuleKind::Core => {
+            let module = Module::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+            let serialized = module.serialize();
+            (Compiled::Core(module), serialized)
+        }
+        ModuleKind::Component => {
+            let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+            let serialized = component.serialize();
+            (Compiled::Component(component), serialized)
+        }
+    };
+    // The cache is an optimisation: failing to write it costs a compile next time, nothing more.
+    match serialized {
+        Ok(artefact) => {
+            if let Err(e) = store_artefact(path, &artefact) {
+                tracing::warn!(artefact = %path.display(), error = %e, "cannot cache the compiled module");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot serialize the compiled module"),
+    }
+    Ok(compiled)
+}
+
+/// Writes the artefact and its checksum so that a crash leaves either both or
+/// an artefact without a matching checksum (which is discarded on load).
+fn store_artefact(path: &Path, artefact: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("cwasm.tmp");
+    std::fs::write(&tmp, artefact)?;
+    std::fs::rename(&tmp, path)?;
+    let sum_tmp = path.with_extension("cwasm.sha256.tmp");
+    std::fs::write(&sum_tmp, sha256_digest(artefact))?;
+    std::fs::rename(&sum_tmp, checksum_path(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_apart_and_others_named() {
+        assert_eq!(detect(b"\0asm\x01\0\0\0").unwrap(), ModuleKind::Core);
+        assert_eq!(detect(b"\0asm\x0d\0\x01\0").unwrap(), ModuleKind::Component);
+        let err = detect(b"#!/bin/sh\necho hi").unwrap_err().to_string();
+        assert!(err.contains("not a WebAssembly module") && err.contains("23 21"), "{err}");
+        let err = detect(b"(module)").unwrap_err().to_string();
+        assert!(err.contains("WebAssembly text"), "{err}");
+        let err = detect(b"\0asm\x02\0\0\0").unwrap_err().to_string();
+        assert!(err.contains("02 00 00 00"), "{err}");
+    }
+}

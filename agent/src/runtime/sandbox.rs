@@ -1,0 +1,62 @@
+//! The sandbox of one instance: exactly what its manifest grants and nothing
+//! of the agent's own — no inherited environment, stdin closed, stdout and
+//! stderr into the instance's log, only the granted directories, no sockets.
+//! Clocks and randomness are available.
+
+use std::path::PathBuf;
+
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::limits::MemoryLimiter;
+use crate::logs::{InstanceLog, Stream};
+
+/// A directory opened for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// Already resolved and checked against the agent's allow-list.
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// Store data of a WASI preview 1 core module.
+pub struct CoreState {
+    pub wasi: WasiP1Ctx,
+    pub limiter: MemoryLimiter,
+}
+
+/// Store data of a component.
+pub struct ComponentState {
+    pub ctx: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: MemoryLimiter,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// The WASI context for one run.
+pub fn wasi_builder(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+    dirs: &[Preopen],
+    log: &InstanceLog,
+) -> anyhow::Result<WasiCtxBuilder> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.arg(program).args(args).envs(env).stdout(log.sink(Stream::Stdout)).stderr(log.sink(Stream::Stderr));
+    // Explicit, although these are wasmtime's defaults too: a workload gets no
+    // network unless a later, deliberate grant says otherwise.
+    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    for dir in dirs {
+        let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| anyhow::anyhow!("cannot open {} for the guest at {}: {e:#}", dir.host.display(), dir.guest))?;
+    }
+    Ok(builder)
+}

@@ -1,0 +1,424 @@
+//! The supervisor keeps the desired instances running: it starts what is
+//! missing, stops what is no longer wanted, restarts what changed, and
+//! restarts what ended according to its restart policy, with exponential
+//! back-off (`CrashLoopBackOff`), the way a kubelet keeps containers alive.
+//!
+//! Each instance is one tokio task. Its status, usage and log are shared with
+//! the API; a change wakes the reporter so the node's instance list follows.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wasmlet_api::{
+    EventType, Instance, InstanceSpec, InstanceStatus, InstanceSummary, InstanceUsage, Phase, RestartPolicy, Termination, Workload,
+};
+
+use crate::events::EventLog;
+use crate::logs::InstanceLog;
+use crate::runtime::limits::CpuMeter;
+use crate::runtime::module::CacheOutcome;
+use crate::runtime::run::Usage;
+use crate::runtime::sandbox::Preopen;
+use crate::runtime::{RunSpec, Runtime};
+
+/// An instance the agent should run, with everything needed to start it.
+#[derive(Clone)]
+pub struct DesiredInstance {
+    pub name: String,
+    pub workload: Arc<Workload>,
+    /// The module's bytes; their digest is the workload's `module.digest`.
+    pub module: Arc<Vec<u8>>,
+    /// Host directories granted, already checked against the allow-list.
+    /// Scratch directories are made by the supervisor.
+    pub host_dirs: Vec<Preopen>,
+    /// Changes whenever the instance must be restarted to apply a change.
+    pub generation: String,
+}
+
+/// Restart back-off: starts at `initial`, doubles to `max`, and starts over
+/// after a run that lasted `reset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub data_dir: PathBuf,
+    pub backoff: Backoff,
+    pub log_max_size: u64,
+}
+
+pub struct Supervisor {
+    runtime: Runtime,
+    settings: SupervisorSettings,
+    node: String,
+    pub events: Arc<EventLog>,
+    /// Instances by name.
+    instances: Mutex<BTreeMap<String, Supervised>>,
+    /// Woken on every phase change (the reporter listens).
+    pub changed: Arc<Notify>,
+}
+
+struct Supervised {
+    generation: String,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What an instance's task shares with readers.
+struct Shared {
+    name: String,
+    workload: String,
+    status: Mutex<InstanceStatus>,
+    /// Memory now and CPU of the current run.
+    usage: Mutex<Arc<Usage>>,
+    /// CPU time of the runs before the current one.
+    cpu_before: Mutex<Duration>,
+    log: InstanceLog,
+}
+
+impl Shared {
+    fn update(&self, change: impl FnOnce(&mut InstanceStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn snapshot(&self) -> Instance {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let before = *self.cpu_before.lock().unwrap_or_else(|p| p.into_inner());
+        let running = status.phase == Phase::Running;
+        status.usage = Some(InstanceUsage {
+            memory_bytes: if running { usage.memory.load(Ordering::Relaxed) } else { 0 },
+            cpu_seconds: (before + if running { usage.cpu.used() } else { Duration::ZERO }).as_secs_f64(),
+        });
+        let mut instance = Instance::new(&self.name, InstanceSpec { workload: self.workload.clone(), node: String::new(), epoch: 0 });
+        instance.status = status;
+        instance
+    }
+}
+
+impl Supervisor {
+    pub fn new(runtime: Runtime, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            runtime,
+            settings,
+            node: node.to_string(),
+            events: Arc::new(EventLog::new(node)),
+            instances: Mutex::new(BTreeMap::new()),
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Makes the running set match `desired`.
+    pub fn reconcile(self: &Arc<Self>, desired: Vec<DesiredInstance>) {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: BTreeMap<String, DesiredInstance> = desired.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let stale: Vec<String> = instances
+            .iter()
+            .filter(|(name, s)| wanted.get(*name).is_none_or(|d| d.generation != s.generation))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            let Some(old) = instances.remove(&name) else { continue };
+            old.cancel.cancel();
+            let removed = !wanted.contains_key(&name);
+            self.events.record(
+                EventType::Normal,
+                "Killing",
+                "Instance",
+                &name,
+                if removed { "stopping: no longer wanted" } else { "stopping to apply a changed spec" },
+            );
+            if removed {
+                let dirs = [self.instance_dir(&name), self.log_dir(&name)];
+                tokio::spawn(async move {
+                    let _ = old.task.await;
+                    for dir in dirs {
+                        let _ = tokio::fs::remove_dir_all(dir).await;
+                    }
+                });
+            }
+        }
+        for (name, d) in wanted {
+            if instances.contains_key(&name) {
+                continue;
+            }
+            match self.start(d) {
+                Ok(s) => {
+                    instances.insert(name, s);
+                }
+                Err(e) => self.events.record(EventType::Warning, "FailedToStart", "Instance", &name, format!("{e:#}")),
+            }
+        }
+        drop(instances);
+        self.changed.notify_one();
+    }
+
+    fn start(self: &Arc<Self>, desired: DesiredInstance) -> anyhow::Result<Supervised> {
+        let log = InstanceLog::open(&self.log_dir(&desired.name), self.settings.log_max_size)?;
+        let shared = Arc::new(Shared {
+            name: desired.name.clone(),
+            workload: desired.workload.metadata.name.clone(),
+            status: Mutex::new(InstanceStatus::default()),
+            usage: Mutex::new(Arc::new(Usage::default())),
+            cpu_before: Mutex::new(Duration::ZERO),
+            log,
+        });
+        let cancel = CancellationToken::new();
+        let generation = desired.generation.clone();
+        let task = self.runtime.spawn(self.clone().supervise(desired, shared.clone(), cancel.clone()));
+        Ok(Supervised { generation, shared, cancel, task })
+    }
+
+    fn instance_dir(&self, name: &str) -> PathBuf {
+        self.settings.data_dir.join("instances").join(name)
+    }
+
+    fn log_dir(&self, name: &str) -> PathBuf {
+        self.settings.data_dir.join("logs").join(name)
+    }
+
+    /// The run specification: the workload's args and env, its host grants and
+    /// a scratch directory per granted path without a host path.
+    fn run_spec(&self, d: &DesiredInstance) -> anyhow::Result<RunSpec> {
+        let spec = &d.workload.spec;
+        let mut dirs = d.host_dirs.clone();
+        for (i, grant) in spec.dirs.iter().enumerate().filter(|(_, g)| g.host_path.is_none()) {
+            let host = self.instance_dir(&d.name).join("scratch").join(i.to_string());
+            std::fs::create_dir_all(&host).map_err(|e| anyhow::anyhow!("cannot create the scratch dir {}: {e}", host.display()))?;
+            dirs.push(Preopen { host, guest: grant.path.clone(), read_only: grant.read_only });
+        }
+        Ok(RunSpec {
+            program: d.workload.metadata.name.clone(),
+            args: spec.args.clone(),
+            env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            dirs,
+            memory_limit: spec.resources.limits.memory.map(|m| m.get()),
+            cpu_time_limit: spec.resources.limits.cpu_time.map(|d| d.get()),
+        })
+    }
+
+    async fn supervise(self: Arc<Self>, desired: DesiredInstance, shared: Arc<Shared>, cancel: CancellationToken) {
+        let name = desired.name.clone();
+        let log = shared.log.clone();
+        let workload = desired.workload.clone();
+        let policy = workload.restart_policy();
+        let backoff = self.settings.backoff;
+        let mut delay = backoff.initial;
+        let digest = workload.spec.module.digest.clone();
+
+        let spec = match self.run_spec(&desired) {
+            Ok(spec) => spec,
+            Err(e) => return self.finish(&shared, Phase::Failed, None, "StartError", &format!("{e:#}")),
+        };
+        loop {
+            shared.update(|s| {
+                s.phase = Phase::Starting;
+                s.reason = None;
+                s.message = None;
+            });
+            self.changed.notify_one();
+            let loaded = tokio::select! {
+                loaded = self.runtime.modules.load(&digest, desired.module.clone()) => loaded,
+                _ = cancel.cancelled() => return,
+            };
+            let module = match loaded {
+                Ok((module, outcome)) => {
+                    let how = match outcome {
+                        CacheOutcome::MemoryHit => "compile cache hit (memory)",
+                        CacheOutcome::DiskHit => "compile cache hit (disk)",
+                        CacheOutcome::Compiled => "compiled",
+                    };
+                    log.agent_line(&format!("module {digest}: {how}"));
+                    module
+                }
+                Err(e) => {
+                    self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.to_string());
+                    return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e.to_string());
+                }
+            };
+
+            let usage = Arc::new(Usage { memory: Default::default(), cpu: Arc::new(CpuMeter::default()) });
+            *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
+            let started_at = Utc::now();
+            let started = Instant::now();
+            shared.update(|s| {
+                s.phase = Phase::Running;
+                s.started_at = Some(started_at);
+                s.reason = None;
+                s.message = None;
+            });
+            self.changed.notify_one();
+            self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
+            log.agent_line("started");
+
+            let exit = tokio::select! {
+                exit = self.runtime.run(&module, &spec, &log, &usage) => exit,
+                _ = cancel.cancelled() => {
+                    log.flush_partial();
+                    log.agent_line("stopped by the agent");
+                    return;
+                }
+            };
+            log.flush_partial();
+            *shared.cpu_before.lock().unwrap_or_else(|p| p.into_inner()) += usage.cpu.used();
+            let first_line = exit.message.lines().next().unwrap_or_default().to_string();
+            log.agent_line(&format!("exited: {}: {}", exit.reason.as_str(), exit.message));
+            let termination = Termination {
+                exit_code: exit.code,
+                reason: exit.reason.as_str().to_string(),
+                message: exit.message.clone(),
+                started_at,
+                finished_at: Utc::now(),
+            };
+
+            let restart = match policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !exit.succeeded(),
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                let phase = if exit.succeeded() { Phase::Succeeded } else { Phase::Failed };
+                let kind = if exit.succeeded() { EventType::Normal } else { EventType::Warning };
+                self.events.record(kind, exit.reason.as_str(), "Instance", &name, format!("{}: {first_line}", phase.as_str()));
+                shared.update(|s| s.last_termination = Some(termination));
+                return self.finish(&shared, phase, exit.code, exit.reason.as_str(), &exit.message);
+            }
+
+            if started.elapsed() >= backoff.reset {
+                delay = backoff.initial;
+            }
+            let message =
+                format!("back-off {} restarting; last run: {}: {first_line}", wasmlet_api::Duration::from(delay), exit.reason.as_str());
+            self.events.record(EventType::Warning, "BackOff", "Instance", &name, message.clone());
+            log.agent_line(&message);
+            shared.update(|s| {
+                s.phase = Phase::Pending;
+                s.restarts += 1;
+                s.reason = Some("CrashLoopBackOff".into());
+                s.message = Some(message);
+                s.exit_code = exit.code;
+                s.last_termination = Some(termination);
+            });
+            self.changed.notify_one();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return,
+            }
+            delay = (delay * 2).min(backoff.max);
+        }
+    }
+
+    /// Stops every instance and waits for their tasks (the agent is shutting down).
+    /// Their files stay: after a restart the agent runs them again.
+    pub async fn stop_all(&self) {
+        let stopped: Vec<Supervised> =
+            std::mem::take(&mut *self.instances.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect();
+        for s in &stopped {
+            s.cancel.cancel();
+        }
+        for s in stopped {
+            let _ = s.task.await;
+        }
+    }
+
+    fn finish(&self, shared: &Shared, phase: Phase, exit_code: Option<i32>, reason: &str, message: &str) {
+        shared.update(|s| {
+            s.phase = phase;
+            s.exit_code = exit_code;
+            s.reason = Some(reason.to_string());
+            s.message = Some(message.to_string());
+        });
+        self.changed.notify_one();
+    }
+
+    /// Every instance with its status, by name.
+    pub fn instances(&self) -> Vec<Instance> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.values().map(|s| self.with_node(s.shared.snapshot())).collect()
+    }
+
+    pub fn instance(&self, name: &str) -> Option<Instance> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.get(name).map(|s| self.with_node(s.shared.snapshot()))
+    }
+
+    pub fn log(&self, name: &str) -> Option<InstanceLog> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|s| s.shared.log.clone())
+    }
+
+    fn with_node(&self, mut instance: Instance) -> Instance {
+        instance.spec.node = self.node.clone();
+        instance
+    }
+
+    pub fn summaries(&self) -> Vec<InstanceSummary> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances
+            .values()
+            .map(|s| InstanceSummary {
+                name: s.shared.name.clone(),
+                workload: s.shared.workload.clone(),
+                phase: s.shared.status.lock().unwrap_or_else(|p| p.into_inner()).phase,
+            })
+            .collect()
+    }
+
+    /// Per-instance and runtime metrics, in exposition text without the `# EOF` line.
+    pub fn render_metrics(&self) -> String {
+        type Labels = Vec<(&'static str, String)>;
+        let mut registry = Registry::default();
+        let phase: Family<Labels, Gauge> = Family::default();
+        let restarts: Family<Labels, Gauge> = Family::default();
+        let memory: Family<Labels, Gauge> = Family::default();
+        let cpu: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        let cache: Family<Labels, Gauge> = Family::default();
+        let allocator: Family<Labels, Gauge> = Family::default();
+        for instance in self.instances() {
+            let labels = vec![("instance", instance.metadata.name.clone()), ("workload", instance.spec.workload.clone())];
+            for p in Phase::ALL {
+                let mut l = labels.clone();
+                l.push(("phase", p.to_string()));
+                phase.get_or_create(&l).set(i64::from(instance.status.phase == p));
+            }
+            restarts.get_or_create(&labels).set(i64::from(instance.status.restarts));
+            let usage = instance.status.usage.unwrap_or_default();
+            memory.get_or_create(&labels).set(usage.memory_bytes as i64);
+            cpu.get_or_create(&labels).set(usage.cpu_seconds);
+        }
+        let stats = &self.runtime.modules.stats;
+        for (result, counter) in [
+            ("memory_hit", &stats.memory_hits),
+            ("disk_hit", &stats.disk_hits),
+            ("compiled", &stats.compiled),
+            ("discarded", &stats.discarded),
+        ] {
+            cache.get_or_create(&vec![("result", result.to_string())]).set(counter.load(Ordering::Relaxed) as i64);
+        }
+        allocator.get_or_create(&vec![("allocator", self.runtime.allocator.kind.to_string())]).set(1);
+        registry.register("wasmlet_instance_phase", "Instance phase: 1 for the phase the instance is in", phase);
+        registry.register("wasmlet_instance_restarts", "Times the instance was restarted", restarts);
+        registry.register("wasmlet_instance_memory_bytes", "Linear memory the instance holds", memory);
+        registry.register("wasmlet_instance_cpu_seconds", "CPU time the instance used over all its runs", cpu);
+        registry.register("wasmlet_module_loads", "Module loads by how the compile cache served them", cache);
+        registry.register("wasmlet_runtime_allocator", "The instance allocator in use", allocator);
+        let mut out = String::new();
+        let _ = encode(&mut out, &registry);
+        out.trim_end().trim_end_matches("# EOF").to_string()
+    }
+}
