@@ -52,6 +52,11 @@ bench-deps:
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk prometheus-node-exporter)
 	@# The Debian package enables a system service; the bench starts its own copy on loopback.
 	@systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
+	@# The wasmtime CLI of the version the agent embeds, for `density` (builds once, ~11 min on 2 cores,
+	@# in a target dir of its own, removed afterwards, so the workspace's stays as it is).
+	@test -x /var/tmp/wasmlet-tools/bin/wasmtime \
+		|| (CARGO_TARGET_DIR=/var/tmp/wasmlet-tools/build $(CARGO) install wasmtime-cli --version 48.0.8 --locked --root /var/tmp/wasmlet-tools \
+			&& rm -rf /var/tmp/wasmlet-tools/build)
 
 ## Benchmarks, printed as JSON lines. `make bench SCENARIOS=report` runs a subset.
 bench: bench-deps build examples

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use wasmlet_api::{Bytes, Cpu, Duration};
+use wasmlet_api::{Bytes, Cpu, Duration, Taint, TaintEffect};
 
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
@@ -82,6 +82,18 @@ pub struct AgentConfig {
     /// Address of the local API (/healthz, /readyz, /status, /metrics).
     #[arg(long, global = true, env = "WASMLET_API_ADDR", default_value = defaults::API_ADDR, value_name = "HOST:PORT")]
     pub api_addr: SocketAddr,
+
+    /// URL of the master to join, e.g. `http://10.0.0.1:7070`; without it the agent runs on its own.
+    #[arg(long, global = true, env = "WASMLET_MASTER", value_name = "URL")]
+    pub master: Option<String>,
+
+    /// Token proving this node may join the master.
+    #[arg(long, global = true, env = "WASMLET_JOIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
+    /// Taints of this node, `key=value:Effect,key2:Effect` (NoSchedule, PreferNoSchedule, NoExecute).
+    #[arg(long, global = true, env = "WASMLET_TAINTS", value_parser = parse_taint, value_delimiter = ',', value_name = "K=V:EFFECT,...")]
+    pub taints: Vec<Taint>,
 
     /// Labels of this node, `key=value,key2=value2`.
     #[arg(long, global = true, env = "WASMLET_LABELS", value_parser = parse_label, value_delimiter = ',', value_name = "K=V,...")]
@@ -214,6 +226,21 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         return Err(format!("`{value}` is not a valid label value"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+fn parse_taint(text: &str) -> Result<Taint, String> {
+    let (kv, effect) = text.rsplit_once(':').ok_or_else(|| format!("`{text}` is not `key=value:Effect`"))?;
+    let effect = match effect {
+        "NoSchedule" => TaintEffect::NoSchedule,
+        "PreferNoSchedule" => TaintEffect::PreferNoSchedule,
+        "NoExecute" => TaintEffect::NoExecute,
+        other => return Err(format!("`{other}` is not a taint effect (NoSchedule, PreferNoSchedule or NoExecute)")),
+    };
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if !wasmlet_api::validate::is_label_key(key) {
+        return Err(format!("`{key}` is not a valid taint key"));
+    }
+    Ok(Taint { key: key.to_string(), value: value.to_string(), effect })
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {

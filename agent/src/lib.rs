@@ -11,6 +11,7 @@
 //! - `supervisor`: keeps the desired instances running, with restart policies
 //!   and back-off; `logs` holds what they print, `events` what happened.
 //! - `manifests`: Workload files in a directory, run without a master.
+//! - `master_link`: joining a master, heartbeats, status, the assignment.
 //! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/instances`, logs, `/events`).
 //! - `status_cmd`: `wasmlet-agent status`, the report printed once.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod events;
 pub mod logs;
 pub mod manifests;
+pub mod master_link;
 pub mod report;
 pub mod runtime;
 pub mod status_cmd;
@@ -96,6 +98,26 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
         }
         _ => None,
     };
+    let link = match (&config.master, &supervisor) {
+        (Some(master), Some(supervisor)) => {
+            let settings = master_link::LinkSettings {
+                master: master.clone(),
+                join_token: config.join_token.clone(),
+                node: node.clone(),
+                labels: config.labels(),
+                taints: config.taints.clone(),
+                data_dir: config.data_dir.clone(),
+                allowed_host_paths: runtime::sandbox::canonical_allow_list(&config.allowed_host_paths),
+            };
+            let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
+            Some(tokio::spawn(link.run(stop.clone())))
+        }
+        (Some(_), None) => {
+            tracing::error!("not joining the master: the WASM runtime did not start");
+            None
+        }
+        _ => None,
+    };
     let app = api::router(api::ApiState {
         reports,
         watch_timeout: config.watch_timeout.get(),
@@ -109,7 +131,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
         signal.cancel();
     });
     axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the agent API")?;
-    if let Some(task) = manifests {
+    for task in [manifests, link].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(supervisor) = &supervisor {

@@ -59,7 +59,8 @@ impl InstanceLog {
         let path = dir.join("current.log");
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        let (lines, _) = broadcast::channel(1024);
+        // Small: every instance has one, and a follower that falls behind is told how many lines it missed.
+        let (lines, _) = broadcast::channel(64);
         Ok(InstanceLog {
             inner: Arc::new(Mutex::new(LogFile { path, file: Some(file), size, max_size, partial: [Vec::new(), Vec::new()] })),
             lines,

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use wasmlet_api::{EventType, Placement, Workload, WorkloadType};
 
 use crate::runtime::module::{detect, sha256_digest};
-use crate::runtime::sandbox::Preopen;
-use crate::supervisor::{DesiredInstance, Supervisor};
+use crate::runtime::sandbox::{Preopen, canonical_allow_list, resolve_host_grants};
+use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// A workload admitted from a manifest, ready to become instances.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub struct ManifestWatcher {
 
 impl ManifestWatcher {
     pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], supervisor: Arc<Supervisor>) -> Self {
-        let allowed_host_paths = allowed_host_paths.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        let allowed_host_paths = canonical_allow_list(allowed_host_paths);
         ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), supervisor }
     }
 
@@ -53,7 +53,7 @@ impl ManifestWatcher {
         tracing::info!(dir = %self.dir.display(), "watching static manifests");
         loop {
             if self.scan() {
-                self.supervisor.reconcile(self.desired());
+                self.supervisor.reconcile(Source::Manifests, self.desired());
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
@@ -141,6 +141,9 @@ impl ManifestWatcher {
                     module: admitted.module.clone(),
                     host_dirs: admitted.host_dirs.clone(),
                     generation: admitted.generation.clone(),
+                    epoch: 0,
+                    refused: None,
+                    fence: Default::default(),
                 });
             }
         }
@@ -190,21 +193,7 @@ impl ManifestWatcher {
         }
         detect(&bytes).map_err(|e| format!("spec.module.source: {}: {e}", module_path.display()))?;
 
-        let mut host_dirs = Vec::new();
-        for (i, grant) in spec.dirs.iter().enumerate() {
-            let Some(host) = &grant.host_path else { continue };
-            let canonical = Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
-            if !self.allowed_host_paths.iter().any(|allowed| canonical.starts_with(allowed)) {
-                let allowed = if self.allowed_host_paths.is_empty() {
-                    "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
-                } else {
-                    let list: Vec<String> = self.allowed_host_paths.iter().map(|p| p.display().to_string()).collect();
-                    format!("allowed: {}", list.join(", "))
-                };
-                return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
-            }
-            host_dirs.push(Preopen { host: canonical, guest: grant.path.clone(), read_only: grant.read_only });
-        }
+        let host_dirs = resolve_host_grants(&spec.dirs, &self.allowed_host_paths)?;
         let mut hasher = Sha256::new();
         hasher.update(serde_json::to_vec(&workload.spec).unwrap_or_default());
         hasher.update(serde_json::to_vec(&workload.metadata.labels).unwrap_or_default());

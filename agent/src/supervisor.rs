@@ -17,7 +17,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::{
@@ -26,11 +26,11 @@ use wasmlet_api::{
 
 use crate::events::EventLog;
 use crate::logs::InstanceLog;
-use crate::runtime::limits::CpuMeter;
+use crate::runtime::limits::{CpuMeter, Fence};
 use crate::runtime::module::CacheOutcome;
 use crate::runtime::run::Usage;
 use crate::runtime::sandbox::Preopen;
-use crate::runtime::{RunSpec, Runtime};
+use crate::runtime::{ExitReason, RunSpec, Runtime};
 
 /// An instance the agent should run, with everything needed to start it.
 #[derive(Clone)]
@@ -44,6 +44,22 @@ pub struct DesiredInstance {
     pub host_dirs: Vec<Preopen>,
     /// Changes whenever the instance must be restarted to apply a change.
     pub generation: String,
+    /// The master's epoch for the instance; 0 for static manifests.
+    pub epoch: u64,
+    /// Why the instance may not run here, when it may not (it is reported Failed).
+    pub refused: Option<String>,
+    /// The instance does not run past this deadline (see [`Fence`]).
+    pub fence: Fence,
+}
+
+/// Where desired instances come from. Each source owns its instances: one
+/// source's reconcile never stops another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Files in `--manifests-dir`.
+    Manifests,
+    /// The master's assignment.
+    Master,
 }
 
 /// Restart back-off: starts at `initial`, doubles to `max`, and starts over
@@ -69,11 +85,12 @@ pub struct Supervisor {
     pub events: Arc<EventLog>,
     /// Instances by name.
     instances: Mutex<BTreeMap<String, Supervised>>,
-    /// Woken on every phase change (the reporter listens).
-    pub changed: Arc<Notify>,
+    /// Bumped on every phase change; the reporter and the master link watch it.
+    pub changed: watch::Sender<u64>,
 }
 
 struct Supervised {
+    source: Source,
     generation: String,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -84,6 +101,8 @@ struct Supervised {
 struct Shared {
     name: String,
     workload: String,
+    epoch: u64,
+    fence: Fence,
     status: Mutex<InstanceStatus>,
     /// Memory now and CPU of the current run.
     usage: Mutex<Arc<Usage>>,
@@ -101,12 +120,18 @@ impl Shared {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let before = *self.cpu_before.lock().unwrap_or_else(|p| p.into_inner());
+        if status.phase == Phase::Running && self.fence.expired() {
+            // The guest stops at its next epoch tick; it must not count as running.
+            status.phase = Phase::Pending;
+            status.reason = Some("StoppedOnDisconnect".into());
+        }
         let running = status.phase == Phase::Running;
         status.usage = Some(InstanceUsage {
             memory_bytes: if running { usage.memory.load(Ordering::Relaxed) } else { 0 },
             cpu_seconds: (before + if running { usage.cpu.used() } else { Duration::ZERO }).as_secs_f64(),
         });
-        let mut instance = Instance::new(&self.name, InstanceSpec { workload: self.workload.clone(), node: String::new(), epoch: 0 });
+        let mut instance =
+            Instance::new(&self.name, InstanceSpec { workload: self.workload.clone(), node: String::new(), epoch: self.epoch });
         instance.status = status;
         instance
     }
@@ -120,16 +145,31 @@ impl Supervisor {
             node: node.to_string(),
             events: Arc::new(EventLog::new(node)),
             instances: Mutex::new(BTreeMap::new()),
-            changed: Arc::new(Notify::new()),
+            changed: watch::Sender::new(0),
         })
     }
 
-    /// Makes the running set match `desired`.
-    pub fn reconcile(self: &Arc<Self>, desired: Vec<DesiredInstance>) {
+    /// Makes the instances of `source` match `desired`.
+    pub fn reconcile(self: &Arc<Self>, source: Source, desired: Vec<DesiredInstance>) {
         let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        let wanted: BTreeMap<String, DesiredInstance> = desired.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let mut wanted: BTreeMap<String, DesiredInstance> = BTreeMap::new();
+        for d in desired {
+            match instances.get(&d.name) {
+                Some(other) if other.source != source => self.events.record(
+                    EventType::Warning,
+                    "NameConflict",
+                    "Instance",
+                    &d.name,
+                    format!("not started: an instance of that name already runs from {:?}", other.source),
+                ),
+                _ => {
+                    wanted.insert(d.name.clone(), d);
+                }
+            }
+        }
         let stale: Vec<String> = instances
             .iter()
+            .filter(|(_, s)| s.source == source)
             .filter(|(name, s)| wanted.get(*name).is_none_or(|d| d.generation != s.generation))
             .map(|(name, _)| name.clone())
             .collect();
@@ -158,7 +198,7 @@ impl Supervisor {
             if instances.contains_key(&name) {
                 continue;
             }
-            match self.start(d) {
+            match self.start(source, d) {
                 Ok(s) => {
                     instances.insert(name, s);
                 }
@@ -166,14 +206,16 @@ impl Supervisor {
             }
         }
         drop(instances);
-        self.changed.notify_one();
+        self.notify_change();
     }
 
-    fn start(self: &Arc<Self>, desired: DesiredInstance) -> anyhow::Result<Supervised> {
+    fn start(self: &Arc<Self>, source: Source, desired: DesiredInstance) -> anyhow::Result<Supervised> {
         let log = InstanceLog::open(&self.log_dir(&desired.name), self.settings.log_max_size)?;
         let shared = Arc::new(Shared {
             name: desired.name.clone(),
             workload: desired.workload.metadata.name.clone(),
+            epoch: desired.epoch,
+            fence: desired.fence.clone(),
             status: Mutex::new(InstanceStatus::default()),
             usage: Mutex::new(Arc::new(Usage::default())),
             cpu_before: Mutex::new(Duration::ZERO),
@@ -182,7 +224,7 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
         let task = self.runtime.spawn(self.clone().supervise(desired, shared.clone(), cancel.clone()));
-        Ok(Supervised { generation, shared, cancel, task })
+        Ok(Supervised { source, generation, shared, cancel, task })
     }
 
     fn instance_dir(&self, name: &str) -> PathBuf {
@@ -210,6 +252,7 @@ impl Supervisor {
             dirs,
             memory_limit: spec.resources.limits.memory.map(|m| m.get()),
             cpu_time_limit: spec.resources.limits.cpu_time.map(|d| d.get()),
+            fence: d.fence.clone(),
         })
     }
 
@@ -222,17 +265,24 @@ impl Supervisor {
         let mut delay = backoff.initial;
         let digest = workload.spec.module.digest.clone();
 
+        if let Some(why) = &desired.refused {
+            self.events.record(EventType::Warning, "AdmissionFailed", "Instance", &name, why.clone());
+            return self.finish(&shared, Phase::Failed, None, "AdmissionFailed", why);
+        }
         let spec = match self.run_spec(&desired) {
             Ok(spec) => spec,
             Err(e) => return self.finish(&shared, Phase::Failed, None, "StartError", &format!("{e:#}")),
         };
         loop {
+            if !self.wait_for_fence(&shared, &cancel).await {
+                return;
+            }
             shared.update(|s| {
                 s.phase = Phase::Starting;
                 s.reason = None;
                 s.message = None;
             });
-            self.changed.notify_one();
+            self.notify_change();
             let loaded = tokio::select! {
                 loaded = self.runtime.modules.load(&digest, desired.module.clone()) => loaded,
                 _ = cancel.cancelled() => return,
@@ -263,7 +313,7 @@ impl Supervisor {
                 s.reason = None;
                 s.message = None;
             });
-            self.changed.notify_one();
+            self.notify_change();
             self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
             log.agent_line("started");
 
@@ -287,6 +337,12 @@ impl Supervisor {
                 finished_at: Utc::now(),
             };
 
+            if exit.reason == ExitReason::StoppedOnDisconnect {
+                self.events.record(EventType::Warning, "StoppedOnDisconnect", "Instance", &name, exit.message.clone());
+                shared.update(|s| s.last_termination = Some(termination));
+                // It runs again once the master is heard from and still assigns it.
+                continue;
+            }
             let restart = match policy {
                 RestartPolicy::Always => true,
                 RestartPolicy::OnFailure => !exit.succeeded(),
@@ -315,13 +371,28 @@ impl Supervisor {
                 s.exit_code = exit.code;
                 s.last_termination = Some(termination);
             });
-            self.changed.notify_one();
+            self.notify_change();
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => return,
             }
             delay = (delay * 2).min(backoff.max);
         }
+    }
+
+    /// Stops these instances of `source` now, keeping their files (they may be
+    /// assigned again).
+    pub fn stop(&self, source: Source, names: &[String]) {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            if instances.get(name).is_some_and(|s| s.source == source)
+                && let Some(s) = instances.remove(name)
+            {
+                s.cancel.cancel();
+            }
+        }
+        drop(instances);
+        self.notify_change();
     }
 
     /// Stops every instance and waits for their tasks (the agent is shutting down).
@@ -337,6 +408,26 @@ impl Supervisor {
         }
     }
 
+    /// Waits while the instance's fence is expired. Returns false when cancelled.
+    async fn wait_for_fence(&self, shared: &Shared, cancel: &CancellationToken) -> bool {
+        if !shared.fence.expired() {
+            return true;
+        }
+        shared.update(|s| {
+            s.phase = Phase::Pending;
+            s.reason = Some("StoppedOnDisconnect".into());
+            s.message = Some("waiting to hear from the master: it has been silent longer than stopOnAgentAfter".into());
+        });
+        self.notify_change();
+        while shared.fence.expired() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = cancel.cancelled() => return false,
+            }
+        }
+        true
+    }
+
     fn finish(&self, shared: &Shared, phase: Phase, exit_code: Option<i32>, reason: &str, message: &str) {
         shared.update(|s| {
             s.phase = phase;
@@ -344,7 +435,23 @@ impl Supervisor {
             s.reason = Some(reason.to_string());
             s.message = Some(message.to_string());
         });
-        self.changed.notify_one();
+        self.notify_change();
+    }
+
+    fn notify_change(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The instances of one source, with their status.
+    pub fn instances_of(&self, source: Source) -> Vec<Instance> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.values().filter(|s| s.source == source).map(|s| self.with_node(s.shared.snapshot())).collect()
+    }
+
+    /// Names and epochs of the instances of one source.
+    pub fn epochs(&self, source: Source) -> BTreeMap<String, u64> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.iter().filter(|(_, s)| s.source == source).map(|(n, s)| (n.clone(), s.shared.epoch)).collect()
     }
 
     /// Every instance with its status, by name.

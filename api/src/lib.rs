@@ -18,6 +18,7 @@ pub mod event;
 pub mod instance;
 pub mod meta;
 pub mod node;
+pub mod protocol;
 pub mod quantity;
 pub mod validate;
 pub mod workload;

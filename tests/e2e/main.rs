@@ -4,4 +4,5 @@
 mod agent_api;
 mod agent_config;
 mod agent_report;
+mod cluster;
 mod runtime;

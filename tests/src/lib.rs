@@ -124,6 +124,22 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Freezes the agent (SIGSTOP), as a network partition would silence it.
+    pub fn freeze(&self) {
+        signal(self.pid(), rustix::process::Signal::STOP);
+    }
+
+    /// Thaws a frozen agent (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid(), rustix::process::Signal::CONT);
+    }
+
+    /// `kill -9`, as a crash of the machine.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the agent with SIGTERM and hands back its data dir, for a restart on the same state.
     pub fn stop_keep_data(mut self) -> anyhow::Result<tempfile::TempDir> {
         self.terminate(Duration::from_secs(20))?;
@@ -189,8 +205,146 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // A frozen process would ignore nothing but SIGKILL; thaw it anyway so it is reaped promptly.
+        signal(self.pid(), rustix::process::Signal::CONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback (bound and released: a tiny race, fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A running `wasmlet-master` on a loopback port with its own data dir.
+pub struct Master {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    port: u16,
+    pub data_dir: tempfile::TempDir,
+    args: Vec<String>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Master {
+    /// Starts a master with short timings for tests: heartbeat 200 ms, grace 800 ms, lostAfter 2 s.
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Master> {
+        let data_dir = tempfile::Builder::new().prefix("wasmlet-master-").tempdir()?;
+        let mut args: Vec<String> =
+            ["--heartbeat-interval", "200ms", "--node-grace-period", "800ms", "--lost-after", "2s", "--log-format", "json"]
+                .map(String::from)
+                .into();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let mut master =
+            Master { child: None, url: String::new(), port: free_port(), data_dir, args, logs: Arc::new(Mutex::new(Vec::new())) };
+        master.url = format!("http://127.0.0.1:{}", master.port);
+        master.spawn()?;
+        Ok(master)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(bin("wasmlet-master"))
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin("wasmlet-master").display()))?;
+        if let Some(stderr) = child.stderr.take() {
+            let logs = self.logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(format!("{}/healthz", self.url)).is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("the master exited with {status}; its log:\n{}", self.logs.lock().expect("log lock").join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the master did not answer /healthz within 60 s")
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the master again on the same port and data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = reqwest::blocking::get(self.api(path))?;
+        let status = response.status();
+        let body = response.bytes()?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Sends JSON; returns the status and the body.
+    pub fn send_json(&self, method: reqwest::Method, path: &str, body: &impl serde::Serialize) -> anyhow::Result<(u16, String)> {
+        let response = reqwest::blocking::Client::new().request(method, self.api(path)).json(body).send()?;
+        Ok((response.status().as_u16(), response.text()?))
+    }
+
+    /// Uploads a built example module; returns its digest.
+    pub fn upload_example(&self, name: &str) -> anyhow::Result<String> {
+        let (path, digest) = example(name);
+        let bytes = std::fs::read(path)?;
+        let response = reqwest::blocking::Client::new().put(self.api(&format!("/modules/{digest}"))).body(bytes).send()?;
+        if !response.status().is_success() {
+            bail!("uploading {name}: {}: {}", response.status(), response.text()?);
+        }
+        Ok(digest)
+    }
+
+    pub fn nodes(&self) -> Vec<wasmlet_api::Node> {
+        self.get_json::<wasmlet_api::protocol::List<wasmlet_api::Node>>("/nodes").map(|l| l.items).unwrap_or_default()
+    }
+
+    pub fn instances(&self) -> Vec<wasmlet_api::Instance> {
+        self.get_json::<wasmlet_api::protocol::List<wasmlet_api::Instance>>("/instances").map(|l| l.items).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<wasmlet_api::Event> {
+        self.get_json::<wasmlet_api::protocol::List<wasmlet_api::Event>>("/events").map(|l| l.items).unwrap_or_default()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -176,7 +176,7 @@ impl Reporter {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut ticks = tokio::time::interval_at(Instant::now() + self.settings.sample_interval, self.settings.sample_interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let changed = self.supervisor.as_ref().map(|s| s.changed.clone());
+        let changed = self.supervisor.as_ref().map(|s| s.changed.subscribe());
         let instances_changed = wait_for_change(changed.clone());
         tokio::pin!(shutdown);
         tokio::pin!(instances_changed);
@@ -184,11 +184,11 @@ impl Reporter {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = ticks.tick() => self.sample(),
-                _ = &mut instances_changed => {
+                rx = &mut instances_changed => {
                     self.publish();
                     // Bursts of changes (a thousand instances starting) are published at most every 100 ms.
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    instances_changed.set(wait_for_change(changed.clone()));
+                    instances_changed.set(wait_for_change(rx));
                 }
             }
         }
@@ -293,9 +293,14 @@ impl Reporter {
 }
 
 /// Completes when the supervisor signals a change; never without one.
-async fn wait_for_change(notify: Option<Arc<tokio::sync::Notify>>) {
-    match notify {
-        Some(notify) => notify.notified().await,
+async fn wait_for_change(changed: Option<watch::Receiver<u64>>) -> Option<watch::Receiver<u64>> {
+    match changed {
+        Some(mut rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            Some(rx)
+        }
         None => std::future::pending().await,
     }
 }

@@ -101,6 +101,35 @@ impl<F: Future> Future for Metered<F> {
     }
 }
 
+/// A deadline after which an instance must not run: the master has been
+/// silent for the workload's `stopOnAgentAfter`, and may be handing the
+/// instance to another node. Checked at every epoch tick, so a guest stops
+/// within a tick of the deadline even if the whole agent was frozen past it.
+#[derive(Debug, Clone)]
+pub struct Fence(Arc<std::sync::atomic::AtomicI64>);
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence(Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)))
+    }
+}
+
+impl Fence {
+    /// Sets the deadline (milliseconds since the Unix epoch).
+    pub fn set_deadline(&self, unix_ms: i64) {
+        self.0.store(unix_ms, Ordering::Relaxed);
+    }
+
+    pub fn expired(&self) -> bool {
+        chrono::Utc::now().timestamp_millis() >= self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The error an epoch callback raises when the instance's fence has expired.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped: the master has been silent longer than the workload's stopOnAgentAfter")]
+pub struct Fenced;
+
 /// The error an epoch callback raises when a guest has used up its CPU time.
 #[derive(Debug, thiserror::Error)]
 #[error("CPU time limit of {limit:?} exceeded")]

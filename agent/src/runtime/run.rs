@@ -10,13 +10,13 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{I32Exit, ResourceTable};
 
 use super::Runtime;
-use super::limits::{CpuMeter, CpuTimeLimitExceeded, MemoryLimiter};
+use super::limits::{CpuMeter, CpuTimeLimitExceeded, Fence, Fenced, MemoryLimiter};
 use super::module::{LoadedModule, Program};
 use super::sandbox::{ComponentState, CoreState, Preopen, wasi_builder};
 use crate::logs::InstanceLog;
 
 /// What one run is given.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RunSpec {
     /// argv[0] as the guest sees it.
     pub program: String,
@@ -25,6 +25,8 @@ pub struct RunSpec {
     pub dirs: Vec<Preopen>,
     pub memory_limit: Option<u64>,
     pub cpu_time_limit: Option<Duration>,
+    /// Past its deadline the guest is stopped at the next epoch tick.
+    pub fence: Fence,
 }
 
 /// Why a run ended, in the words the instance status uses.
@@ -40,6 +42,8 @@ pub enum ExitReason {
     CpuTimeLimitExceeded,
     /// The sandbox could not be set up or the module not instantiated.
     StartError,
+    /// The master was silent past `stopOnAgentAfter`.
+    StoppedOnDisconnect,
 }
 
 impl ExitReason {
@@ -51,6 +55,7 @@ impl ExitReason {
             ExitReason::MemoryLimitExceeded => "MemoryLimitExceeded",
             ExitReason::CpuTimeLimitExceeded => "CPUTimeLimitExceeded",
             ExitReason::StartError => "StartError",
+            ExitReason::StoppedOnDisconnect => "StoppedOnDisconnect",
         }
     }
 }
@@ -95,7 +100,7 @@ impl Runtime {
         match &module.program {
             Program::Core(pre) => {
                 let mut store = Store::new(self.engine(), CoreState { wasi: builder.build_p1(), limiter });
-                configure_store(&mut store, |s| &mut s.limiter, cpu.clone(), spec.cpu_time_limit);
+                configure_store(&mut store, |s| &mut s.limiter, cpu.clone(), spec.cpu_time_limit, spec.fence.clone());
                 let result = cpu
                     .meter(async {
                         let instance = pre.instantiate_async(&mut store).await?;
@@ -109,7 +114,7 @@ impl Runtime {
             Program::Command(pre) => {
                 let state = ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter };
                 let mut store = Store::new(self.engine(), state);
-                configure_store(&mut store, |s| &mut s.limiter, cpu.clone(), spec.cpu_time_limit);
+                configure_store(&mut store, |s| &mut s.limiter, cpu.clone(), spec.cpu_time_limit, spec.fence.clone());
                 let result = cpu
                     .meter(async {
                         let command = pre.instantiate_async(&mut store).await?;
@@ -129,12 +134,16 @@ fn configure_store<T: Send + 'static>(
     limiter: fn(&mut T) -> &mut MemoryLimiter,
     cpu: Arc<CpuMeter>,
     cpu_time_limit: Option<Duration>,
+    fence: Fence,
 ) {
     store.limiter(move |state| limiter(state) as &mut dyn ResourceLimiter);
     // Every epoch tick: over the CPU limit ends the run, otherwise yield so
     // other guests and the agent get their turn.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
+        if fence.expired() {
+            return Err(Fenced.into());
+        }
         if let Some(limit) = cpu_time_limit
             && cpu.used() > limit
         {
@@ -163,6 +172,9 @@ fn outcome(result: wasmtime::Result<i32>, memory_refused: bool, memory_limit: Op
         } else {
             exit_code(exit.0, memory_refused, memory_note)
         };
+    }
+    if let Some(fenced) = error.downcast_ref::<Fenced>() {
+        return Exit { code: None, reason: ExitReason::StoppedOnDisconnect, message: fenced.to_string() };
     }
     if let Some(cpu) = error.downcast_ref::<CpuTimeLimitExceeded>() {
         return Exit { code: None, reason: ExitReason::CpuTimeLimitExceeded, message: format!("stopped: {cpu}") };

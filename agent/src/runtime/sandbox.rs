@@ -60,3 +60,39 @@ pub fn wasi_builder(
     }
     Ok(builder)
 }
+
+/// Resolves a workload's host directory grants against the agent's
+/// allow-list (canonical paths). Scratch grants (no host path) are left to the
+/// supervisor. The error names the field and the allowed directories.
+pub fn resolve_host_grants(dirs: &[wasmlet_api::DirGrant], allowed: &[PathBuf]) -> Result<Vec<Preopen>, String> {
+    let mut out = Vec::new();
+    for (i, grant) in dirs.iter().enumerate() {
+        let Some(host) = &grant.host_path else { continue };
+        let canonical = std::path::Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
+        if !allowed.iter().any(|a| canonical.starts_with(a)) {
+            let allowed = if allowed.is_empty() {
+                "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
+            } else {
+                let list: Vec<String> = allowed.iter().map(|p| p.display().to_string()).collect();
+                format!("allowed: {}", list.join(", "))
+            };
+            return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
+        }
+        out.push(Preopen { host: canonical, guest: grant.path.clone(), read_only: grant.read_only });
+    }
+    Ok(out)
+}
+
+/// The allow-list as canonical paths; entries that do not exist are dropped with a warning.
+pub fn canonical_allow_list(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter_map(|p| match p.canonicalize() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "ignoring an allowed host path that cannot be resolved");
+                None
+            }
+        })
+        .collect()
+}

@@ -16,11 +16,19 @@
 //! Adding a scenario: write `<name>.rs` with
 //! `pub fn run(figures: &mut Figures) -> anyhow::Result<()>` and add one entry
 //! to [`SCENARIOS`]. Shared pieces live in `figures` (output), `wrk` (load from a
-//! separate process) and `support` (helper processes, ports, HTTP polling).
+//! separate process) and `support` (helper processes, ports, HTTP polling,
+//! placing manifests, percentiles).
+//!
+//! Scenarios: `report` (the node report against prometheus-node-exporter),
+//! `start` (manifest to Running, cold and warm) and `density` (1000 idle
+//! daemons in one agent against one `wasmtime run` process each; needs the
+//! wasmtime CLI that `make bench-deps` installs).
 #![forbid(unsafe_code)]
 
+mod density;
 mod figures;
 mod report;
+mod start;
 mod support;
 mod wrk;
 
@@ -37,12 +45,24 @@ struct Scenario {
 }
 
 /// Every scenario, in the order a plain `wasmlet-bench` runs them.
-const SCENARIOS: &[Scenario] = &[Scenario {
-    name: "report",
-    about: "the agent's node report: idle RSS, CPU per sample, /status and /metrics under load, \
-            against prometheus-node-exporter",
-    run: report::run,
-}];
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "report",
+        about: "the agent's node report: idle RSS, CPU per sample, /status and /metrics under load, \
+                against prometheus-node-exporter",
+        run: report::run,
+    },
+    Scenario {
+        name: "start",
+        about: "time from a manifest appearing to its instance Running, cold (compiling) and warm (cached), p50 and p99",
+        run: start::run,
+    },
+    Scenario {
+        name: "density",
+        about: "memory of 1000 idle sensor daemons in one agent, against one `wasmtime run` process each",
+        run: density::run,
+    },
+];
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]

@@ -12,7 +12,10 @@
 //! same machine, so on the same clock). The file is then removed and the
 //! instance waited for until the agent has dropped it, so exactly one manifest
 //! exists at a time. The latency includes up to one poll interval of the agent
-//! noticing the file; how often the bench asks for the instance does not enter it.
+//! noticing the file; each start waits a different part of the poll period
+//! first, so the starts fall at spread points of it (otherwise each would come
+//! right after a poll and wait nearly a whole period). How often the bench
+//! asks for the instance does not enter the latency.
 //!
 //! - Cold: [`STARTS`] starts, each of a module the agent has never seen:
 //!   `sensor.wasm` with a custom section appended that holds the start's index,
@@ -47,6 +50,8 @@ const AGENT: &str = "agent";
 const STARTS: usize = 100;
 /// The agent's `--manifests-poll-interval`; part of the measured latency.
 const MANIFESTS_POLL_INTERVAL: &str = "10ms";
+/// The same, to spread the starts over it (see [`stagger`]).
+const MANIFESTS_POLL_PERIOD: Duration = Duration::from_millis(10);
 const WARM_P99_GOAL: Goal = Goal::AtMost(20.0);
 
 /// How often the bench asks the agent about the instance. The latency is read
@@ -81,20 +86,23 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let bytes = with_custom_section(&sensor, CUSTOM_SECTION, format!("cold start {i} of run {nonce}").as_bytes());
         let path = modules.path().join(format!("sensor-cold-{i}.wasm"));
         std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        std::thread::sleep(stagger(i));
         cold.push(starter.start(&format!("cold-{i}"), &path, &sha256(&bytes)).with_context(|| format!("cold start {i}"))?);
     }
     let loads = Loads::read(&agent)?.since(before);
     let count_note = |what: &str| format!("wasmlet_module_loads over the {STARTS} cold starts: {what}");
     figures.emit(Figure::new(AGENT, "cold_start_compiled_loads", loads.compiled).note(&count_note(&format!("expected {STARTS}"))))?;
     figures.emit(
-        Figure::new(AGENT, "cold_start_cached_loads", loads.memory_hit + loads.disk_hit).note(&count_note("memory_hit + disk_hit, expected 0")),
+        Figure::new(AGENT, "cold_start_cached_loads", loads.memory_hit + loads.disk_hit)
+            .note(&count_note("memory_hit + disk_hit, expected 0")),
     )?;
     if loads.compiled != STARTS as u64 || loads.memory_hit + loads.disk_hit != 0 {
         bail!("the cold starts were not all compiled ({loads:?} over {STARTS} starts); their latencies would be mislabelled");
     }
     let note = format!(
         "{STARTS} starts, nearest rank; from just before the manifest's rename into --manifests-dir to the instance's status.startedAt, \
-         including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL}; each start compiles a module new to the agent"
+         including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL} (starts spread evenly over it); \
+         each start compiles a module new to the agent"
     );
     figures.emit(Figure::new(AGENT, "cold_start_p50_ms", percentile(&cold, 0.5)).note(&note))?;
     figures.emit(Figure::new(AGENT, "cold_start_p99_ms", percentile(&cold, 0.99)).note(&note))?;
@@ -107,20 +115,25 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let before = Loads::read(&agent)?;
     let mut warm = Vec::with_capacity(STARTS);
     for i in 0..STARTS {
+        std::thread::sleep(stagger(i));
         warm.push(starter.start(&format!("warm-{i}"), &sensor_path, &digest).with_context(|| format!("warm start {i}"))?);
     }
     let loads = Loads::read(&agent)?.since(before);
     let count_note = |what: &str| format!("wasmlet_module_loads over the {STARTS} warm starts: {what}");
     figures.emit(Figure::new(AGENT, "warm_start_memory_hit_loads", loads.memory_hit).note(&count_note(&format!("expected {STARTS}"))))?;
     figures.emit(
-        Figure::new(AGENT, "warm_start_uncached_loads", loads.compiled + loads.disk_hit).note(&count_note("compiled + disk_hit, expected 0")),
+        Figure::new(AGENT, "warm_start_uncached_loads", loads.compiled + loads.disk_hit)
+            .note(&count_note("compiled + disk_hit, expected 0")),
     )?;
     if loads.memory_hit != STARTS as u64 || loads.compiled + loads.disk_hit != 0 {
-        bail!("the warm starts were not all served from the memory cache ({loads:?} over {STARTS} starts); their latencies would be mislabelled");
+        bail!(
+            "the warm starts were not all served from the memory cache ({loads:?} over {STARTS} starts); their latencies would be mislabelled"
+        );
     }
     let note = format!(
         "{STARTS} starts, nearest rank; from just before the manifest's rename into --manifests-dir to the instance's status.startedAt, \
-         including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL}; the module compiled before and cached in memory"
+         including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL} (starts spread evenly over it); \
+         the module compiled before and cached in memory"
     );
     figures.emit(Figure::new(AGENT, "warm_start_p50_ms", percentile(&warm, 0.5)).note(&note))?;
     figures.emit(Figure::new(AGENT, "warm_start_p99_ms", percentile(&warm, 0.99)).goal(WARM_P99_GOAL).note(&note))?;
@@ -164,7 +177,9 @@ impl Starter<'_> {
 
         let path = self.dir.join(&file_name);
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        poll_until(GONE_TIMEOUT, CHECK_EVERY, &format!("the agent to drop instance {name}"), || Ok(self.instance(&name)?.is_none().then_some(())))?;
+        poll_until(GONE_TIMEOUT, CHECK_EVERY, &format!("the agent to drop instance {name}"), || {
+            Ok(self.instance(&name)?.is_none().then_some(()))
+        })?;
         Ok(millis_between(placed_at, started_at))
     }
 
@@ -188,6 +203,15 @@ fn describe(instance: &Instance) -> String {
         status.reason.as_deref().unwrap_or("-"),
         status.message.as_deref().unwrap_or("-")
     )
+}
+
+/// A pause before start `i`, so the starts fall at points spread evenly over
+/// the agent's poll period (golden-ratio steps) rather than all just after a
+/// poll: the previous start ends when the bench sees the agent drop the
+/// instance, which happens right after one of its polls.
+fn stagger(i: usize) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_895;
+    MANIFESTS_POLL_PERIOD.mul_f64((i as f64 * GOLDEN).fract())
 }
 
 /// A `sensor` daemon that prints one line right away, then sleeps a minute

@@ -1,0 +1,628 @@
+//! The agent's link to a master (`--master URL`): join, heartbeat, report,
+//! receive the assignment, report instance phases, fetch modules.
+//!
+//! Every connection is opened by the agent, so a node behind NAT works. The
+//! link survives a flaky network and a master that is away:
+//! - failures are retried with jittered exponential back-off, while the
+//!   instances keep running;
+//! - the last assignment is kept in `<data-dir>/link/state.json`, so after a
+//!   reboot without the master the agent runs it again on its own;
+//! - the assignment is authoritative: the agent runs exactly its instances,
+//!   under their epochs, and stops anything else the master no longer lists
+//!   (fencing: a copy handed off elsewhere is stopped on reconnect);
+//! - an instance whose workload sets `disconnect.stopOnAgentAfter` carries a
+//!   fence: a deadline that only a heartbeat confirming the assignment (or a
+//!   fresh assignment) moves forward. Past it the guest is stopped at its next
+//!   epoch tick — even when the whole agent was frozen past the deadline — and
+//!   it runs again only when the master still assigns it. With
+//!   `stopOnAgentAfter < lostAfter` one replica never runs twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use wasmlet_api::protocol::{
+    ApiError, Assignment, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
+};
+use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
+
+use crate::report::Report;
+use crate::runtime::limits::Fence;
+use crate::runtime::module::sha256_digest;
+use crate::runtime::sandbox::resolve_host_grants;
+use crate::supervisor::{DesiredInstance, Source, Supervisor};
+
+/// What the link is told at start.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Base URL of the master, e.g. `http://10.0.0.1:7070`.
+    pub master: String,
+    pub join_token: Option<String>,
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub data_dir: PathBuf,
+    /// Canonical host directories workloads may be granted.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+/// What survives a restart of the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SavedState {
+    assignment: Assignment,
+    last_contact: DateTime<Utc>,
+}
+
+/// Timings the master hands out at registration.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    heartbeat: Duration,
+    status_report: Duration,
+}
+
+pub struct MasterLink {
+    settings: LinkSettings,
+    http: reqwest::Client,
+    supervisor: Arc<Supervisor>,
+    reports: watch::Receiver<Arc<Report>>,
+    state: Mutex<LinkState>,
+    /// Wakes the assignment loop (the lease answer named a newer revision, or a reconnect).
+    fetch_now: Notify,
+}
+
+struct LinkState {
+    credential: Option<String>,
+    /// The assignment being run, authoritative as of `last_contact`.
+    assignment: Option<Assignment>,
+    /// The last time the master answered.
+    last_contact: Option<DateTime<Utc>>,
+    last_saved: Option<DateTime<Utc>>,
+    /// The fence of each assigned instance, by name.
+    fences: HashMap<String, Fence>,
+    /// Module bytes by digest, shared by every instance of a module.
+    modules: HashMap<String, Arc<Vec<u8>>>,
+}
+
+/// Why a request failed: the master answered with an error, or did not answer.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("the master answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    #[error("the master at {url} cannot be reached: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+}
+
+impl MasterLink {
+    pub fn new(
+        settings: LinkSettings,
+        supervisor: Arc<Supervisor>,
+        reports: watch::Receiver<Arc<Report>>,
+    ) -> anyhow::Result<Arc<MasterLink>> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().context("building the HTTP client")?;
+        let master = settings.master.trim_end_matches('/').to_string();
+        let settings = LinkSettings { master, ..settings };
+        Ok(Arc::new(MasterLink {
+            settings,
+            http,
+            supervisor,
+            reports,
+            state: Mutex::new(LinkState {
+                credential: None,
+                assignment: None,
+                last_contact: None,
+                last_saved: None,
+                fences: HashMap::new(),
+                modules: HashMap::new(),
+            }),
+            fetch_now: Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn link_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("link")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.settings.master)
+    }
+
+    /// Runs the link until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        self.resume_saved().await;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let registered = tokio::select! {
+                r = self.register() => r,
+                _ = stop.cancelled() => return,
+            };
+            match registered {
+                Ok(timings) => {
+                    backoff.reset();
+                    tracing::info!(master = %self.settings.master, node = %self.settings.node, "registered with the master");
+                    let session = stop.child_token();
+                    tokio::select! {
+                        reason = self.clone().connected(timings, session.clone()) => {
+                            tracing::warn!(reason = %reason, "registering again");
+                        }
+                        _ = stop.cancelled() => {}
+                    }
+                    session.cancel();
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff.peek(), "cannot register with the master; workloads keep running"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// After a restart: runs the saved assignment, except what has been
+    /// silent past its `stopOnAgentAfter`.
+    async fn resume_saved(&self) {
+        let path = self.link_dir().join("state.json");
+        let Ok(text) = tokio::fs::read(&path).await else { return };
+        let saved: SavedState = match serde_json::from_slice(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable saved assignment");
+                return;
+            }
+        };
+        tracing::info!(instances = saved.assignment.instances.len(), last_contact = %saved.last_contact, "resuming the saved assignment");
+        {
+            let mut state = self.lock();
+            state.last_contact = Some(saved.last_contact);
+            state.assignment = Some(saved.assignment.clone());
+        }
+        // Fences count from the last time the master was heard, before the reboot.
+        if let Err(e) = self.apply(&saved.assignment, false).await {
+            tracing::warn!(error = %e, "cannot run the saved assignment");
+        }
+    }
+
+    async fn register(&self) -> Result<Timings, LinkError> {
+        let report = self.reports.borrow().clone();
+        let request = RegisterRequest {
+            name: self.settings.node.clone(),
+            labels: self.settings.labels.clone(),
+            taints: self.settings.taints.clone(),
+            status: report.node.status.clone(),
+            join_token: self.settings.join_token.clone(),
+        };
+        let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).json(&request)).await?;
+        let mut state = self.lock();
+        state.credential = Some(response.credential);
+        Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
+    }
+
+    /// The loops of a registered session. Returns why the session ended.
+    async fn connected(self: Arc<Self>, timings: Timings, session: CancellationToken) -> String {
+        self.contact();
+        self.fetch_now.notify_one();
+        let tasks = [
+            tokio::spawn(self.clone().lease_loop(timings, session.clone())),
+            tokio::spawn(self.clone().status_loop(timings, session.clone())),
+            tokio::spawn(self.clone().assignment_loop(session.clone())),
+            tokio::spawn(self.clone().instance_status_loop(session.clone())),
+        ];
+        let (ended, _, rest) = futures::future::select_all(tasks).await;
+        for task in rest {
+            task.abort();
+        }
+        ended.unwrap_or_else(|e| format!("a link task failed: {e}"))
+    }
+
+    /// The master answered.
+    fn contact(&self) {
+        self.lock().last_contact = Some(Utc::now());
+        self.save_contact();
+    }
+
+    /// Moves every fence to now + its workload's `stopOnAgentAfter`: the
+    /// master has just confirmed the assignment as it is run.
+    fn extend_fences(&self, from: DateTime<Utc>) {
+        let state = self.lock();
+        let Some(assignment) = &state.assignment else { return };
+        for assigned in &assignment.instances {
+            let Some(fence) = state.fences.get(&assigned.instance.metadata.name) else { continue };
+            match assigned.workload.spec.disconnect.stop_on_agent_after {
+                Some(limit) => {
+                    let limit = chrono::Duration::from_std(limit.get()).unwrap_or(chrono::Duration::MAX);
+                    fence.set_deadline(from.checked_add_signed(limit).map_or(i64::MAX, |d| d.timestamp_millis()));
+                }
+                None => fence.set_deadline(i64::MAX),
+            }
+        }
+    }
+
+    async fn lease_loop(self: Arc<Self>, timings: Timings, session: CancellationToken) -> String {
+        let path = format!("/nodes/{}/lease", self.settings.node);
+        let mut failing_since: Option<DateTime<Utc>> = None;
+        loop {
+            let revision = self.lock().assignment.as_ref().map_or(0, |a| a.revision);
+            let renewal = LeaseRenewal { assignment_revision: revision };
+            match self.send::<LeaseResponse>(self.authorized(self.http.put(self.url(&path))).json(&renewal)).await {
+                Ok(response) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!("the master answers again");
+                    }
+                    self.contact();
+                    if response.assignment_revision == revision {
+                        self.extend_fences(Utc::now());
+                    } else {
+                        // Only the new assignment may lift fences: instances may have been handed off.
+                        self.fetch_now.notify_one();
+                    }
+                }
+                Err(LinkError::Refused { status: 404 | 401, message }) => {
+                    return format!("the master no longer knows this node: {message}");
+                }
+                Err(e) => {
+                    if failing_since.is_none() {
+                        tracing::warn!(error = %e, "heartbeat failed; workloads keep running");
+                        failing_since = Some(Utc::now());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(timings.heartbeat, 0.1)) => {}
+                _ = session.cancelled() => return "stopping".into(),
+            }
+        }
+    }
+
+    /// Pushes NodeStatus when something other than live usage changed, and
+    /// at least every status report interval.
+    async fn status_loop(self: Arc<Self>, timings: Timings, session: CancellationToken) -> String {
+        let path = format!("/nodes/{}/status", self.settings.node);
+        let mut reports = self.reports.clone();
+        let mut last_sent: Option<(String, tokio::time::Instant)> = None;
+        loop {
+            let report = reports.borrow_and_update().clone();
+            let fingerprint = significant(&report.node.status);
+            let due = match &last_sent {
+                None => true,
+                Some((sent, at)) => *sent != fingerprint || at.elapsed() >= timings.status_report,
+            };
+            if due {
+                match self.send::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&report.node.status)).await {
+                    Ok(_) => {
+                        self.contact();
+                        last_sent = Some((fingerprint, tokio::time::Instant::now()));
+                    }
+                    Err(LinkError::Refused { status: 404 | 401, message }) => return format!("status refused: {message}"),
+                    Err(e) => tracing::debug!(error = %e, "status report failed; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = reports.changed() => {}
+                _ = tokio::time::sleep(timings.status_report.min(Duration::from_secs(5))) => {}
+                _ = session.cancelled() => return "stopping".into(),
+            }
+        }
+    }
+
+    /// Watches the node's assignment and applies each new one.
+    async fn assignment_loop(self: Arc<Self>, session: CancellationToken) -> String {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            let since = self.lock().assignment.as_ref().map_or(0, |a| a.revision);
+            let query = format!("?watch=true&since={since}&timeoutSeconds=30");
+            let path = format!("/nodes/{}/assignment{query}", self.settings.node);
+            let request = self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(45));
+            let fetched = tokio::select! {
+                r = self.send_optional::<Assignment>(request) => r,
+                _ = session.cancelled() => return "stopping".into(),
+            };
+            match fetched {
+                Ok(Some(assignment)) => {
+                    self.contact();
+                    match self.apply(&assignment, true).await {
+                        Ok(()) => backoff.reset(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot apply the assignment yet; retrying");
+                            self.sleep_or_stop(backoff.next(), &session).await;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    self.contact();
+                    backoff.reset();
+                }
+                Err(LinkError::Refused { status: 404 | 401, message }) => return format!("assignment refused: {message}"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "assignment watch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = self.fetch_now.notified() => {}
+                        _ = session.cancelled() => return "stopping".into(),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sleep_or_stop(&self, delay: Duration, session: &CancellationToken) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = session.cancelled() => {}
+        }
+    }
+
+    /// Runs exactly the assignment's instances: fetches missing modules,
+    /// saves the assignment, and reconciles the supervisor.
+    async fn apply(&self, assignment: &Assignment, fresh: bool) -> anyhow::Result<()> {
+        let mut desired = Vec::with_capacity(assignment.instances.len());
+        for assigned in &assignment.instances {
+            let workload = &assigned.workload;
+            let digest = &workload.spec.module.digest;
+            let module = self.module(digest).await.with_context(|| format!("module {digest} of {}", assigned.instance.metadata.name))?;
+            let (host_dirs, refused) = match resolve_host_grants(&workload.spec.dirs, &self.settings.allowed_host_paths) {
+                Ok(dirs) => (dirs, None),
+                Err(why) => (Vec::new(), Some(why)),
+            };
+            let epoch = assigned.instance.spec.epoch;
+            let fence = self.lock().fences.entry(assigned.instance.metadata.name.clone()).or_default().clone();
+            let spec_json = serde_json::to_vec(&workload.spec).unwrap_or_default();
+            desired.push(DesiredInstance {
+                name: assigned.instance.metadata.name.clone(),
+                workload: Arc::new(workload.clone()),
+                module,
+                host_dirs,
+                generation: format!("{epoch}-{}", &sha256_digest(&spec_json)[7..23]),
+                epoch,
+                refused,
+                fence,
+            });
+        }
+        let contact = {
+            let mut state = self.lock();
+            if fresh {
+                state.last_contact = Some(Utc::now());
+            }
+            state.assignment = Some(assignment.clone());
+            let names: BTreeSet<&String> = assignment.instances.iter().map(|a| &a.instance.metadata.name).collect();
+            state.fences.retain(|name, _| names.contains(name));
+            state.last_contact.unwrap_or_else(Utc::now)
+        };
+        self.extend_fences(contact);
+        self.save().await;
+        let fenced: Vec<String> =
+            self.supervisor.epochs(Source::Master).into_keys().filter(|name| !desired.iter().any(|d| &d.name == name)).collect();
+        for name in &fenced {
+            self.supervisor.events.record(
+                EventType::Normal,
+                "Fenced",
+                "Instance",
+                name,
+                "not in the master's assignment any more: stopped",
+            );
+        }
+        self.supervisor.reconcile(Source::Master, desired);
+        Ok(())
+    }
+
+    /// Module bytes: from memory, from the on-disk store, or fetched from the master.
+    async fn module(&self, digest: &str) -> anyhow::Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = self.lock().modules.get(digest) {
+            return Ok(bytes.clone());
+        }
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let path = self.settings.data_dir.join("cache").join("modules").join(format!("{hex}.wasm"));
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) if sha256_digest(&bytes) == digest => bytes,
+            _ => {
+                let response = self.authorized(self.http.get(self.url(&format!("/modules/{digest}")))).send().await?;
+                if !response.status().is_success() {
+                    bail!("the master answered {} to GET /modules/{digest}", response.status());
+                }
+                let bytes = response.bytes().await?.to_vec();
+                let actual = sha256_digest(&bytes);
+                if actual != digest {
+                    bail!("the master sent bytes hashing to {actual}");
+                }
+                write_atomically(&path, &bytes).await?;
+                bytes
+            }
+        };
+        let bytes = Arc::new(bytes);
+        self.lock().modules.insert(digest.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Sends changed instance phases to the master in batches.
+    async fn instance_status_loop(self: Arc<Self>, session: CancellationToken) -> String {
+        let path = format!("/nodes/{}/instances/status", self.settings.node);
+        let mut changes = self.supervisor.changed.subscribe();
+        let mut sent: HashMap<String, InstanceStatus> = HashMap::new();
+        loop {
+            let updates: Vec<InstanceStatusUpdate> = self
+                .supervisor
+                .instances_of(Source::Master)
+                .into_iter()
+                .filter(|i| sent.get(&i.metadata.name).is_none_or(|s| reportable(s) != reportable(&i.status)))
+                .map(|i| InstanceStatusUpdate { name: i.metadata.name.clone(), epoch: i.spec.epoch, status: i.status })
+                .collect();
+            if !updates.is_empty() {
+                let batch = InstanceStatusBatch { updates: updates.clone() };
+                match self.send_optional::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&batch)).await {
+                    Ok(_) => {
+                        self.contact();
+                        for u in updates {
+                            sent.insert(u.name, u.status);
+                        }
+                    }
+                    Err(LinkError::Refused { status: 404 | 401, message }) => return format!("instance status refused: {message}"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "instance status report failed; retrying");
+                        self.sleep_or_stop(Duration::from_secs(1), &session).await;
+                        continue;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {
+                    // Let a burst of changes settle into one batch.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = session.cancelled() => return "stopping".into(),
+            }
+        }
+    }
+
+    fn save_contact(&self) {
+        let due = {
+            let state = self.lock();
+            match (state.last_saved, state.last_contact) {
+                (Some(saved), Some(contact)) => (contact - saved).num_seconds() >= 10,
+                _ => true,
+            }
+        };
+        if due {
+            let link = self.link_dir();
+            let snapshot = self.saved_state();
+            if let Some(saved) = snapshot {
+                self.lock().last_saved = Some(saved.last_contact);
+                tokio::spawn(async move {
+                    if let Ok(bytes) = serde_json::to_vec(&saved) {
+                        let _ = write_atomically(&link.join("state.json"), &bytes).await;
+                    }
+                });
+            }
+        }
+    }
+
+    fn saved_state(&self) -> Option<SavedState> {
+        let state = self.lock();
+        Some(SavedState { assignment: state.assignment.clone()?, last_contact: state.last_contact.unwrap_or_else(Utc::now) })
+    }
+
+    async fn save(&self) {
+        let Some(saved) = self.saved_state() else { return };
+        self.lock().last_saved = Some(saved.last_contact);
+        match serde_json::to_vec(&saved) {
+            Ok(bytes) => {
+                if let Err(e) = write_atomically(&self.link_dir().join("state.json"), &bytes).await {
+                    tracing::warn!(error = %e, "cannot save the assignment; after a reboot without the master it would not run");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the assignment"),
+        }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.lock().credential {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, LinkError> {
+        match self.send_optional(request).await? {
+            Some(value) => Ok(value),
+            None => Err(LinkError::Refused { status: 304, message: "nothing changed".into() }),
+        }
+    }
+
+    /// Sends a request; `None` for 204/304 answers.
+    async fn send_optional<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<Option<T>, LinkError> {
+        let url = self.settings.master.clone();
+        let response = request.send().await.map_err(|source| LinkError::Unreachable { url: url.clone(), source })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED || status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let body = response.bytes().await.map_err(|source| LinkError::Unreachable { url, source })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ApiError>(&body)
+                .map(|e| format!("{}: {}", e.reason, e.message))
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
+            return Err(LinkError::Refused { status: status.as_u16(), message });
+        }
+        if body.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| LinkError::Refused { status: status.as_u16(), message: format!("an answer this agent cannot read: {e}") })
+    }
+}
+
+/// What of an instance status is worth telling the master (not live usage).
+fn reportable(s: &InstanceStatus) -> (wasmlet_api::Phase, u32, Option<i32>, Option<String>) {
+    (s.phase, s.restarts, s.exit_code, s.reason.clone())
+}
+
+/// The parts of NodeStatus whose change is worth a report (not live usage
+/// or heartbeat times, which the lease and the periodic report carry).
+fn significant(status: &NodeStatus) -> String {
+    let conditions: Vec<String> = status.conditions.iter().map(|c| format!("{}={}/{}", c.kind, c.status, c.reason)).collect();
+    serde_json::json!({
+        "capacity": status.capacity,
+        "allocatable": status.allocatable,
+        "conditions": conditions,
+        "addresses": status.addresses,
+        "nodeInfo": status.node_info,
+        "instances": status.instances,
+        "runtime": status.runtime,
+    })
+    .to_string()
+}
+
+async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// `base` ± `fraction`, so a fleet does not beat in step.
+fn jitter(base: Duration, fraction: f64) -> Duration {
+    let nanos = Utc::now().timestamp_subsec_nanos() as f64 / 1e9; // cheap entropy, good enough to spread a fleet
+    base.mul_f64(1.0 + fraction * (2.0 * nanos - 1.0))
+}
+
+/// Exponential back-off with jitter.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Backoff { initial, max, current: initial }
+    }
+
+    fn peek(&self) -> Duration {
+        self.current
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = jitter(self.current, 0.2);
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}

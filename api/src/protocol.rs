@@ -1,0 +1,118 @@
+//! The master ↔ agent protocol under `/api/v1`. Every connection is opened by
+//! the agent, so nodes behind NAT work.
+//!
+//! | request | body → answer |
+//! | --- | --- |
+//! | `POST /nodes/register` | [`RegisterRequest`] → [`RegisterResponse`] |
+//! | `PUT /nodes/{name}/lease` | [`LeaseRenewal`] → [`LeaseResponse`] (every heartbeat interval) |
+//! | `PUT /nodes/{name}/status` | [`NodeStatus`](crate::NodeStatus) → [`Node`] (on change, and at least every status report interval) |
+//! | `GET /nodes/{name}/assignment?watch=true&since=REV&timeoutSeconds=N` | → [`Assignment`] (long poll; `304` when nothing changed) |
+//! | `PUT /nodes/{name}/instances/status` | [`InstanceStatusBatch`] → `204` |
+//! | `GET /modules/{digest}` | → the module's bytes |
+//!
+//! Errors everywhere are [`ApiError`] with the HTTP status.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::instance::{Instance, InstanceStatus};
+use crate::node::{Node, NodeStatus, Taint};
+use crate::workload::Workload;
+
+/// A node joining (or re-joining after a restart) the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    pub status: NodeStatus,
+    /// Proof that the node may join; checked by the security layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+}
+
+/// What a node needs to take part: its object and the cluster's timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterResponse {
+    pub node: Node,
+    /// Used as the bearer token from then on.
+    pub credential: String,
+    pub heartbeat_interval: Duration,
+    pub status_report_interval: Duration,
+    /// The master's default for `disconnect.lostAfter`.
+    pub lost_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseRenewal {
+    /// The assignment revision the agent runs now.
+    pub assignment_revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LeaseResponse {
+    /// The node's current assignment revision: fetch the assignment when it differs.
+    pub assignment_revision: u64,
+}
+
+/// The authoritative list of what a node must run. The agent runs exactly
+/// these instances, each under its epoch, and stops anything else it finds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Assignment {
+    pub revision: u64,
+    pub instances: Vec<AssignedInstance>,
+}
+
+/// One instance to run, with the workload it belongs to (as of the instance's epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssignedInstance {
+    pub instance: Instance,
+    pub workload: Workload,
+}
+
+/// Phase changes of a node's instances, sent together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStatusBatch {
+    pub updates: Vec<InstanceStatusUpdate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceStatusUpdate {
+    pub name: String,
+    /// The epoch the agent runs the instance under; an update from an older epoch is ignored.
+    pub epoch: u64,
+    pub status: InstanceStatus,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiError {
+    /// One CamelCase word: `NotFound`, `Conflict`, `Invalid`, `TooLarge`, `Unauthorized`, …
+    pub reason: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// A list answer: the items and the collection's revision, to watch from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct List<T> {
+    pub revision: u64,
+    pub items: Vec<T>,
+}
+
+/// Convenience for [`Node`]-returning endpoints.
+pub type NodeList = List<Node>;

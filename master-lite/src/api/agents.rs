@@ -1,0 +1,139 @@
+//! The master ↔ agent protocol (`wasmlet_api::protocol`): register, lease,
+//! node status, the node's assignment (long poll) and batched instance
+//! phases. Credentials are issued and stored at registration; a bearer token
+//! is accepted but not yet checked (authentication is a later step).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use wasmlet_api::protocol::{
+    AssignedInstance, Assignment, InstanceStatusBatch, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
+};
+use wasmlet_api::{EventType, Node, NodeStatus, Phase};
+
+use super::{Failure, ListParams, decode, not_modified, wait_for_change};
+use crate::Shared;
+use crate::cluster::random_hex;
+use crate::controller::lifecycle::is_unreachable;
+use crate::scheduler::UNREACHABLE_TAINT;
+
+fn not_registered(name: &str) -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "NotFound", format!("node `{name}` is not registered: POST /api/v1/nodes/register first"))
+}
+
+pub async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+    let request: RegisterRequest = decode(&body, "registration")?;
+    let name = request.name.clone();
+    let (node, credential) = {
+        let mut cluster = shared.cluster();
+        let existing = cluster.nodes.get(&name).cloned();
+        let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
+        node.metadata.labels = request.labels;
+        let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
+        node.spec.taints = request.taints.into_iter().chain(unreachable).collect();
+        node.status = request.status;
+        node.validate().map_err(|e| Failure::invalid(format!("node `{name}` cannot register: {e}")))?;
+        let credential = cluster.credential(&name).map(str::to_string).unwrap_or_else(|| random_hex(32));
+        let mut txn = cluster.txn();
+        txn.put_credential(&name, credential.clone());
+        let conditions = node.status.conditions.clone();
+        txn.put_node(node);
+        let what = if existing.is_some() { "registered again" } else { "joined the cluster" };
+        txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
+        cluster.commit(txn)?;
+        let mut leases = shared.leases();
+        leases.renew(&name, tokio::time::Instant::now());
+        leases.report(&name, conditions);
+        (cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?, credential)
+    };
+    shared.wake.notify_one();
+    let config = &shared.config;
+    Ok(Json(RegisterResponse {
+        node,
+        credential,
+        heartbeat_interval: config.heartbeat_interval,
+        status_report_interval: config.status_report_interval,
+        lost_after: config.lost_after,
+    })
+    .into_response())
+}
+
+pub async fn renew_lease(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
+    let (revision, unreachable) = {
+        let cluster = shared.cluster();
+        let node = cluster.nodes.get(&name).ok_or_else(|| not_registered(&name))?;
+        (cluster.assignment_revision(&name), is_unreachable(node))
+    };
+    shared.leases().renew(&name, tokio::time::Instant::now());
+    if unreachable {
+        shared.wake.notify_one();
+    }
+    Ok(Json(LeaseResponse { assignment_revision: revision }).into_response())
+}
+
+pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let status: NodeStatus = decode(&body, "node status")?;
+    let mut cluster = shared.cluster();
+    let mut node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
+    let conditions = status.conditions.clone();
+    node.status = status;
+    let mut txn = cluster.txn();
+    txn.put_node(node);
+    cluster.commit(txn)?;
+    {
+        let mut leases = shared.leases();
+        leases.renew(&name, tokio::time::Instant::now());
+        leases.report(&name, conditions);
+    }
+    Ok(Json(cluster.nodes.get(&name).cloned()).into_response())
+}
+
+pub async fn assignment(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, Failure> {
+    let params = ListParams::parse(&query)?;
+    if !shared.cluster().nodes.contains_key(&name) {
+        return Err(not_registered(&name));
+    }
+    if params.watch && !wait_for_change(&shared, params.since, params.timeout, |c| c.assignment_revision(&name)).await {
+        return Ok(not_modified());
+    }
+    let cluster = shared.cluster();
+    let instances = cluster
+        .instances_on(&name)
+        .filter(|p| p.instance.status.phase != Phase::Lost)
+        .map(|p| AssignedInstance { instance: p.instance.clone(), workload: p.workload.clone() })
+        .collect();
+    Ok(Json(Assignment { revision: cluster.assignment_revision(&name), instances }).into_response())
+}
+
+pub async fn report_instances(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+    let batch: InstanceStatusBatch = decode(&body, "instance status batch")?;
+    let mut cluster = shared.cluster();
+    if !cluster.nodes.contains_key(&name) {
+        return Err(not_registered(&name));
+    }
+    let mut txn = cluster.txn();
+    for update in batch.updates {
+        let Some(placed) = cluster.instances.get(&update.name) else { continue };
+        // Stale (older epoch), someone else's, or already handed off: the master's view wins.
+        if placed.instance.spec.node != name || update.epoch < placed.instance.spec.epoch || placed.instance.status.phase == Phase::Lost {
+            tracing::debug!(instance = %update.name, node = %name, epoch = update.epoch, "ignoring an instance status update");
+            continue;
+        }
+        if placed.instance.status != update.status {
+            let mut changed = placed.clone();
+            changed.instance.status = update.status;
+            txn.put_instance(changed);
+        }
+    }
+    cluster.commit(txn)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

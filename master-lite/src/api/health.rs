@@ -1,0 +1,23 @@
+//! `/healthz` (the process answers), `/readyz` (the store is loaded and the
+//! controllers run) and `/metrics` (OpenMetrics text).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use crate::Shared;
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if shared.shutdown.is_cancelled() { (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n") } else { (StatusCode::OK, "ready\n") }
+}
+
+pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let text = shared.metrics.render(&shared.cluster());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+}

@@ -1,0 +1,242 @@
+//! The HTTP API under `/api/v1`: one route table, the error answer, and what
+//! every handler shares (body decoding, list parameters, label selectors,
+//! long-poll watches).
+//!
+//! - `objects`: workloads, instances and events, for operators.
+//! - `nodes`: nodes for operators: list, delete, cordon, drain.
+//! - `agents`: the master ↔ agent protocol of `wasmlet_api::protocol`.
+//! - `modules`: module upload and download, content-addressed.
+//! - `health`: `/healthz`, `/readyz`, `/metrics`.
+
+mod agents;
+mod health;
+mod modules;
+mod nodes;
+mod objects;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+use wasmlet_api::protocol::ApiError;
+
+use crate::Shared;
+use crate::cluster::Cluster;
+use crate::metrics::RequestLabels;
+use crate::store::StoreError;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let v1 = Router::new()
+        .route("/workloads", get(objects::list_workloads).post(objects::create_workload))
+        .route("/workloads/{name}", get(objects::get_workload).put(objects::replace_workload).delete(objects::delete_workload))
+        .route("/instances", get(objects::list_instances))
+        .route("/instances/{name}", get(objects::get_instance))
+        .route("/events", get(objects::list_events))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/register", post(agents::register))
+        .route("/nodes/{name}", get(nodes::get).delete(nodes::delete))
+        .route("/nodes/{name}/cordon", post(nodes::cordon))
+        .route("/nodes/{name}/uncordon", post(nodes::uncordon))
+        .route("/nodes/{name}/drain", post(nodes::drain))
+        .route("/nodes/{name}/lease", put(agents::renew_lease))
+        .route("/nodes/{name}/status", put(agents::report_status))
+        .route("/nodes/{name}/assignment", get(agents::assignment))
+        .route("/nodes/{name}/instances/status", put(agents::report_instances))
+        .route("/modules/{digest}", put(modules::upload).get(modules::download).layer(DefaultBodyLimit::disable()));
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such path: see /api/v1/workloads, /api/v1/nodes, /api/v1/instances, /api/v1/events",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
+        .with_state(shared)
+}
+
+async fn count_requests(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    shared.metrics.http_requests.get_or_create(&RequestLabels { method, code: response.status().as_u16().to_string() }).inc();
+    response
+}
+
+/// An error answer: the HTTP status and an [`ApiError`] body.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Failure { status, reason, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::BAD_REQUEST, "Invalid", message)
+    }
+
+    pub fn not_found(kind: &str, name: &str) -> Self {
+        Failure::new(StatusCode::NOT_FOUND, "NotFound", format!("{kind} `{name}` does not exist"))
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "a write failed; nothing of it was applied");
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", format!("{e}; nothing was written, retry later"))
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ApiError { reason: self.reason.to_string(), message: self.message })).into_response()
+    }
+}
+
+/// Decodes a JSON body: malformed JSON, unknown fields and bad values are `Invalid`, naming the field.
+pub fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
+    wasmlet_api::from_json(body).map_err(|e| Failure::invalid(format!("the {what} cannot be decoded: {e}")))
+}
+
+/// A label selector: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (absent), comma-separated, all must hold.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Selector(Vec<Term>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Term {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl Selector {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut terms = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let term = if let Some((k, v)) = part.split_once("!=") {
+                Term::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Term::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = part.strip_prefix('!') {
+                Term::Absent(k.trim().into())
+            } else {
+                Term::Exists(part.into())
+            };
+            let key = match &term {
+                Term::Equals(k, _) | Term::NotEquals(k, _) | Term::Exists(k) | Term::Absent(k) => k,
+            };
+            if !wasmlet_api::validate::is_label_key(key) {
+                return Err(format!(
+                    "`{part}` in labelSelector: `{key}` is not a label key (write `k=v`, `k!=v`, `k` or `!k`, comma-separated)"
+                ));
+            }
+            terms.push(term);
+        }
+        Ok(Selector(terms))
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|term| match term {
+            Term::Equals(k, v) => labels.get(k) == Some(v),
+            Term::NotEquals(k, v) => labels.get(k) != Some(v),
+            Term::Exists(k) => labels.contains_key(k),
+            Term::Absent(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+/// The query parameters of lists and watches.
+#[derive(Debug, Default)]
+pub struct ListParams {
+    pub selector: Selector,
+    pub watch: bool,
+    pub since: u64,
+    pub timeout: Option<Duration>,
+}
+
+impl ListParams {
+    pub fn parse(query: &[(String, String)]) -> Result<Self, Failure> {
+        let mut params = ListParams::default();
+        for (key, value) in query {
+            let number = |what: &str| value.parse::<u64>().map_err(|_| Failure::invalid(format!("`{what}={value}` is not a whole number")));
+            match key.as_str() {
+                "labelSelector" => params.selector = Selector::parse(value).map_err(Failure::invalid)?,
+                "watch" => params.watch = matches!(value.as_str(), "true" | "1" | ""),
+                "since" => params.since = number("since")?,
+                "timeoutSeconds" => params.timeout = Some(Duration::from_secs(number("timeoutSeconds")?)),
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Waits until `revision(cluster)` exceeds `since`, at most `timeout` (capped by
+/// `--watch-timeout`). False on timeout or shutdown.
+pub async fn wait_for_change(shared: &Shared, since: u64, timeout: Option<Duration>, revision: impl Fn(&Cluster) -> u64) -> bool {
+    let limit = shared.config.watch_timeout.get();
+    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(limit).min(limit);
+    let mut changes = {
+        let cluster = shared.cluster();
+        if revision(&cluster) > since {
+            return true;
+        }
+        cluster.subscribe()
+    };
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return false,
+            changed = tokio::time::timeout_at(deadline, changes.changed()) => match changed {
+                Ok(Ok(())) => {}
+                _ => return false,
+            },
+        }
+        if revision(&shared.cluster()) > since {
+            return true;
+        }
+    }
+}
+
+/// The answer of a watch that saw no change.
+pub fn not_modified() -> Response {
+    StatusCode::NOT_MODIFIED.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse_and_match() {
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".to_string(), "edge".to_string())].into();
+        let m = |s: &str| Selector::parse(s).unwrap().matches(&labels);
+        assert!(m("app=web"));
+        assert!(m("app==web,tier"));
+        assert!(!m("app!=web"));
+        assert!(m("zone!=a"));
+        assert!(!m("zone"));
+        assert!(m("!zone"));
+        assert!(m(""));
+        assert!(Selector::parse("bad key=1").unwrap_err().contains("bad key"));
+    }
+}

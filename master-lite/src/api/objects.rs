@@ -1,0 +1,186 @@
+//! Workloads (create, replace with optimistic concurrency, delete with their
+//! instances), instances and events, for operators.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use wasmlet_api::protocol::List;
+use wasmlet_api::{EventType, Phase, Workload, WorkloadStatus, WorkloadType};
+
+use super::{Failure, ListParams, decode, not_modified, wait_for_change};
+use crate::Shared;
+use crate::cluster::Cluster;
+use crate::store::Kind;
+
+type QueryPairs = Query<Vec<(String, String)>>;
+
+/// Answers a list, or (with `watch=true`) waits for the collection to move past `since` first.
+async fn list<T: serde::Serialize>(
+    shared: &Shared,
+    query: &[(String, String)],
+    kind: Kind,
+    items: impl Fn(&Cluster, &super::Selector) -> Vec<T>,
+) -> Result<Response, Failure> {
+    let params = ListParams::parse(query)?;
+    if params.watch && !wait_for_change(shared, params.since, params.timeout, |c| c.collection_revision(kind)).await {
+        return Ok(not_modified());
+    }
+    let cluster = shared.cluster();
+    Ok(Json(List { revision: cluster.revision, items: items(&cluster, &params.selector) }).into_response())
+}
+
+pub async fn list_workloads(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
+    list(&shared, &query, Kind::Workload, |c, s| {
+        c.workloads.values().filter(|w| s.matches(&w.metadata.labels)).map(|w| with_status(c, w)).collect()
+    })
+    .await
+}
+
+pub async fn list_instances(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
+    list(&shared, &query, Kind::Instance, |c, s| {
+        c.instances.values().filter(|p| s.matches(&p.instance.metadata.labels)).map(|p| p.instance.clone()).collect()
+    })
+    .await
+}
+
+pub async fn list_events(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
+    list(&shared, &query, Kind::Event, |c, s| c.events_in_order().filter(|e| s.matches(&e.metadata.labels)).cloned().collect()).await
+}
+
+pub async fn get_instance(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let cluster = shared.cluster();
+    let placed = cluster.instances.get(&name).ok_or_else(|| Failure::not_found("instance", &name))?;
+    Ok(Json(&placed.instance).into_response())
+}
+
+pub async fn get_workload(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let cluster = shared.cluster();
+    let workload = cluster.workloads.get(&name).ok_or_else(|| Failure::not_found("workload", &name))?;
+    Ok(Json(with_status(&cluster, workload)).into_response())
+}
+
+/// The workload with its status counted from its instances.
+fn with_status(cluster: &Cluster, workload: &Workload) -> Workload {
+    let mut status = WorkloadStatus {
+        desired: match workload.spec.placement {
+            Some(_) => 0,
+            None => workload.spec.replicas.unwrap_or(1),
+        },
+        observed_generation: workload.metadata.resource_version.unwrap_or(0),
+        ..Default::default()
+    };
+    for placed in cluster.instances.values().filter(|p| p.instance.spec.workload == workload.metadata.name) {
+        match placed.instance.status.phase {
+            Phase::Running => {
+                status.running += 1;
+                status.ready += 1;
+            }
+            Phase::Succeeded => status.succeeded += 1,
+            Phase::Failed => status.failed += 1,
+            _ => {}
+        }
+        if workload.spec.placement.is_some() && placed.instance.status.phase != Phase::Lost {
+            status.desired += 1;
+        }
+    }
+    let mut workload = workload.clone();
+    workload.status = Some(status);
+    workload
+}
+
+/// Decodes and validates a workload body, and checks that its module can be had.
+fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Result<Workload, Failure> {
+    let mut workload: Workload = decode(body, "workload")?;
+    workload.validate().map_err(|e| Failure::invalid(format!("workload `{}` is invalid: {e}", workload.metadata.name)))?;
+    let module = &workload.spec.module;
+    if !module.source.starts_with("https://") && !shared.modules.contains(&module.digest) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("MASTER:7070");
+        return Err(Failure::invalid(format!(
+            "spec.module.digest: module {digest} is not uploaded to the master; upload it first: curl -X PUT --data-binary @{source} http://{host}/api/v1/modules/{digest}",
+            digest = module.digest,
+            source = module.source,
+        )));
+    }
+    workload.status = None;
+    Ok(workload)
+}
+
+pub async fn create_workload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {
+    let mut workload = workload_from(&shared, &body, &headers)?;
+    let mut cluster = shared.cluster();
+    let name = workload.metadata.name.clone();
+    if cluster.workloads.contains_key(&name) {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("workload `{name}` already exists: change it with PUT /api/v1/workloads/{name}, or pick another name"),
+        ));
+    }
+    workload.metadata.uid = None;
+    workload.metadata.resource_version = None;
+    workload.metadata.creation_timestamp = None;
+    let mut txn = cluster.txn();
+    txn.put_workload(workload);
+    txn.event(EventType::Normal, "Created", ("Workload", &name), format!("workload {name} created"));
+    cluster.commit(txn)?;
+    let created = cluster.workloads.get(&name).map(|w| with_status(&cluster, w));
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+pub async fn replace_workload(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    let mut workload = workload_from(&shared, &body, &headers)?;
+    if workload.metadata.name != name {
+        return Err(Failure::invalid(format!("metadata.name: `{}` does not match the name in the URL, `{name}`", workload.metadata.name)));
+    }
+    let mut cluster = shared.cluster();
+    let current = cluster.workloads.get(&name).ok_or_else(|| Failure::not_found("workload", &name))?;
+    if let Some(given) = workload.metadata.resource_version
+        && current.metadata.resource_version != Some(given)
+    {
+        return Err(Failure::conflict(format!(
+            "workload `{name}` was changed since resourceVersion {given} (it is now {}): GET it again, re-apply your change and PUT it with the new resourceVersion",
+            current.metadata.resource_version.unwrap_or(0)
+        )));
+    }
+    workload.metadata.uid = current.metadata.uid.clone();
+    workload.metadata.creation_timestamp = current.metadata.creation_timestamp;
+    let rolled = current.spec != workload.spec;
+    let mut txn = cluster.txn();
+    txn.put_workload(workload);
+    if rolled {
+        txn.event(
+            EventType::Normal,
+            "Updated",
+            ("Workload", &name),
+            format!("workload {name} changed: rolling its instances over one at a time"),
+        );
+    }
+    cluster.commit(txn)?;
+    let updated = cluster.workloads.get(&name).map(|w| with_status(&cluster, w));
+    Ok(Json(updated).into_response())
+}
+
+pub async fn delete_workload(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let mut cluster = shared.cluster();
+    let workload = cluster.workloads.get(&name).cloned().ok_or_else(|| Failure::not_found("workload", &name))?;
+    let mut txn = cluster.txn();
+    txn.delete(Kind::Workload, &name);
+    let instances: Vec<String> =
+        cluster.instances.values().filter(|p| p.instance.spec.workload == name).map(|p| p.instance.metadata.name.clone()).collect();
+    for instance in &instances {
+        txn.delete(Kind::Instance, instance);
+    }
+    let kind = if workload.spec.kind == WorkloadType::Job { "job" } else { "workload" };
+    txn.event(EventType::Normal, "Deleted", ("Workload", &name), format!("{kind} {name} deleted with its {} instance(s)", instances.len()));
+    cluster.commit(txn)?;
+    Ok(Json(workload).into_response())
+}

@@ -1,0 +1,357 @@
+//! The cluster as the master sees it: every object in memory, written
+//! through the [`Store`] in transactions.
+//!
+//! A [`Txn`] stages changes; [`Cluster::commit`] gives them the next global
+//! revision (each object's `metadata.resourceVersion`), sets `uid` and
+//! `creationTimestamp` on new objects, commits them durably in one batch and
+//! only then applies them in memory and wakes watchers. Reads are served from
+//! memory. This module also owns the revisions watchers wait on: one per
+//! collection, and one per node for its assignment.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, Workload};
+
+use crate::config::defaults;
+use crate::store::{Batch, Kind, Op, Store, StoreError};
+
+/// An instance together with the workload as it was when the instance was
+/// created: what its node runs, even while the workload rolls to a new spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placed {
+    pub instance: Instance,
+    pub workload: Workload,
+}
+
+/// Changes staged for one commit.
+#[derive(Debug, Default)]
+pub struct Txn {
+    changes: Vec<Change>,
+    epoch: u64,
+}
+
+#[derive(Debug)]
+enum Change {
+    Node(Box<Node>),
+    Workload(Box<Workload>),
+    Instance(Box<Placed>),
+    Event(Box<Event>),
+    Credential(String, String),
+    Delete(Kind, String),
+}
+
+impl Txn {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn put_node(&mut self, node: Node) {
+        self.changes.push(Change::Node(Box::new(node)));
+    }
+
+    pub fn put_workload(&mut self, workload: Workload) {
+        self.changes.push(Change::Workload(Box::new(workload)));
+    }
+
+    pub fn put_instance(&mut self, placed: Placed) {
+        self.changes.push(Change::Instance(Box::new(placed)));
+    }
+
+    pub fn put_credential(&mut self, node: &str, credential: String) {
+        self.changes.push(Change::Credential(node.to_string(), credential));
+    }
+
+    pub fn delete(&mut self, kind: Kind, name: &str) {
+        self.changes.push(Change::Delete(kind, name.to_string()));
+    }
+
+    /// A fresh epoch, larger than every one issued before (also across restarts).
+    pub fn next_epoch(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch
+    }
+
+    /// Records an event reported by the master.
+    pub fn event(&mut self, kind_of_event: EventType, reason: &str, object: (&str, &str), message: impl Into<String>) {
+        let name = format!("{}.{}", object.1, random_hex(8));
+        let involved = ObjectReference { kind: object.0.to_string(), name: object.1.to_string() };
+        let message = message.into();
+        match kind_of_event {
+            EventType::Warning => tracing::warn!(reason, object = %object.1, "{message}"),
+            EventType::Normal => tracing::info!(reason, object = %object.1, "{message}"),
+        }
+        self.changes.push(Change::Event(Box::new(Event::new(name, kind_of_event, reason, involved, message, "master"))));
+    }
+}
+
+/// Every object, the counters, and the revisions watchers wait on.
+pub struct Cluster {
+    /// Where every write goes before it is applied here.
+    store: Box<dyn Store>,
+    /// The global revision: bumped by every commit.
+    pub revision: u64,
+    /// The last epoch issued.
+    epoch: u64,
+    pub nodes: BTreeMap<String, Node>,
+    pub workloads: BTreeMap<String, Workload>,
+    pub instances: BTreeMap<String, Placed>,
+    pub events: BTreeMap<String, Event>,
+    /// Event names, oldest first, to drop the oldest beyond the cap.
+    event_order: VecDeque<String>,
+    credentials: HashMap<String, String>,
+    /// The revision of the last write to each collection.
+    collection_revision: HashMap<Kind, u64>,
+    /// The revision of the last change to each node's assignment.
+    assignment_revision: HashMap<String, u64>,
+    /// Carries the global revision to watchers and controllers.
+    changes: watch::Sender<u64>,
+}
+
+impl Cluster {
+    /// Loads everything the store holds.
+    pub fn load(store: Box<dyn Store>) -> Result<Self, StoreError> {
+        let snapshot = store.load()?;
+        let mut cluster = Cluster {
+            store,
+            revision: snapshot.revision,
+            epoch: snapshot.epoch,
+            nodes: BTreeMap::new(),
+            workloads: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            events: BTreeMap::new(),
+            event_order: VecDeque::new(),
+            credentials: HashMap::new(),
+            collection_revision: HashMap::new(),
+            assignment_revision: HashMap::new(),
+            changes: watch::Sender::new(snapshot.revision),
+        };
+        let corrupt = |kind: Kind, name: &str, e: serde_json::Error| StoreError(format!("{} `{name}` cannot be read: {e}", kind.table()));
+        for (kind, name, value) in snapshot.objects {
+            match kind {
+                Kind::Node => {
+                    drop(cluster.nodes.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+                }
+                Kind::Workload => {
+                    drop(cluster.workloads.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+                }
+                Kind::Instance => {
+                    drop(cluster.instances.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+                }
+                Kind::Event => {
+                    drop(cluster.events.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+                }
+                Kind::Credential => drop(cluster.credentials.insert(name, String::from_utf8_lossy(&value).into_owned())),
+            }
+        }
+        let mut order: Vec<(u64, String)> =
+            cluster.events.iter().map(|(name, e)| (e.metadata.resource_version.unwrap_or(0), name.clone())).collect();
+        order.sort();
+        cluster.event_order = order.into_iter().map(|(_, name)| name).collect();
+        // Revisions before the restart are unknown: everything counts as changed now.
+        for kind in Kind::ALL {
+            cluster.collection_revision.insert(kind, cluster.revision);
+        }
+        for node in cluster.nodes.keys() {
+            cluster.assignment_revision.insert(node.clone(), cluster.revision);
+        }
+        Ok(cluster)
+    }
+
+    pub fn txn(&self) -> Txn {
+        Txn { changes: Vec::new(), epoch: self.epoch }
+    }
+
+    /// Receives the global revision after every commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn collection_revision(&self, kind: Kind) -> u64 {
+        self.collection_revision.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn assignment_revision(&self, node: &str) -> u64 {
+        self.assignment_revision.get(node).copied().unwrap_or(0)
+    }
+
+    pub fn credential(&self, node: &str) -> Option<&str> {
+        self.credentials.get(node).map(String::as_str)
+    }
+
+    /// The instances placed on `node`.
+    pub fn instances_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Placed> + 'a {
+        self.instances.values().filter(move |p| p.instance.spec.node == node)
+    }
+
+    /// Events, oldest first.
+    pub fn events_in_order(&self) -> impl Iterator<Item = &Event> {
+        self.event_order.iter().filter_map(|name| self.events.get(name))
+    }
+
+    /// Commits `txn` durably, then applies it. Returns the new revision
+    /// (the current one when `txn` is empty).
+    pub fn commit(&mut self, txn: Txn) -> Result<u64, StoreError> {
+        if txn.changes.is_empty() && txn.epoch == self.epoch {
+            return Ok(self.revision);
+        }
+        let revision = self.revision + 1;
+        let now = Utc::now();
+        let mut batch = Batch { revision, epoch: txn.epoch, ops: Vec::with_capacity(txn.changes.len()) };
+        let mut changes = txn.changes;
+        let new_events = changes.iter().filter(|c| matches!(c, Change::Event(_))).count();
+        let excess = (self.event_order.len() + new_events).saturating_sub(defaults::MAX_EVENTS);
+        for name in self.event_order.iter().take(excess) {
+            changes.push(Change::Delete(Kind::Event, name.clone()));
+        }
+        let encode = |value: &dyn erased::Encode| value.encode().map_err(|e| StoreError(format!("encoding: {e}")));
+        for change in &mut changes {
+            let stamp = |meta: &mut wasmlet_api::ObjectMeta| {
+                meta.resource_version = Some(revision);
+                if meta.uid.is_none() {
+                    meta.uid = Some(new_uid());
+                }
+                if meta.creation_timestamp.is_none() {
+                    meta.creation_timestamp = Some(now);
+                }
+            };
+            let op = match change {
+                Change::Node(node) => {
+                    stamp(&mut node.metadata);
+                    Op::Put { kind: Kind::Node, name: node.metadata.name.clone(), value: encode(node.as_ref())? }
+                }
+                Change::Workload(workload) => {
+                    stamp(&mut workload.metadata);
+                    Op::Put { kind: Kind::Workload, name: workload.metadata.name.clone(), value: encode(workload.as_ref())? }
+                }
+                Change::Instance(placed) => {
+                    stamp(&mut placed.instance.metadata);
+                    Op::Put { kind: Kind::Instance, name: placed.instance.metadata.name.clone(), value: encode(placed.as_ref())? }
+                }
+                Change::Event(event) => {
+                    stamp(&mut event.metadata);
+                    Op::Put { kind: Kind::Event, name: event.metadata.name.clone(), value: encode(event.as_ref())? }
+                }
+                Change::Credential(node, credential) => {
+                    Op::Put { kind: Kind::Credential, name: node.clone(), value: credential.as_bytes().to_vec() }
+                }
+                Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone() },
+            };
+            batch.ops.push(op);
+        }
+        self.store.commit(&batch)?;
+
+        self.revision = revision;
+        self.epoch = txn.epoch;
+        for change in changes {
+            match change {
+                Change::Node(node) => {
+                    self.touch(Kind::Node, revision);
+                    self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
+                    self.nodes.insert(node.metadata.name.clone(), *node);
+                }
+                Change::Workload(workload) => {
+                    self.touch(Kind::Workload, revision);
+                    self.workloads.insert(workload.metadata.name.clone(), *workload);
+                }
+                Change::Instance(placed) => {
+                    self.touch(Kind::Instance, revision);
+                    let name = placed.instance.metadata.name.clone();
+                    let old = self.instances.get(&name);
+                    let lost = |p: &Placed| p.instance.status.phase == Phase::Lost;
+                    let assignment_changed = old.is_none_or(|old| {
+                        old.instance.spec != placed.instance.spec || old.workload.spec != placed.workload.spec || lost(old) != lost(&placed)
+                    });
+                    if assignment_changed {
+                        if let Some(old) = old {
+                            self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
+                        }
+                        self.assignment_revision.insert(placed.instance.spec.node.clone(), revision);
+                    }
+                    self.instances.insert(name, *placed);
+                }
+                Change::Event(event) => {
+                    self.touch(Kind::Event, revision);
+                    self.event_order.push_back(event.metadata.name.clone());
+                    self.events.insert(event.metadata.name.clone(), *event);
+                }
+                Change::Credential(node, credential) => {
+                    self.credentials.insert(node, credential);
+                }
+                Change::Delete(kind, name) => {
+                    self.touch(kind, revision);
+                    match kind {
+                        Kind::Node => {
+                            self.nodes.remove(&name);
+                            self.assignment_revision.insert(name, revision);
+                        }
+                        Kind::Workload => drop(self.workloads.remove(&name)),
+                        Kind::Instance => {
+                            if let Some(old) = self.instances.remove(&name) {
+                                self.assignment_revision.insert(old.instance.spec.node, revision);
+                            }
+                        }
+                        Kind::Event => {
+                            if self.events.remove(&name).is_some() {
+                                self.event_order.retain(|n| *n != name);
+                            }
+                        }
+                        Kind::Credential => drop(self.credentials.remove(&name)),
+                    }
+                }
+            }
+        }
+        self.changes.send_replace(revision);
+        Ok(revision)
+    }
+
+    fn touch(&mut self, kind: Kind, revision: u64) {
+        self.collection_revision.insert(kind, revision);
+    }
+}
+
+mod erased {
+    /// Lets `commit` encode the different object types through one closure.
+    pub trait Encode {
+        fn encode(&self) -> serde_json::Result<Vec<u8>>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    fill_random(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fills `buf` from the OS; falls back to the clock if the OS has no randomness to give.
+pub fn fill_random(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        for b in buf {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (seed >> 64) as u8;
+        }
+    }
+}
+
+fn new_uid() -> String {
+    let h = random_hex(16);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// `<workload>-<5 random lowercase letters and digits>`.
+pub fn instance_name(workload: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    fill_random(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    format!("{workload}-{suffix}")
+}

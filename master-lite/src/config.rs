@@ -1,0 +1,153 @@
+//! The master's settings: every option is a flag, a `WASMLET_…` environment
+//! variable and a key of the `--config` TOML file. The defaults live in
+//! [`defaults`] and nowhere else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use wasmlet_api::{Bytes, Duration};
+
+/// The built-in defaults, one place for all of them.
+pub mod defaults {
+    pub const DATA_DIR: &str = "/var/lib/wasmlet-master";
+    pub const LISTEN: &str = "0.0.0.0:7070";
+    pub const HEARTBEAT_INTERVAL: &str = "2s";
+    pub const NODE_GRACE_PERIOD: &str = "8s";
+    pub const LOST_AFTER: &str = "15s";
+    pub const STATUS_REPORT_INTERVAL: &str = "60s";
+    pub const MAX_MODULE_SIZE: &str = "64Mi";
+    pub const HAND_OFFS_PER_SECOND: &str = "10";
+    pub const WATCH_TIMEOUT: &str = "30s";
+    /// Events kept in the store; older ones are dropped.
+    pub const MAX_EVENTS: usize = 10_000;
+    /// Share of silent nodes (and count) above which hand-offs are held off.
+    pub const DISRUPTION_SHARE: f64 = 0.55;
+    pub const DISRUPTION_MIN_NODES: usize = 2;
+    /// First and largest delay before a Failed instance of a service or daemon is replaced.
+    pub const REPLACE_BACKOFF_INITIAL: std::time::Duration = std::time::Duration::from_millis(200);
+    pub const REPLACE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+}
+
+/// `wasmlet-master`: the wasmlet master.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "wasmlet-master",
+    version,
+    args_override_self = true,
+    about = "wasmlet master: keeps the desired state and places WASM workloads on nodes"
+)]
+pub struct Cli {
+    /// TOML file with settings; keys are the long flag names (`data-dir = "/srv/wasmlet-master"`).
+    #[arg(long, env = "WASMLET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub master: MasterConfig,
+}
+
+/// Settings of a running master.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MasterConfig {
+    /// Directory of the store and the uploaded modules.
+    #[arg(long, env = "WASMLET_DATA_DIR", default_value = defaults::DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address of the API agents and operators talk to.
+    #[arg(long, env = "WASMLET_LISTEN", default_value = defaults::LISTEN, value_name = "HOST:PORT")]
+    pub listen: SocketAddr,
+
+    /// How often agents renew their lease.
+    #[arg(long, env = "WASMLET_HEARTBEAT_INTERVAL", default_value = defaults::HEARTBEAT_INTERVAL, value_name = "DURATION")]
+    pub heartbeat_interval: Duration,
+
+    /// Silence after which a node's conditions go Unknown and it is tainted unreachable.
+    #[arg(long, env = "WASMLET_NODE_GRACE_PERIOD", default_value = defaults::NODE_GRACE_PERIOD, value_name = "DURATION")]
+    pub node_grace_period: Duration,
+
+    /// Silence after which a node's instances are Lost and handed off (workloads may override it).
+    #[arg(long, env = "WASMLET_LOST_AFTER", default_value = defaults::LOST_AFTER, value_name = "DURATION")]
+    pub lost_after: Duration,
+
+    /// How often agents send their full NodeStatus when nothing changed.
+    #[arg(long, env = "WASMLET_STATUS_REPORT_INTERVAL", default_value = defaults::STATUS_REPORT_INTERVAL, value_name = "DURATION")]
+    pub status_report_interval: Duration,
+
+    /// Largest module accepted by an upload.
+    #[arg(long, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
+    pub max_module_size: Bytes,
+
+    /// Instances of silent nodes handed off per second at most.
+    #[arg(long, env = "WASMLET_HAND_OFFS_PER_SECOND", default_value = defaults::HAND_OFFS_PER_SECOND, value_name = "N")]
+    pub hand_offs_per_second: u32,
+
+    /// Longest a watch waits before answering 304, whatever the client asks.
+    #[arg(long, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
+    pub watch_timeout: Duration,
+
+    /// How nodes are scored after spreading: prefer the emptiest or the fullest.
+    #[arg(long, env = "WASMLET_SCORING", value_enum, default_value_t = Scoring::LeastAllocated)]
+    pub scoring: Scoring,
+
+    /// Log format.
+    #[arg(long, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scoring {
+    LeastAllocated,
+    BinPack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl MasterConfig {
+    /// Settings for a test or an embedding: defaults, with the given data dir
+    /// and a free loopback port.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut cli = Cli::parse_from(["wasmlet-master", "--listen", "127.0.0.1:0"]);
+        cli.master.data_dir = data_dir.into();
+        cli.master
+    }
+
+    /// How often the controllers look at the cluster without being woken:
+    /// often enough that a hand-off happens within a fraction of a heartbeat of its deadline.
+    pub fn resync_interval(&self) -> std::time::Duration {
+        (self.heartbeat_interval.get() / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_millis(250))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cli: Cli = wasmlet_config::load(["wasmlet-master"]).unwrap();
+        let m = cli.master;
+        assert_eq!(m.listen.port(), 7070);
+        assert_eq!(m.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(m.node_grace_period, Duration::from_secs(8));
+        assert_eq!(m.lost_after, Duration::from_secs(15));
+        assert_eq!(m.status_report_interval, Duration::from_secs(60));
+        assert_eq!(m.max_module_size, Bytes::new(64 << 20));
+        assert_eq!(m.hand_offs_per_second, 10);
+        assert_eq!(m.scoring, Scoring::LeastAllocated);
+    }
+
+    #[test]
+    fn file_and_flags_combine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.toml");
+        std::fs::write(&path, "lost-after = \"1m\"\nscoring = \"bin-pack\"\n").unwrap();
+        let cli: Cli = wasmlet_config::load(["wasmlet-master", "--config", path.to_str().unwrap(), "--lost-after", "3s"]).unwrap();
+        assert_eq!(cli.master.lost_after, Duration::from_secs(3));
+        assert_eq!(cli.master.scoring, Scoring::BinPack);
+        let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-master", "--heartbeat-interval", "fast"]).unwrap_err().to_string();
+        assert!(err.contains("--heartbeat-interval") && err.contains("fast"), "{err}");
+    }
+}

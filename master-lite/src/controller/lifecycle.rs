@@ -1,0 +1,323 @@
+//! The node lifecycle controller: what happens when a node stops renewing its lease.
+//!
+//! - Silent longer than `--node-grace-period`: every condition goes Unknown
+//!   (reason `NodeStatusUnknown`), the node is tainted
+//!   `node.wasmlet.io/unreachable:NoSchedule`, event `NodeNotReady`.
+//! - Silent longer than a workload's `disconnect.lostAfter` (default
+//!   `--lost-after`): its instances there become `Lost` and, unless
+//!   `disconnect.replace: false`, a replacement is placed on a healthy node
+//!   in the same transaction (event `HandedOff`). Hand-offs are rate limited,
+//!   and held off entirely while more than 55% of the nodes (and more than 2)
+//!   are silent: then the master is more likely the one cut off.
+//! - Renewing again: the taint goes, conditions come back from the node's
+//!   last report, event `NodeReady`; its handed-off instances leave its
+//!   assignment (the agent stops them, event `Fenced`).
+//!
+//! Leases live only in memory ([`Leases`]): 10,000 nodes renewing every 2 s
+//! would otherwise be 5,000 durable writes a second.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use wasmlet_api::{Condition, ConditionStatus, ConditionType, EventType, Node, Phase, Placement as EveryNode, Taint, TaintEffect};
+
+use crate::cluster::{Cluster, Placed, Txn};
+use crate::config::{MasterConfig, defaults};
+use crate::controller::workloads::new_instance;
+use crate::metrics::Metrics;
+use crate::scheduler::{Placement, UNREACHABLE_TAINT, occupies_node};
+use crate::store::Kind;
+
+/// When each node last renewed its lease, and the conditions it last reported.
+#[derive(Debug, Default)]
+pub struct Leases {
+    renewed: HashMap<String, Instant>,
+    reported: HashMap<String, Vec<Condition>>,
+}
+
+impl Leases {
+    /// Every known node counts as renewed at `now`: after a master restart,
+    /// nodes are not declared dead because the master was down.
+    pub fn starting_at(nodes: impl IntoIterator<Item = String>, now: Instant) -> Self {
+        Leases { renewed: nodes.into_iter().map(|n| (n, now)).collect(), reported: HashMap::new() }
+    }
+
+    pub fn renew(&mut self, node: &str, now: Instant) {
+        match self.renewed.get_mut(node) {
+            Some(at) => *at = now,
+            None => drop(self.renewed.insert(node.to_string(), now)),
+        }
+    }
+
+    pub fn report(&mut self, node: &str, conditions: Vec<Condition>) {
+        self.reported.insert(node.to_string(), conditions);
+    }
+
+    pub fn forget(&mut self, node: &str) {
+        self.renewed.remove(node);
+        self.reported.remove(node);
+    }
+
+    pub fn silence(&self, node: &str, now: Instant) -> Option<Duration> {
+        self.renewed.get(node).map(|at| now.saturating_duration_since(*at))
+    }
+}
+
+/// A token bucket over hand-offs; a rate of 0 means no limit.
+#[derive(Debug)]
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn take(&mut self, now: Instant) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        let burst = self.per_second.max(1.0);
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.per_second).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct LifecycleController {
+    hand_offs: RateLimit,
+    /// Whether hand-offs are held off because too many nodes are silent (so the event is recorded once).
+    held_off: bool,
+}
+
+impl LifecycleController {
+    pub fn new(config: &MasterConfig) -> Self {
+        let per_second = f64::from(config.hand_offs_per_second);
+        LifecycleController { hand_offs: RateLimit { per_second, tokens: per_second.max(1.0), at: Instant::now() }, held_off: false }
+    }
+
+    pub fn tick(
+        &mut self,
+        cluster: &mut Cluster,
+        leases: &std::sync::Mutex<Leases>,
+        config: &MasterConfig,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Txn {
+        let mut txn = cluster.txn();
+        let grace = config.node_grace_period.get();
+        let mut silences: HashMap<String, Duration> = HashMap::new();
+        let mut returned = HashSet::new();
+        {
+            let mut leases = leases.lock().unwrap_or_else(|e| e.into_inner());
+            for node in cluster.nodes.values() {
+                let name = &node.metadata.name;
+                let silence = match leases.silence(name, now) {
+                    Some(s) => s,
+                    None => {
+                        leases.renew(name, now);
+                        Duration::ZERO
+                    }
+                };
+                let tainted = is_unreachable(node);
+                if silence > grace && !tainted {
+                    txn.put_node(mark_unknown(node, silence));
+                    txn.event(
+                        EventType::Warning,
+                        "NodeNotReady",
+                        ("Node", name),
+                        format!("node {name} has not renewed its lease for {}", secs(silence)),
+                    );
+                } else if silence <= grace && tainted {
+                    txn.put_node(mark_back(node, leases.reported.get(name)));
+                    txn.event(EventType::Normal, "NodeReady", ("Node", name), format!("node {name} renews its lease again"));
+                    returned.insert(name.clone());
+                }
+                silences.insert(name.clone(), silence);
+            }
+        }
+        for name in &returned {
+            fence(cluster, name, &mut txn);
+        }
+
+        let silent: Vec<&String> = silences.iter().filter(|(_, s)| **s > grace).map(|(n, _)| n).collect();
+        let total = cluster.nodes.len();
+        if silent.len() > defaults::DISRUPTION_MIN_NODES && silent.len() as f64 > defaults::DISRUPTION_SHARE * total as f64 {
+            if !self.held_off {
+                self.held_off = true;
+                txn.event(
+                    EventType::Warning,
+                    "HandOffsHeldOff",
+                    ("Cluster", "wasmlet"),
+                    format!(
+                        "{} of {total} nodes are silent at once (more than 55% and more than 2): holding off hand-offs, as the master itself may be cut off from them",
+                        silent.len()
+                    ),
+                );
+            }
+            return txn;
+        }
+        if self.held_off {
+            self.held_off = false;
+            txn.event(
+                EventType::Normal,
+                "HandOffsResumed",
+                ("Cluster", "wasmlet"),
+                format!("{} of {total} nodes are silent: hand-offs resume", silent.len()),
+            );
+        }
+        self.hand_off(cluster, &silences, config, metrics, now, &mut txn);
+        txn
+    }
+
+    /// Marks the instances of nodes silent past `lostAfter` Lost, and places their replacements.
+    fn hand_off(
+        &mut self,
+        cluster: &Cluster,
+        silences: &HashMap<String, Duration>,
+        config: &MasterConfig,
+        metrics: &Metrics,
+        now: Instant,
+        txn: &mut Txn,
+    ) {
+        let mut placement: Option<Placement> = None;
+        for placed in cluster.instances.values() {
+            let node = &placed.instance.spec.node;
+            let Some(silence) = silences.get(node).copied() else { continue };
+            if silence <= config.node_grace_period.get() || !occupies_node(placed.instance.status.phase) {
+                continue;
+            }
+            let workload = cluster.workloads.get(&placed.instance.spec.workload);
+            let lost_after = workload.and_then(|w| w.spec.disconnect.lost_after).unwrap_or(config.lost_after).get();
+            if silence <= lost_after {
+                continue;
+            }
+            if !self.hand_offs.take(now) {
+                break;
+            }
+            let name = &placed.instance.metadata.name;
+            let mut lost = placed.clone();
+            lost.instance.status.phase = Phase::Lost;
+            lost.instance.status.reason = Some("NodeLost".into());
+            lost.instance.status.message = Some(format!("node {node} has been silent for {}", secs(silence)));
+            txn.put_instance(lost);
+            let Some(workload) =
+                workload.filter(|w| w.spec.disconnect.replace != Some(false) && w.spec.placement != Some(EveryNode::EveryNode))
+            else {
+                txn.event(
+                    EventType::Warning,
+                    "InstanceLost",
+                    ("Instance", name),
+                    format!("node {node} has been silent for {}; not replaced", secs(silence)),
+                );
+                continue;
+            };
+            let placement = placement.get_or_insert_with(|| Placement::new(cluster, config.scoring));
+            metrics.scheduling_attempts.inc();
+            match placement.place(workload, |n| n.metadata.name != *node) {
+                Ok(target) => {
+                    let replacement = new_instance(workload, &target, txn.next_epoch());
+                    metrics.hand_offs.inc();
+                    txn.event(
+                        EventType::Normal,
+                        "HandedOff",
+                        ("Instance", name),
+                        format!(
+                            "node {node} silent for {}: instance {name} of workload {} handed off from {node} to {target} as {} (epoch {})",
+                            secs(silence),
+                            workload.metadata.name,
+                            replacement.instance.metadata.name,
+                            replacement.instance.spec.epoch
+                        ),
+                    );
+                    txn.put_instance(replacement);
+                }
+                Err(unschedulable) => {
+                    metrics.scheduling_failures.inc();
+                    txn.event(
+                        EventType::Warning,
+                        "InstanceLost",
+                        ("Instance", name),
+                        format!("node {node} is silent; no replacement yet: {unschedulable}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Removes the instances handed off while `node` was silent from its assignment.
+fn fence(cluster: &Cluster, node: &str, txn: &mut Txn) {
+    let lost: Vec<&Placed> = cluster.instances_on(node).filter(|p| p.instance.status.phase == Phase::Lost).collect();
+    for placed in lost {
+        let name = &placed.instance.metadata.name;
+        let replaced = cluster
+            .workloads
+            .get(&placed.instance.spec.workload)
+            .is_none_or(|w| w.spec.disconnect.replace != Some(false) && w.spec.placement != Some(EveryNode::EveryNode));
+        if replaced {
+            txn.delete(Kind::Instance, name);
+            txn.event(
+                EventType::Normal,
+                "Fenced",
+                ("Instance", name),
+                format!("instance {name} was handed off while node {node} was silent; {node} stops it"),
+            );
+        } else {
+            let mut back = placed.clone();
+            back.instance.status.phase = Phase::Pending;
+            back.instance.status.reason = None;
+            back.instance.status.message = Some(format!("node {node} is back"));
+            txn.put_instance(back);
+        }
+    }
+}
+
+pub fn is_unreachable(node: &Node) -> bool {
+    node.spec.taints.iter().any(|t| t.key == UNREACHABLE_TAINT)
+}
+
+fn mark_unknown(node: &Node, silence: Duration) -> Node {
+    let mut node = node.clone();
+    let now = Utc::now();
+    if node.condition(ConditionType::Ready).is_none() {
+        node.status.conditions.push(Condition {
+            kind: ConditionType::Ready,
+            status: ConditionStatus::Unknown,
+            reason: String::new(),
+            message: String::new(),
+            last_heartbeat_time: now,
+            last_transition_time: now,
+        });
+    }
+    for c in &mut node.status.conditions {
+        if c.status != ConditionStatus::Unknown {
+            c.last_transition_time = now;
+        }
+        c.status = ConditionStatus::Unknown;
+        c.reason = "NodeStatusUnknown".into();
+        c.message = format!("the agent stopped reporting: no lease renewal for {}", secs(silence));
+    }
+    node.spec.taints.push(Taint { key: UNREACHABLE_TAINT.into(), value: String::new(), effect: TaintEffect::NoSchedule });
+    node
+}
+
+fn mark_back(node: &Node, reported: Option<&Vec<Condition>>) -> Node {
+    let mut node = node.clone();
+    node.spec.taints.retain(|t| t.key != UNREACHABLE_TAINT);
+    if let Some(conditions) = reported {
+        node.status.conditions = conditions.clone();
+    }
+    node
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}

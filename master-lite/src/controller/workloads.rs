@@ -1,0 +1,306 @@
+//! The workload controller: keeps each workload's instances as its spec says.
+//!
+//! - `replicas` instances (1 by default), or one per eligible node with
+//!   `placement: everyNode`; new instances get a fresh epoch and a name
+//!   `<workload>-<5 chars>`.
+//! - Jobs: Succeeded (and Failed) instances are kept and not replaced.
+//!   Services and daemons: a Failed instance is replaced after a back-off
+//!   that doubles per failure, so a broken module does not loop hot.
+//! - A changed spec, or an instance marked for drain, rolls over one replica
+//!   at a time: a new instance is created first and the old one removed only
+//!   once enough new ones are Running (surge 1, nothing unavailable).
+//! - An instance whose workload is gone is removed.
+//! - A workload that cannot be placed gets one `FailedScheduling` event per
+//!   distinct answer, and is retried when nodes (or the workload) change.
+
+use std::collections::HashMap;
+
+use tokio::time::Instant;
+use wasmlet_api::{EventType, Instance, InstanceSpec, Phase, Placement as EveryNode, Workload, WorkloadType};
+
+use crate::cluster::{Cluster, Placed, Txn, instance_name};
+use crate::config::{MasterConfig, defaults};
+use crate::metrics::Metrics;
+use crate::scheduler::Placement;
+use crate::store::Kind;
+
+/// Marks an instance to be moved off its node (set by drain).
+pub const DRAINING_ANNOTATION: &str = "wasmlet.io/draining";
+/// The label every instance carries with its workload's name.
+pub const WORKLOAD_LABEL: &str = "wasmlet.io/workload";
+
+#[derive(Debug, Default)]
+pub struct WorkloadController {
+    /// Per workload: failures replaced in a row, and when the next replacement may happen.
+    backoff: HashMap<String, (u32, Instant)>,
+    /// Per workload: the last scheduling failure, and the node and workload
+    /// revisions it was decided on (nothing is retried until one changes).
+    failures: HashMap<String, Failure>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    message: String,
+    nodes_revision: u64,
+    workload_revision: Option<u64>,
+}
+
+impl WorkloadController {
+    pub fn reconcile(&mut self, cluster: &Cluster, config: &MasterConfig, metrics: &Metrics, now: Instant) -> Txn {
+        let mut txn = cluster.txn();
+        let mut placement = Placement::new(cluster, config.scoring);
+        let mut by_workload: HashMap<&str, Vec<&Placed>> = HashMap::new();
+        for placed in cluster.instances.values() {
+            by_workload.entry(placed.instance.spec.workload.as_str()).or_default().push(placed);
+        }
+        for (name, instances) in &by_workload {
+            if !cluster.workloads.contains_key(*name) {
+                for p in instances {
+                    txn.delete(Kind::Instance, &p.instance.metadata.name);
+                }
+            }
+        }
+        self.backoff.retain(|name, _| cluster.workloads.contains_key(name));
+        self.failures.retain(|name, _| cluster.workloads.contains_key(name));
+        for workload in cluster.workloads.values() {
+            let mine = by_workload.get(workload.metadata.name.as_str()).map(Vec::as_slice).unwrap_or_default();
+            let mut plan = Plan { workload, txn: &mut txn, placement: &mut placement, metrics, unschedulable: None };
+            let may_schedule = self.may_schedule(cluster, workload);
+            let replace_failed = self.replace_failed(workload, mine, now);
+            if workload.spec.placement == Some(EveryNode::EveryNode) {
+                plan.every_node(cluster, mine, may_schedule, replace_failed);
+            } else {
+                plan.replicas(mine, may_schedule, replace_failed);
+            }
+            let unschedulable = plan.unschedulable.take();
+            self.record_failure(cluster, workload, unschedulable, &mut txn);
+        }
+        txn
+    }
+
+    /// Whether to try placing: always, unless the last try failed and neither nodes nor the workload changed since.
+    fn may_schedule(&self, cluster: &Cluster, workload: &Workload) -> bool {
+        self.failures.get(&workload.metadata.name).is_none_or(|f| {
+            f.nodes_revision != cluster.collection_revision(Kind::Node) || f.workload_revision != workload.metadata.resource_version
+        })
+    }
+
+    fn record_failure(&mut self, cluster: &Cluster, workload: &Workload, unschedulable: Option<String>, txn: &mut Txn) {
+        let name = &workload.metadata.name;
+        match unschedulable {
+            Some(message) => {
+                let repeated = self.failures.get(name).is_some_and(|f| f.message == message);
+                if !repeated {
+                    txn.event(EventType::Warning, "FailedScheduling", ("Workload", name), message.clone());
+                }
+                let failure = Failure {
+                    message,
+                    nodes_revision: cluster.collection_revision(Kind::Node),
+                    workload_revision: workload.metadata.resource_version,
+                };
+                self.failures.insert(name.clone(), failure);
+            }
+            None => {
+                // Tried and placed everything, or had nothing to place: forget the failure.
+                if self.may_schedule(cluster, workload) {
+                    self.failures.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Whether Failed instances of a service or daemon may be replaced now; bumps the back-off when so.
+    fn replace_failed(&mut self, workload: &Workload, mine: &[&Placed], now: Instant) -> bool {
+        let name = &workload.metadata.name;
+        let failed = mine.iter().any(|p| p.instance.status.phase == Phase::Failed);
+        if !failed {
+            if mine.iter().any(|p| p.instance.status.phase == Phase::Running) {
+                self.backoff.remove(name);
+            }
+            return false;
+        }
+        let (count, not_before) = self.backoff.get(name).copied().unwrap_or((0, now));
+        if now < not_before {
+            return false;
+        }
+        let delay = defaults::REPLACE_BACKOFF_INITIAL.saturating_mul(1 << count.min(16)).min(defaults::REPLACE_BACKOFF_MAX);
+        self.backoff.insert(name.clone(), (count + 1, now + delay));
+        true
+    }
+}
+
+/// The decisions for one workload.
+struct Plan<'a> {
+    workload: &'a Workload,
+    txn: &'a mut Txn,
+    placement: &'a mut Placement,
+    metrics: &'a Metrics,
+    /// Why the last placement failed, if one did.
+    unschedulable: Option<String>,
+}
+
+/// How one instance counts for its workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Runs (or will) the workload's current spec.
+    Current,
+    /// Runs an older spec, or is being drained: to be replaced, then removed.
+    Old,
+    /// Finished (jobs) or failed: kept, not counted.
+    Done,
+    /// Failed and to be replaced (service, daemon).
+    Failed,
+    /// On a silent node, replaced elsewhere: kept until the node returns.
+    Lost,
+}
+
+impl Plan<'_> {
+    fn standing(&self, placed: &Placed) -> Standing {
+        let spec = &self.workload.spec;
+        let phase = placed.instance.status.phase;
+        let draining = placed.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION);
+        let replaced_when_lost = spec.disconnect.replace != Some(false) && spec.placement != Some(EveryNode::EveryNode);
+        match phase {
+            Phase::Succeeded => Standing::Done,
+            Phase::Failed if spec.kind == WorkloadType::Job => Standing::Done,
+            Phase::Failed => Standing::Failed,
+            Phase::Lost if replaced_when_lost => Standing::Lost,
+            _ if draining || placed.workload.spec != *spec => Standing::Old,
+            _ => Standing::Current,
+        }
+    }
+
+    fn replicas(&mut self, mine: &[&Placed], may_schedule: bool, replace_failed: bool) {
+        let spec = &self.workload.spec;
+        let mut current = Vec::new();
+        let mut old = Vec::new();
+        let mut done = 0u32;
+        let mut failed = Vec::new();
+        for p in mine {
+            match self.standing(p) {
+                Standing::Current => current.push(*p),
+                Standing::Old => old.push(*p),
+                Standing::Done => done += 1,
+                Standing::Failed => failed.push(*p),
+                Standing::Lost => {}
+            }
+        }
+        let mut desired = spec.replicas.unwrap_or(1);
+        if spec.kind == WorkloadType::Job {
+            desired = desired.saturating_sub(done);
+        }
+        let desired = desired as usize;
+        if replace_failed {
+            for p in &failed {
+                self.txn.delete(Kind::Instance, &p.instance.metadata.name);
+            }
+        }
+        let held_back = !failed.is_empty() && !replace_failed;
+
+        // Scale down: the excess current instances, those not Running first.
+        if current.len() > desired {
+            current.sort_by_key(|p| (p.instance.status.phase == Phase::Running, std::cmp::Reverse(p.instance.spec.epoch)));
+            for p in current.drain(..current.len() - desired) {
+                self.txn.delete(Kind::Instance, &p.instance.metadata.name);
+            }
+        }
+        // Remove old instances as Running current ones take over.
+        let running = current.iter().filter(|p| p.instance.status.phase == Phase::Running).count();
+        let removable = (running + old.len()).saturating_sub(desired).min(old.len());
+        old.sort_by_key(|p| p.instance.status.phase == Phase::Running);
+        for p in old.drain(..removable) {
+            self.txn.delete(Kind::Instance, &p.instance.metadata.name);
+        }
+        // Create: up to desired, and at most one above it while old ones remain.
+        let missing = desired.saturating_sub(current.len());
+        let room = if old.is_empty() { missing } else { missing.min((desired + 1).saturating_sub(current.len() + old.len())) };
+        if may_schedule && !held_back {
+            for _ in 0..room {
+                if !self.create(None) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn every_node(&mut self, cluster: &Cluster, mine: &[&Placed], may_schedule: bool, replace_failed: bool) {
+        let mut on_node: HashMap<&str, Vec<(&Placed, Standing)>> = HashMap::new();
+        for p in mine {
+            on_node.entry(p.instance.spec.node.as_str()).or_default().push((p, self.standing(p)));
+        }
+        let held_back = !replace_failed && on_node.values().flatten().any(|(_, s)| *s == Standing::Failed);
+        for node in cluster.nodes.values() {
+            let name = node.metadata.name.as_str();
+            let here = on_node.remove(name).unwrap_or_default();
+            let selected = self.workload.spec.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v));
+            let mut has_current = false;
+            let mut current_running = false;
+            for (p, standing) in &here {
+                let draining = p.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION);
+                match standing {
+                    Standing::Current if !selected => self.txn.delete(Kind::Instance, &p.instance.metadata.name),
+                    Standing::Current => {
+                        has_current = true;
+                        current_running |= p.instance.status.phase == Phase::Running;
+                    }
+                    Standing::Old if draining || !selected => self.txn.delete(Kind::Instance, &p.instance.metadata.name),
+                    Standing::Failed if replace_failed => self.txn.delete(Kind::Instance, &p.instance.metadata.name),
+                    _ => {}
+                }
+            }
+            if current_running {
+                for (p, standing) in &here {
+                    if *standing == Standing::Old {
+                        self.txn.delete(Kind::Instance, &p.instance.metadata.name);
+                    }
+                }
+            }
+            let lost_here = here.iter().any(|(p, _)| p.instance.status.phase == Phase::Lost);
+            if has_current || lost_here || !selected || !may_schedule || held_back {
+                continue;
+            }
+            let load = self.placement.nodes.iter().find(|l| l.node.metadata.name == name);
+            if load.is_some_and(|l| l.fits(self.workload).is_ok()) {
+                self.create(Some(name));
+            }
+        }
+        // Instances on nodes that no longer exist.
+        for (p, _) in on_node.into_values().flatten() {
+            self.txn.delete(Kind::Instance, &p.instance.metadata.name);
+        }
+    }
+
+    /// Places one new instance (on `node`, or wherever the scheduler says); false when it cannot.
+    fn create(&mut self, node: Option<&str>) -> bool {
+        self.metrics.scheduling_attempts.inc();
+        let target = match node {
+            Some(node) => {
+                self.placement.add_to(node, self.workload);
+                node.to_string()
+            }
+            None => match self.placement.place(self.workload, |_| true) {
+                Ok(node) => node,
+                Err(unschedulable) => {
+                    self.metrics.scheduling_failures.inc();
+                    self.unschedulable = Some(unschedulable.to_string());
+                    return false;
+                }
+            },
+        };
+        let placed = new_instance(self.workload, &target, self.txn.next_epoch());
+        tracing::debug!(instance = %placed.instance.metadata.name, node = %target, "placed");
+        self.txn.put_instance(placed);
+        true
+    }
+}
+
+/// A new instance of `workload` on `node` under `epoch`.
+pub fn new_instance(workload: &Workload, node: &str, epoch: u64) -> Placed {
+    let name = &workload.metadata.name;
+    let mut instance = Instance::new(instance_name(name), InstanceSpec { workload: name.clone(), node: node.to_string(), epoch });
+    instance.metadata.labels = workload.metadata.labels.clone();
+    instance.metadata.labels.insert(WORKLOAD_LABEL.to_string(), name.clone());
+    let mut workload = workload.clone();
+    workload.status = None;
+    Placed { instance, workload }
+}

@@ -1,0 +1,115 @@
+//! wasmlet-master: the thin master of wasmlet. It keeps the desired state,
+//! places instances on nodes, watches the nodes' leases and hands work off
+//! when a node goes silent.
+//!
+//! # Layout
+//! - `config`: every setting with its default, as flag, environment variable
+//!   and config-file key.
+//! - `store`: the [`store::Store`] trait (durable, transactional storage of
+//!   objects as bytes) and its embedded default on redb; `store::modules`
+//!   keeps uploaded modules content-addressed on disk.
+//! - `cluster`: every object in memory, written through the store in
+//!   transactions that stamp `resourceVersion`, `uid` and the epoch; the
+//!   revisions watchers wait on.
+//! - `scheduler`: filter and score nodes for one instance; pure functions.
+//! - `controller`: the control loop; `controller::workloads` keeps each
+//!   workload's instances as its spec says, `controller::lifecycle` turns
+//!   silent nodes NotReady, hands their instances off and fences them when
+//!   they return, and keeps the leases (in memory only).
+//! - `api`: the HTTP API under `/api/v1` — objects, the agent protocol of
+//!   `wasmlet_api::protocol`, modules — plus `/healthz`, `/readyz`, `/metrics`.
+//! - `metrics`: the counters and gauges behind `/metrics`.
+//!
+//! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
+//! start the very same master in-process with their own listener and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod controller;
+pub mod metrics;
+pub mod scheduler;
+pub mod store;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use cluster::Cluster;
+pub use config::{Cli, MasterConfig};
+use controller::lifecycle::Leases;
+use metrics::Metrics;
+use store::RedbStore;
+use store::modules::ModuleStore;
+
+/// What the API handlers and the controllers share.
+pub struct Shared {
+    /// Every object; writes go through it to the store. Never held across an `.await`.
+    pub cluster: Mutex<Cluster>,
+    /// Lease renewals, in memory only.
+    pub leases: Mutex<Leases>,
+    /// Uploaded module files.
+    pub modules: ModuleStore,
+    pub config: MasterConfig,
+    pub metrics: Metrics,
+    /// Wakes the controllers outside a commit (a silent node renewing its lease).
+    pub wake: Notify,
+    /// Cancelled on shutdown: ends open watches and the controllers.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the master on `listener` until `shutdown` completes, then ends open
+/// watches, stops the controllers and finishes in-flight requests.
+pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("reading the listener's address")?;
+    let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let cluster = Cluster::load(Box::new(store)).context("loading the store")?;
+    let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
+    let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
+    tracing::info!(
+        listen = %format!("http://{addr}"),
+        data_dir = %config.data_dir.display(),
+        revision = cluster.revision,
+        nodes = cluster.nodes.len(),
+        workloads = cluster.workloads.len(),
+        instances = cluster.instances.len(),
+        "wasmlet master started"
+    );
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        cluster: Mutex::new(cluster),
+        leases: Mutex::new(leases),
+        modules,
+        config,
+        metrics: Metrics::default(),
+        wake: Notify::new(),
+        shutdown: stop.clone(),
+    });
+    let controllers = tokio::spawn(controller::run(shared.clone(), stop.clone()));
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    axum::serve(listener, api::router(shared)).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the API")?;
+    stop.cancel();
+    controllers.await.context("the controllers failed")?;
+    tracing::info!("master stopped");
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! Where an instance goes: filter the nodes that can take it, score the
+//! rest, pick the best. Pure functions over a [`Placement`] view of the
+//! nodes, so the workload controller, the lifecycle controller and drain all
+//! place the same way, and tests need no server.
+//!
+//! Filter (first failing reason per node is counted): Ready, schedulable,
+//! taints tolerated, node selector, no DiskPressure/PIDPressure (nor
+//! MemoryPressure when memory is requested), instance count below capacity,
+//! requests fit allocatable minus what is placed there. Score: fewest
+//! instances of the same workload first (spread), then least allocated (or
+//! most, with `--scoring bin-pack`), then lower CPU pressure, then name.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use wasmlet_api::{ConditionStatus, ConditionType, Node, Phase, Taint, TaintEffect, Toleration, TolerationOperator, Workload};
+
+use crate::cluster::Cluster;
+use crate::config::Scoring;
+
+/// The taint the lifecycle controller puts on a silent node.
+pub const UNREACHABLE_TAINT: &str = "node.wasmlet.io/unreachable";
+
+/// One node and what is already placed on it.
+#[derive(Debug, Clone)]
+pub struct NodeLoad {
+    pub node: Node,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub instances: u32,
+    /// Instances per workload.
+    pub per_workload: HashMap<String, u32>,
+}
+
+/// The nodes as the scheduler sees them, updated as it places.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub nodes: Vec<NodeLoad>,
+    pub scoring: Scoring,
+}
+
+/// Why no node could take an instance, counted per reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable {
+    pub nodes: usize,
+    pub reasons: BTreeMap<&'static str, usize>,
+}
+
+impl fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0/{} nodes available", self.nodes)?;
+        let mut reasons: Vec<_> = self.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (i, (reason, count)) in reasons.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { ", " })?;
+            write!(f, "{count} {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an instance in this phase holds resources on its node.
+pub fn occupies_node(phase: Phase) -> bool {
+    matches!(phase, Phase::Pending | Phase::Starting | Phase::Running | Phase::Terminating)
+}
+
+impl Placement {
+    pub fn new(cluster: &Cluster, scoring: Scoring) -> Self {
+        let mut loads: BTreeMap<&str, NodeLoad> = cluster
+            .nodes
+            .values()
+            .map(|n| {
+                (
+                    n.metadata.name.as_str(),
+                    NodeLoad { node: n.clone(), cpu_millis: 0, memory_bytes: 0, instances: 0, per_workload: HashMap::new() },
+                )
+            })
+            .collect();
+        for placed in cluster.instances.values() {
+            if !occupies_node(placed.instance.status.phase) {
+                continue;
+            }
+            if let Some(load) = loads.get_mut(placed.instance.spec.node.as_str()) {
+                load.add(&placed.workload);
+            }
+        }
+        Placement { nodes: loads.into_values().collect(), scoring }
+    }
+
+    /// Picks the best node for one more instance of `workload`, among those
+    /// `allowed` says yes to, and counts it there.
+    pub fn place(&mut self, workload: &Workload, allowed: impl Fn(&Node) -> bool) -> Result<String, Unschedulable> {
+        let mut reasons = BTreeMap::new();
+        let mut best: Option<usize> = None;
+        for (i, load) in self.nodes.iter().enumerate() {
+            if !allowed(&load.node) {
+                *reasons.entry("excluded").or_insert(0) += 1;
+                continue;
+            }
+            if let Err(reason) = load.fits(workload) {
+                *reasons.entry(reason).or_insert(0) += 1;
+                continue;
+            }
+            best = match best {
+                Some(b) if self.compare(workload, &self.nodes[b], load) != Ordering::Greater => Some(b),
+                _ => Some(i),
+            };
+        }
+        match best {
+            Some(i) => {
+                self.nodes[i].add(workload);
+                Ok(self.nodes[i].node.metadata.name.clone())
+            }
+            None => Err(Unschedulable { nodes: self.nodes.len(), reasons }),
+        }
+    }
+
+    /// Counts one more instance of `workload` on `node` (placed elsewhere, e.g. everyNode).
+    pub fn add_to(&mut self, node: &str, workload: &Workload) {
+        if let Some(load) = self.nodes.iter_mut().find(|l| l.node.metadata.name == node) {
+            load.add(workload);
+        }
+    }
+
+    /// `Less` when `a` is the better node.
+    fn compare(&self, workload: &Workload, a: &NodeLoad, b: &NodeLoad) -> Ordering {
+        let name = &workload.metadata.name;
+        let spread = a.per_workload.get(name).copied().unwrap_or(0).cmp(&b.per_workload.get(name).copied().unwrap_or(0));
+        let allocation = match self.scoring {
+            Scoring::LeastAllocated => a.allocated_share(workload).total_cmp(&b.allocated_share(workload)),
+            Scoring::BinPack => b.allocated_share(workload).total_cmp(&a.allocated_share(workload)),
+        };
+        spread.then(allocation).then(a.cpu_pressure().total_cmp(&b.cpu_pressure())).then(a.node.metadata.name.cmp(&b.node.metadata.name))
+    }
+}
+
+impl NodeLoad {
+    fn add(&mut self, workload: &Workload) {
+        let requests = &workload.spec.resources.requests;
+        self.cpu_millis += requests.cpu.map(|c| c.millis()).unwrap_or(0);
+        self.memory_bytes += requests.memory.map(|m| m.get()).unwrap_or(0);
+        self.instances += 1;
+        *self.per_workload.entry(workload.metadata.name.clone()).or_insert(0) += 1;
+    }
+
+    /// Whether one more instance of `workload` may go here, or the first reason it may not.
+    pub fn fits(&self, workload: &Workload) -> Result<(), &'static str> {
+        let node = &self.node;
+        let spec = &workload.spec;
+        if !node.is_ready() {
+            return Err("node(s) not ready");
+        }
+        if node.spec.unschedulable {
+            return Err("node(s) unschedulable");
+        }
+        if node.spec.taints.iter().any(|t| blocks(t) && !spec.tolerations.iter().any(|tol| tolerates(tol, t))) {
+            return Err("untolerated taint");
+        }
+        if spec.node_selector.iter().any(|(k, v)| node.metadata.labels.get(k) != Some(v)) {
+            return Err("node selector mismatch");
+        }
+        let pressure = |kind| node.condition(kind).is_some_and(|c| c.status == ConditionStatus::True);
+        if pressure(ConditionType::DiskPressure) {
+            return Err("disk pressure");
+        }
+        if pressure(ConditionType::PidPressure) {
+            return Err("PID pressure");
+        }
+        let requests = &spec.resources.requests;
+        if requests.memory.is_some() && pressure(ConditionType::MemoryPressure) {
+            return Err("memory pressure");
+        }
+        if self.instances >= node.status.capacity.instances {
+            return Err("too many instances");
+        }
+        let allocatable = &node.status.allocatable;
+        if let Some(cpu) = requests.cpu
+            && self.cpu_millis + cpu.millis() > allocatable.cpu.millis()
+        {
+            return Err("insufficient cpu");
+        }
+        if let Some(memory) = requests.memory
+            && self.memory_bytes + memory.get() > allocatable.memory.get()
+        {
+            return Err("insufficient memory");
+        }
+        Ok(())
+    }
+
+    /// The mean share of cpu, memory and instance slots in use once one more instance is placed.
+    fn allocated_share(&self, workload: &Workload) -> f64 {
+        let requests = &workload.spec.resources.requests;
+        let status = &self.node.status;
+        let mut shares = Vec::with_capacity(3);
+        let mut share = |used: u64, total: u64| {
+            if total > 0 {
+                shares.push(used as f64 / total as f64);
+            }
+        };
+        share(self.cpu_millis + requests.cpu.map(|c| c.millis()).unwrap_or(0), status.allocatable.cpu.millis());
+        share(self.memory_bytes + requests.memory.map(|m| m.get()).unwrap_or(0), status.allocatable.memory.get());
+        share(u64::from(self.instances) + 1, u64::from(status.capacity.instances));
+        if shares.is_empty() { 0.0 } else { shares.iter().sum::<f64>() / shares.len() as f64 }
+    }
+
+    fn cpu_pressure(&self) -> f64 {
+        self.node.status.usage.as_ref().and_then(|u| u.pressure.cpu.as_ref()).map(|p| p.some.avg10).unwrap_or(0.0)
+    }
+}
+
+/// Taints that keep new instances away (PreferNoSchedule only discourages).
+fn blocks(taint: &Taint) -> bool {
+    matches!(taint.effect, TaintEffect::NoSchedule | TaintEffect::NoExecute)
+}
+
+/// Kubernetes semantics: an empty key with Exists tolerates everything; an
+/// empty effect matches every effect.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    if toleration.effect.is_some_and(|e| e != taint.effect) {
+        return false;
+    }
+    match toleration.operator {
+        TolerationOperator::Exists => toleration.key.is_empty() || toleration.key == taint.key,
+        TolerationOperator::Equal => toleration.key == taint.key && toleration.value == taint.value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmlet_api::{Bytes, Condition, Cpu, ObjectMeta, WorkloadSpec};
+
+    pub(crate) fn ready_node(name: &str, cpu: u64, memory: u64) -> Node {
+        let mut node = Node::new(name);
+        let now = chrono::Utc::now();
+        node.status.conditions.push(Condition {
+            kind: ConditionType::Ready,
+            status: ConditionStatus::True,
+            reason: "AgentReady".into(),
+            message: String::new(),
+            last_heartbeat_time: now,
+            last_transition_time: now,
+        });
+        node.status.allocatable.cpu = Cpu::from_millis(cpu);
+        node.status.allocatable.memory = Bytes::new(memory);
+        node.status.capacity = node.status.allocatable;
+        node.status.capacity.instances = 100;
+        node
+    }
+
+    fn workload(name: &str) -> Workload {
+        Workload {
+            api_version: wasmlet_api::API_VERSION.into(),
+            kind: "Workload".into(),
+            metadata: ObjectMeta::named(name),
+            spec: serde_json::from_value::<WorkloadSpec>(serde_json::json!({
+                "type": "daemon", "module": {"source": "x.wasm", "digest": format!("sha256:{}", "0".repeat(64))}
+            }))
+            .unwrap(),
+            status: None,
+        }
+    }
+
+    fn placement(nodes: Vec<Node>, scoring: Scoring) -> Placement {
+        Placement {
+            nodes: nodes
+                .into_iter()
+                .map(|node| NodeLoad { node, cpu_millis: 0, memory_bytes: 0, instances: 0, per_workload: HashMap::new() })
+                .collect(),
+            scoring,
+        }
+    }
+
+    #[test]
+    fn replicas_spread_then_fill_by_score() {
+        let mut p = placement(
+            vec![ready_node("c", 1000, 1 << 30), ready_node("a", 1000, 1 << 30), ready_node("b", 1000, 1 << 30)],
+            Scoring::LeastAllocated,
+        );
+        let w = workload("web");
+        let mut placed: Vec<String> = (0..6).map(|_| p.place(&w, |_| true).unwrap()).collect();
+        assert_eq!(placed[..3], ["a", "b", "c"], "ties go by name");
+        placed.sort();
+        assert_eq!(placed, ["a", "a", "b", "b", "c", "c"]);
+    }
+
+    #[test]
+    fn bin_pack_prefers_the_fuller_node_after_spread() {
+        let mut p = placement(vec![ready_node("a", 1000, 1 << 30), ready_node("b", 1000, 1 << 30)], Scoring::BinPack);
+        p.add_to("b", &workload("other"));
+        assert_eq!(p.place(&workload("web"), |_| true).unwrap(), "b");
+    }
+
+    #[test]
+    fn failures_are_counted_per_reason() {
+        let mut small = ready_node("small", 1000, 1 << 20);
+        small.metadata.labels.insert("zone".into(), "a".into());
+        let mut tainted = ready_node("tainted", 1000, 1 << 30);
+        tainted.spec.taints.push(Taint { key: "gpu".into(), value: "yes".into(), effect: TaintEffect::NoSchedule });
+        let mut p = placement(vec![small.clone(), small.clone(), tainted], Scoring::LeastAllocated);
+        p.nodes[1].node.metadata.name = "small2".into();
+        let mut w = workload("big");
+        w.spec.resources.requests.memory = Some(Bytes::new(1 << 25));
+        let err = p.place(&w, |_| true).unwrap_err();
+        assert_eq!(err.to_string(), "0/3 nodes available: 2 insufficient memory, 1 untolerated taint");
+
+        w.spec.tolerations.push(Toleration {
+            key: String::new(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        });
+        assert_eq!(p.place(&w, |_| true).unwrap(), "tainted");
+    }
+
+    #[test]
+    fn toleration_semantics_follow_kubernetes() {
+        let taint = Taint { key: "k".into(), value: "v".into(), effect: TaintEffect::NoSchedule };
+        let tol = |key: &str, op, value: &str, effect| Toleration { key: key.into(), operator: op, value: value.into(), effect };
+        assert!(tolerates(&tol("k", TolerationOperator::Equal, "v", None), &taint));
+        assert!(!tolerates(&tol("k", TolerationOperator::Equal, "w", None), &taint));
+        assert!(tolerates(&tol("k", TolerationOperator::Exists, "", Some(TaintEffect::NoSchedule)), &taint));
+        assert!(!tolerates(&tol("k", TolerationOperator::Exists, "", Some(TaintEffect::NoExecute)), &taint));
+        assert!(tolerates(&tol("", TolerationOperator::Exists, "", None), &taint));
+    }
+}

@@ -1,0 +1,75 @@
+//! Durable storage of the cluster's objects.
+//!
+//! The master keeps every object in memory ([`crate::cluster`]) and writes
+//! through a [`Store`]: a write is answered only after the store committed it
+//! durably. The store sees objects as JSON bytes under a [`Kind`] and a name,
+//! written in [`Batch`]es that commit all or nothing, plus two counters (the
+//! global revision and the epoch). [`RedbStore`] is the embedded default; a
+//! distributed backend is a second implementation of the trait.
+//!
+//! `modules` keeps the content-addressed module files beside the store.
+
+pub mod modules;
+mod redb;
+
+pub use self::redb::RedbStore;
+
+/// The collections of objects the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Node,
+    Workload,
+    Instance,
+    Event,
+    /// A node's credential (not an API object).
+    Credential,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Kind::Node => "nodes",
+            Kind::Workload => "workloads",
+            Kind::Instance => "instances",
+            Kind::Event => "events",
+            Kind::Credential => "credentials",
+        }
+    }
+}
+
+/// One change inside a [`Batch`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put { kind: Kind, name: String, value: Vec<u8> },
+    Delete { kind: Kind, name: String },
+}
+
+/// Changes committed together, with the counters as they are after them.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub revision: u64,
+    pub epoch: u64,
+    pub ops: Vec<Op>,
+}
+
+/// Everything the store holds, read once at start.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub epoch: u64,
+    pub objects: Vec<(Kind, String, Vec<u8>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable, transactional storage behind the master.
+pub trait Store: Send + Sync + 'static {
+    /// Reads every object and the counters.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Commits all of `batch` durably, or nothing of it.
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+}
