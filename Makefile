@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build examples run test test-deps lint fmt bench bench-deps clean-run
+.PHONY: all build examples run run-agent test test-deps lint fmt bench bench-deps clean-run
 
 all: build
 
@@ -24,15 +24,15 @@ build:
 examples: test-deps
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/wasm-examples bash wasm-examples/build.sh
 
-## Builds and starts an agent in the foreground running the hello and sensor examples; Ctrl-C stops it.
+## Builds, then starts a master and one agent on this machine and deploys the hello and sensor examples; Ctrl-C stops them.
 run: build examples
-	@mkdir -p $(RUN_DIR)/agent
+	bash scripts/run-local.sh $(BIN) $(RUN_DIR)
+
+## One agent on its own (no master), running the examples from a manifests directory: the IoT case.
+run-agent: build examples
+	@mkdir -p $(RUN_DIR)/agent-alone
 	@bash wasm-examples/manifests.sh $(RUN_DIR)/manifests $(RUN_DIR)/sensor-data
-	@echo "wasmlet agent API on http://127.0.0.1:7071 — try:"
-	@echo "  curl -s 127.0.0.1:7071/instances | jq '.[] | {name: .metadata.name, phase: .status.phase}'"
-	@echo "  curl -s '127.0.0.1:7071/instances/sensor-0/logs?tail=5&follow=true'"
-	@echo "  echo 22.0 > $(RUN_DIR)/sensor-data/value    # the sensor reads it within a second"
-	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent --api-addr 127.0.0.1:7071 \
+	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent-alone --api-addr 127.0.0.1:7071 \
 		--manifests-dir $(RUN_DIR)/manifests --allowed-host-paths $(RUN_DIR)/sensor-data
 
 ## Installs what the tests need, then runs the whole suite.

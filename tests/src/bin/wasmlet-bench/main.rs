@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod density;
+mod failover;
 mod figures;
 mod report;
 mod start;
@@ -61,6 +62,11 @@ const SCENARIOS: &[Scenario] = &[
         name: "density",
         about: "memory of 1000 idle sensor daemons in one agent, against one `wasmtime run` process each",
         run: density::run,
+    },
+    Scenario {
+        name: "failover",
+        about: "time from SIGKILL of a node running 100 instances to all of them Running on healthy nodes, p50 and p99",
+        run: failover::run,
     },
 ];
 
