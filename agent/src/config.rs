@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmlet_api::{Bytes, Cpu, Duration, Taint, TaintEffect};
+pub use wasmlet_config::daemon::LogFormat;
 
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
@@ -188,12 +189,6 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl AgentConfig {
     /// Settings for a test or an embedding: defaults, with the given data dir
     /// and an API on a free loopback port.
@@ -279,6 +274,7 @@ mod tests {
     fn the_readme_documents_every_setting_with_its_default() {
         use clap::CommandFactory;
         let readme = include_str!("../../README.md");
+        let section = readme.split("\n## The agent").nth(1).expect("README has a section on the agent");
         for arg in Cli::command().get_arguments() {
             let Some(long) = arg.get_long() else { continue };
             if matches!(long, "help" | "version") {
@@ -286,7 +282,7 @@ mod tests {
             }
             let env = arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
             let default = arg.get_default_values().first().map(|d| d.to_string_lossy().into_owned());
-            let row = readme
+            let row = section
                 .lines()
                 .find(|l| l.starts_with(&format!("| `--{long}` |")))
                 .unwrap_or_else(|| panic!("README has no row for --{long}"));

@@ -1,18 +1,11 @@
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
-use wasmlet_agent::config::{Cli, Command, LogFormat};
+use wasmlet_agent::config::{Cli, Command};
+use wasmlet_config::daemon::{block_on, init_tracing, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
     let cli: Cli = wasmlet_config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_tracing(cli.agent.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    block_on(async move {
         match cli.command {
             Some(Command::Status { output }) => wasmlet_agent::status_cmd::execute(&cli.agent, output).await,
             None => {
@@ -22,43 +15,5 @@ fn main() -> std::process::ExitCode {
                 wasmlet_agent::run(cli.agent, listener, shutdown_signal()).await
             }
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
 }

@@ -7,7 +7,12 @@
 //!
 //! Precedence, highest first: command-line flag, environment variable,
 //! config file, built-in default.
+//!
+//! `daemon` holds what both daemons do alike around their `run`: logging,
+//! the shutdown signal, the exit code.
 #![forbid(unsafe_code)]
+
+pub mod daemon;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use wasmlet_api::{Bytes, Duration};
+pub use wasmlet_config::daemon::LogFormat;
 
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
@@ -99,12 +100,6 @@ pub enum Scoring {
     BinPack,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl MasterConfig {
     /// Settings for a test or an embedding: defaults, with the given data dir
     /// and a free loopback port.
@@ -123,6 +118,29 @@ impl MasterConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_readme_documents_every_setting_with_its_default() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../README.md");
+        let section = readme.split("### Master configuration").nth(1).expect("README has a master configuration section");
+        for arg in super::Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+            let row = section
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}` |")))
+                .unwrap_or_else(|| panic!("README has no row for --{long}"));
+            assert!(row.contains(&format!("`{env}`")), "README row for --{long} names {env}: {row}");
+            if let Some(default) = arg.get_default_values().first() {
+                let default = default.to_string_lossy();
+                assert!(row.contains(&format!("`{default}`")), "README row for --{long} gives the default {default}: {row}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
