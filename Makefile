@@ -58,10 +58,11 @@ bench-deps:
 		|| (CARGO_TARGET_DIR=/var/tmp/wasmlet-tools/build $(CARGO) install wasmtime-cli --version 48.0.8 --locked --root /var/tmp/wasmlet-tools \
 			&& rm -rf /var/tmp/wasmlet-tools/build)
 
-## Benchmarks, printed as JSON lines. `make bench SCENARIOS=report` runs a subset.
-bench: bench-deps build examples
-	$(CARGO) build -p wasmlet-tests --bins
-	$(BIN)/wasmlet-bench $(SCENARIOS)
+## Benchmarks, printed as JSON lines, on release builds (the references are release builds too).
+## `make bench SCENARIOS="report start"` runs a subset; scenarios: report start density failover schedule heartbeats.
+bench: bench-deps examples
+	$(CARGO) build --release --workspace --bins
+	WASMLET_BIN_DIR=$(CARGO_TARGET_DIR)/release $(CARGO_TARGET_DIR)/release/wasmlet-bench $(SCENARIOS)
 
 clean-run:
 	rm -rf $(RUN_DIR)

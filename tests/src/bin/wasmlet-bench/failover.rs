@@ -118,11 +118,7 @@ const REFERENCES: [(&str, f64, &str); 3] = [
         "reference, not measured: Kubernetes defaults, ~50 s until the node is NotReady (node-monitor-grace-period 40-50 s) \
          + 300 s default tolerationSeconds for not-ready/unreachable before pods are evicted",
     ),
-    (
-        "nomad",
-        50.0,
-        "reference, not measured: Nomad, ~20 s heartbeat TTL until the node is down + ~30 s until allocations are rescheduled",
-    ),
+    ("nomad", 50.0, "reference, not measured: Nomad, ~20 s heartbeat TTL until the node is down + ~30 s until allocations are rescheduled"),
     ("wasmcloud", 65.0, "reference, not measured: wasmCloud, ~60-70 s until a dead host's components are started elsewhere"),
 ];
 

@@ -16,19 +16,27 @@
 //! Adding a scenario: write `<name>.rs` with
 //! `pub fn run(figures: &mut Figures) -> anyhow::Result<()>` and add one entry
 //! to [`SCENARIOS`]. Shared pieces live in `figures` (output), `wrk` (load from a
-//! separate process) and `support` (helper processes, ports, HTTP polling,
-//! placing manifests, percentiles).
+//! separate process), `simnode` (simulated nodes speaking the master ↔ agent
+//! protocol, thousands on one tokio runtime) and `support` (helper processes,
+//! ports, HTTP polling, placing manifests, percentiles, CPU time).
 //!
 //! Scenarios: `report` (the node report against prometheus-node-exporter),
-//! `start` (manifest to Running, cold and warm) and `density` (1000 idle
+//! `start` (manifest to Running, cold and warm), `density` (1000 idle
 //! daemons in one agent against one `wasmtime run` process each; needs the
-//! wasmtime CLI that `make bench-deps` installs).
+//! wasmtime CLI that `make bench-deps` installs), `failover` (a master and
+//! three real agents: SIGKILL of the node running 100 instances until all run
+//! elsewhere), `heartbeats` (10000 simulated nodes renewing their leases
+//! against one master: latency, CPU, RSS) and `schedule` (10000 replicas onto
+//! 1000 simulated nodes: placements per second).
 #![forbid(unsafe_code)]
 
 mod density;
 mod failover;
 mod figures;
+mod heartbeats;
 mod report;
+mod schedule;
+mod simnode;
 mod start;
 mod support;
 mod wrk;
@@ -67,6 +75,16 @@ const SCENARIOS: &[Scenario] = &[
         name: "failover",
         about: "time from SIGKILL of a node running 100 instances to all of them Running on healthy nodes, p50 and p99",
         run: failover::run,
+    },
+    Scenario {
+        name: "heartbeats",
+        about: "10000 simulated nodes renewing their lease every 2 s: lease latency p50/p99, master CPU and RSS",
+        run: heartbeats::run,
+    },
+    Scenario {
+        name: "schedule",
+        about: "10000 replicas onto 1000 simulated nodes: time to placed and to Running, placements/s, master CPU and RSS",
+        run: schedule::run,
     },
 ];
 

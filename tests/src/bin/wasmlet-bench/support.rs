@@ -1,8 +1,9 @@
 //! What scenarios share beyond the `wasmlet_tests` harness: finding tools,
 //! free ports, HTTP polling and the reference process, Debian's
 //! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`;
-//! polling that fails instead of panicking, percentiles, and placing a
-//! manifest in an agent's `--manifests-dir`.
+//! polling that fails instead of panicking, percentiles, placing a
+//! manifest in an agent's `--manifests-dir`, process CPU time, ids for
+//! simulated nodes and the open-files limit.
 //!
 //! `free_port`, `http_client`, `get_ok` and `NodeExporter` would fit in
 //! `tests/src/lib.rs` once a test needs them.
@@ -213,6 +214,28 @@ pub fn millis_between(earlier: chrono::DateTime<chrono::Utc>, later: chrono::Dat
 /// A YAML scalar holding `path` (a JSON string, which YAML reads as is).
 pub fn yaml_path(path: &Path) -> String {
     serde_json::Value::String(path.display().to_string()).to_string()
+}
+
+/// 32 hex digits derived from `seed`: a stable machine or boot id for a simulated node.
+pub fn hex_id(seed: &str) -> String {
+    let digest = wasmlet_tests::sha256(seed.as_bytes());
+    digest.trim_start_matches("sha256:").chars().take(32).collect()
+}
+
+/// Raises this process's soft limit of open files to its hard limit (processes
+/// it starts, such as the master, inherit it); returns the soft limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// CPU seconds of a process, failing with its name when /proc has none.
+pub fn process_cpu_seconds(pid: u32, name: &str) -> anyhow::Result<f64> {
+    wasmlet_tests::cpu_seconds(pid).with_context(|| format!("reading the CPU time of {name} (pid {pid}) from /proc"))
 }
 
 #[cfg(test)]
