@@ -306,3 +306,31 @@ fn bad_manifests_are_refused_precisely_while_others_keep_running() {
     std::fs::remove_file(dir.path().join("sensor.yaml")).expect("remove");
     wait_for(WAIT, "the sensor to stop", || agent.instance("sensor-0").is_none().then_some(()));
 }
+
+/// A core module importing `env::foo`, which no agent provides, and exporting `_start`.
+const IMPORTS_ENV_FOO: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
+    0x02, 0x0b, 0x01, 0x03, b'e', b'n', b'v', 0x03, b'f', b'o', b'o', 0x00, 0x00, // import env::foo as func type 0
+    0x03, 0x02, 0x01, 0x00, // function section: one function of type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x01, // export _start = func 1
+    0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // code: empty body
+];
+
+#[test]
+fn a_module_importing_what_the_agent_lacks_is_refused_by_name() {
+    let dir = manifests();
+    let module = dir.path().join("imports-foo.wasm");
+    std::fs::write(&module, IMPORTS_ENV_FOO).expect("write module");
+    let manifest = format!(
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: greedy\nspec:\n  type: job\n  module:\n    source: imports-foo.wasm\n    digest: {}\n",
+        wasmlet_tests::sha256(IMPORTS_ENV_FOO)
+    );
+    write(dir.path(), "greedy.yaml", &manifest);
+    let agent = agent_with(dir.path(), &[]);
+    let instance = agent.wait_phase("greedy-0", Phase::Failed, WAIT);
+    assert_eq!(instance.status.reason.as_deref(), Some("InvalidModule"));
+    let message = instance.status.message.unwrap_or_default();
+    assert!(message.contains("does not provide") && message.contains("foo"), "{message}");
+    assert!(ready(&agent));
+}
