@@ -108,6 +108,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
                 taints: config.taints.clone(),
                 data_dir: config.data_dir.clone(),
                 allowed_host_paths: runtime::sandbox::canonical_allow_list(&config.allowed_host_paths),
+                api_port: addr.port(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))

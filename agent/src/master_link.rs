@@ -50,6 +50,8 @@ pub struct LinkSettings {
     pub data_dir: PathBuf,
     /// Canonical host directories workloads may be granted.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// The port the agent's API listens on, so the master can serve its logs and live usage.
+    pub api_port: u16,
 }
 
 /// What survives a restart of the agent.
@@ -203,6 +205,8 @@ impl MasterLink {
             taints: self.settings.taints.clone(),
             status: report.node.status.clone(),
             join_token: self.settings.join_token.clone(),
+            api_port: Some(self.settings.api_port),
+            api_url: None,
         };
         let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).json(&request)).await?;
         let mut state = self.lock();

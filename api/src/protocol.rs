@@ -10,6 +10,10 @@
 //! | `PUT /nodes/{name}/instances/status` | [`InstanceStatusBatch`] → `204` |
 //! | `GET /modules/{digest}` | → the module's bytes |
 //!
+//! The master reaches an agent's own API only to serve operators live data
+//! (`GET /instances/{name}/logs`, `GET /nodes/{name}/live`), at the address
+//! the registration came from and the `apiPort` it named.
+//!
 //! Errors everywhere are [`ApiError`] with the HTTP status.
 
 use std::collections::BTreeMap;
@@ -34,6 +38,13 @@ pub struct RegisterRequest {
     /// Proof that the node may join; checked by the security layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_token: Option<String>,
+    /// The port of the agent's API; the master reaches it at the address the
+    /// registration came from (for logs and live usage), unless `apiUrl` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<u16>,
+    /// Where the master reaches the agent's API, when the source address is not it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
 }
 
 /// What a node needs to take part: its object and the cluster's timings.

@@ -257,6 +257,8 @@ async fn register_one(client: &reqwest::Client, api: &str, name: &str) -> anyhow
         taints: Vec::new(),
         status: node_status(name),
         join_token: None,
+        api_port: None,
+        api_url: None,
     };
     let mut attempt = 1;
     loop {
