@@ -8,7 +8,8 @@
 //! memory. This module also owns the revisions watchers wait on: one per
 //! collection, and one per node for its assignment.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, Workload};
 
 use crate::config::defaults;
+use crate::controller::lifecycle::is_unreachable;
 use crate::store::{Batch, Kind, Op, Store, StoreError};
 
 /// An instance together with the workload as it was when the instance was
@@ -24,6 +26,37 @@ use crate::store::{Batch, Kind, Op, Store, StoreError};
 pub struct Placed {
     pub instance: Instance,
     pub workload: Workload,
+}
+
+/// What a lease renewal or an assignment watch needs to know about one node,
+/// kept apart from the [`Cluster`] so neither waits for the cluster lock.
+#[derive(Debug)]
+pub struct AgentView {
+    /// The revision of the last change to the node's assignment; watchers of
+    /// the assignment subscribe here (the sender is dropped when the node is deleted).
+    pub assignment: watch::Sender<u64>,
+    /// Whether the node carries the unreachable taint.
+    pub unreachable: bool,
+}
+
+/// Per registered node: its [`AgentView`]. Updated by every commit that changes it.
+#[derive(Debug, Clone, Default)]
+pub struct AgentViews(Arc<RwLock<HashMap<String, AgentView>>>);
+
+impl AgentViews {
+    pub fn read(&self) -> RwLockReadGuard<'_, HashMap<String, AgentView>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `(assignment revision, unreachable)` of a registered node.
+    pub fn get(&self, node: &str) -> Option<(u64, bool)> {
+        self.read().get(node).map(|v| (*v.assignment.borrow(), v.unreachable))
+    }
+
+    /// A receiver of the node's assignment revision.
+    pub fn subscribe(&self, node: &str) -> Option<watch::Receiver<u64>> {
+        self.read().get(node).map(|v| v.assignment.subscribe())
+    }
 }
 
 /// Changes staged for one commit.
@@ -106,6 +139,10 @@ pub struct Cluster {
     collection_revision: HashMap<Kind, u64>,
     /// The revision of the last change to each node's assignment.
     assignment_revision: HashMap<String, u64>,
+    /// Instance names per node.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// What lease renewals and assignment watches read, without this lock.
+    agents: AgentViews,
     /// Carries the global revision to watchers and controllers.
     changes: watch::Sender<u64>,
 }
@@ -126,6 +163,8 @@ impl Cluster {
             credentials: HashMap::new(),
             collection_revision: HashMap::new(),
             assignment_revision: HashMap::new(),
+            by_node: HashMap::new(),
+            agents: AgentViews::default(),
             changes: watch::Sender::new(snapshot.revision),
         };
         let corrupt = |kind: Kind, name: &str, e: serde_json::Error| StoreError(format!("{} `{name}` cannot be read: {e}", kind.table()));
@@ -157,6 +196,11 @@ impl Cluster {
         for node in cluster.nodes.keys() {
             cluster.assignment_revision.insert(node.clone(), cluster.revision);
         }
+        for (name, placed) in &cluster.instances {
+            cluster.by_node.entry(placed.instance.spec.node.clone()).or_default().insert(name.clone());
+        }
+        let names: Vec<String> = cluster.nodes.keys().cloned().collect();
+        cluster.publish(names);
         Ok(cluster)
     }
 
@@ -177,13 +221,18 @@ impl Cluster {
         self.assignment_revision.get(node).copied().unwrap_or(0)
     }
 
+    /// The per-node view lease renewals and assignment watches read.
+    pub fn agents(&self) -> AgentViews {
+        self.agents.clone()
+    }
+
     pub fn credential(&self, node: &str) -> Option<&str> {
         self.credentials.get(node).map(String::as_str)
     }
 
     /// The instances placed on `node`.
     pub fn instances_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Placed> + 'a {
-        self.instances.values().filter(move |p| p.instance.spec.node == node)
+        self.by_node.get(node).into_iter().flatten().filter_map(|name| self.instances.get(name))
     }
 
     /// Events, oldest first.
@@ -245,11 +294,14 @@ impl Cluster {
 
         self.revision = revision;
         self.epoch = txn.epoch;
+        // Nodes whose agent view may have changed.
+        let mut touched: Vec<String> = Vec::new();
         for change in changes {
             match change {
                 Change::Node(node) => {
                     self.touch(Kind::Node, revision);
                     self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
+                    touched.push(node.metadata.name.clone());
                     self.nodes.insert(node.metadata.name.clone(), *node);
                 }
                 Change::Workload(workload) => {
@@ -264,11 +316,22 @@ impl Cluster {
                     let assignment_changed = old.is_none_or(|old| {
                         old.instance.spec != placed.instance.spec || old.workload.spec != placed.workload.spec || lost(old) != lost(&placed)
                     });
+                    let new_node = &placed.instance.spec.node;
                     if assignment_changed {
                         if let Some(old) = old {
                             self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
+                            touched.push(old.instance.spec.node.clone());
                         }
-                        self.assignment_revision.insert(placed.instance.spec.node.clone(), revision);
+                        self.assignment_revision.insert(new_node.clone(), revision);
+                        touched.push(new_node.clone());
+                    }
+                    let moved_from = old.filter(|old| old.instance.spec.node != *new_node).map(|old| old.instance.spec.node.clone());
+                    if let Some(old_node) = moved_from {
+                        self.unindex(&old_node, &name);
+                    }
+                    let here = self.by_node.entry(new_node.clone()).or_default();
+                    if !here.contains(&name) {
+                        here.insert(name.clone());
                     }
                     self.instances.insert(name, *placed);
                 }
@@ -285,17 +348,25 @@ impl Cluster {
                     match kind {
                         Kind::Node => {
                             self.nodes.remove(&name);
-                            self.assignment_revision.insert(name, revision);
+                            self.assignment_revision.insert(name.clone(), revision);
+                            touched.push(name);
                         }
                         Kind::Workload => drop(self.workloads.remove(&name)),
                         Kind::Instance => {
                             if let Some(old) = self.instances.remove(&name) {
-                                self.assignment_revision.insert(old.instance.spec.node, revision);
+                                self.unindex(&old.instance.spec.node, &name);
+                                self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
+                                touched.push(old.instance.spec.node);
                             }
                         }
                         Kind::Event => {
                             if self.events.remove(&name).is_some() {
-                                self.event_order.retain(|n| *n != name);
+                                // Trimming deletes the oldest: O(1) from the front.
+                                if self.event_order.front() == Some(&name) {
+                                    self.event_order.pop_front();
+                                } else {
+                                    self.event_order.retain(|n| *n != name);
+                                }
                             }
                         }
                         Kind::Credential => drop(self.credentials.remove(&name)),
@@ -303,8 +374,48 @@ impl Cluster {
                 }
             }
         }
+        self.publish(touched);
         self.changes.send_replace(revision);
         Ok(revision)
+    }
+
+    fn unindex(&mut self, node: &str, instance: &str) {
+        if let Some(names) = self.by_node.get_mut(node) {
+            names.remove(instance);
+            if names.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// Brings the agent views of `nodes` up to date (drops those of deleted nodes).
+    fn publish(&self, mut nodes: Vec<String>) {
+        if nodes.is_empty() {
+            return;
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut views = self.agents.0.write().unwrap_or_else(|e| e.into_inner());
+        for name in nodes {
+            let assignment = self.assignment_revision(&name);
+            match self.nodes.get(&name) {
+                Some(node) => {
+                    let unreachable = is_unreachable(node);
+                    match views.get_mut(&name) {
+                        Some(view) => {
+                            view.unreachable = unreachable;
+                            view.assignment.send_if_modified(|r| std::mem::replace(r, assignment) != assignment);
+                        }
+                        None => drop(views.insert(name, AgentView { assignment: watch::Sender::new(assignment), unreachable })),
+                    }
+                }
+                None => {
+                    if let Some(view) = views.remove(&name) {
+                        view.assignment.send_replace(assignment);
+                    }
+                }
+            }
+        }
     }
 
     fn touch(&mut self, kind: Kind, revision: u64) {

@@ -51,6 +51,8 @@ use store::modules::ModuleStore;
 pub struct Shared {
     /// Every object; writes go through it to the store. Never held across an `.await`.
     pub cluster: Mutex<Cluster>,
+    /// Per node: assignment revision and unreachable flag, readable without the cluster lock.
+    pub agents: cluster::AgentViews,
     /// Lease renewals, in memory only.
     pub leases: Mutex<Leases>,
     /// Uploaded module files.
@@ -91,7 +93,9 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         "wasmlet master started"
     );
     let stop = CancellationToken::new();
+    let agents = cluster.agents();
     let shared = Arc::new(Shared {
+        agents,
         cluster: Mutex::new(cluster),
         leases: Mutex::new(leases),
         modules,

@@ -10,8 +10,8 @@
 //! instances of the same workload first (spread), then least allocated (or
 //! most, with `--scoring bin-pack`), then lower CPU pressure, then name.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 
 use wasmlet_api::{ConditionStatus, ConditionType, Node, Phase, Taint, TaintEffect, Toleration, TolerationOperator, Workload};
@@ -89,53 +89,177 @@ impl Placement {
     }
 
     /// Picks the best node for one more instance of `workload`, among those
-    /// `allowed` says yes to, and counts it there.
+    /// `allowed` says yes to, and counts it there. One pass over the nodes;
+    /// to place many instances of one workload, [`Placement::placer`] scores them once.
     pub fn place(&mut self, workload: &Workload, allowed: impl Fn(&Node) -> bool) -> Result<String, Unschedulable> {
-        let mut reasons = BTreeMap::new();
-        let mut best: Option<usize> = None;
+        let mut best: Option<(Score, usize)> = None;
         for (i, load) in self.nodes.iter().enumerate() {
-            if !allowed(&load.node) {
-                *reasons.entry("excluded").or_insert(0) += 1;
+            if !allowed(&load.node) || load.fits(workload).is_err() {
                 continue;
             }
-            if let Err(reason) = load.fits(workload) {
-                *reasons.entry(reason).or_insert(0) += 1;
-                continue;
-            }
+            let score = self.score(load, workload, load.count_of(workload));
             best = match best {
-                Some(b) if self.compare(workload, &self.nodes[b], load) != Ordering::Greater => Some(b),
-                _ => Some(i),
+                Some((b, j))
+                    if b.cmp(&score).then_with(|| self.nodes[j].node.metadata.name.cmp(&load.node.metadata.name)) != Ordering::Greater =>
+                {
+                    Some((b, j))
+                }
+                _ => Some((score, i)),
             };
         }
         match best {
-            Some(i) => {
+            Some((_, i)) => {
                 self.nodes[i].add(workload);
                 Ok(self.nodes[i].node.metadata.name.clone())
             }
-            None => Err(Unschedulable { nodes: self.nodes.len(), reasons }),
+            None => Err(self.unschedulable(workload, |_, load| allowed(&load.node))),
+        }
+    }
+
+    /// Places instances of `workload` one after another, among the nodes
+    /// `allowed` says yes to: filters and scores every node once, then each
+    /// placement takes the best from a heap and scores only that node again
+    /// (placing on a node changes no other node's score for this workload).
+    pub fn placer<'p>(&'p mut self, workload: &'p Workload, allowed: impl Fn(&Node) -> bool) -> Placer<'p> {
+        let allowed: Vec<bool> = self.nodes.iter().map(|l| allowed(&l.node)).collect();
+        let mut by_name: Vec<usize> = (0..self.nodes.len()).collect();
+        by_name.sort_by(|a, b| self.nodes[*a].node.metadata.name.cmp(&self.nodes[*b].node.metadata.name));
+        let mut rank = vec![0u32; self.nodes.len()];
+        for (r, i) in by_name.into_iter().enumerate() {
+            rank[i] = r as u32;
+        }
+        let mut counts = vec![0u32; self.nodes.len()];
+        let mut heap = BinaryHeap::with_capacity(self.nodes.len());
+        for (i, load) in self.nodes.iter().enumerate() {
+            if !allowed[i] || load.fits(workload).is_err() {
+                continue;
+            }
+            counts[i] = load.count_of(workload);
+            heap.push(Reverse(Candidate { score: self.score(load, workload, counts[i]), rank: rank[i], index: i }));
+        }
+        Placer { placement: self, workload, allowed, counts, rank, heap }
+    }
+
+    /// The index of `node` in [`Placement::nodes`]: a binary search when they
+    /// are in name order (as [`Placement::new`] builds them), else a scan.
+    pub fn index_of(&self, node: &str) -> Option<usize> {
+        match self.nodes.binary_search_by(|l| l.node.metadata.name.as_str().cmp(node)) {
+            Ok(i) => Some(i),
+            Err(_) => self.nodes.iter().position(|l| l.node.metadata.name == node),
         }
     }
 
     /// Counts one more instance of `workload` on `node` (placed elsewhere, e.g. everyNode).
     pub fn add_to(&mut self, node: &str, workload: &Workload) {
-        if let Some(load) = self.nodes.iter_mut().find(|l| l.node.metadata.name == node) {
-            load.add(workload);
+        if let Some(i) = self.index_of(node) {
+            self.nodes[i].add(workload);
         }
     }
 
-    /// `Less` when `a` is the better node.
-    fn compare(&self, workload: &Workload, a: &NodeLoad, b: &NodeLoad) -> Ordering {
-        let name = &workload.metadata.name;
-        let spread = a.per_workload.get(name).copied().unwrap_or(0).cmp(&b.per_workload.get(name).copied().unwrap_or(0));
+    /// How good `load` is for one more instance of `workload` that has `count` there already.
+    fn score(&self, load: &NodeLoad, workload: &Workload, count: u32) -> Score {
+        let share = load.allocated_share(workload);
         let allocation = match self.scoring {
-            Scoring::LeastAllocated => a.allocated_share(workload).total_cmp(&b.allocated_share(workload)),
-            Scoring::BinPack => b.allocated_share(workload).total_cmp(&a.allocated_share(workload)),
+            Scoring::LeastAllocated => share,
+            // Fuller first: the negated share orders the other way round.
+            Scoring::BinPack => -share,
         };
-        spread.then(allocation).then(a.cpu_pressure().total_cmp(&b.cpu_pressure())).then(a.node.metadata.name.cmp(&b.node.metadata.name))
+        Score { spread: count, allocation, pressure: load.cpu_pressure() }
+    }
+
+    fn unschedulable(&self, workload: &Workload, allowed: impl Fn(usize, &NodeLoad) -> bool) -> Unschedulable {
+        let mut reasons = BTreeMap::new();
+        for (i, load) in self.nodes.iter().enumerate() {
+            let reason = if !allowed(i, load) { Err("excluded") } else { load.fits(workload) };
+            if let Err(reason) = reason {
+                *reasons.entry(reason).or_insert(0) += 1;
+            }
+        }
+        Unschedulable { nodes: self.nodes.len(), reasons }
+    }
+}
+
+/// A node's score for one more instance; `Less` is better: fewest instances
+/// of the same workload (spread), then allocation (least allocated, or most
+/// with bin-pack), then lower CPU pressure.
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    spread: u32,
+    allocation: f64,
+    pressure: f64,
+}
+
+impl Score {
+    fn cmp(&self, other: &Score) -> Ordering {
+        self.spread.cmp(&other.spread).then(self.allocation.total_cmp(&other.allocation)).then(self.pressure.total_cmp(&other.pressure))
+    }
+}
+
+/// A node that can take one more instance, ordered by score, then name.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    score: Score,
+    /// The node's position in name order.
+    rank: u32,
+    index: usize,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score.cmp(&other.score).then(self.rank.cmp(&other.rank)).then(self.index.cmp(&other.index))
+    }
+}
+
+/// Places many instances of one workload; see [`Placement::placer`].
+pub struct Placer<'p> {
+    placement: &'p mut Placement,
+    workload: &'p Workload,
+    allowed: Vec<bool>,
+    /// Instances of the workload per node (indexed like `placement.nodes`).
+    counts: Vec<u32>,
+    rank: Vec<u32>,
+    heap: BinaryHeap<Reverse<Candidate>>,
+}
+
+impl Placer<'_> {
+    /// Picks the best node for one more instance and counts it there.
+    pub fn place(&mut self) -> Result<String, Unschedulable> {
+        let Some(Reverse(best)) = self.heap.pop() else {
+            let allowed = &self.allowed;
+            return Err(self.placement.unschedulable(self.workload, |i, _| allowed[i]));
+        };
+        let i = best.index;
+        self.placement.nodes[i].add(self.workload);
+        self.counts[i] += 1;
+        let load = &self.placement.nodes[i];
+        if load.fits(self.workload).is_ok() {
+            let score = self.placement.score(load, self.workload, self.counts[i]);
+            self.heap.push(Reverse(Candidate { score, rank: self.rank[i], index: i }));
+        }
+        Ok(self.placement.nodes[i].node.metadata.name.clone())
     }
 }
 
 impl NodeLoad {
+    /// Instances of `workload` placed here.
+    fn count_of(&self, workload: &Workload) -> u32 {
+        self.per_workload.get(&workload.metadata.name).copied().unwrap_or(0)
+    }
+
     fn add(&mut self, workload: &Workload) {
         let requests = &workload.spec.resources.requests;
         self.cpu_millis += requests.cpu.map(|c| c.millis()).unwrap_or(0);
@@ -192,16 +316,17 @@ impl NodeLoad {
     fn allocated_share(&self, workload: &Workload) -> f64 {
         let requests = &workload.spec.resources.requests;
         let status = &self.node.status;
-        let mut shares = Vec::with_capacity(3);
+        let (mut sum, mut count) = (0.0f64, 0u32);
         let mut share = |used: u64, total: u64| {
             if total > 0 {
-                shares.push(used as f64 / total as f64);
+                sum += used as f64 / total as f64;
+                count += 1;
             }
         };
         share(self.cpu_millis + requests.cpu.map(|c| c.millis()).unwrap_or(0), status.allocatable.cpu.millis());
         share(self.memory_bytes + requests.memory.map(|m| m.get()).unwrap_or(0), status.allocatable.memory.get());
         share(u64::from(self.instances) + 1, u64::from(status.capacity.instances));
-        if shares.is_empty() { 0.0 } else { shares.iter().sum::<f64>() / shares.len() as f64 }
+        if count == 0 { 0.0 } else { sum / f64::from(count) }
     }
 
     fn cpu_pressure(&self) -> f64 {
@@ -312,6 +437,25 @@ mod tests {
             effect: None,
         });
         assert_eq!(p.place(&w, |_| true).unwrap(), "tainted");
+    }
+
+    #[test]
+    fn a_placer_places_as_repeated_single_placements_do() {
+        for scoring in [Scoring::LeastAllocated, Scoring::BinPack] {
+            let mut nodes: Vec<Node> = ["d", "b", "e", "a", "c"].iter().map(|n| ready_node(n, 1000, 1 << 30)).collect();
+            nodes[2].status.capacity.instances = 3;
+            nodes[4].spec.unschedulable = true;
+            let mut one = placement(nodes, scoring);
+            one.add_to("a", &workload("web"));
+            one.add_to("b", &workload("other"));
+            let mut many = one.clone();
+            let w = workload("web");
+            let singles: Vec<_> = (0..400).map(|_| one.place(&w, |n| n.metadata.name != "d")).collect();
+            let mut placer = many.placer(&w, |n| n.metadata.name != "d");
+            let batch: Vec<_> = (0..400).map(|_| placer.place()).collect();
+            assert_eq!(singles, batch, "{scoring:?}");
+            assert!(batch.last().unwrap().is_err(), "capacity runs out");
+        }
     }
 
     #[test]

@@ -4,18 +4,20 @@
 //! is accepted but not yet checked (authentication is a later step).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
 use wasmlet_api::protocol::{
     AssignedInstance, Assignment, InstanceStatusBatch, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
 };
 use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
-use super::{Failure, ListParams, decode, not_modified, wait_for_change};
+use super::{Failure, ListParams, decode, not_modified};
 use crate::Shared;
 use crate::cluster::random_hex;
 use crate::controller::lifecycle::is_unreachable;
@@ -28,7 +30,7 @@ fn not_registered(name: &str) -> Failure {
 pub async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
     let request: RegisterRequest = decode(&body, "registration")?;
     let name = request.name.clone();
-    let (node, credential) = {
+    let (node, credential, unreachable) = {
         let mut cluster = shared.cluster();
         let existing = cluster.nodes.get(&name).cloned();
         let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
@@ -48,9 +50,14 @@ pub async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<
         let mut leases = shared.leases();
         leases.renew(&name, tokio::time::Instant::now());
         leases.report(&name, conditions);
-        (cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?, credential)
+        let node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
+        let unreachable = is_unreachable(&node);
+        (node, credential, unreachable)
     };
-    shared.wake.notify_one();
+    // Back from silence: the lifecycle controller lifts the taint.
+    if unreachable {
+        shared.wake.notify_one();
+    }
     let config = &shared.config;
     Ok(Json(RegisterResponse {
         node,
@@ -62,13 +69,11 @@ pub async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<
     .into_response())
 }
 
+/// Answers from the agent views and records the renewal in the lease table
+/// only: renewals never wait for the cluster lock (nor for the controllers).
 pub async fn renew_lease(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
-    let (revision, unreachable) = {
-        let cluster = shared.cluster();
-        let node = cluster.nodes.get(&name).ok_or_else(|| not_registered(&name))?;
-        (cluster.assignment_revision(&name), is_unreachable(node))
-    };
+    let (revision, unreachable) = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
     shared.leases().renew(&name, tokio::time::Instant::now());
     if unreachable {
         shared.wake.notify_one();
@@ -99,10 +104,8 @@ pub async fn assignment(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, Failure> {
     let params = ListParams::parse(&query)?;
-    if !shared.cluster().nodes.contains_key(&name) {
-        return Err(not_registered(&name));
-    }
-    if params.watch && !wait_for_change(&shared, params.since, params.timeout, |c| c.assignment_revision(&name)).await {
+    let changes = shared.agents.subscribe(&name).ok_or_else(|| not_registered(&name))?;
+    if params.watch && !wait_for_assignment(&shared, changes, params.since, params.timeout).await {
         return Ok(not_modified());
     }
     let cluster = shared.cluster();
@@ -112,6 +115,28 @@ pub async fn assignment(
         .map(|p| AssignedInstance { instance: p.instance.clone(), workload: p.workload.clone() })
         .collect();
     Ok(Json(Assignment { revision: cluster.assignment_revision(&name), instances }).into_response())
+}
+
+/// Waits until the node's assignment revision exceeds `since` (or the node is
+/// deleted), at most `timeout` (capped by `--watch-timeout`). False on timeout
+/// or shutdown. Only this node's assignment changes wake it.
+async fn wait_for_assignment(shared: &Shared, mut changes: watch::Receiver<u64>, since: u64, timeout: Option<Duration>) -> bool {
+    let limit = shared.config.watch_timeout.get();
+    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(limit).min(limit);
+    loop {
+        if *changes.borrow_and_update() > since {
+            return true;
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return false,
+            changed = tokio::time::timeout_at(deadline, changes.changed()) => match changed {
+                Ok(Ok(())) => {}
+                // The node was deleted: its assignment changed (to nothing).
+                Ok(Err(_)) => return true,
+                Err(_) => return false,
+            },
+        }
+    }
 }
 
 pub async fn report_instances(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {

@@ -16,7 +16,7 @@
 //! Leases live only in memory ([`Leases`]): 10,000 nodes renewing every 2 s
 //! would otherwise be 5,000 durable writes a second.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -105,7 +105,7 @@ impl LifecycleController {
 
     pub fn tick(
         &mut self,
-        cluster: &mut Cluster,
+        cluster: &Cluster,
         leases: &std::sync::Mutex<Leases>,
         config: &MasterConfig,
         metrics: &Metrics,
@@ -113,12 +113,13 @@ impl LifecycleController {
     ) -> Txn {
         let mut txn = cluster.txn();
         let grace = config.node_grace_period.get();
-        let mut silences: HashMap<String, Duration> = HashMap::new();
-        let mut returned = HashSet::new();
+        // Only the silent nodes are collected: a healthy cluster costs no allocation per node.
+        let mut silences: HashMap<&str, Duration> = HashMap::new();
+        let mut returned: Vec<&str> = Vec::new();
         {
             let mut leases = leases.lock().unwrap_or_else(|e| e.into_inner());
             for node in cluster.nodes.values() {
-                let name = &node.metadata.name;
+                let name = node.metadata.name.as_str();
                 let silence = match leases.silence(name, now) {
                     Some(s) => s,
                     None => {
@@ -126,6 +127,9 @@ impl LifecycleController {
                         Duration::ZERO
                     }
                 };
+                if silence > grace {
+                    silences.insert(name, silence);
+                }
                 let tainted = is_unreachable(node);
                 if silence > grace && !tainted {
                     txn.put_node(mark_unknown(node, silence));
@@ -138,18 +142,17 @@ impl LifecycleController {
                 } else if silence <= grace && tainted {
                     txn.put_node(mark_back(node, leases.reported.get(name)));
                     txn.event(EventType::Normal, "NodeReady", ("Node", name), format!("node {name} renews its lease again"));
-                    returned.insert(name.clone());
+                    returned.push(name);
                 }
-                silences.insert(name.clone(), silence);
             }
         }
         for name in &returned {
             fence(cluster, name, &mut txn);
         }
 
-        let silent: Vec<&String> = silences.iter().filter(|(_, s)| **s > grace).map(|(n, _)| n).collect();
+        let silent = silences.len();
         let total = cluster.nodes.len();
-        if silent.len() > defaults::DISRUPTION_MIN_NODES && silent.len() as f64 > defaults::DISRUPTION_SHARE * total as f64 {
+        if silent > defaults::DISRUPTION_MIN_NODES && silent as f64 > defaults::DISRUPTION_SHARE * total as f64 {
             if !self.held_off {
                 self.held_off = true;
                 txn.event(
@@ -158,7 +161,7 @@ impl LifecycleController {
                     ("Cluster", "wasmlet"),
                     format!(
                         "{} of {total} nodes are silent at once (more than 55% and more than 2): holding off hand-offs, as the master itself may be cut off from them",
-                        silent.len()
+                        silent
                     ),
                 );
             }
@@ -170,7 +173,7 @@ impl LifecycleController {
                 EventType::Normal,
                 "HandOffsResumed",
                 ("Cluster", "wasmlet"),
-                format!("{} of {total} nodes are silent: hand-offs resume", silent.len()),
+                format!("{silent} of {total} nodes are silent: hand-offs resume"),
             );
         }
         self.hand_off(cluster, &silences, config, metrics, now, &mut txn);
@@ -181,16 +184,19 @@ impl LifecycleController {
     fn hand_off(
         &mut self,
         cluster: &Cluster,
-        silences: &HashMap<String, Duration>,
+        silences: &HashMap<&str, Duration>,
         config: &MasterConfig,
         metrics: &Metrics,
         now: Instant,
         txn: &mut Txn,
     ) {
         let mut placement: Option<Placement> = None;
-        for placed in cluster.instances.values() {
+        // The instances of silent nodes only, in name order as before.
+        let mut candidates: Vec<&Placed> = silences.keys().flat_map(|node| cluster.instances_on(node)).collect();
+        candidates.sort_unstable_by(|a, b| a.instance.metadata.name.cmp(&b.instance.metadata.name));
+        for placed in candidates {
             let node = &placed.instance.spec.node;
-            let Some(silence) = silences.get(node).copied() else { continue };
+            let Some(silence) = silences.get(node.as_str()).copied() else { continue };
             if silence <= config.node_grace_period.get() || !occupies_node(placed.instance.status.phase) {
                 continue;
             }

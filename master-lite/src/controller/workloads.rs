@@ -46,9 +46,15 @@ struct Failure {
 }
 
 impl WorkloadController {
+    /// Whether a workload waits for nodes to change (its last placement failed).
+    pub fn waiting_for_nodes(&self) -> bool {
+        !self.failures.is_empty()
+    }
+
     pub fn reconcile(&mut self, cluster: &Cluster, config: &MasterConfig, metrics: &Metrics, now: Instant) -> Txn {
         let mut txn = cluster.txn();
-        let mut placement = Placement::new(cluster, config.scoring);
+        // Built on the first placement: most passes place nothing.
+        let mut placement = LazyPlacement { cluster, scoring: config.scoring, placement: None };
         let mut by_workload: HashMap<&str, Vec<&Placed>> = HashMap::new();
         for placed in cluster.instances.values() {
             by_workload.entry(placed.instance.spec.workload.as_str()).or_default().push(placed);
@@ -130,13 +136,26 @@ impl WorkloadController {
 }
 
 /// The decisions for one workload.
-struct Plan<'a> {
+struct Plan<'a, 'c> {
     workload: &'a Workload,
     txn: &'a mut Txn,
-    placement: &'a mut Placement,
+    placement: &'a mut LazyPlacement<'c>,
     metrics: &'a Metrics,
     /// Why the last placement failed, if one did.
     unschedulable: Option<String>,
+}
+
+/// The scheduler's view of the nodes, built when first needed.
+struct LazyPlacement<'a> {
+    cluster: &'a Cluster,
+    scoring: crate::config::Scoring,
+    placement: Option<Placement>,
+}
+
+impl LazyPlacement<'_> {
+    fn get(&mut self) -> &mut Placement {
+        self.placement.get_or_insert_with(|| Placement::new(self.cluster, self.scoring))
+    }
 }
 
 /// How one instance counts for its workload.
@@ -154,7 +173,7 @@ enum Standing {
     Lost,
 }
 
-impl Plan<'_> {
+impl Plan<'_, '_> {
     fn standing(&self, placed: &Placed) -> Standing {
         let spec = &self.workload.spec;
         let phase = placed.instance.status.phase;
@@ -214,12 +233,8 @@ impl Plan<'_> {
         // Create: up to desired, and at most one above it while old ones remain.
         let missing = desired.saturating_sub(current.len());
         let room = if old.is_empty() { missing } else { missing.min((desired + 1).saturating_sub(current.len() + old.len())) };
-        if may_schedule && !held_back {
-            for _ in 0..room {
-                if !self.create(None) {
-                    break;
-                }
-            }
+        if may_schedule && !held_back && room > 0 {
+            self.create_many(room);
         }
     }
 
@@ -259,9 +274,10 @@ impl Plan<'_> {
             if has_current || lost_here || !selected || !may_schedule || held_back {
                 continue;
             }
-            let load = self.placement.nodes.iter().find(|l| l.node.metadata.name == name);
+            let placement = self.placement.get();
+            let load = placement.index_of(name).map(|i| &placement.nodes[i]);
             if load.is_some_and(|l| l.fits(self.workload).is_ok()) {
-                self.create(Some(name));
+                self.create_on(name);
             }
         }
         // Instances on nodes that no longer exist.
@@ -270,27 +286,41 @@ impl Plan<'_> {
         }
     }
 
-    /// Places one new instance (on `node`, or wherever the scheduler says); false when it cannot.
-    fn create(&mut self, node: Option<&str>) -> bool {
+    /// Places one new instance on `node`.
+    fn create_on(&mut self, node: &str) {
         self.metrics.scheduling_attempts.inc();
-        let target = match node {
-            Some(node) => {
-                self.placement.add_to(node, self.workload);
-                node.to_string()
-            }
-            None => match self.placement.place(self.workload, |_| true) {
-                Ok(node) => node,
-                Err(unschedulable) => {
-                    self.metrics.scheduling_failures.inc();
-                    self.unschedulable = Some(unschedulable.to_string());
-                    return false;
+        self.placement.get().add_to(node, self.workload);
+        self.put(node);
+    }
+
+    /// Places up to `count` new instances wherever the scheduler says, one
+    /// scoring pass for all of them; returns how many were placed.
+    fn create_many(&mut self, count: usize) -> usize {
+        let mut targets = Vec::with_capacity(count);
+        {
+            let mut placer = self.placement.get().placer(self.workload, |_| true);
+            for _ in 0..count {
+                self.metrics.scheduling_attempts.inc();
+                match placer.place() {
+                    Ok(node) => targets.push(node),
+                    Err(unschedulable) => {
+                        self.metrics.scheduling_failures.inc();
+                        self.unschedulable = Some(unschedulable.to_string());
+                        break;
+                    }
                 }
-            },
-        };
-        let placed = new_instance(self.workload, &target, self.txn.next_epoch());
+            }
+        }
+        for target in &targets {
+            self.put(target);
+        }
+        targets.len()
+    }
+
+    fn put(&mut self, target: &str) {
+        let placed = new_instance(self.workload, target, self.txn.next_epoch());
         tracing::debug!(instance = %placed.instance.metadata.name, node = %target, "placed");
         self.txn.put_instance(placed);
-        true
     }
 }
 
