@@ -111,7 +111,10 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         tracing::info!("shutting down");
         signal.cancel();
     });
-    axum::serve(listener, api::router(shared)).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the API")?;
+    axum::serve(listener, api::router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await
+        .context("serving the API")?;
     stop.cancel();
     controllers.await.context("the controllers failed")?;
     tracing::info!("master stopped");

@@ -285,3 +285,40 @@ fn drain_moves_every_replica_without_a_gap() {
     let node = master.nodes().into_iter().find(|n| n.metadata.name == "node-a").expect("node-a");
     assert!(node.spec.unschedulable, "a drained node stays cordoned");
 }
+
+#[test]
+fn logs_and_live_usage_come_through_the_master_from_the_node() {
+    let master = Master::start(&[]).expect("master starts");
+    let mut a = join(&master, "node-a", &[]);
+    wait_ready(&master, 1);
+    create_sensor(&master, "sensor", "  replicas: 1\n");
+    let name = wait_running(&master, "sensor", 1)[0].metadata.name.clone();
+
+    let logs = wait_for(WAIT, "sensor lines through the master", || {
+        let text = reqwest::blocking::get(master.api(&format!("/instances/{name}/logs?tail=5"))).ok()?.text().ok()?;
+        text.contains("\"seq\":").then_some(text)
+    });
+    assert!(logs.lines().count() <= 5, "tail is honoured: {logs}");
+
+    // follow=true streams: read until two new sensor lines arrived, then hang up.
+    let mut stream = reqwest::blocking::get(master.api(&format!("/instances/{name}/logs?tail=0&follow=true"))).expect("follow");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("\"seq\":").count() < 2 {
+        let n = std::io::Read::read(&mut stream, &mut buf).expect("read the stream");
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(stream);
+
+    let live: wasmlet_api::Node = master.get_json("/nodes/node-a/live").expect("live report");
+    assert!(live.status.usage.is_some_and(|u| u.memory.total_bytes > 0));
+    let instances: Vec<Instance> = master.get_json("/nodes/node-a/instances/live").expect("live instances");
+    assert!(instances.iter().any(|i| i.metadata.name == name && i.status.usage.is_some()));
+
+    a.kill();
+    let response = reqwest::blocking::get(master.api("/nodes/node-a/live")).expect("answer");
+    assert_eq!(response.status(), 502);
+    let error: wasmlet_api::protocol::ApiError = response.json().expect("ApiError");
+    assert!(error.message.contains("node-a"), "{}", error.message);
+}

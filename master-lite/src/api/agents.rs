@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
@@ -27,14 +27,23 @@ fn not_registered(name: &str) -> Failure {
     Failure::new(StatusCode::NOT_FOUND, "NotFound", format!("node `{name}` is not registered: POST /api/v1/nodes/register first"))
 }
 
-pub async fn register(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, Failure> {
+pub async fn register(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let request: RegisterRequest = decode(&body, "registration")?;
     let name = request.name.clone();
+    let endpoint = super::live::agent_endpoint(peer, request.api_port, request.api_url.as_deref());
     let (node, credential, unreachable) = {
         let mut cluster = shared.cluster();
         let existing = cluster.nodes.get(&name).cloned();
         let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
         node.metadata.labels = request.labels;
+        match endpoint {
+            Some(url) => node.metadata.annotations.insert(super::live::AGENT_API.to_string(), url),
+            None => node.metadata.annotations.remove(super::live::AGENT_API),
+        };
         let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
         node.spec.taints = request.taints.into_iter().chain(unreachable).collect();
         node.status = request.status;

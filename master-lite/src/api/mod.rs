@@ -7,9 +7,11 @@
 //! - `agents`: the master ↔ agent protocol of `wasmlet_api::protocol`.
 //! - `modules`: module upload and download, content-addressed.
 //! - `health`: `/healthz`, `/readyz`, `/metrics`.
+//! - `live`: an instance's log and a node's live report, served from its agent.
 
 mod agents;
 mod health;
+pub mod live;
 mod modules;
 mod nodes;
 mod objects;
@@ -38,6 +40,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/workloads/{name}", get(objects::get_workload).put(objects::replace_workload).delete(objects::delete_workload))
         .route("/instances", get(objects::list_instances))
         .route("/instances/{name}", get(objects::get_instance))
+        .route("/instances/{name}/logs", get(live::instance_logs))
+        .route("/nodes/{name}/live", get(live::node_live))
+        .route("/nodes/{name}/instances/live", get(live::node_instances_live))
         .route("/events", get(objects::list_events))
         .route("/nodes", get(nodes::list))
         .route("/nodes/register", post(agents::register))

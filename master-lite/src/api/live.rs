@@ -1,0 +1,116 @@
+//! Live data served from the agents themselves, for operators: an
+//! instance's log (streamed with `follow=true`), a node's current report and
+//! its instances with their usage. The master reaches an agent's API at the
+//! address its registration came from and the port it named
+//! (annotation [`AGENT_API`] on the Node).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Failure;
+use crate::Shared;
+
+/// Node annotation holding the base URL of the node's agent API.
+pub const AGENT_API: &str = "wasmlet.io/agent-api";
+
+/// The agent API of a registration: `apiUrl` when given, else the source address and `apiPort`.
+pub fn agent_endpoint(peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
+    if let Some(url) = api_url {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    let port = api_port?;
+    Some(match peer.ip() {
+        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+        std::net::IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+    })
+}
+
+fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default())
+}
+
+fn endpoint_of(shared: &Shared, node: &str) -> Result<String, Failure> {
+    let cluster = shared.cluster();
+    let Some(n) = cluster.nodes.get(node) else { return Err(Failure::not_found("node", node)) };
+    n.metadata.annotations.get(AGENT_API).cloned().ok_or_else(|| {
+        Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "AgentUnreachable",
+            format!("node `{node}` did not say where its agent's API is (an agent older than this master?)"),
+        )
+    })
+}
+
+/// Forwards a GET to the node's agent and streams the answer back.
+async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
+    let base = endpoint_of(shared, node)?;
+    let url = format!("{base}{path_and_query}");
+    let mut request = http().get(&url);
+    if !follow {
+        request = request.timeout(Duration::from_secs(10));
+    }
+    let answer = request.send().await.map_err(|e| {
+        Failure::new(StatusCode::BAD_GATEWAY, "AgentUnreachable", format!("cannot reach the agent of node `{node}` at {base}: {e}"))
+    })?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    Ok(response)
+}
+
+/// `GET /instances/{name}/logs?tail=N&follow=true`
+pub async fn instance_logs(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let node = {
+        let cluster = shared.cluster();
+        let instance = cluster.instances.get(&name).ok_or_else(|| Failure::not_found("instance", &name))?;
+        instance.instance.spec.node.clone()
+    };
+    if node.is_empty() {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            "NotScheduled",
+            format!("instance `{name}` is not placed on a node yet: it has no log"),
+        ));
+    }
+    let query = query.unwrap_or_default();
+    let follow = query.split('&').any(|kv| kv == "follow=true" || kv == "follow=1");
+    let suffix = if query.is_empty() { String::new() } else { format!("?{query}") };
+    forward(&shared, &node, format!("/instances/{name}/logs{suffix}"), follow).await
+}
+
+/// `GET /nodes/{name}/live`: the node's report as its agent has it now.
+pub async fn node_live(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    forward(&shared, &name, "/status".to_string(), false).await
+}
+
+/// `GET /nodes/{name}/instances/live`: the agent's instances with their usage now.
+pub async fn node_instances_live(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    forward(&shared, &name, "/instances".to_string(), false).await.map(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_come_from_the_peer_and_the_named_port() {
+        let v4: std::net::SocketAddr = "10.0.0.7:53211".parse().unwrap();
+        assert_eq!(agent_endpoint(v4, Some(7071), None).as_deref(), Some("http://10.0.0.7:7071"));
+        let v6: std::net::SocketAddr = "[fd00::2]:53211".parse().unwrap();
+        assert_eq!(agent_endpoint(v6, Some(7071), None).as_deref(), Some("http://[fd00::2]:7071"));
+        assert_eq!(agent_endpoint(v4, Some(7071), Some("https://edge-1:9000/")).as_deref(), Some("https://edge-1:9000"));
+        assert_eq!(agent_endpoint(v4, None, None), None);
+    }
+}
