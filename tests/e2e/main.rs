@@ -4,5 +4,6 @@
 mod agent_api;
 mod agent_config;
 mod agent_report;
+mod cli;
 mod cluster;
 mod runtime;

@@ -1,0 +1,155 @@
+//! Blocking HTTP to the master's `/api/v1`. Every failure becomes an [`Error`]:
+//! no connection → [`Error::Unreachable`] naming the URL; an error answer →
+//! [`Error::Api`] carrying the master's `ApiError.message`.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::blocking::{RequestBuilder, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wasmlet_api::protocol::{ApiError, List};
+
+use crate::config::Connection;
+use crate::{Error, Result};
+
+/// Ordinary requests; watches, drains and log streams set their own.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Client {
+    /// `http://host:port`, without `/api/v1`.
+    pub master: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    pub fn new(connection: &Connection) -> Result<Client> {
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(None)
+            .user_agent(concat!("wasmlet/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Failed(format!("cannot set up HTTP: {e}")))?;
+        Ok(Client { master: connection.master.clone(), token: connection.token.clone(), http })
+    }
+
+    /// A request to `/api/v1{path}` (or to `path` itself when it starts with `/healthz` etc.).
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let url = if path.starts_with("/api/") || !path.starts_with('/') || is_root_path(path) {
+            format!("{}{path}", self.master)
+        } else {
+            format!("{}/api/v1{path}", self.master)
+        };
+        let builder = self.http.request(method, url).timeout(REQUEST_TIMEOUT);
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    /// Sends and turns a non-success answer into [`Error::Api`].
+    pub fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = request.send().map_err(|e| self.transport(e))?;
+        if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            Ok(response)
+        } else {
+            Err(api_error(response))
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self.send(self.request(Method::GET, path))?;
+        self.decode(response, path)
+    }
+
+    /// GET of one object; `None` when the master says it does not exist.
+    pub fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.get(path) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET of a list, with a label selector when one is given.
+    pub fn list<T: DeserializeOwned>(&self, path: &str, selector: Option<&str>) -> Result<List<T>> {
+        let mut request = self.request(Method::GET, path);
+        if let Some(selector) = selector.filter(|s| !s.is_empty()) {
+            request = request.query(&[("labelSelector", selector)]);
+        }
+        let response = self.send(request)?;
+        self.decode(response, path)
+    }
+
+    /// A long poll: the list once it changed after `since`, `None` when it did not within the master's limit.
+    pub fn watch<T: DeserializeOwned>(&self, path: &str, selector: Option<&str>, since: u64) -> Result<Option<List<T>>> {
+        let mut request = self.request(Method::GET, path).timeout(Duration::from_secs(90)).query(&[
+            ("watch", "true".to_string()),
+            ("since", since.to_string()),
+            ("timeoutSeconds", "30".to_string()),
+        ]);
+        if let Some(selector) = selector.filter(|s| !s.is_empty()) {
+            request = request.query(&[("labelSelector", selector)]);
+        }
+        let response = self.send(request)?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        self.decode(response, path).map(Some)
+    }
+
+    /// Sends a JSON body and decodes the JSON answer.
+    pub fn send_json<T: DeserializeOwned>(&self, method: Method, path: &str, body: &impl Serialize) -> Result<T> {
+        let response = self.send(self.request(method, path).json(body))?;
+        self.decode(response, path)
+    }
+
+    pub fn decode<T: DeserializeOwned>(&self, response: Response, path: &str) -> Result<T> {
+        let body = response.bytes().map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::Failed(format!(
+                "the master's answer to {path} cannot be read: {e} (is {} a wasmlet master of this version?)",
+                self.master
+            ))
+        })
+    }
+
+    /// A transport failure: unreachable when nothing answered, else what broke.
+    pub fn transport(&self, e: reqwest::Error) -> Error {
+        let cause = root_cause(&e);
+        if e.is_connect() || (e.is_timeout() && e.is_request() && !e.is_body()) || e.is_builder() {
+            Error::Unreachable { url: self.master.clone(), cause }
+        } else {
+            Error::Failed(format!("talking to the master at {}: {cause}", self.master))
+        }
+    }
+}
+
+fn is_root_path(path: &str) -> bool {
+    ["/healthz", "/readyz", "/metrics", "/version"].iter().any(|p| path.starts_with(p))
+}
+
+/// The innermost error: "Connection refused (os error 111)" rather than "error sending request".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// The master's [`ApiError`], or the status and body when the answer is not one.
+fn api_error(response: Response) -> Error {
+    let status = response.status();
+    let body = response.text().unwrap_or_default();
+    match serde_json::from_str::<ApiError>(&body) {
+        Ok(e) => Error::Api { status: status.as_u16(), reason: e.reason, message: e.message },
+        Err(_) => {
+            let text = body.trim();
+            let message =
+                if text.is_empty() { format!("the master answered {status}") } else { format!("the master answered {status}: {text}") };
+            Error::Api { status: status.as_u16(), reason: status.canonical_reason().unwrap_or("Error").to_string(), message }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `wasmlet describe node|workload|instance NAME`: one object with the
+//! instances and events that concern it.
+
+use chrono::Utc;
+use clap::{Args, ValueEnum};
+use wasmlet_api::protocol::List;
+use wasmlet_api::{Event, Instance, Node, Workload};
+
+use super::{Session, print};
+use crate::{Result, describe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(aliases = ["nodes", "no"])]
+    Node,
+    #[value(aliases = ["workloads", "wl"])]
+    Workload,
+    #[value(aliases = ["instances", "inst"])]
+    Instance,
+}
+
+/// Show everything about one object.
+#[derive(Debug, Args)]
+pub struct Describe {
+    kind: Kind,
+    name: String,
+}
+
+impl Describe {
+    pub fn execute(self, session: &Session) -> Result<()> {
+        let client = session.client()?;
+        let name = &self.name;
+        let events: List<Event> = client.list("/events", None)?;
+        let now = Utc::now();
+        let page = match self.kind {
+            Kind::Node => {
+                let node: Node = client.get(&format!("/nodes/{name}"))?;
+                let instances: List<Instance> = client.list("/instances", None)?;
+                let workloads: List<Workload> = client.list("/workloads", None)?;
+                describe::node(&node, &instances.items, &workloads.items, &events.items, now)
+            }
+            Kind::Workload => {
+                let workload: Workload = client.get(&format!("/workloads/{name}"))?;
+                let instances: List<Instance> = client.list("/instances", None)?;
+                describe::workload(&workload, &instances.items, &events.items, now)
+            }
+            Kind::Instance => {
+                let instance: Instance = client.get(&format!("/instances/{name}"))?;
+                describe::instance(&instance, &events.items, now)
+            }
+        };
+        print(&page);
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Where the master is and how to talk to it.
+//!
+//! In order: `--master`/`--token` flags (or `WASMLET_MASTER`/`WASMLET_TOKEN`),
+//! then the context named by `--context` or `current-context` in the config
+//! file, then `http://127.0.0.1:7070`. The file is `$WASMLET_CONFIG`, else
+//! `$XDG_CONFIG_HOME/wasmlet/config.toml`, else `~/.config/wasmlet/config.toml`:
+//!
+//! ```toml
+//! current-context = "lab"
+//!
+//! [[contexts]]
+//! name = "lab"
+//! master = "http://10.0.0.5:7070"
+//! token = "…"
+//! ```
+//!
+//! The environment is read through a function, so tests never touch the process's.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The master a fresh installation talks to (`make run` listens there).
+pub const DEFAULT_MASTER: &str = "http://127.0.0.1:7070";
+
+/// A named master and the token to present to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    pub name: String,
+    pub master: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_context: Option<String>,
+    #[serde(default)]
+    pub contexts: Vec<Context>,
+}
+
+impl ConfigFile {
+    /// Reads the file; a missing file is an empty configuration.
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(e) => Err(Error::Usage(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the file whole: to a temporary file first, then renamed over the old one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let fail = |e: std::io::Error| Error::Failed(format!("cannot write {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let text = toml::to_string(self).map_err(|e| Error::Failed(format!("cannot encode the configuration: {e}")))?;
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(fail)?;
+        std::fs::rename(&tmp, path).map_err(fail)
+    }
+
+    pub fn context(&self, name: &str) -> Option<&Context> {
+        self.contexts.iter().find(|c| c.name == name)
+    }
+
+    /// Adds the context or changes the one of that name.
+    pub fn set_context(&mut self, context: Context) {
+        match self.contexts.iter_mut().find(|c| c.name == context.name) {
+            Some(existing) => *existing = context,
+            None => self.contexts.push(context),
+        }
+    }
+}
+
+/// The config file's path, from `WASMLET_CONFIG`, `XDG_CONFIG_HOME` or `HOME`.
+pub fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    let set = |key: &str| env(key).filter(|v| !v.is_empty());
+    if let Some(path) = set("WASMLET_CONFIG") {
+        return Ok(PathBuf::from(path));
+    }
+    let base = match (set("XDG_CONFIG_HOME"), set("HOME")) {
+        (Some(xdg), _) => PathBuf::from(xdg),
+        (None, Some(home)) => Path::new(&home).join(".config"),
+        (None, None) => {
+            return Err(Error::Usage("neither WASMLET_CONFIG, XDG_CONFIG_HOME nor HOME is set: cannot find the config file".into()));
+        }
+    };
+    Ok(base.join("wasmlet").join("config.toml"))
+}
+
+/// What the flags say; `None` where they say nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub master: Option<String>,
+    pub token: Option<String>,
+    pub context: Option<String>,
+}
+
+/// The master to talk to, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// Without a trailing slash: `http://127.0.0.1:7070`.
+    pub master: String,
+    pub token: Option<String>,
+}
+
+impl Connection {
+    pub fn resolve(overrides: &Overrides, file: &ConfigFile) -> Result<Connection> {
+        let context =
+            match overrides.context.as_deref().or(file.current_context.as_deref()) {
+                Some(name) => Some(file.context(name).ok_or_else(|| {
+                    Error::Usage(format!("context `{name}` is not in the config file (see `wasmlet config get-contexts`)"))
+                })?),
+                None => None,
+            };
+        let master = overrides.master.clone().or_else(|| context.map(|c| c.master.clone())).unwrap_or_else(|| DEFAULT_MASTER.to_string());
+        let token = overrides.token.clone().or_else(|| context.and_then(|c| c.token.clone()));
+        Ok(Connection { master: normalise(&master), token })
+    }
+}
+
+/// `host:port` becomes `http://host:port`; trailing slashes go.
+fn normalise(master: &str) -> String {
+    let master = master.trim().trim_end_matches('/');
+    if master.contains("://") { master.to_string() } else { format!("http://{master}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |key| map.get(key).cloned()
+    }
+
+    #[test]
+    fn the_config_path_follows_xdg() {
+        assert_eq!(config_path(&env(&[("HOME", "/home/a")])).unwrap(), PathBuf::from("/home/a/.config/wasmlet/config.toml"));
+        assert_eq!(config_path(&env(&[("HOME", "/home/a"), ("XDG_CONFIG_HOME", "/x")])).unwrap(), PathBuf::from("/x/wasmlet/config.toml"));
+        assert_eq!(config_path(&env(&[("XDG_CONFIG_HOME", "/x"), ("WASMLET_CONFIG", "/c.toml")])).unwrap(), PathBuf::from("/c.toml"));
+        assert!(config_path(&env(&[])).is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_context_which_beats_the_default() {
+        let mut file = ConfigFile::default();
+        assert_eq!(Connection::resolve(&Overrides::default(), &file).unwrap().master, DEFAULT_MASTER);
+        file.set_context(Context { name: "lab".into(), master: "10.0.0.5:7070/".into(), token: Some("t".into()) });
+        file.current_context = Some("lab".into());
+        let lab = Connection::resolve(&Overrides::default(), &file).unwrap();
+        assert_eq!(lab, Connection { master: "http://10.0.0.5:7070".into(), token: Some("t".into()) });
+        let flag = Overrides { master: Some("https://m".into()), ..Default::default() };
+        assert_eq!(Connection::resolve(&flag, &file).unwrap(), Connection { master: "https://m".into(), token: Some("t".into()) });
+        let missing = Overrides { context: Some("nope".into()), ..Default::default() };
+        assert!(Connection::resolve(&missing, &file).unwrap_err().to_string().contains("`nope`"));
+    }
+
+    #[test]
+    fn the_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wasmlet/config.toml");
+        assert_eq!(ConfigFile::load(&path).unwrap(), ConfigFile::default());
+        let mut file = ConfigFile { current_context: Some("a".into()), ..Default::default() };
+        file.set_context(Context { name: "a".into(), master: "http://a".into(), token: None });
+        file.save(&path).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap(), file);
+    }
+}

@@ -1,0 +1,412 @@
+//! The `describe` pages: everything about one object on one screen, in the
+//! order of `kubectl describe`, with the instances and events that concern it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use wasmlet_api::{Bytes, ConditionType, Cpu, Event, Instance, Node, Phase, Pressure, ResourcePressure, Workload, WorkloadType};
+
+use crate::age;
+use crate::style::Style;
+use crate::table::Table;
+use crate::view;
+
+/// The column where top-level values start.
+const KEY_WIDTH: usize = 20;
+
+/// Times as kubectl prints them (RFC 1123 with a numeric zone).
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S %z").to_string()
+}
+
+fn opt_timestamp(t: Option<DateTime<Utc>>) -> String {
+    t.map(timestamp).unwrap_or_else(|| "<unset>".into())
+}
+
+/// A page being written: `Key:  value` lines and indented sections.
+struct Page(String);
+
+impl Page {
+    fn field(&mut self, key: &str, value: impl std::fmt::Display) {
+        let key = format!("{key}:");
+        let line = format!("{key:<KEY_WIDTH$}{value}");
+        let _ = writeln!(self.0, "{}", line.trim_end());
+    }
+
+    /// A key with several values, one a line, aligned; `<none>` when empty.
+    fn lines(&mut self, key: &str, values: &[String]) {
+        match values.split_first() {
+            None => self.field(key, "<none>"),
+            Some((first, rest)) => {
+                self.field(key, first);
+                for value in rest {
+                    let _ = writeln!(self.0, "{:KEY_WIDTH$}{value}", "");
+                }
+            }
+        }
+    }
+
+    fn heading(&mut self, key: &str) {
+        let _ = writeln!(self.0, "{key}:");
+    }
+
+    /// `  key:  value` lines under a heading, the values aligned.
+    fn pairs(&mut self, pairs: &[(&str, String)]) {
+        let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0) + 2;
+        for (key, value) in pairs {
+            let key = format!("{key}:");
+            let line = format!("  {key:<width$}{value}");
+            let _ = writeln!(self.0, "{}", line.trim_end());
+        }
+    }
+
+    fn table(&mut self, table: &Table) {
+        self.0.push_str(&table.render(Style::PLAIN, "  "));
+    }
+}
+
+fn map_lines(map: &BTreeMap<String, String>) -> Vec<String> {
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Whole percent of `part` in `whole`, floored; `0%` of nothing.
+fn share(part: u64, whole: u64) -> String {
+    if whole == 0 { "0%".into() } else { format!("{}%", (part as u128 * 100 / whole as u128)) }
+}
+
+/// Instances that hold resources on their node: not finished, not lost.
+fn holds_resources(phase: Phase) -> bool {
+    !matches!(phase, Phase::Succeeded | Phase::Failed | Phase::Lost)
+}
+
+/// The events about one object, oldest first.
+fn events_of<'a>(events: &'a [Event], kind: &str, name: &str) -> Vec<&'a Event> {
+    let mut mine: Vec<&Event> = events.iter().filter(|e| e.involved_object.kind == kind && e.involved_object.name == name).collect();
+    mine.sort_by_key(|e| e.time);
+    mine
+}
+
+fn events_section(page: &mut Page, events: &[&Event], now: DateTime<Utc>) {
+    if events.is_empty() {
+        page.field("Events", "<none>");
+        return;
+    }
+    page.heading("Events");
+    let mut table = Table::new(["Type", "Reason", "Age", "From", "Message"]).underlined();
+    for e in events {
+        let kind = match e.kind_of_event {
+            wasmlet_api::EventType::Normal => "Normal",
+            wasmlet_api::EventType::Warning => "Warning",
+        };
+        table.push([kind.to_string(), e.reason.clone(), age::since(now, Some(e.time)), e.source.clone(), e.message.clone()]);
+    }
+    page.table(&table);
+}
+
+fn pressure_line(p: &ResourcePressure) -> Vec<String> {
+    let full = p.full.map(|f| (format!("{:.2}%", f.avg10), format!("{:.2}%", f.avg60)));
+    let (full10, full60) = full.unwrap_or_else(|| ("<none>".into(), "<none>".into()));
+    vec![format!("{:.2}%", p.some.avg10), format!("{:.2}%", p.some.avg60), full10, full60]
+}
+
+fn pressure_section(page: &mut Page, pressure: Option<&Pressure>) {
+    let pressure = match pressure {
+        None => return page.field("Pressure", "unavailable: the node has not reported usage yet"),
+        Some(p) if !p.available => {
+            return page.field("Pressure", format!("unavailable: {}", p.reason.as_deref().unwrap_or("the kernel does not expose PSI")));
+        }
+        Some(p) => p,
+    };
+    page.heading("Pressure");
+    let mut table = Table::new(["Resource", "Some avg10", "Some avg60", "Full avg10", "Full avg60"]).underlined();
+    for (name, resource) in [("cpu", &pressure.cpu), ("memory", &pressure.memory), ("io", &pressure.io)] {
+        if let Some(r) = resource {
+            let mut row = vec![name.to_string()];
+            row.extend(pressure_line(r));
+            table.push(row);
+        }
+    }
+    page.table(&table);
+}
+
+/// `describe node`: `instances` and `workloads` are the cluster's (the page picks the node's),
+/// `events` all events (the page picks those about the node).
+pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events: &[Event], now: DateTime<Utc>) -> String {
+    let mut page = Page(String::new());
+    let name = &node.metadata.name;
+    page.field("Name", name);
+    page.field("Roles", view::node_roles(node));
+    page.lines("Labels", &map_lines(&node.metadata.labels));
+    page.lines("Annotations", &map_lines(&node.metadata.annotations));
+    page.field("CreationTimestamp", opt_timestamp(node.metadata.creation_timestamp));
+    let taints: Vec<String> = node
+        .spec
+        .taints
+        .iter()
+        .map(|t| if t.value.is_empty() { format!("{}:{:?}", t.key, t.effect) } else { format!("{}={}:{:?}", t.key, t.value, t.effect) })
+        .collect();
+    page.lines("Taints", &taints);
+    page.field("Unschedulable", node.spec.unschedulable);
+
+    let ready = node.condition(ConditionType::Ready);
+    page.heading("Lease");
+    page.pairs(&[("HolderIdentity", name.clone()), ("RenewTime", opt_timestamp(ready.map(|c| c.last_heartbeat_time)))]);
+
+    if node.status.conditions.is_empty() {
+        page.field("Conditions", "<none>");
+    } else {
+        page.heading("Conditions");
+        let mut table = Table::new(["Type", "Status", "LastHeartbeatTime", "LastTransitionTime", "Reason", "Message"]).underlined();
+        for c in &node.status.conditions {
+            table.push([
+                c.kind.to_string(),
+                c.status.to_string(),
+                timestamp(c.last_heartbeat_time),
+                timestamp(c.last_transition_time),
+                c.reason.clone(),
+                c.message.clone(),
+            ]);
+        }
+        page.table(&table);
+    }
+
+    if node.status.addresses.is_empty() {
+        page.field("Addresses", "<none>");
+    } else {
+        page.heading("Addresses");
+        let addresses: Vec<(&str, String)> = node
+            .status
+            .addresses
+            .iter()
+            .map(|a| {
+                let kind = match a.kind {
+                    wasmlet_api::AddressType::Hostname => "Hostname",
+                    wasmlet_api::AddressType::InternalIp => "InternalIP",
+                    wasmlet_api::AddressType::ExternalIp => "ExternalIP",
+                };
+                (kind, a.address.clone())
+            })
+            .collect();
+        page.pairs(&addresses);
+    }
+
+    for (heading, list) in [("Capacity", &node.status.capacity), ("Allocatable", &node.status.allocatable)] {
+        page.heading(heading);
+        page.pairs(&[
+            ("cpu", list.cpu.to_string()),
+            ("ephemeral-storage", list.ephemeral_storage.to_string()),
+            ("instances", list.instances.to_string()),
+            ("memory", list.memory.to_string()),
+        ]);
+    }
+
+    let info = &node.status.node_info;
+    page.heading("System Info");
+    let mut facts = vec![
+        ("Machine ID", info.machine_id.clone()),
+        ("System UUID", info.system_uuid.clone()),
+        ("Boot ID", info.boot_id.clone()),
+        ("Kernel Version", info.kernel_version.clone()),
+        ("OS Image", info.os_image.clone()),
+        ("Operating System", info.operating_system.clone()),
+        ("Architecture", info.architecture.clone()),
+        ("CPU Model", info.cpu_model.clone()),
+        ("Agent Version", info.agent_version.clone()),
+        ("Runtime Version", if info.runtime_version.is_empty() { String::new() } else { format!("wasmtime/{}", info.runtime_version) }),
+    ];
+    if let Some(runtime) = &node.status.runtime {
+        facts.push(("Allocator", format!("{} ({})", runtime.allocator, runtime.allocator_reason)));
+    }
+    page.pairs(&facts);
+
+    pressure_section(&mut page, node.status.usage.as_ref().map(|u| &u.pressure));
+
+    let by_name: BTreeMap<&str, &Workload> = workloads.iter().map(|w| (w.metadata.name.as_str(), w)).collect();
+    let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.spec.node == *name && holds_resources(i.status.phase)).collect();
+    mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let allocatable = &node.status.allocatable;
+    let (mut cpu, mut memory, mut memory_limits) = (Cpu::ZERO, Bytes::ZERO, Bytes::ZERO);
+    let _ = writeln!(page.0, "Non-terminated Instances:  ({} in total)", mine.len());
+    if !mine.is_empty() {
+        let mut table = Table::new(["Name", "Workload", "Phase", "CPU Requests", "Memory Requests", "Memory Limits", "Age"]).underlined();
+        for i in &mine {
+            let resources = by_name.get(i.spec.workload.as_str()).map(|w| w.spec.resources.clone()).unwrap_or_default();
+            let r_cpu = resources.requests.cpu.unwrap_or(Cpu::ZERO);
+            let r_mem = resources.requests.memory.unwrap_or(Bytes::ZERO);
+            let l_mem = resources.limits.memory.unwrap_or(Bytes::ZERO);
+            cpu = cpu.saturating_add(r_cpu);
+            memory = memory.saturating_add(r_mem);
+            memory_limits = memory_limits.saturating_add(l_mem);
+            table.push([
+                i.metadata.name.clone(),
+                i.spec.workload.clone(),
+                i.status.phase.to_string(),
+                format!("{r_cpu} ({})", share(r_cpu.millis(), allocatable.cpu.millis())),
+                format!("{r_mem} ({})", share(r_mem.get(), allocatable.memory.get())),
+                format!("{l_mem} ({})", share(l_mem.get(), allocatable.memory.get())),
+                age::since(now, i.metadata.creation_timestamp),
+            ]);
+        }
+        page.table(&table);
+    }
+    page.heading("Allocated resources");
+    let _ = writeln!(page.0, "  (Total limits may be over 100 percent, i.e., overcommitted.)");
+    let mut table = Table::new(["Resource", "Requests", "Limits"]).underlined();
+    table.push(["cpu".into(), format!("{cpu} ({})", share(cpu.millis(), allocatable.cpu.millis())), "0 (0%)".into()]);
+    table.push([
+        "memory".into(),
+        format!("{memory} ({})", share(memory.get(), allocatable.memory.get())),
+        format!("{memory_limits} ({})", share(memory_limits.get(), allocatable.memory.get())),
+    ]);
+    table.push([
+        "instances".into(),
+        format!("{} ({})", mine.len(), share(mine.len() as u64, u64::from(allocatable.instances))),
+        "0 (0%)".into(),
+    ]);
+    page.table(&table);
+
+    events_section(&mut page, &events_of(events, "Node", name), now);
+    page.0
+}
+
+fn kind_name(kind: WorkloadType) -> &'static str {
+    match kind {
+        WorkloadType::Service => "service",
+        WorkloadType::Daemon => "daemon",
+        WorkloadType::Job => "job",
+    }
+}
+
+/// `describe workload`: its spec in short, its replicas, its instances and events.
+pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: DateTime<Utc>) -> String {
+    let mut page = Page(String::new());
+    let name = &w.metadata.name;
+    let spec = &w.spec;
+    page.field("Name", name);
+    page.lines("Labels", &map_lines(&w.metadata.labels));
+    page.lines("Annotations", &map_lines(&w.metadata.annotations));
+    page.field("CreationTimestamp", opt_timestamp(w.metadata.creation_timestamp));
+    page.field("Type", kind_name(spec.kind));
+    page.field("Module", &spec.module.source);
+    page.field("Digest", &spec.module.digest);
+    let placement = if spec.placement.is_some() { "every node".to_string() } else { format!("{} replica(s)", spec.replicas.unwrap_or(1)) };
+    page.field("Placement", placement);
+    if let Some(s) = &w.status {
+        page.field(
+            "Replicas",
+            format!("{} desired | {} running | {} ready | {} succeeded | {} failed", s.desired, s.running, s.ready, s.succeeded, s.failed),
+        );
+    }
+    page.lines("Node-Selector", &map_lines(&spec.node_selector));
+    let tolerations: Vec<String> = spec
+        .tolerations
+        .iter()
+        .map(|t| {
+            let effect = t.effect.map(|e| format!(":{e:?}")).unwrap_or_default();
+            match t.operator {
+                wasmlet_api::TolerationOperator::Exists => format!("{} op=Exists{effect}", if t.key.is_empty() { "<all>" } else { &t.key }),
+                wasmlet_api::TolerationOperator::Equal => format!("{}={}{effect}", t.key, t.value),
+            }
+        })
+        .collect();
+    page.lines("Tolerations", &tolerations);
+    page.field("Args", if spec.args.is_empty() { "<none>".into() } else { spec.args.join(" ") });
+    page.lines("Environment", &map_lines(&spec.env));
+    let dirs: Vec<String> = spec
+        .dirs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}{}{}",
+                d.path,
+                d.host_path.as_deref().map(|h| format!(" from {h}")).unwrap_or_default(),
+                if d.read_only { " (ro)" } else { "" }
+            )
+        })
+        .collect();
+    page.lines("Dirs", &dirs);
+    let r = &spec.resources;
+    page.heading("Requests");
+    page.pairs(&[
+        ("cpu", r.requests.cpu.map(|c| c.to_string()).unwrap_or_else(|| "<none>".into())),
+        ("memory", r.requests.memory.map(|m| m.to_string()).unwrap_or_else(|| "<none>".into())),
+    ]);
+    page.heading("Limits");
+    page.pairs(&[
+        ("memory", r.limits.memory.map(|m| m.to_string()).unwrap_or_else(|| "<none>".into())),
+        ("cpuTime", r.limits.cpu_time.map(|d| d.to_string()).unwrap_or_else(|| "<none>".into())),
+    ]);
+    page.field("Restart Policy", format!("{:?}", w.restart_policy()));
+    let d = &spec.disconnect;
+    page.field(
+        "Disconnect",
+        format!(
+            "lostAfter={} stopOnAgentAfter={}",
+            d.lost_after.map(|x| x.to_string()).unwrap_or_else(|| "<master default>".into()),
+            d.stop_on_agent_after.map(|x| x.to_string()).unwrap_or_else(|| "<none>".into())
+        ),
+    );
+    let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.spec.workload == *name).collect();
+    mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if mine.is_empty() {
+        page.field("Instances", "<none>");
+    } else {
+        page.heading("Instances");
+        let mut table = Table::new(["Name", "Node", "Phase", "Restarts", "Reason", "Age"]).underlined();
+        for i in mine {
+            table.push([
+                i.metadata.name.clone(),
+                i.spec.node.clone(),
+                i.status.phase.to_string(),
+                i.status.restarts.to_string(),
+                i.status.reason.clone().unwrap_or_else(|| "<none>".into()),
+                age::since(now, i.metadata.creation_timestamp),
+            ]);
+        }
+        page.table(&table);
+    }
+    events_section(&mut page, &events_of(events, "Workload", name), now);
+    page.0
+}
+
+/// `describe instance`: where it runs, how it is doing, how its last run ended, its events.
+pub fn instance(i: &Instance, events: &[Event], now: DateTime<Utc>) -> String {
+    let mut page = Page(String::new());
+    let s = &i.status;
+    page.field("Name", &i.metadata.name);
+    page.field("Workload", &i.spec.workload);
+    page.field("Node", &i.spec.node);
+    page.field("Epoch", i.spec.epoch);
+    page.lines("Labels", &map_lines(&i.metadata.labels));
+    page.lines("Annotations", &map_lines(&i.metadata.annotations));
+    page.field("CreationTimestamp", opt_timestamp(i.metadata.creation_timestamp));
+    page.field("Phase", s.phase);
+    page.field("Started", opt_timestamp(s.started_at));
+    page.field("Restarts", s.restarts);
+    page.field("Reason", s.reason.as_deref().unwrap_or("<none>"));
+    page.field("Message", s.message.as_deref().unwrap_or("<none>"));
+    page.field("Exit Code", s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "<none>".into()));
+    match &s.last_termination {
+        None => page.field("Last Termination", "<none>"),
+        Some(t) => {
+            page.heading("Last Termination");
+            page.pairs(&[
+                ("Reason", t.reason.clone()),
+                ("Message", t.message.clone()),
+                ("Exit Code", t.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "<none>".into())),
+                ("Started", timestamp(t.started_at)),
+                ("Finished", timestamp(t.finished_at)),
+            ]);
+        }
+    }
+    match &s.usage {
+        None => page.field("Usage", "<none>"),
+        Some(u) => {
+            page.heading("Usage");
+            page.pairs(&[("cpu", format!("{:.3}s", u.cpu_seconds)), ("memory", Bytes::new(u.memory_bytes).human())]);
+        }
+    }
+    events_section(&mut page, &events_of(events, "Instance", &i.metadata.name), now);
+    page.0
+}

@@ -1,0 +1,277 @@
+//! The `wasmlet` command line against a real master and agents: what people
+//! read (`get`, `describe`) shows the real machine, `apply` reports
+//! created/unchanged/configured, failures exit non-zero with the reason.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use wasmlet_api::protocol::List;
+use wasmlet_api::{Instance, Node, Phase, Workload};
+use wasmlet_tests::{Agent, Master, bin, example, free_port, sha256, wait_for};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `wasmlet --master URL args…` with a config file of its own (so the user's never matters).
+fn wasmlet(master: &str, args: &[&str]) -> Output {
+    let config = std::env::temp_dir().join(format!("wasmlet-cli-test-{}/config.toml", std::process::id()));
+    Command::new(bin("wasmlet"))
+        .arg("--master")
+        .arg(master)
+        .args(args)
+        .env("WASMLET_CONFIG", config)
+        .env("NO_COLOR", "1")
+        .env_remove("WASMLET_MASTER")
+        .env_remove("WASMLET_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("wasmlet runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and insists on success, returning stdout.
+fn ok(master: &str, args: &[&str]) -> String {
+    let o = wasmlet(master, args);
+    assert!(o.status.success(), "wasmlet {args:?} failed: {}\n{}", stderr(&o), stdout(&o));
+    stdout(&o)
+}
+
+fn join(master: &Master, name: &str) -> Agent {
+    Agent::start(&["--master", master.url.as_str(), "--name", name, "--sample-interval", "500ms"]).expect("agent starts")
+}
+
+fn wait_ready(master: &Master, count: usize) {
+    wait_for(WAIT, &format!("{count} Ready nodes"), || (master.nodes().iter().filter(|n| n.is_ready()).count() == count).then_some(()));
+}
+
+/// A sensor manifest in `dir` whose module is a copy next to it (a relative `source`).
+fn sensor_manifest(dir: &Path, name: &str, extra: &str) -> String {
+    let (path, digest) = example("sensor");
+    std::fs::copy(&path, dir.join("sensor.wasm")).expect("copy sensor.wasm");
+    let text = format!(
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  type: daemon\n  module:\n    source: sensor.wasm\n    digest: {digest}\n  args: [\"--interval\", \"200\"]\n{extra}"
+    );
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, text).expect("write manifest");
+    file.display().to_string()
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn get_and_describe_show_the_real_node() {
+    let master = Master::start(&[]).expect("master starts");
+    let _agent = join(&master, "cli-node");
+    wait_ready(&master, 1);
+    let url = master.url.as_str();
+    let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().expect("uname").stdout).trim().to_string();
+    let node: Node = master.get_json("/nodes/cli-node").expect("the node");
+
+    let table = ok(url, &["get", "nodes"]);
+    let mut lines = table.lines();
+    assert_eq!(lines.next().map(|h| h.split_whitespace().collect::<Vec<_>>()), Some(vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"]));
+    let row = lines.next().expect("a row");
+    assert!(row.starts_with("cli-node") && row.contains(" Ready ") && row.contains(&node.status.node_info.agent_version), "{table}");
+
+    let wide = ok(url, &["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains(&kernel) && wide.contains(&node.status.node_info.os_image), "{wide}");
+    assert!(wide.contains(&format!("wasmtime/{}", node.status.node_info.runtime_version)), "{wide}");
+
+    let page = ok(url, &["describe", "node", "cli-node"]);
+    for expected in [
+        "Name:               cli-node".to_string(),
+        format!("Kernel Version:    {kernel}"),
+        format!("OS Image:          {}", node.status.node_info.os_image),
+        format!("  cpu:                {}", node.status.capacity.cpu),
+        format!("  memory:             {}", node.status.capacity.memory),
+        "HolderIdentity:  cli-node".to_string(),
+        "Allocated resources:".to_string(),
+    ] {
+        assert!(page.contains(&expected), "`{expected}` missing from:\n{page}");
+    }
+    let conditions: Vec<&str> = page.lines().skip_while(|l| *l != "Conditions:").skip(3).take_while(|l| l.starts_with("  ")).collect();
+    assert!(conditions.iter().any(|l| l.trim_start().starts_with("Ready") && l.contains("True")), "{page}");
+    assert!(conditions.iter().any(|l| l.trim_start().starts_with("MemoryPressure")), "{page}");
+
+    let list: List<Node> = serde_json::from_str(&ok(url, &["get", "nodes", "-o", "json"])).expect("-o json is a List<Node>");
+    assert_eq!(list.items[0].metadata.name, "cli-node");
+    let one: Node = serde_json::from_str(&ok(url, &["get", "node", "cli-node", "-o", "json"])).expect("-o json is a Node");
+    assert_eq!(one.status.node_info.kernel_version, kernel);
+    assert_eq!(ok(url, &["get", "nodes", "-o", "name"]), "node/cli-node\n");
+    assert_eq!(ok(url, &["get", "nodes", "-l", "no-such-label", "-o", "name"]), "");
+
+    let missing = wasmlet(url, &["describe", "node", "nope"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("node `nope` does not exist"), "{}", stderr(&missing));
+
+    let top = ok(url, &["top", "nodes"]);
+    assert!(top.contains("cli-node"), "{top}");
+}
+
+#[test]
+fn apply_reports_created_unchanged_configured_and_waits() {
+    let master = Master::start(&[]).expect("master starts");
+    let _agent = join(&master, "cli-apply");
+    wait_ready(&master, 1);
+    let url = master.url.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = sensor_manifest(dir.path(), "sensor", "");
+
+    assert_eq!(ok(url, &["apply", "-f", &file]), "workload/sensor created\n");
+    assert_eq!(ok(url, &["apply", "-f", &file]), "workload/sensor unchanged\n");
+    let edited = std::fs::read_to_string(&file).expect("manifest").replace("\"200\"", "\"300\"");
+    std::fs::write(&file, edited).expect("edit");
+    let o = wasmlet(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "workload/sensor configured\n");
+    assert!(stderr(&o).contains("workload/sensor: 1/1 running"), "{}", stderr(&o));
+
+    let list: List<Workload> = serde_json::from_str(&ok(url, &["get", "workloads", "-o", "json"])).expect("List<Workload>");
+    assert_eq!(list.items[0].spec.args, ["--interval", "300"]);
+    let instances: List<Instance> = serde_json::from_str(&ok(url, &["get", "instances", "-o", "json"])).expect("List<Instance>");
+    assert!(instances.items.iter().any(|i| i.spec.workload == "sensor"));
+    let table = ok(url, &["get", "workloads"]);
+    assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("sensor") && l.contains("daemon")), "{table}");
+    let page = ok(url, &["describe", "workload", "sensor"]);
+    assert!(page.contains("Module:             sensor.wasm") && page.contains("Instances:"), "{page}");
+    let events = ok(url, &["events", "--for", "workload/sensor"]);
+    assert!(events.contains("Created") && events.contains("workload/sensor"), "{events}");
+
+    assert_eq!(ok(url, &["delete", "-f", &file]), "workload/sensor deleted\n");
+    let again = wasmlet(url, &["delete", "workload", "sensor"]);
+    assert!(!again.status.success() && stderr(&again).contains("does not exist"), "{}", stderr(&again));
+}
+
+#[test]
+fn apply_wait_of_a_bad_module_fails_with_the_reason() {
+    let master = Master::start(&[]).expect("master starts");
+    let _agent = join(&master, "cli-bad");
+    wait_ready(&master, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = b"this is not WebAssembly\n";
+    std::fs::write(dir.path().join("broken.wasm"), text).expect("write module");
+    let file = dir.path().join("broken.yaml");
+    let manifest = format!(
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: broken\nspec:\n  type: daemon\n  restartPolicy: Never\n  module:\n    source: broken.wasm\n    digest: {}\n",
+        sha256(text)
+    );
+    std::fs::write(&file, manifest).expect("write manifest");
+    let o = wasmlet(&master.url, &["apply", "-f", &file.display().to_string(), "--wait", "--timeout", "60s"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert_eq!(stdout(&o), "workload/broken created\n");
+    let err = stderr(&o);
+    assert!(err.contains("InvalidModule") || err.contains("failed"), "{err}");
+}
+
+#[test]
+fn bad_manifests_and_an_unreachable_master_fail_in_one_line() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let o = wasmlet(&nowhere, &["get", "nodes"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("error: cannot reach the master at {nowhere}: ")), "{err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = sensor_manifest(dir.path(), "one", "");
+    let text = std::fs::read_to_string(&good).expect("manifest");
+    let file = dir.path().join("two.yaml");
+    std::fs::write(
+        &file,
+        format!("{text}---\n{}", text.replace("name: one", "name: two").replace("  type: daemon\n", "  type: daemon\n  replicas: many\n")),
+    )
+    .expect("write");
+    // The manifest is checked before any request: the unreachable master is never asked.
+    let o = wasmlet(&nowhere, &["apply", "-f", &file.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.starts_with(&format!("error: {}: document 2: spec.replicas: ", file.display())), "{err}");
+}
+
+#[test]
+fn drain_moves_every_instance_and_reports_it() {
+    let master = Master::start(&[]).expect("master starts");
+    let _a = join(&master, "drain-a");
+    let _b = join(&master, "drain-b");
+    wait_ready(&master, 2);
+    let url = master.url.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = sensor_manifest(dir.path(), "sensor", "  replicas: 2\n");
+    ok(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+    let on_a: Vec<String> = master
+        .instances()
+        .into_iter()
+        .filter(|i| i.spec.node == "drain-a" && i.status.phase == Phase::Running)
+        .map(|i| i.metadata.name)
+        .collect();
+    assert!(!on_a.is_empty(), "replicas spread over both nodes");
+
+    let report = ok(url, &["drain", "drain-a", "--timeout", "60s"]);
+    for name in &on_a {
+        assert!(report.contains(&format!("instance/{name} (workload/sensor) moved")), "{report}");
+    }
+    assert!(report.contains(&format!("node/drain-a drained: {} instance(s) moved", on_a.len())), "{report}");
+    assert!(master.instances().iter().all(|i| i.spec.node != "drain-a"), "nothing is left on drain-a");
+    let nodes = ok(url, &["get", "nodes"]);
+    assert!(nodes.lines().any(|l| l.starts_with("drain-a") && l.contains("SchedulingDisabled")), "{nodes}");
+    assert_eq!(ok(url, &["uncordon", "drain-a"]), "node/drain-a uncordoned\n");
+}
+
+/// Needs the master's log proxy (`GET /instances/{name}/logs`) and live endpoints.
+#[test]
+fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
+    let master = Master::start(&[]).expect("master starts");
+    let _agent = join(&master, "cli-logs");
+    wait_ready(&master, 1);
+    let url = master.url.as_str();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = sensor_manifest(dir.path(), "sensor", "");
+    ok(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+
+    let mut child = Command::new(bin("wasmlet"))
+        .args(["--master", url, "logs", "workload/sensor", "-f", "--tail", "1"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wasmlet logs runs");
+    let out = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no sensor line streamed; got {seqs:?}"));
+        // Each line is `TIME STREAM TEXT`; the sensor's text is one JSON object.
+        let json = line.find('{').map(|i| &line[i..]).unwrap_or_else(|| panic!("not a sensor line: {line}"));
+        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{line}: {e}"));
+        seqs.push(value["seq"].as_u64().expect("seq"));
+    }
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "lines arrive in order while following: {seqs:?}");
+    drop(running);
+
+    let top = ok(url, &["top", "instances"]);
+    assert!(top.lines().any(|l| l.contains("sensor") && l.contains("cli-logs")), "{top}");
+}
