@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Writes the Workload manifests that `make run` starts on a single agent:
+# Writes the Workload manifests of the examples that `make run` and `make run-agent` start:
 #   hello  - a job that prints its args and env, then exits 0
 #   sensor - a daemon reading DATA_DIR/value every second, the IoT case
 # Usage: manifests.sh OUT_DIR DATA_DIR   (the examples must be built: build.sh)
@@ -33,6 +33,7 @@ metadata:
   labels: {app: sensor}
 spec:
   type: daemon
+  replicas: 1
   module:
     source: $dist/sensor.wasm
     digest: $(digest sensor)

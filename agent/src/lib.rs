@@ -104,7 +104,6 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
                 master: master.clone(),
                 join_token: config.join_token.clone(),
                 node: node.clone(),
-                labels: config.labels(),
                 taints: config.taints.clone(),
                 data_dir: config.data_dir.clone(),
                 allowed_host_paths: runtime::sandbox::canonical_allow_list(&config.allowed_host_paths),

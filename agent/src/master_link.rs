@@ -17,7 +17,7 @@
 //!   it runs again only when the master still assigns it. With
 //!   `stopOnAgentAfter < lostAfter` one replica never runs twice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +45,6 @@ pub struct LinkSettings {
     pub master: String,
     pub join_token: Option<String>,
     pub node: String,
-    pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub data_dir: PathBuf,
     /// Canonical host directories workloads may be granted.
@@ -201,7 +200,8 @@ impl MasterLink {
         let report = self.reports.borrow().clone();
         let request = RegisterRequest {
             name: self.settings.node.clone(),
-            labels: self.settings.labels.clone(),
+            // The report's labels: the configured ones and the node's own (arch, os, hostname).
+            labels: report.node.metadata.labels.clone(),
             taints: self.settings.taints.clone(),
             status: report.node.status.clone(),
             join_token: self.settings.join_token.clone(),

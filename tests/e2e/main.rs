@@ -7,3 +7,4 @@ mod agent_report;
 mod cli;
 mod cluster;
 mod runtime;
+mod tour;

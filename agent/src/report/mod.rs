@@ -321,20 +321,20 @@ fn node_name_from_hostname(hostname: &str) -> String {
     if trimmed.is_empty() { "node".to_string() } else { trimmed.to_string() }
 }
 
-/// Hostname first, then every non-loopback address of an up interface
-/// (IPv6 link-local left out: it is useless off the link).
+/// Hostname first, then every non-loopback address of an up interface,
+/// IPv4 before IPv6 (IPv6 link-local left out: it is useless off the link).
 fn addresses(facts: &Facts) -> Vec<NodeAddress> {
     let mut out = vec![NodeAddress { kind: AddressType::Hostname, address: facts.hostname.clone() }];
     let mut interfaces: Vec<_> = facts.interfaces.iter().filter(|i| i.up && !i.loopback).collect();
     interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-    for interface in interfaces {
-        for address in &interface.addresses {
-            let link_local_v6 = matches!(address, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-            if !address.is_loopback() && !address.is_unspecified() && !link_local_v6 {
-                let text = address.to_string();
-                if !out.iter().any(|a| a.address == text) {
-                    out.push(NodeAddress { kind: AddressType::InternalIp, address: text });
-                }
+    let mut found: Vec<&IpAddr> = interfaces.iter().flat_map(|i| i.addresses.iter()).collect();
+    found.sort_by_key(|a| a.is_ipv6());
+    for address in found {
+        let link_local_v6 = matches!(address, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if !address.is_loopback() && !address.is_unspecified() && !link_local_v6 {
+            let text = address.to_string();
+            if !out.iter().any(|a| a.address == text) {
+                out.push(NodeAddress { kind: AddressType::InternalIp, address: text });
             }
         }
     }

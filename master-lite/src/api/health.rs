@@ -1,5 +1,5 @@
 //! `/healthz` (the process answers), `/readyz` (the store is loaded and the
-//! controllers run) and `/metrics` (OpenMetrics text).
+//! controllers run), `/metrics` (OpenMetrics text) and `/api/v1/version`.
 
 use std::sync::Arc;
 
@@ -15,6 +15,11 @@ pub async fn healthz() -> &'static str {
 
 pub async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutdown.is_cancelled() { (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n") } else { (StatusCode::OK, "ready\n") }
+}
+
+/// `GET /api/v1/version`: what this master is.
+pub async fn version() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

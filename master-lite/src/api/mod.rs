@@ -40,6 +40,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/workloads/{name}", get(objects::get_workload).put(objects::replace_workload).delete(objects::delete_workload))
         .route("/instances", get(objects::list_instances))
         .route("/instances/{name}", get(objects::get_instance))
+        .route("/version", get(health::version))
         .route("/instances/{name}/logs", get(live::instance_logs))
         .route("/nodes/{name}/live", get(live::node_live))
         .route("/nodes/{name}/instances/live", get(live::node_instances_live))

@@ -1,0 +1,95 @@
+//! The README's five-minute tour, run as written: `make run`'s script with its
+//! own ports and directory, then every command of the tour with the real CLI.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wasmlet_tests::{bin_dir, free_port};
+
+/// The commands of the README's tour: the first `sh` block after its heading,
+/// without `make run` and the PATH line (the test sets both up itself).
+fn tour_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md")).expect("README");
+    let tour = readme.split("## Five-minute tour").nth(1).expect("a tour section");
+    let block = tour.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("a shell block");
+    block
+        .lines()
+        .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l != "make run" && !l.starts_with("export PATH="))
+        .collect()
+}
+
+/// `scripts/run-local.sh` in its own process group, stopped with the group.
+struct RunLocal(Child);
+
+impl Drop for RunLocal {
+    fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_readme_tour_works_as_written() {
+    let commands = tour_commands();
+    assert!(commands.len() >= 5 && commands.iter().all(|c| !c.contains("curl")), "the tour uses wasmlet: {commands:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (master_port, agent_port) = (free_port(), free_port());
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/run-local.sh");
+    let mut child = Command::new("bash")
+        .arg(script)
+        .arg(bin_dir())
+        .arg(dir.path().join(".run"))
+        .env("WASMLET_RUN_MASTER_PORT", master_port.to_string())
+        .env("WASMLET_RUN_AGENT_PORT", agent_port.to_string())
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start run-local.sh");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = RunLocal(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("wasmlet is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120)).expect("make run's script reports the cluster running");
+
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let master = format!("http://127.0.0.1:{master_port}");
+    let mut transcript = String::new();
+    for command in &commands {
+        let out = Command::new("bash")
+            .args(["-c", &format!("set -euo pipefail; {command}")])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("WASMLET_MASTER", &master)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run a tour command");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "`{command}` failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        transcript.push_str(&format!("$ {command}\n{text}"));
+    }
+    for needle in ["Ready", "Succeeded", "\"seq\":", "workload/sensor configured", "Registered"] {
+        assert!(transcript.contains(needle), "the tour shows {needle}:\n{transcript}");
+    }
+    let instances = Command::new(bin_dir().join("wasmlet"))
+        .args(["--master", &master, "get", "instances", "-o", "json"])
+        .output()
+        .expect("get instances");
+    let list: wasmlet_api::protocol::List<wasmlet_api::Instance> = serde_json::from_slice(&instances.stdout).expect("json");
+    let running = list.items.iter().filter(|i| i.spec.workload == "sensor" && i.status.phase == wasmlet_api::Phase::Running).count();
+    assert_eq!(running, 3, "the tour scaled the sensor to 3");
+}
