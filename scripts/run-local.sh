@@ -24,11 +24,13 @@ trap stop EXIT INT TERM
 pids+=($!)
 for _ in $(seq 1 300); do curl -sf "$master_url/healthz" >/dev/null && break; sleep 0.1; done
 
+# The manifests first: they create the sensor's data dir, which the agent's allow-list names.
+bash "$here/../wasm-examples/manifests.sh" "$run/manifests" "$run/sensor-data" >/dev/null
+
 "$bin/wasmlet-agent" --data-dir "$run/agent" --api-addr "127.0.0.1:$agent_port" \
     --master "$master_url" --allowed-host-paths "$run/sensor-data" &
 pids+=($!)
 
-bash "$here/../wasm-examples/manifests.sh" "$run/manifests" "$run/sensor-data" >/dev/null
 "$bin/wasmlet" --master "$master_url" apply -f "$run/manifests" --wait --timeout 2m
 
 cat <<EOF

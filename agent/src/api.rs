@@ -125,6 +125,11 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], body).into_response()
 }
 
+/// The time a log line starts with.
+fn line_time(line: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(line.split(' ').next()?).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
 fn no_runtime() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, "the WASM runtime did not start on this node; see /readyz\n").into_response()
 }
@@ -159,8 +164,19 @@ async fn events(State(state): State<ApiState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     tail: Option<usize>,
+    /// Only lines newer than this: a duration ago (`5m`) or an RFC 3339 time.
+    since: Option<String>,
     #[serde(default)]
     follow: bool,
+}
+
+/// The cut-off a `since` parameter names.
+fn since_cutoff(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let ago: wasmlet_api::Duration = text.parse().map_err(|e| format!("since: {e} (or an RFC 3339 time)"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago.get()).unwrap_or(chrono::Duration::MAX))
 }
 
 /// The instance's log lines; with `follow=true` the answer stays open and
@@ -174,12 +190,24 @@ async fn instance_logs(
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {}\n", e.body_text())).into_response(),
     };
+    let cutoff = match query.since.as_deref().map(since_cutoff).transpose() {
+        Ok(cutoff) => cutoff,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {e}\n")).into_response(),
+    };
     let Some(supervisor) = &state.supervisor else { return no_runtime() };
     let Some(log) = supervisor.log(&name) else { return no_instance(&name) };
     // Subscribe before reading the tail so no line falls between the two.
     let live = log.subscribe();
     let mut text = String::new();
-    for line in log.tail(query.tail) {
+    let lines = match cutoff {
+        None => log.tail(query.tail),
+        Some(cutoff) => {
+            let newer: Vec<String> = log.tail(None).into_iter().filter(|l| line_time(l).is_none_or(|t| t >= cutoff)).collect();
+            let skip = query.tail.map_or(0, |n| newer.len().saturating_sub(n));
+            newer.into_iter().skip(skip).collect()
+        }
+    };
+    for line in lines {
         text.push_str(&line);
         text.push('\n');
     }

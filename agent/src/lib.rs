@@ -52,6 +52,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
     let node = report::node_name(config.name.as_deref());
+    runtime::sandbox::check_allow_list(&config.allowed_host_paths);
     let runtime = Runtime::new(config.runtime_settings());
     let runtime_health = match &runtime {
         Ok(r) => Ok(r.describe()),
@@ -106,7 +107,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
                 node: node.clone(),
                 taints: config.taints.clone(),
                 data_dir: config.data_dir.clone(),
-                allowed_host_paths: runtime::sandbox::canonical_allow_list(&config.allowed_host_paths),
+                allowed_host_paths: config.allowed_host_paths.clone(),
                 api_port: addr.port(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use wasmlet_api::{EventType, Placement, Workload, WorkloadType};
 
 use crate::runtime::module::{detect, sha256_digest};
-use crate::runtime::sandbox::{Preopen, canonical_allow_list, resolve_host_grants};
+use crate::runtime::sandbox::{Preopen, resolve_host_grants};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// A workload admitted from a manifest, ready to become instances.
@@ -36,7 +36,7 @@ struct FileEntry {
 /// Watches a manifests directory and keeps the supervisor in step with it.
 pub struct ManifestWatcher {
     dir: PathBuf,
-    /// Canonical host paths workloads may be granted.
+    /// Host paths workloads may be granted.
     allowed_host_paths: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileEntry>,
     supervisor: Arc<Supervisor>,
@@ -44,7 +44,7 @@ pub struct ManifestWatcher {
 
 impl ManifestWatcher {
     pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], supervisor: Arc<Supervisor>) -> Self {
-        let allowed_host_paths = canonical_allow_list(allowed_host_paths);
+        let allowed_host_paths = allowed_host_paths.to_vec();
         ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), supervisor }
     }
 

@@ -47,7 +47,7 @@ pub struct LinkSettings {
     pub node: String,
     pub taints: Vec<Taint>,
     pub data_dir: PathBuf,
-    /// Canonical host directories workloads may be granted.
+    /// Host directories workloads may be granted.
     pub allowed_host_paths: Vec<PathBuf>,
     /// The port the agent's API listens on, so the master can serve its logs and live usage.
     pub api_port: u16,

@@ -105,6 +105,13 @@ fn examples_reach_their_phases_and_reasons() {
     let sensor = agent.wait_phase("sensor-0", Phase::Running, WAIT);
     assert_eq!(sensor.status.restarts, 0);
     wait_for(WAIT, "sensor lines", || logs(&agent, "sensor-0").contains("\"seq\":2").then_some(()));
+    let recent = agent.get_text("/instances/sensor-0/logs?since=1h&tail=2").expect("logs since");
+    assert_eq!(recent.lines().count(), 2, "{recent}");
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let none = agent.get_text(&format!("/instances/sensor-0/logs?since={}", future.replace('+', "%2B"))).expect("logs since");
+    assert!(none.is_empty(), "nothing is newer than the future: {none}");
+    let bad = reqwest::blocking::get(agent.url("/instances/sensor-0/logs?since=soonish")).expect("answer");
+    assert_eq!(bad.status(), 400);
     assert!(ready(&agent), "the agent stays Ready through traps and memory bombs");
 
     let metrics = agent.get_text("/metrics").expect("metrics");
@@ -333,4 +340,18 @@ fn a_module_importing_what_the_agent_lacks_is_refused_by_name() {
     let message = instance.status.message.unwrap_or_default();
     assert!(message.contains("does not provide") && message.contains("foo"), "{message}");
     assert!(ready(&agent));
+}
+
+#[test]
+fn an_allowed_host_path_created_after_the_agent_started_can_be_granted() {
+    let dir = manifests();
+    let later = tempfile::tempdir().expect("tempdir");
+    let data = later.path().join("data");
+    let agent = agent_with(dir.path(), &["--allowed-host-paths", data.to_str().expect("utf-8")]);
+    std::fs::create_dir(&data).expect("create the dir");
+    std::fs::write(data.join("value"), b"7").expect("write");
+    let extra = format!("  args: [\"/data/value\"]\n  restartPolicy: Never\n  dirs:\n  - path: /data\n    hostPath: {}\n", data.display());
+    write(dir.path(), "probe.yaml", &workload_manifest("probe", "fs-probe", "job", &extra));
+    agent.wait_phase("probe-0", Phase::Succeeded, WAIT);
+    assert!(logs(&agent, "probe-0").contains("/data/value: ok 1 bytes"));
 }

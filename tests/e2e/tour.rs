@@ -51,7 +51,7 @@ fn the_readme_tour_works_as_written() {
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run-local.log")).expect("log file"))
         .spawn()
         .expect("start run-local.sh");
     let stdout = child.stdout.take().expect("stdout");
@@ -64,7 +64,10 @@ fn the_readme_tour_works_as_written() {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(120)).expect("make run's script reports the cluster running");
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let log = std::fs::read_to_string(dir.path().join("run-local.log")).unwrap_or_default();
+        panic!("make run's script did not report the cluster running; its log:\n{log}");
+    }
 
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
     let master = format!("http://127.0.0.1:{master_port}");

@@ -62,9 +62,15 @@ pub fn wasi_builder(
 }
 
 /// Resolves a workload's host directory grants against the agent's
-/// allow-list (canonical paths). Scratch grants (no host path) are left to the
-/// supervisor. The error names the field and the allowed directories.
+/// allow-list. Scratch grants (no host path) are left to the supervisor. The
+/// error names the field and the allowed directories. The allow-list is
+/// resolved here, at each admission, so a directory created after the agent
+/// started counts.
 pub fn resolve_host_grants(dirs: &[wasmlet_api::DirGrant], allowed: &[PathBuf]) -> Result<Vec<Preopen>, String> {
+    if dirs.iter().all(|d| d.host_path.is_none()) {
+        return Ok(Vec::new());
+    }
+    let allowed: Vec<PathBuf> = allowed.iter().filter_map(|p| p.canonicalize().ok()).collect();
     let mut out = Vec::new();
     for (i, grant) in dirs.iter().enumerate() {
         let Some(host) = &grant.host_path else { continue };
@@ -83,16 +89,11 @@ pub fn resolve_host_grants(dirs: &[wasmlet_api::DirGrant], allowed: &[PathBuf]) 
     Ok(out)
 }
 
-/// The allow-list as canonical paths; entries that do not exist are dropped with a warning.
-pub fn canonical_allow_list(paths: &[PathBuf]) -> Vec<PathBuf> {
-    paths
-        .iter()
-        .filter_map(|p| match p.canonicalize() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "ignoring an allowed host path that cannot be resolved");
-                None
-            }
-        })
-        .collect()
+/// Warns about allow-list entries that do not exist (yet): they count only once they do.
+pub fn check_allow_list(paths: &[PathBuf]) {
+    for path in paths {
+        if let Err(e) = path.canonicalize() {
+            tracing::warn!(path = %path.display(), error = %e, "an allowed host path cannot be resolved; it counts once it exists");
+        }
+    }
 }

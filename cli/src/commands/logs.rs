@@ -1,4 +1,4 @@
-//! `wasmlet logs INSTANCE|workload/NAME [-f] [--tail N]`: an instance's output,
+//! `wasmlet logs INSTANCE|workload/NAME [-f] [--tail N] [--since 5m]`: an instance's output,
 //! fetched by the master from whichever node runs it.
 
 use std::io::{Read as _, Write as _};
@@ -22,6 +22,9 @@ pub struct Logs {
     /// Only the last N lines.
     #[arg(long)]
     tail: Option<u64>,
+    /// Only lines newer than this: a duration (`30s`, `5m`, `2h`) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 impl Logs {
@@ -45,6 +48,9 @@ impl Logs {
         let mut request = client.request(Method::GET, &format!("/instances/{instance}/logs"));
         if let Some(tail) = self.tail {
             request = request.query(&[("tail", tail.to_string())]);
+        }
+        if let Some(since) = &self.since {
+            request = request.query(&[("since", since.as_str())]);
         }
         if self.follow {
             request = request.query(&[("follow", "true")]).timeout(std::time::Duration::from_secs(365 * 24 * 3600));
