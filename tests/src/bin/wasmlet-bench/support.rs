@@ -226,8 +226,14 @@ pub fn hex_id(seed: &str) -> String {
 /// it starts, such as the master, inherit it); returns the soft limit now in force.
 pub fn raise_open_files_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Ten thousand simulated nodes hold two connections each, on both sides:
+    // ask for plenty (root may raise the hard limit), else take what the hard limit allows.
+    const WANTED: u64 = 131_072;
     let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
+    if limit.current.is_none_or(|c| c < WANTED)
+        && setrlimit(Resource::Nofile, Rlimit { current: Some(WANTED), maximum: Some(WANTED.max(limit.maximum.unwrap_or(0))) }).is_err()
+        && limit.current != limit.maximum
+    {
         let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
     }
     getrlimit(Resource::Nofile).current
