@@ -7,6 +7,7 @@
 //! - `workload`, `instance`, `event`: the desired state and what happened to it.
 //! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
 //! - `decode`: JSON/YAML decoding whose errors name the offending field.
+//! - `selector`: label selectors, parsed once and matched by the master and the CLI.
 //! - `validate`: rules serde cannot express; every problem is reported with its field.
 //!
 //! The crate does no I/O; the agent, the master and the CLI all speak through it.
@@ -20,6 +21,7 @@ pub mod meta;
 pub mod node;
 pub mod protocol;
 pub mod quantity;
+pub mod selector;
 pub mod validate;
 pub mod workload;
 
@@ -30,5 +32,6 @@ pub use instance::{Instance, InstanceSpec, InstanceStatus, InstanceUsage, Phase,
 pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};
+pub use selector::Selector;
 pub use validate::{FieldError, ValidationError};
 pub use workload::*;

@@ -10,7 +10,6 @@
 //!   error answers into [`Error`]s that say what to check.
 //! - `manifest`: reads Workload manifests (files, directories, stdin; multi-document
 //!   YAML or JSON) and checks them locally before anything is sent.
-//! - `selector`: `-l` label selectors, checked before they reach the master.
 //! - `table`, `age`, `style`: kubectl-style column tables, ages (`45s`, `5m`, `2d`), colour.
 //! - `view`: what `get` prints for each kind (rows of tables); `describe`: the
 //!   `describe` pages. Both are pure functions of fixed objects and a `now`,
@@ -24,7 +23,6 @@ pub mod config;
 pub mod describe;
 pub mod error;
 pub mod manifest;
-pub mod selector;
 pub mod style;
 pub mod table;
 pub mod view;

@@ -11,10 +11,10 @@ use wasmlet_api::protocol::List;
 use wasmlet_api::{Event, Instance, Node, Workload};
 
 use super::{Session, print, usage};
-use crate::selector::Selector;
 use crate::style::Style;
 use crate::table::Table;
 use crate::{Result, view};
+use wasmlet_api::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Resource {

@@ -16,7 +16,6 @@ mod modules;
 mod nodes;
 mod objects;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,53 +122,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure
     wasmlet_api::from_json(body).map_err(|e| Failure::invalid(format!("the {what} cannot be decoded: {e}")))
 }
 
-/// A label selector: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (absent), comma-separated, all must hold.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Selector(Vec<Term>);
-
-#[derive(Debug, Clone, PartialEq)]
-enum Term {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    Absent(String),
-}
-
-impl Selector {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut terms = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let term = if let Some((k, v)) = part.split_once("!=") {
-                Term::NotEquals(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
-                Term::Equals(k.trim().into(), v.trim().into())
-            } else if let Some(k) = part.strip_prefix('!') {
-                Term::Absent(k.trim().into())
-            } else {
-                Term::Exists(part.into())
-            };
-            let key = match &term {
-                Term::Equals(k, _) | Term::NotEquals(k, _) | Term::Exists(k) | Term::Absent(k) => k,
-            };
-            if !wasmlet_api::validate::is_label_key(key) {
-                return Err(format!(
-                    "`{part}` in labelSelector: `{key}` is not a label key (write `k=v`, `k!=v`, `k` or `!k`, comma-separated)"
-                ));
-            }
-            terms.push(term);
-        }
-        Ok(Selector(terms))
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|term| match term {
-            Term::Equals(k, v) => labels.get(k) == Some(v),
-            Term::NotEquals(k, v) => labels.get(k) != Some(v),
-            Term::Exists(k) => labels.contains_key(k),
-            Term::Absent(k) => !labels.contains_key(k),
-        })
-    }
-}
+pub use wasmlet_api::Selector;
 
 /// The query parameters of lists and watches.
 #[derive(Debug, Default)]
@@ -186,7 +139,7 @@ impl ListParams {
         for (key, value) in query {
             let number = |what: &str| value.parse::<u64>().map_err(|_| Failure::invalid(format!("`{what}={value}` is not a whole number")));
             match key.as_str() {
-                "labelSelector" => params.selector = Selector::parse(value).map_err(Failure::invalid)?,
+                "labelSelector" => params.selector = Selector::parse(value).map_err(|e| Failure::invalid(format!("labelSelector: {e}")))?,
                 "watch" => params.watch = matches!(value.as_str(), "true" | "1" | ""),
                 "since" => params.since = number("since")?,
                 "timeoutSeconds" => params.timeout = Some(Duration::from_secs(number("timeoutSeconds")?)),
@@ -226,23 +179,4 @@ pub async fn wait_for_change(shared: &Shared, since: u64, timeout: Option<Durati
 /// The answer of a watch that saw no change.
 pub fn not_modified() -> Response {
     StatusCode::NOT_MODIFIED.into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selectors_parse_and_match() {
-        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".to_string(), "edge".to_string())].into();
-        let m = |s: &str| Selector::parse(s).unwrap().matches(&labels);
-        assert!(m("app=web"));
-        assert!(m("app==web,tier"));
-        assert!(!m("app!=web"));
-        assert!(m("zone!=a"));
-        assert!(!m("zone"));
-        assert!(m("!zone"));
-        assert!(m(""));
-        assert!(Selector::parse("bad key=1").unwrap_err().contains("bad key"));
-    }
 }

@@ -1,9 +1,11 @@
-//! Label selectors given with `-l`: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k`
-//! (absent), comma-separated. Checked here so a typo fails before any request.
+//! Label selectors: `k=v`, `k==v`, `k!=v`, `k` (exists), `!k` (absent),
+//! comma-separated; all terms must hold. The master filters lists with them,
+//! the CLI checks `-l` before sending anything.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use wasmlet_api::validate::{is_label_key, is_label_value};
+use crate::validate::{is_label_key, is_label_value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Term {
@@ -50,6 +52,16 @@ impl Selector {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `labels` satisfy every term.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|term| match term {
+            Term::Equals(k, v) => labels.get(k) == Some(v),
+            Term::NotEquals(k, v) => labels.get(k) != Some(v),
+            Term::Exists(k) => labels.contains_key(k),
+            Term::Absent(k) => !labels.contains_key(k),
+        })
+    }
 }
 
 impl fmt::Display for Selector {
@@ -72,6 +84,20 @@ impl fmt::Display for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_match_labels() {
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".to_string(), "edge".to_string())].into();
+        let m = |s: &str| Selector::parse(s).unwrap().matches(&labels);
+        assert!(m("app=web"));
+        assert!(m("app==web,tier"));
+        assert!(!m("app!=web"));
+        assert!(m("zone!=a"));
+        assert!(!m("zone"));
+        assert!(m("!zone"));
+        assert!(m(""));
+        assert!(Selector::parse("bad key=1").unwrap_err().contains("bad key"));
+    }
 
     #[test]
     fn selectors_parse_and_print_canonically() {
