@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build examples run run-agent test test-deps lint fmt bench bench-deps clean-run
+.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt bench bench-deps clean-run
 
 all: build
 
@@ -34,6 +34,11 @@ run-agent: build examples
 	@bash wasm-examples/manifests.sh $(RUN_DIR)/manifests $(RUN_DIR)/sensor-data
 	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent-alone --api-addr 127.0.0.1:7071 \
 		--manifests-dir $(RUN_DIR)/manifests --allowed-host-paths $(RUN_DIR)/sensor-data
+
+## The commented config files packages install, generated from the binaries' flags (a test checks they match).
+packaging-configs: build
+	$(BIN)/wasmlet-agent config-template > packaging/agent.toml
+	$(BIN)/wasmlet-master config-template > packaging/master.toml
 
 ## Installs what the tests need, then runs the whole suite.
 test: test-deps build examples

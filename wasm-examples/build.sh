@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the example workloads and collects them in wasm-examples/dist/:
-#   dist/<name>.wasm   wasm32-wasip1 core modules, and the wasm32-wasip2 component hello-component
+#   dist/<name>.wasm   wasm32-wasip1 core modules; the wasm32-wasip2 components hello-component
+#                      and the wasi:http components http-* (exporting wasi:http/incoming-handler)
 #   dist/SHA256SUMS    sha256sum format
-# Every crate directory holds one binary of the same name. Honours CARGO_TARGET_DIR (default
-# wasm-examples/target) and CARGO. Idempotent: when nothing changed cargo does no work and dist/
-# is left untouched.
+# Every crate directory holds one binary of the same name, except the wasi:http components: a
+# cdylib library each (cargo names its output <name with _ for ->.wasm). Honours CARGO_TARGET_DIR
+# (default wasm-examples/target) and CARGO. Idempotent: when nothing changed cargo does no work
+# and dist/ is left untouched.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,12 +17,15 @@ cargo="${CARGO:-cargo}"
 p1_target=wasm32-wasip1
 p2_target=wasm32-wasip2
 p2_bins=(hello-component)
+# wasi:http components: cdylib crates using the `wasi` crate (the only dependency of the workspace).
+p2_libs=(http-hello http-echo http-slow http-fetch)
+p2_crates=("${p2_bins[@]}" "${p2_libs[@]}")
 
 # Every other crate of the workspace is a wasip1 core module.
 p1_bins=()
 for manifest in */Cargo.toml; do
     name="${manifest%/Cargo.toml}"
-    [[ " ${p2_bins[*]} " == *" $name "* ]] || p1_bins+=("$name")
+    [[ " ${p2_crates[*]} " == *" $name "* ]] || p1_bins+=("$name")
 done
 
 if command -v rustup >/dev/null 2>&1; then
@@ -30,13 +35,19 @@ if command -v rustup >/dev/null 2>&1; then
     fi
 fi
 
-# --offline: the examples use Rust std only and must never need the network.
+# The http-* components depend on the `wasi` crate, pinned by Cargo.lock. Download it once (the
+# network is used only when the cargo cache lacks it); every build after that is offline.
+if ! "$cargo" fetch --offline --locked --target "$p2_target" >/dev/null 2>&1; then
+    "$cargo" fetch --locked --target "$p2_target"
+fi
+
+# --offline --locked: builds never touch the network and use exactly what Cargo.lock pins.
 exclude=()
-for name in "${p2_bins[@]}"; do exclude+=(--exclude "$name"); done
-"$cargo" build --offline --release --target "$p1_target" --workspace "${exclude[@]}"
+for name in "${p2_crates[@]}"; do exclude+=(--exclude "$name"); done
+"$cargo" build --offline --locked --release --target "$p1_target" --workspace "${exclude[@]}"
 packages=()
-for name in "${p2_bins[@]}"; do packages+=(-p "$name"); done
-"$cargo" build --offline --release --target "$p2_target" "${packages[@]}"
+for name in "${p2_crates[@]}"; do packages+=(-p "$name"); done
+"$cargo" build --offline --locked --release --target "$p2_target" "${packages[@]}"
 
 # Copies $1 to $2 only when the content differs, so unchanged outputs keep their mtime.
 update() {
@@ -54,6 +65,10 @@ for name in "${p1_bins[@]}"; do
 done
 for name in "${p2_bins[@]}"; do
     update "$CARGO_TARGET_DIR/$p2_target/release/$name.wasm" "dist/$name.wasm"
+    outputs+=("$name.wasm")
+done
+for name in "${p2_libs[@]}"; do
+    update "$CARGO_TARGET_DIR/$p2_target/release/${name//-/_}.wasm" "dist/$name.wasm"
     outputs+=("$name.wasm")
 done
 

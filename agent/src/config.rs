@@ -61,6 +61,8 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Print a commented config file with every setting and its default (what packages install).
+    ConfigTemplate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -291,6 +293,16 @@ mod tests {
                 assert!(row.contains(&format!("`{default}`")), "README row for --{long} gives the default {default}: {row}");
             }
         }
+    }
+
+    #[test]
+    fn the_packaged_config_file_is_generated_from_the_flags() {
+        use clap::CommandFactory;
+        let packaged = include_str!("../../packaging/agent.toml");
+        assert!(
+            packaged == wasmlet_config::commented_template(&Cli::command()),
+            "packaging/agent.toml differs from the flags: run `make packaging-configs`"
+        );
     }
 
     #[test]

@@ -8,6 +8,11 @@ fn main() -> std::process::ExitCode {
     block_on(async move {
         match cli.command {
             Some(Command::Status { output }) => wasmlet_agent::status_cmd::execute(&cli.agent, output).await,
+            Some(Command::ConfigTemplate) => {
+                use clap::CommandFactory;
+                print!("{}", wasmlet_config::commented_template(&Cli::command()));
+                Ok(())
+            }
             None => {
                 let listener = tokio::net::TcpListener::bind(cli.agent.api_addr)
                     .await

@@ -162,13 +162,19 @@ fn attribute_to_file(error: clap::Error, path: &Path, file_keys: &BTreeSet<Strin
     ConfigError::File { path: path.to_path_buf(), message: format!("key `{long}`: invalid value{value}: {reason}") }
 }
 
-/// A commented TOML file listing every setting with its default, for
-/// packaging and documentation.
+/// A commented TOML config file listing every setting of `command` with its
+/// help, environment variable and default: what packages install, generated
+/// from the same declarations as the flags so the two cannot drift apart.
 pub fn commented_template(command: &Command) -> String {
-    let mut out = String::new();
+    let name = command.get_name();
+    let mut out = format!(
+        "# {name} configuration (TOML), read with --config FILE.\n\
+         # Every key is the flag of the same name; a flag or a WASMLET_* environment\n\
+         # variable overrides the file. Uncomment a line to change its default.\n\n"
+    );
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
-        if long == "config" || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version) {
+        if long == "config" || arg.is_hide_set() || matches!(arg.get_action(), ArgAction::Help | ArgAction::Version) {
             continue;
         }
         if let Some(help) = arg.get_help() {
@@ -179,11 +185,13 @@ pub fn commented_template(command: &Command) -> String {
         if let Some(env) = arg.get_env() {
             out.push_str(&format!("# Environment: {}\n", env.to_string_lossy()));
         }
-        let defaults: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
-        match (arg.get_action().takes_values(), defaults.first()) {
+        let default = arg.get_default_values().first().map(|v| v.to_string_lossy().into_owned());
+        let placeholder =
+            || arg.get_value_names().and_then(|n| n.first()).map(|n| format!("<{n}>")).unwrap_or_else(|| "<value>".to_string());
+        match (arg.get_action().takes_values(), default) {
             (false, _) => out.push_str(&format!("#{long} = false\n\n")),
             (true, Some(value)) => out.push_str(&format!("#{long} = \"{value}\"\n\n")),
-            (true, None) => out.push_str(&format!("#{long} = \"\"\n\n")),
+            (true, None) => out.push_str(&format!("#{long} = \"{}\"  # no default\n\n", placeholder())),
         }
     }
     out
@@ -260,6 +268,7 @@ mod tests {
         assert!(t.contains("# Where state lives\n#data-dir = \"/var/lib/x\""), "{t}");
         assert!(t.contains("#port = \"7071\""));
         assert!(t.contains("#verbose = false"));
+        assert!(t.contains("#name = \"<NAME>\"  # no default"), "{t}");
         assert!(!t.contains("config ="));
     }
 }

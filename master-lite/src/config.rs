@@ -39,11 +39,19 @@ pub mod defaults {
     about = "wasmlet master: keeps the desired state and places WASM workloads on nodes"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML file with settings; keys are the long flag names (`data-dir = "/srv/wasmlet-master"`).
     #[arg(long, env = "WASMLET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub master: MasterConfig,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a commented config file with every setting and its default (what packages install).
+    ConfigTemplate,
 }
 
 /// Settings of a running master.
@@ -118,6 +126,16 @@ impl MasterConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_packaged_config_file_is_generated_from_the_flags() {
+        use clap::CommandFactory;
+        let packaged = include_str!("../../packaging/master.toml");
+        assert!(
+            packaged == wasmlet_config::commented_template(&super::Cli::command()),
+            "packaging/master.toml differs from the flags: run `make packaging-configs`"
+        );
+    }
+
     #[test]
     fn the_readme_documents_every_setting_with_its_default() {
         use clap::CommandFactory;

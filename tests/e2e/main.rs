@@ -6,5 +6,6 @@ mod agent_config;
 mod agent_report;
 mod cli;
 mod cluster;
+mod packaging;
 mod runtime;
 mod tour;
