@@ -19,10 +19,7 @@
 use std::io::{Read as _, Write as _};
 
 use wasi::http::outgoing_handler;
-use wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
-    ResponseOutparam, Scheme,
-};
+use wasi::http::types::{Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme};
 
 /// How much of the upstream body is passed on.
 const BODY_PREFIX: usize = 1024;
@@ -90,12 +87,9 @@ fn fetch(url: &str) -> (u16, Option<u16>, Vec<u8>) {
     let truncated = prefix.len() > BODY_PREFIX;
     prefix.truncate(BODY_PREFIX);
 
-    let mut out = format!(
-        "upstream status: {status}\nupstream body ({} bytes{}):\n",
-        prefix.len(),
-        if truncated { ", truncated" } else { "" }
-    )
-    .into_bytes();
+    let mut out =
+        format!("upstream status: {status}\nupstream body ({} bytes{}):\n", prefix.len(), if truncated { ", truncated" } else { "" })
+            .into_bytes();
     out.extend_from_slice(&prefix);
     (200, Some(status), out)
 }
