@@ -76,6 +76,11 @@ pub struct MasterLink {
     state: Mutex<LinkState>,
     /// Wakes the assignment loop (the lease answer named a newer revision, or a reconnect).
     fetch_now: Notify,
+    /// One writer of the saved state at a time, so an older snapshot never lands after a newer one.
+    persist: tokio::sync::Mutex<()>,
+    /// Wakes the instance status loop to report every instance again: a new
+    /// assignment may have reset what the master knows of them (a node back from silence).
+    report_all: Notify,
 }
 
 struct LinkState {
@@ -106,7 +111,14 @@ impl MasterLink {
         supervisor: Arc<Supervisor>,
         reports: watch::Receiver<Arc<Report>>,
     ) -> anyhow::Result<Arc<MasterLink>> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().context("building the HTTP client")?;
+        // A request that hangs on a half-open connection must not stall the link:
+        // every request has a deadline (the long poll and module downloads set their own).
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .tcp_keepalive(Duration::from_secs(15))
+            .build()
+            .context("building the HTTP client")?;
         let master = settings.master.trim_end_matches('/').to_string();
         let settings = LinkSettings { master, ..settings };
         Ok(Arc::new(MasterLink {
@@ -123,6 +135,8 @@ impl MasterLink {
                 modules: HashMap::new(),
             }),
             fetch_now: Notify::new(),
+            persist: tokio::sync::Mutex::new(()),
+            report_all: Notify::new(),
         }))
     }
 
@@ -191,8 +205,9 @@ impl MasterLink {
             state.assignment = Some(saved.assignment.clone());
         }
         // Fences count from the last time the master was heard, before the reboot.
-        if let Err(e) = self.apply(&saved.assignment, false).await {
-            tracing::warn!(error = %e, "cannot run the saved assignment");
+        let missing = self.apply(&saved.assignment, None).await;
+        if !missing.is_empty() {
+            tracing::warn!(modules = ?missing, "modules of the saved assignment are not on disk; their instances wait for the master");
         }
     }
 
@@ -216,7 +231,7 @@ impl MasterLink {
 
     /// The loops of a registered session. Returns why the session ended.
     async fn connected(self: Arc<Self>, timings: Timings, session: CancellationToken) -> String {
-        self.contact();
+        self.contact(Utc::now());
         self.fetch_now.notify_one();
         let tasks = [
             tokio::spawn(self.clone().lease_loop(timings, session.clone())),
@@ -231,9 +246,14 @@ impl MasterLink {
         ended.unwrap_or_else(|e| format!("a link task failed: {e}"))
     }
 
-    /// The master answered.
-    fn contact(&self) {
-        self.lock().last_contact = Some(Utc::now());
+    /// The master answered a request sent at `sent_at`.
+    fn contact(self: &Arc<Self>, sent_at: DateTime<Utc>) {
+        {
+            let mut state = self.lock();
+            if state.last_contact.is_none_or(|last| last < sent_at) {
+                state.last_contact = Some(sent_at);
+            }
+        }
         self.save_contact();
     }
 
@@ -260,14 +280,16 @@ impl MasterLink {
         loop {
             let revision = self.lock().assignment.as_ref().map_or(0, |a| a.revision);
             let renewal = LeaseRenewal { assignment_revision: revision };
+            // Fences count from when the request left, not from when the answer came back.
+            let sent_at = Utc::now();
             match self.send::<LeaseResponse>(self.authorized(self.http.put(self.url(&path))).json(&renewal)).await {
                 Ok(response) => {
                     if failing_since.take().is_some() {
                         tracing::info!("the master answers again");
                     }
-                    self.contact();
+                    self.contact(sent_at);
                     if response.assignment_revision == revision {
-                        self.extend_fences(Utc::now());
+                        self.extend_fences(sent_at);
                     } else {
                         // Only the new assignment may lift fences: instances may have been handed off.
                         self.fetch_now.notify_one();
@@ -304,9 +326,10 @@ impl MasterLink {
                 Some((sent, at)) => *sent != fingerprint || at.elapsed() >= timings.status_report,
             };
             if due {
+                let sent_at = Utc::now();
                 match self.send::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&report.node.status)).await {
                     Ok(_) => {
-                        self.contact();
+                        self.contact(sent_at);
                         last_sent = Some((fingerprint, tokio::time::Instant::now()));
                     }
                     Err(LinkError::Refused { status: 404 | 401, message }) => return format!("status refused: {message}"),
@@ -324,28 +347,33 @@ impl MasterLink {
     /// Watches the node's assignment and applies each new one.
     async fn assignment_loop(self: Arc<Self>, session: CancellationToken) -> String {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        // Set while some modules could not be fetched: ask again without waiting for a change.
+        let mut incomplete = false;
         loop {
             let since = self.lock().assignment.as_ref().map_or(0, |a| a.revision);
-            let query = format!("?watch=true&since={since}&timeoutSeconds=30");
+            let query = if incomplete { String::new() } else { format!("?watch=true&since={since}&timeoutSeconds=30") };
             let path = format!("/nodes/{}/assignment{query}", self.settings.node);
             let request = self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(45));
+            let sent_at = Utc::now();
             let fetched = tokio::select! {
                 r = self.send_optional::<Assignment>(request) => r,
                 _ = session.cancelled() => return "stopping".into(),
             };
             match fetched {
                 Ok(Some(assignment)) => {
-                    self.contact();
-                    match self.apply(&assignment, true).await {
-                        Ok(()) => backoff.reset(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot apply the assignment yet; retrying");
-                            self.sleep_or_stop(backoff.next(), &session).await;
-                        }
+                    self.contact(sent_at);
+                    let missing = self.apply(&assignment, Some(sent_at)).await;
+                    incomplete = !missing.is_empty();
+                    if incomplete {
+                        // Everything else runs already; the instances whose module could not be had wait for the next try.
+                        tracing::warn!(modules = ?missing, "cannot fetch some modules yet; retrying");
+                        self.sleep_or_stop(backoff.next(), &session).await;
+                    } else {
+                        backoff.reset();
                     }
                 }
                 Ok(None) => {
-                    self.contact();
+                    self.contact(sent_at);
                     backoff.reset();
                 }
                 Err(LinkError::Refused { status: 404 | 401, message }) => return format!("assignment refused: {message}"),
@@ -369,13 +397,25 @@ impl MasterLink {
     }
 
     /// Runs exactly the assignment's instances: fetches missing modules,
-    /// saves the assignment, and reconciles the supervisor.
-    async fn apply(&self, assignment: &Assignment, fresh: bool) -> anyhow::Result<()> {
+    /// reconciles the supervisor, saves the assignment. `fetched_at` is when a
+    /// fresh assignment was requested (None: the saved one, after a reboot).
+    /// Returns the digests that could not be had: those instances do not run
+    /// yet, and everything else is applied all the same, so a handed-off
+    /// instance stops even while a new module is out of reach.
+    async fn apply(&self, assignment: &Assignment, fetched_at: Option<DateTime<Utc>>) -> Vec<String> {
         let mut desired = Vec::with_capacity(assignment.instances.len());
+        let mut missing = Vec::new();
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
             let digest = &workload.spec.module.digest;
-            let module = self.module(digest).await.with_context(|| format!("module {digest} of {}", assigned.instance.metadata.name))?;
+            let module = match self.module(digest).await {
+                Ok(module) => module,
+                Err(e) => {
+                    tracing::warn!(instance = %assigned.instance.metadata.name, digest = %digest, error = %e, "module not available");
+                    missing.push(digest.clone());
+                    continue;
+                }
+            };
             let (host_dirs, refused) = match resolve_host_grants(&workload.spec.dirs, &self.settings.allowed_host_paths) {
                 Ok(dirs) => (dirs, None),
                 Err(why) => (Vec::new(), Some(why)),
@@ -396,16 +436,19 @@ impl MasterLink {
         }
         let contact = {
             let mut state = self.lock();
-            if fresh {
-                state.last_contact = Some(Utc::now());
+            if let Some(at) = fetched_at
+                && state.last_contact.is_none_or(|last| last < at)
+            {
+                state.last_contact = Some(at);
             }
             state.assignment = Some(assignment.clone());
             let names: BTreeSet<&String> = assignment.instances.iter().map(|a| &a.instance.metadata.name).collect();
             state.fences.retain(|name, _| names.contains(name));
+            let digests: BTreeSet<&String> = assignment.instances.iter().map(|a| &a.workload.spec.module.digest).collect();
+            state.modules.retain(|digest, _| digests.contains(digest));
             state.last_contact.unwrap_or_else(Utc::now)
         };
         self.extend_fences(contact);
-        self.save().await;
         let fenced: Vec<String> =
             self.supervisor.epochs(Source::Master).into_keys().filter(|name| !desired.iter().any(|d| &d.name == name)).collect();
         for name in &fenced {
@@ -417,8 +460,13 @@ impl MasterLink {
                 "not in the master's assignment any more: stopped",
             );
         }
+        // Reconcile first: nothing may cancel the link between deciding and doing.
         self.supervisor.reconcile(Source::Master, desired);
-        Ok(())
+        if fetched_at.is_some() {
+            self.report_all.notify_one();
+        }
+        self.save().await;
+        missing
     }
 
     /// Module bytes: from memory, from the on-disk store, or fetched from the master.
@@ -431,7 +479,8 @@ impl MasterLink {
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) if sha256_digest(&bytes) == digest => bytes,
             _ => {
-                let response = self.authorized(self.http.get(self.url(&format!("/modules/{digest}")))).send().await?;
+                let request = self.http.get(self.url(&format!("/modules/{digest}"))).timeout(Duration::from_secs(600));
+                let response = self.authorized(request).send().await?;
                 if !response.status().is_success() {
                     bail!("the master answered {} to GET /modules/{digest}", response.status());
                 }
@@ -462,11 +511,16 @@ impl MasterLink {
                 .filter(|i| sent.get(&i.metadata.name).is_none_or(|s| reportable(s) != reportable(&i.status)))
                 .map(|i| InstanceStatusUpdate { name: i.metadata.name.clone(), epoch: i.spec.epoch, status: i.status })
                 .collect();
+            // Forget what was sent for instances that are gone: a name assigned
+            // again (a node back from silence) must be reported afresh.
+            let current = self.supervisor.epochs(Source::Master);
+            sent.retain(|name, _| current.contains_key(name));
             if !updates.is_empty() {
                 let batch = InstanceStatusBatch { updates: updates.clone() };
+                let sent_at = Utc::now();
                 match self.send_optional::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&batch)).await {
                     Ok(_) => {
-                        self.contact();
+                        self.contact(sent_at);
                         for u in updates {
                             sent.insert(u.name, u.status);
                         }
@@ -484,13 +538,16 @@ impl MasterLink {
                     // Let a burst of changes settle into one batch.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                _ = self.report_all.notified() => sent.clear(),
                 _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 _ = session.cancelled() => return "stopping".into(),
             }
         }
     }
 
-    fn save_contact(&self) {
+    /// Saves the time of the last contact now and then (at most every 10 s:
+    /// flash storage on small boards wears out).
+    fn save_contact(self: &Arc<Self>) {
         let due = {
             let state = self.lock();
             match (state.last_saved, state.last_contact) {
@@ -499,30 +556,25 @@ impl MasterLink {
             }
         };
         if due {
-            let link = self.link_dir();
-            let snapshot = self.saved_state();
-            if let Some(saved) = snapshot {
-                self.lock().last_saved = Some(saved.last_contact);
-                tokio::spawn(async move {
-                    if let Ok(bytes) = serde_json::to_vec(&saved) {
-                        let _ = write_atomically(&link.join("state.json"), &bytes).await;
-                    }
-                });
-            }
+            let link = self.clone();
+            tokio::spawn(async move { link.save().await });
         }
     }
 
-    fn saved_state(&self) -> Option<SavedState> {
-        let state = self.lock();
-        Some(SavedState { assignment: state.assignment.clone()?, last_contact: state.last_contact.unwrap_or_else(Utc::now) })
-    }
-
+    /// Writes the assignment and the last contact, one writer at a time,
+    /// taking the snapshot under the writer's lock so the newest state lands last.
     async fn save(&self) {
-        let Some(saved) = self.saved_state() else { return };
-        self.lock().last_saved = Some(saved.last_contact);
+        let _writer = self.persist.lock().await;
+        let saved = {
+            let mut state = self.lock();
+            let Some(assignment) = state.assignment.clone() else { return };
+            let last_contact = state.last_contact.unwrap_or_else(Utc::now);
+            state.last_saved = Some(last_contact);
+            SavedState { assignment, last_contact }
+        };
         match serde_json::to_vec(&saved) {
             Ok(bytes) => {
-                if let Err(e) = write_atomically(&self.link_dir().join("state.json"), &bytes).await {
+                if let Err(e) = write_durably(&self.link_dir().join("state.json"), &bytes).await {
                     tracing::warn!(error = %e, "cannot save the assignment; after a reboot without the master it would not run");
                 }
             }
@@ -587,6 +639,21 @@ fn significant(status: &NodeStatus) -> String {
         "runtime": status.runtime,
     })
     .to_string()
+}
+
+/// Writes the file so that after a crash or a power cut it holds either the
+/// old or the new content, never a mix or nothing: synced before it is renamed into place.
+async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    file.write_all(bytes).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await
 }
 
 async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

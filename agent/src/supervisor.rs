@@ -185,11 +185,15 @@ impl Supervisor {
                 if removed { "stopping: no longer wanted" } else { "stopping to apply a changed spec" },
             );
             if removed {
-                let dirs = [self.instance_dir(&name), self.log_dir(&name)];
+                let supervisor = self.clone();
                 tokio::spawn(async move {
                     let _ = old.task.await;
-                    for dir in dirs {
-                        let _ = tokio::fs::remove_dir_all(dir).await;
+                    // Only if the name was not started again meanwhile: its files are the new instance's now.
+                    let reused = supervisor.instances.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&name);
+                    if !reused {
+                        for dir in [supervisor.instance_dir(&name), supervisor.log_dir(&name)] {
+                            let _ = tokio::fs::remove_dir_all(dir).await;
+                        }
                     }
                 });
             }

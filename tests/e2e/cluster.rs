@@ -322,3 +322,26 @@ fn logs_and_live_usage_come_through_the_master_from_the_node() {
     let error: wasmlet_api::protocol::ApiError = response.json().expect("ApiError");
     assert!(error.message.contains("node-a"), "{}", error.message);
 }
+
+#[test]
+fn an_instance_that_is_not_replaced_keeps_running_when_its_node_returns() {
+    let master = Master::start(&[]).expect("master starts");
+    let a = join(&master, "node-a", &[]);
+    let _b = join(&master, "node-b", &["--taints", "dedicated=other:NoSchedule"]);
+    wait_ready(&master, 2);
+    create_sensor(&master, "pinned", "  replicas: 1\n  disconnect: {lostAfter: 1s, replace: false}\n");
+    let before = wait_running(&master, "pinned", 1);
+    let name = before[0].metadata.name.clone();
+    assert_eq!(before[0].spec.node, "node-a");
+    let started = a.instance(&name).expect("on node-a").status.started_at;
+
+    a.freeze();
+    wait_for(WAIT, "the instance Lost", || {
+        master.instances().into_iter().find(|i| i.metadata.name == name).filter(|i| i.status.phase == Phase::Lost).map(|_| ())
+    });
+    a.thaw();
+    let back = wait_running(&master, "pinned", 1);
+    assert_eq!(back[0].metadata.name, name, "the same instance, not a replacement");
+    let on_a = a.instance(&name).expect("still on node-a");
+    assert_eq!((on_a.status.phase, on_a.status.started_at), (Phase::Running, started), "kept running, not restarted");
+}

@@ -120,20 +120,29 @@ pub async fn assignment(
     let cluster = shared.cluster();
     let instances = cluster
         .instances_on(&name)
-        .filter(|p| p.instance.status.phase != Phase::Lost)
+        // A Lost instance that was replaced elsewhere must stop here (fencing);
+        // one that is not replaced (`replace: false`, everyNode) stays, so the
+        // returning node keeps running it rather than restarting it.
+        .filter(|p| p.instance.status.phase != Phase::Lost || !is_replaced_when_lost(&p.workload))
         .map(|p| AssignedInstance { instance: p.instance.clone(), workload: p.workload.clone() })
         .collect();
     Ok(Json(Assignment { revision: cluster.assignment_revision(&name), instances }).into_response())
 }
 
-/// Waits until the node's assignment revision exceeds `since` (or the node is
+/// Whether the workload's instances on a silent node are replaced elsewhere.
+fn is_replaced_when_lost(workload: &wasmlet_api::Workload) -> bool {
+    workload.spec.disconnect.replace != Some(false) && workload.spec.placement != Some(wasmlet_api::Placement::EveryNode)
+}
+
+/// Waits until the node's assignment revision differs from `since` (or the node is
 /// deleted), at most `timeout` (capped by `--watch-timeout`). False on timeout
 /// or shutdown. Only this node's assignment changes wake it.
 async fn wait_for_assignment(shared: &Shared, mut changes: watch::Receiver<u64>, since: u64, timeout: Option<Duration>) -> bool {
     let limit = shared.config.watch_timeout.get();
     let deadline = tokio::time::Instant::now() + timeout.unwrap_or(limit).min(limit);
     loop {
-        if *changes.borrow_and_update() > since {
+        // Differs, not exceeds: a master whose store was reset counts from 1 again.
+        if *changes.borrow_and_update() != since {
             return true;
         }
         tokio::select! {

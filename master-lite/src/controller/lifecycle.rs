@@ -35,16 +35,23 @@ use crate::store::Kind;
 pub struct Leases {
     renewed: HashMap<String, Instant>,
     reported: HashMap<String, Vec<Condition>>,
+    /// Nodes whose agent renewed since this master started: only those can be
+    /// "back" — a node tainted before a restart is not back because the
+    /// restart counted it as renewed.
+    heard: std::collections::HashSet<String>,
 }
 
 impl Leases {
     /// Every known node counts as renewed at `now`: after a master restart,
     /// nodes are not declared dead because the master was down.
     pub fn starting_at(nodes: impl IntoIterator<Item = String>, now: Instant) -> Self {
-        Leases { renewed: nodes.into_iter().map(|n| (n, now)).collect(), reported: HashMap::new() }
+        Leases { renewed: nodes.into_iter().map(|n| (n, now)).collect(), reported: HashMap::new(), heard: Default::default() }
     }
 
     pub fn renew(&mut self, node: &str, now: Instant) {
+        if !self.heard.contains(node) {
+            self.heard.insert(node.to_string());
+        }
         match self.renewed.get_mut(node) {
             Some(at) => *at = now,
             None => drop(self.renewed.insert(node.to_string(), now)),
@@ -58,6 +65,7 @@ impl Leases {
     pub fn forget(&mut self, node: &str) {
         self.renewed.remove(node);
         self.reported.remove(node);
+        self.heard.remove(node);
     }
 
     pub fn silence(&self, node: &str, now: Instant) -> Option<Duration> {
@@ -139,7 +147,7 @@ impl LifecycleController {
                         ("Node", name),
                         format!("node {name} has not renewed its lease for {}", secs(silence)),
                     );
-                } else if silence <= grace && tainted {
+                } else if silence <= grace && tainted && leases.heard.contains(name) {
                     txn.put_node(mark_back(node, leases.reported.get(name)));
                     txn.event(EventType::Normal, "NodeReady", ("Node", name), format!("node {name} renews its lease again"));
                     returned.push(name);
