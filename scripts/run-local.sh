@@ -2,12 +2,13 @@
 # `make run`: a master and one agent on this machine, with the hello (job) and
 # sensor (daemon) examples applied through the master. Ctrl-C stops both.
 # Usage: run-local.sh BIN_DIR RUN_DIR
-# Ports: WASMLET_RUN_MASTER_PORT (7070) and WASMLET_RUN_AGENT_PORT (7071).
+# Ports: WASMLET_RUN_MASTER_PORT (7070), WASMLET_RUN_AGENT_PORT (7071), WASMLET_RUN_INGRESS_PORT (7080).
 set -euo pipefail
 bin=$1
 run=$2
 master_port=${WASMLET_RUN_MASTER_PORT:-7070}
 agent_port=${WASMLET_RUN_AGENT_PORT:-7071}
+ingress_port=${WASMLET_RUN_INGRESS_PORT:-7080}
 master_url=http://127.0.0.1:$master_port
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$run/master" "$run/agent"
@@ -27,7 +28,7 @@ for _ in $(seq 1 300); do curl -sf "$master_url/healthz" >/dev/null && break; sl
 # The manifests first: they create the sensor's data dir, which the agent's allow-list names.
 bash "$here/../wasm-examples/manifests.sh" "$run/manifests" "$run/sensor-data" >/dev/null
 
-"$bin/wasmlet-agent" --data-dir "$run/agent" --api-addr "127.0.0.1:$agent_port" \
+"$bin/wasmlet-agent" --data-dir "$run/agent" --api-addr "127.0.0.1:$agent_port" --ingress-addr "127.0.0.1:$ingress_port" \
     --master "$master_url" --allowed-host-paths "$run/sensor-data" &
 pids+=($!)
 
@@ -35,10 +36,11 @@ pids+=($!)
 
 cat <<EOF
 
-wasmlet is running: master $master_url, agent http://127.0.0.1:$agent_port (Ctrl-C stops both).
+wasmlet is running: master $master_url, agent http://127.0.0.1:$agent_port, ingress http://127.0.0.1:$ingress_port (Ctrl-C stops both).
 In another terminal (the CLI is $bin/wasmlet):
   wasmlet get nodes -o wide
   wasmlet get instances
   wasmlet logs workload/sensor -f
+  curl -s http://127.0.0.1:$ingress_port/hello
 EOF
 wait -n

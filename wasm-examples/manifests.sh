@@ -2,6 +2,7 @@
 # Writes the Workload manifests of the examples that `make run` and `make run-agent` start:
 #   hello  - a job that prints its args and env, then exits 0
 #   sensor - a daemon reading DATA_DIR/value every second, the IoT case
+#   http-hello - a wasi:http service on the ingress at /hello
 # Usage: manifests.sh OUT_DIR DATA_DIR   (the examples must be built: build.sh)
 set -euo pipefail
 out=$1
@@ -45,7 +46,23 @@ spec:
   resources:
     limits: {memory: 16Mi}
 EOF
+cat > "$out/http-hello.yaml.tmp" <<EOF
+apiVersion: wasmlet.io/v1
+kind: Workload
+metadata:
+  name: http-hello
+spec:
+  type: service
+  replicas: 1
+  module:
+    source: $dist/http-hello.wasm
+    digest: $(digest http-hello)
+  route: {pathPrefix: /hello}
+  resources:
+    limits: {memory: 32Mi, requestTimeout: 5s}
+EOF
 # Renamed into place so the agent never reads a half-written file.
 mv "$out/hello.yaml.tmp" "$out/hello.yaml"
 mv "$out/sensor.yaml.tmp" "$out/sensor.yaml"
+mv "$out/http-hello.yaml.tmp" "$out/http-hello.yaml"
 echo "manifests in $out (sensor reads $data/value)"

@@ -33,6 +33,11 @@ pub mod defaults {
     pub const EPOCH_TICK: &str = "10ms";
     pub const POOL_INSTANCES: &str = "1000";
     pub const MAX_INSTANCE_MEMORY: &str = "4Gi";
+    pub const INGRESS_ADDR: &str = "0.0.0.0:7080";
+    pub const REQUEST_TIMEOUT: &str = "30s";
+    pub const MAX_REQUEST_BODY: &str = "16Mi";
+    pub const MAX_RESPONSE_BODY: &str = "64Mi";
+    pub const SERVICE_CONCURRENCY: &str = "64";
 }
 
 /// `wasmlet-agent`: the wasmlet node agent.
@@ -97,6 +102,26 @@ pub struct AgentConfig {
     /// Taints of this node, `key=value:Effect,key2:Effect` (NoSchedule, PreferNoSchedule, NoExecute).
     #[arg(long, global = true, env = "WASMLET_TAINTS", value_parser = parse_taint, value_delimiter = ',', value_name = "K=V:EFFECT,...")]
     pub taints: Vec<Taint>,
+
+    /// Address of the ingress: HTTP requests routed to service workloads by host and path.
+    #[arg(long, global = true, env = "WASMLET_INGRESS_ADDR", default_value = defaults::INGRESS_ADDR, value_name = "HOST:PORT")]
+    pub ingress_addr: SocketAddr,
+
+    /// Longest a service may take to answer a request, unless its manifest sets `limits.requestTimeout`.
+    #[arg(long, global = true, env = "WASMLET_REQUEST_TIMEOUT", default_value = defaults::REQUEST_TIMEOUT, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Largest request body a service is given; beyond it the guest sees a body-size error.
+    #[arg(long, global = true, env = "WASMLET_MAX_REQUEST_BODY", default_value = defaults::MAX_REQUEST_BODY, value_name = "BYTES")]
+    pub max_request_body: Bytes,
+
+    /// Largest response body a service may send; beyond it the response is cut off.
+    #[arg(long, global = true, env = "WASMLET_MAX_RESPONSE_BODY", default_value = defaults::MAX_RESPONSE_BODY, value_name = "BYTES")]
+    pub max_response_body: Bytes,
+
+    /// Requests one service instance serves at once; more wait their turn.
+    #[arg(long, global = true, env = "WASMLET_SERVICE_CONCURRENCY", default_value = defaults::SERVICE_CONCURRENCY, value_name = "N")]
+    pub service_concurrency: usize,
 
     /// Labels of this node, `key=value,key2=value2`.
     #[arg(long, global = true, env = "WASMLET_LABELS", value_parser = parse_label, value_delimiter = ',', value_name = "K=V,...")]

@@ -14,6 +14,7 @@
 //! - `master_link`: joining a master, heartbeats, status, the assignment.
 //! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/instances`, logs, `/events`).
+//! - `ingress`: the node's HTTP entry for services, routing by host and path.
 //! - `status_cmd`: `wasmlet-agent status`, the report printed once.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod events;
+pub mod ingress;
 pub mod logs;
 pub mod manifests;
 pub mod master_link;
@@ -47,7 +49,20 @@ use supervisor::{Backoff, Supervisor, SupervisorSettings};
 /// sampling and workloads, ends open watches and streams, and finishes
 /// in-flight requests.
 pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let ingress =
+        TcpListener::bind(config.ingress_addr).await.with_context(|| format!("cannot listen on --ingress-addr {}", config.ingress_addr))?;
+    run_with_ingress(config, listener, ingress, shutdown).await
+}
+
+/// [`run`] with the ingress listener given too (tests pass one on a free port).
+pub async fn run_with_ingress(
+    config: AgentConfig,
+    listener: TcpListener,
+    ingress: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the API listener's address")?;
+    let ingress_addr = ingress.local_addr().context("reading the ingress listener's address")?;
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
@@ -71,6 +86,12 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
                 reset: config.restart_backoff_reset.get(),
             },
             log_max_size: config.log_max_size.get(),
+            services: supervisor::ServiceSettings {
+                request_timeout: config.request_timeout.get(),
+                max_request_body: config.max_request_body.get() as usize,
+                max_response_body: config.max_response_body.get() as usize,
+                concurrency: config.service_concurrency,
+            },
         };
         (Supervisor::new(runtime, settings, &node), allocator)
     });
@@ -84,7 +105,7 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
         reporter = reporter.with_supervisor(supervisor.clone(), info);
     }
     let supervisor = supervisor.map(|(s, _)| s);
-    tracing::info!(%node, api = %format!("http://{addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");
+    tracing::info!(%node, api = %format!("http://{addr}"), ingress = %format!("http://{ingress_addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
@@ -131,7 +152,15 @@ pub async fn run(config: AgentConfig, listener: TcpListener, shutdown: impl Futu
         tracing::info!("shutting down");
         signal.cancel();
     });
+    let ingress_task = supervisor.clone().map(|supervisor| {
+        let app = ingress::router(supervisor);
+        let stop = stop.clone();
+        tokio::spawn(async move { axum::serve(ingress, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+    });
     axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the agent API")?;
+    if let Some(task) = ingress_task {
+        let _ = task.await;
+    }
     for task in [manifests, link].into_iter().flatten() {
         let _ = task.await;
     }

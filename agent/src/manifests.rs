@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
-use wasmlet_api::{EventType, Placement, Workload, WorkloadType};
+use wasmlet_api::{EventType, Placement, Workload};
 
 use crate::runtime::module::{detect, sha256_digest};
 use crate::runtime::sandbox::{Preopen, resolve_host_grants};
@@ -169,11 +169,6 @@ impl ManifestWatcher {
     fn admit(&self, manifest: &Path, workload: Workload) -> Result<Admitted, String> {
         workload.validate().map_err(|e| e.to_string())?;
         let spec = &workload.spec;
-        if spec.kind == WorkloadType::Service {
-            return Err(
-                "spec.type: `service` workloads need the HTTP runtime, which this agent does not have yet; use `daemon` or `job`".into()
-            );
-        }
         let source = &spec.module.source;
         if source.contains("://") {
             return Err(format!(

@@ -22,15 +22,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::{
     EventType, Instance, InstanceSpec, InstanceStatus, InstanceSummary, InstanceUsage, Phase, RestartPolicy, Termination, Workload,
+    WorkloadType,
 };
 
 use crate::events::EventLog;
 use crate::logs::InstanceLog;
+use crate::runtime::http::{HttpState, OutboundPolicy, ServeSpec};
 use crate::runtime::limits::{CpuMeter, Fence};
 use crate::runtime::module::CacheOutcome;
+use crate::runtime::module::{LoadedModule, Program};
 use crate::runtime::run::Usage;
 use crate::runtime::sandbox::Preopen;
 use crate::runtime::{ExitReason, RunSpec, Runtime};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// An instance the agent should run, with everything needed to start it.
 #[derive(Clone)]
@@ -76,6 +80,29 @@ pub struct SupervisorSettings {
     pub data_dir: PathBuf,
     pub backoff: Backoff,
     pub log_max_size: u64,
+    pub services: ServiceSettings,
+}
+
+/// Bounds of every service's requests, unless its manifest says otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSettings {
+    pub request_timeout: Duration,
+    pub max_request_body: usize,
+    pub max_response_body: usize,
+    /// Requests one instance serves at once; more wait for a turn.
+    pub concurrency: usize,
+}
+
+/// A Running service instance, as the ingress sees it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub instance: String,
+    pub workload: Arc<Workload>,
+    pub pre: ProxyPre<HttpState>,
+    pub spec: Arc<ServeSpec>,
+    pub log: InstanceLog,
+    /// Bounds concurrent requests; waiting for a permit is the back-pressure.
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Supervisor {
@@ -92,6 +119,7 @@ pub struct Supervisor {
 struct Supervised {
     source: Source,
     generation: String,
+    workload: Arc<Workload>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -109,6 +137,8 @@ struct Shared {
     /// CPU time of the runs before the current one.
     cpu_before: Mutex<Duration>,
     log: InstanceLog,
+    /// Set while a service instance takes requests.
+    serving: Mutex<Option<Endpoint>>,
 }
 
 impl Shared {
@@ -224,11 +254,13 @@ impl Supervisor {
             usage: Mutex::new(Arc::new(Usage::default())),
             cpu_before: Mutex::new(Duration::ZERO),
             log,
+            serving: Mutex::new(None),
         });
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
+        let workload = desired.workload.clone();
         let task = self.runtime.spawn(self.clone().supervise(desired, shared.clone(), cancel.clone()));
-        Ok(Supervised { source, generation, shared, cancel, task })
+        Ok(Supervised { source, generation, workload, shared, cancel, task })
     }
 
     fn instance_dir(&self, name: &str) -> PathBuf {
@@ -306,6 +338,10 @@ impl Supervisor {
                     return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e.to_string());
                 }
             };
+
+            if workload.spec.kind == WorkloadType::Service {
+                return self.serve(&desired, &shared, &module, &cancel).await;
+            }
 
             let usage = Arc::new(Usage { memory: Default::default(), cpu: Arc::new(CpuMeter::default()) });
             *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
@@ -410,6 +446,93 @@ impl Supervisor {
         for s in stopped {
             let _ = s.task.await;
         }
+    }
+
+    /// A service instance: Running (taking requests through the ingress) from
+    /// when its component is loaded until it is stopped or fenced.
+    async fn serve(&self, desired: &DesiredInstance, shared: &Shared, module: &LoadedModule, cancel: &CancellationToken) {
+        let name = &desired.name;
+        let Program::Proxy(pre) = &module.program else {
+            let why =
+                "a service must be a component exporting wasi:http/incoming-handler (built for wasm32-wasip2 with a wasi:http export)";
+            self.events.record(EventType::Warning, "FailedToLoad", "Instance", name, why);
+            return self.finish(shared, Phase::Failed, None, "InvalidModule", why);
+        };
+        let spec = &desired.workload.spec;
+        let run = match self.run_spec(desired) {
+            Ok(run) => run,
+            Err(e) => return self.finish(shared, Phase::Failed, None, "StartError", &format!("{e:#}")),
+        };
+        let defaults = self.settings.services;
+        let mut env = run.env.clone();
+        env.push(("WASMLET_NODE".to_string(), self.node.clone()));
+        let serve = ServeSpec {
+            program: run.program,
+            env,
+            dirs: run.dirs,
+            memory_limit: run.memory_limit,
+            request_timeout: spec.resources.limits.request_timeout.map_or(defaults.request_timeout, |d| d.get()),
+            max_request_body: defaults.max_request_body,
+            max_response_body: defaults.max_response_body,
+            outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            fence: desired.fence.clone(),
+        };
+        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(Endpoint {
+            instance: name.clone(),
+            workload: desired.workload.clone(),
+            pre: pre.clone(),
+            spec: Arc::new(serve),
+            log: shared.log.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(defaults.concurrency.max(1))),
+        });
+        shared.update(|s| {
+            s.phase = Phase::Running;
+            s.started_at = Some(Utc::now());
+            s.reason = None;
+            s.message = None;
+        });
+        self.notify_change();
+        self.events.record(EventType::Normal, "Started", "Instance", name, format!("serving {}", desired.workload.metadata.name));
+        shared.log.agent_line("serving");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if desired.fence.expired() {
+                        // Out of rotation while the master is silent; back once it is heard.
+                        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        if !self.wait_for_fence(shared, cancel).await {
+                            break;
+                        }
+                        return Box::pin(self.serve(desired, shared, module, cancel)).await;
+                    }
+                }
+            }
+        }
+        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        shared.log.agent_line("stopped serving");
+    }
+
+    /// The service workloads this node has instances of, whatever their phase (for routing).
+    pub fn service_workloads(&self) -> Vec<Arc<Workload>> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Arc<Workload>> = Vec::new();
+        for s in instances.values() {
+            if s.workload.spec.kind == WorkloadType::Service && !out.iter().any(|w| w.metadata.name == s.workload.metadata.name) {
+                out.push(s.workload.clone());
+            }
+        }
+        out
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The Running service instances, for the ingress.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        instances.values().filter_map(|s| s.shared.serving.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
     /// Waits while the instance's fence is expired. Returns false when cancelled.

@@ -8,4 +8,5 @@ mod cli;
 mod cluster;
 mod packaging;
 mod runtime;
+mod services;
 mod tour;

@@ -39,7 +39,7 @@ fn the_readme_tour_works_as_written() {
     let commands = tour_commands();
     assert!(commands.len() >= 5 && commands.iter().all(|c| !c.contains("curl")), "the tour uses wasmlet: {commands:?}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (master_port, agent_port) = (free_port(), free_port());
+    let (master_port, agent_port, ingress_port) = (free_port(), free_port(), free_port());
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/run-local.sh");
     let mut child = Command::new("bash")
         .arg(script)
@@ -47,6 +47,7 @@ fn the_readme_tour_works_as_written() {
         .arg(dir.path().join(".run"))
         .env("WASMLET_RUN_MASTER_PORT", master_port.to_string())
         .env("WASMLET_RUN_AGENT_PORT", agent_port.to_string())
+        .env("WASMLET_RUN_INGRESS_PORT", ingress_port.to_string())
         .current_dir(dir.path())
         .process_group(0)
         .stdin(Stdio::null())

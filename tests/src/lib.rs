@@ -76,6 +76,8 @@ pub struct Agent {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub api: String,
+    /// `http://127.0.0.1:PORT` of the ingress.
+    pub ingress: String,
     pub data_dir: tempfile::TempDir,
     /// Everything the agent wrote to stderr so far.
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -94,7 +96,7 @@ impl Agent {
             .arg(data_dir.path())
             // Tests start many agents: a small pool keeps each one's reservation modest.
             .args(["--pool-instances", "64"])
-            .args(["--api-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra_args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -109,16 +111,16 @@ impl Agent {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(api) = started_api(&line) {
-                        let _ = tx.send(api);
+                    if let Some(started) = started_api(&line) {
+                        let _ = tx.send(started);
                     }
                     logs.lock().expect("log lock").push(line);
                 }
             });
         }
-        let mut agent = Agent { child, api: String::new(), data_dir, logs };
+        let mut agent = Agent { child, api: String::new(), ingress: String::new(), data_dir, logs };
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(api) => agent.api = api,
+            Ok((api, ingress)) => (agent.api, agent.ingress) = (api, ingress),
             Err(_) => bail!("the agent did not report its API address; its log:\n{}", agent.log_text()),
         }
         Ok(agent)
@@ -348,14 +350,15 @@ impl Drop for Master {
     }
 }
 
-/// The `api` field of the agent's "started" log line.
-fn started_api(line: &str) -> Option<String> {
+/// The `api` and `ingress` fields of the agent's "started" log line.
+fn started_api(line: &str) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
     if fields.get("message")?.as_str()? != "wasmlet agent started" {
         return None;
     }
-    fields.get("api")?.as_str().map(str::to_string)
+    let field = |name: &str| fields.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    Some((field("api")?, field("ingress").unwrap_or_default()))
 }
 
 pub fn signal(pid: u32, signal: rustix::process::Signal) {

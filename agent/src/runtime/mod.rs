@@ -13,6 +13,7 @@
 //! yields to the scheduler, so a spinning workload cannot starve the others or
 //! the agent, and its CPU time is checked against its limit.
 
+pub mod http;
 pub mod limits;
 pub mod module;
 pub mod run;

@@ -18,7 +18,9 @@ use tokio::sync::OnceCell;
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use super::http::HttpState;
 use super::sandbox::{ComponentState, CoreState};
 
 /// What a module's bytes turned out to be.
@@ -65,6 +67,8 @@ pub enum Program {
     Core(InstancePre<CoreState>),
     /// A component exporting `wasi:cli/run`.
     Command(CommandPre<ComponentState>),
+    /// A component exporting `wasi:http/incoming-handler`: a service, instantiated per request.
+    Proxy(ProxyPre<HttpState>),
 }
 
 /// Counters of the compile cache, exported as metrics.
@@ -85,6 +89,7 @@ pub struct ModuleCache {
     engine_hash: String,
     core_linker: Linker<CoreState>,
     component_linker: ComponentLinker<ComponentState>,
+    http_linker: ComponentLinker<HttpState>,
     loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModule>>>>>,
     pub stats: CacheStats,
 }
@@ -123,12 +128,16 @@ impl ModuleCache {
         wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, |s: &mut CoreState| &mut s.wasi)?;
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        let mut http_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
         Ok(ModuleCache {
             engine,
             dir,
             engine_hash,
             core_linker,
             component_linker,
+            http_linker,
             loaded: Mutex::new(HashMap::new()),
             stats: CacheStats::default(),
         })
@@ -208,6 +217,13 @@ impl ModuleCache {
                 Ok(Program::Core(pre))
             }
             Compiled::Component(component) => {
+                if exports_http_handler(&self.engine, &component) {
+                    let pre = self.http_linker.instantiate_pre(&component).map_err(|e| LoadError::Unsupported(import_error(&e)))?;
+                    let proxy = ProxyPre::new(pre).map_err(|e| {
+                        LoadError::Unsupported(format!("the component's wasi:http/incoming-handler cannot be used ({e:#})"))
+                    })?;
+                    return Ok(Program::Proxy(proxy));
+                }
                 let pre = self.component_linker.instantiate_pre(&component).map_err(|e| LoadError::Unsupported(import_error(&e)))?;
                 let command = CommandPre::new(pre).map_err(|e| {
                     LoadError::Unsupported(format!(
@@ -223,6 +239,11 @@ impl ModuleCache {
         let hex = digest.trim_start_matches("sha256:");
         self.dir.join(format!("{hex}-{}.cwasm", self.engine_hash))
     }
+}
+
+/// Whether a component exports `wasi:http/incoming-handler` (any 0.2 version).
+fn exports_http_handler(engine: &Engine, component: &Component) -> bool {
+    component.component_type().exports(engine).any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
 }
 
 /// Linking fails for one reason in practice: an import the agent does not

@@ -98,6 +98,9 @@ impl Runtime {
         let limiter = MemoryLimiter::new(spec.memory_limit, usage.memory.clone());
         let cpu = usage.cpu.clone();
         match &module.program {
+            Program::Proxy(_) => {
+                Exit::start_error("this component is an HTTP service (it exports wasi:http/incoming-handler): give it `type: service`")
+            }
             Program::Core(pre) => {
                 let mut store = Store::new(self.engine(), CoreState { wasi: builder.build_p1(), limiter });
                 configure_store(&mut store, |s| &mut s.limiter, cpu.clone(), spec.cpu_time_limit, spec.fence.clone());

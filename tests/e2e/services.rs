@@ -1,0 +1,117 @@
+//! HTTP services (wasi:http components) served through a node's ingress:
+//! routing, 404/503/504, body limits and the outbound allow-list.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use wasmlet_api::Phase;
+use wasmlet_tests::{Agent, workload_manifest};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename manifest");
+}
+
+fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
+/// A one-shot HTTP server on loopback answering `body` to every request, for outbound calls.
+fn upstream(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(false).ok();
+        for stream in listener.incoming().take(1) {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn services_answer_through_the_ingress_with_their_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, server) = upstream("upstream says hi");
+    write(dir.path(), "hello.yaml", &workload_manifest("hello", "http-hello", "service", "  route: {pathPrefix: /hello}\n"));
+    write(
+        dir.path(),
+        "slow.yaml",
+        &workload_manifest(
+            "slow",
+            "http-slow",
+            "service",
+            "  route: {pathPrefix: /slow}\n  resources:\n    limits: {requestTimeout: 300ms}\n",
+        ),
+    );
+    write(dir.path(), "echo.yaml", &workload_manifest("echo", "http-echo", "service", "  route: {pathPrefix: /echo}\n"));
+    write(dir.path(), "fetch.yaml", &workload_manifest("fetch", "http-fetch", "service", "  route: {pathPrefix: /fetch}\n"));
+    write(
+        dir.path(),
+        "fetch-allowed.yaml",
+        &workload_manifest(
+            "fetch-allowed",
+            "http-fetch",
+            "service",
+            &format!("  route: {{pathPrefix: /allowed}}\n  allowedOutboundHosts: [\"127.0.0.1:{port}\"]\n"),
+        ),
+    );
+    write(dir.path(), "broken.yaml", &workload_manifest("broken", "sensor", "service", "  route: {pathPrefix: /broken}\n"));
+    let agent = Agent::start(&[
+        "--manifests-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--manifests-poll-interval",
+        "100ms",
+        "--max-request-body",
+        "1Ki",
+        "--name",
+        "edge-7",
+    ])
+    .expect("agent starts");
+    for name in ["hello-0", "slow-0", "echo-0", "fetch-0", "fetch-allowed-0"] {
+        agent.wait_phase(name, Phase::Running, WAIT);
+    }
+    let broken = agent.wait_phase("broken-0", Phase::Failed, WAIT);
+    assert_eq!(broken.status.reason.as_deref(), Some("InvalidModule"), "{:?}", broken.status.message);
+
+    let http = client();
+    let get = |path: &str| {
+        let r = http.get(format!("{}{path}", agent.ingress)).send().expect("request");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    let (status, body) = get("/hello");
+    assert_eq!((status, body.trim()), (200, "hello from wasmlet on edge-7"));
+    let (status, body) = get("/nowhere");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no route"), "{body}");
+    let (status, body) = get("/broken");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broken"), "{body}");
+
+    let (status, body) = get("/slow?ms=50");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = get("/slow?ms=3000");
+    assert_eq!(status, 504, "requestTimeout 300ms: {body}");
+
+    let echoed = http.post(format!("{}/echo/x?q=1", agent.ingress)).body("small body").send().expect("echo");
+    assert_eq!(echoed.status().as_u16(), 200);
+    assert!(echoed.text().unwrap_or_default().contains("small body"));
+    let big = http.post(format!("{}/echo", agent.ingress)).body(vec![b'x'; 4096]).send().expect("big body");
+    assert_ne!(big.status().as_u16(), 200, "a body over --max-request-body does not reach the guest whole");
+
+    let (status, body) = get(&format!("/fetch?url=http://127.0.0.1:{port}/"));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "a denied host fails inside the guest with a clear error: {body}");
+    let (status, body) = get(&format!("/allowed?url=http://127.0.0.1:{port}/"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("upstream says hi"), "{body}");
+    server.join().expect("upstream");
+}
