@@ -69,11 +69,21 @@ async fn route(State(ingress): State<Ingress>, request: Request) -> Response<Bod
         turns.entry(name.clone()).or_default().clone()
     };
     let endpoint = endpoints.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % endpoints.len());
+    let metrics = &ingress.supervisor.ingress_metrics;
+    let labels = vec![("workload", name.clone())];
+    let started = std::time::Instant::now();
+    let in_flight = metrics.in_flight.get_or_create(&labels).clone();
+    in_flight.inc();
     // Waiting for a permit is the back-pressure when the instance is busy.
-    let Ok(_permit) = endpoint.permits.clone().acquire_owned().await else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping"));
+    let response = match endpoint.permits.clone().acquire_owned().await {
+        Ok(_permit) => ingress.supervisor.runtime().serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await,
+        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
     };
-    ingress.supervisor.runtime().serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await
+    in_flight.dec();
+    metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    metrics.requests.get_or_create(&vec![("workload", name), ("code", class)]).inc();
+    response
 }
 
 #[cfg(test)]

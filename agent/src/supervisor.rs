@@ -16,6 +16,7 @@ use chrono::Utc;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -105,7 +106,29 @@ pub struct Endpoint {
     pub permits: Arc<tokio::sync::Semaphore>,
 }
 
+/// Metric labels: name and value pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Per-route figures of the ingress, by workload.
+pub struct IngressMetrics {
+    pub requests: Family<Labels, prometheus_client::metrics::counter::Counter>,
+    pub latency: Family<Labels, Histogram, fn() -> Histogram>,
+    pub in_flight: Family<Labels, Gauge>,
+}
+
+impl Default for IngressMetrics {
+    fn default() -> Self {
+        fn buckets() -> Histogram {
+            // 0.25 ms to about 8 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00025, 2.0, 16))
+        }
+        IngressMetrics { requests: Family::default(), latency: Family::new_with_constructor(buckets), in_flight: Family::default() }
+    }
+}
+
 pub struct Supervisor {
+    /// Requests, latency and in-flight requests of the ingress, by workload.
+    pub ingress_metrics: IngressMetrics,
     runtime: Runtime,
     settings: SupervisorSettings,
     node: String,
@@ -170,6 +193,7 @@ impl Shared {
 impl Supervisor {
     pub fn new(runtime: Runtime, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
         Arc::new(Supervisor {
+            ingress_metrics: IngressMetrics::default(),
             runtime,
             settings,
             node: node.to_string(),
@@ -615,7 +639,6 @@ impl Supervisor {
 
     /// Per-instance and runtime metrics, in exposition text without the `# EOF` line.
     pub fn render_metrics(&self) -> String {
-        type Labels = Vec<(&'static str, String)>;
         let mut registry = Registry::default();
         let phase: Family<Labels, Gauge> = Family::default();
         let restarts: Family<Labels, Gauge> = Family::default();
@@ -651,6 +674,18 @@ impl Supervisor {
         registry.register("wasmlet_instance_cpu_seconds", "CPU time the instance used over all its runs", cpu);
         registry.register("wasmlet_module_loads", "Module loads by how the compile cache served them", cache);
         registry.register("wasmlet_runtime_allocator", "The instance allocator in use", allocator);
+        let ingress = &self.ingress_metrics;
+        registry.register(
+            "wasmlet_ingress_requests",
+            "Requests through the ingress by service workload and status class",
+            ingress.requests.clone(),
+        );
+        registry.register(
+            "wasmlet_ingress_request_seconds",
+            "Time from a request's arrival to its response headers, by service workload",
+            ingress.latency.clone(),
+        );
+        registry.register("wasmlet_ingress_in_flight", "Requests being served, by service workload", ingress.in_flight.clone());
         let mut out = String::new();
         let _ = encode(&mut out, &registry);
         out.trim_end().trim_end_matches("# EOF").to_string()

@@ -114,4 +114,14 @@ fn services_answer_through_the_ingress_with_their_bounds() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("upstream says hi"), "{body}");
     server.join().expect("upstream");
+
+    let metrics = agent.get_text("/metrics").expect("metrics");
+    for needle in [
+        "wasmlet_ingress_requests_total{workload=\"hello\",code=\"2xx\"} 1",
+        "wasmlet_ingress_requests_total{workload=\"slow\",code=\"5xx\"} 1",
+        "wasmlet_ingress_request_seconds_bucket{le=",
+        "wasmlet_ingress_in_flight{workload=\"hello\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "/metrics has {needle}:\n{metrics}");
+    }
 }
