@@ -94,6 +94,9 @@ pub struct ServiceSettings {
     pub concurrency: usize,
 }
 
+/// How often readiness and liveness probes of services run.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A Running service instance, as the ingress sees it.
 #[derive(Clone)]
 pub struct Endpoint {
@@ -501,24 +504,65 @@ impl Supervisor {
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
             fence: desired.fence.clone(),
         };
-        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(Endpoint {
+        let endpoint = Endpoint {
             instance: name.clone(),
             workload: desired.workload.clone(),
             pre: pre.clone(),
             spec: Arc::new(serve),
             log: shared.log.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(defaults.concurrency.max(1))),
-        });
+        };
         shared.update(|s| {
             s.phase = Phase::Running;
             s.started_at = Some(Utc::now());
             s.reason = None;
             s.message = None;
         });
-        self.notify_change();
         self.events.record(EventType::Normal, "Started", "Instance", name, format!("serving {}", desired.workload.metadata.name));
         shared.log.agent_line("serving");
+        // In rotation once instantiable and, with a readinessPath, once it answers 2xx.
+        let mut in_rotation = false;
+        let mut next_probe = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_probe {
+                next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                let ready = match &spec.readiness_path {
+                    None => Ok(()),
+                    Some(path) => self.probe(&endpoint, path).await,
+                };
+                if let Some(path) = &spec.liveness_path
+                    && let Err(why) = self.probe(&endpoint, path).await
+                {
+                    self.events.record(EventType::Warning, "Unhealthy", "Instance", name, format!("liveness probe failed: {why}"));
+                    shared.log.agent_line(&format!("liveness probe failed, restarting: {why}"));
+                    shared.update(|s| s.restarts += 1);
+                    *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    self.notify_change();
+                    return Box::pin(self.serve(desired, shared, module, cancel)).await;
+                }
+                match ready {
+                    Ok(()) if !in_rotation => {
+                        in_rotation = true;
+                        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
+                        shared.update(|s| {
+                            s.reason = None;
+                            s.message = None;
+                        });
+                        self.notify_change();
+                    }
+                    Err(why) if in_rotation || shared.status.lock().unwrap_or_else(|p| p.into_inner()).reason.is_none() => {
+                        in_rotation = false;
+                        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        self.events.record(EventType::Warning, "NotReady", "Instance", name, format!("readiness probe failed: {why}"));
+                        shared.update(|s| {
+                            s.reason = Some("NotReady".into());
+                            s.message = Some(format!("out of rotation: readiness probe failed: {why}"));
+                        });
+                        self.notify_change();
+                    }
+                    _ => {}
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
@@ -535,6 +579,17 @@ impl Supervisor {
         }
         *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
         shared.log.agent_line("stopped serving");
+    }
+
+    /// Asks the service for `path`; Ok on a 2xx answer.
+    async fn probe(&self, endpoint: &Endpoint, path: &str) -> Result<(), String> {
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::USER_AGENT, "wasmlet-probe")
+            .body(axum::body::Body::empty())
+            .map_err(|e| format!("bad probe path `{path}`: {e}"))?;
+        let response = self.runtime.serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await;
+        if response.status().is_success() { Ok(()) } else { Err(format!("GET {path} answered {}", response.status())) }
     }
 
     /// The service workloads this node has instances of, whatever their phase (for routing).

@@ -125,3 +125,33 @@ fn services_answer_through_the_ingress_with_their_bounds() {
         assert!(metrics.contains(needle), "/metrics has {needle}:\n{metrics}");
     }
 }
+
+#[test]
+fn readiness_probes_decide_who_takes_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // http-echo answers 200 on any path: ready. http-slow answers 400 to `?ms=abc`: never ready.
+    write(
+        dir.path(),
+        "ready.yaml",
+        &workload_manifest("ready", "http-echo", "service", "  route: {pathPrefix: /ready}\n  readinessPath: /healthz\n"),
+    );
+    write(
+        dir.path(),
+        "never.yaml",
+        &workload_manifest("never", "http-slow", "service", "  route: {pathPrefix: /never}\n  readinessPath: \"/?ms=abc\"\n"),
+    );
+    let agent = Agent::start(&["--manifests-dir", dir.path().to_str().expect("utf-8"), "--manifests-poll-interval", "100ms"])
+        .expect("agent starts");
+    agent.wait_phase("ready-0", Phase::Running, WAIT);
+    let never = wasmlet_tests::wait_for(WAIT, "the readiness verdict", || {
+        agent.instance("never-0").filter(|i| i.status.reason.as_deref() == Some("NotReady"))
+    });
+    assert!(never.status.message.unwrap_or_default().contains("400"));
+    let http = client();
+    let ok = wasmlet_tests::wait_for(WAIT, "ready in rotation", || {
+        http.get(format!("{}/ready", agent.ingress)).send().ok().filter(|r| r.status().as_u16() == 200)
+    });
+    assert_eq!(ok.status().as_u16(), 200);
+    let refused = http.get(format!("{}/never", agent.ingress)).send().expect("request");
+    assert_eq!(refused.status().as_u16(), 503, "a service that is not ready takes no traffic");
+}
