@@ -27,13 +27,17 @@
 //! three real agents: SIGKILL of the node running 100 instances until all run
 //! elsewhere), `heartbeats` (10000 simulated nodes renewing their leases
 //! against one master: latency, CPU, RSS) and `schedule` (10000 replicas onto
-//! 1000 simulated nodes: placements per second).
+//! 1000 simulated nodes: placements per second) and `http` (the `http-hello`
+//! wasi:http component through the agent's ingress against `wasmtime serve`
+//! of it, and a native axum server as the ceiling: requests per second, p50,
+//! p99; needs the wasmtime CLI too).
 #![forbid(unsafe_code)]
 
 mod density;
 mod failover;
 mod figures;
 mod heartbeats;
+mod http;
 mod report;
 mod schedule;
 mod simnode;
@@ -85,6 +89,12 @@ const SCENARIOS: &[Scenario] = &[
         name: "schedule",
         about: "10000 replicas onto 1000 simulated nodes: time to placed and to Running, placements/s, master CPU and RSS",
         run: schedule::run,
+    },
+    Scenario {
+        name: "http",
+        about: "the http-hello component through the agent's ingress against `wasmtime serve`, and a native axum server as the \
+                ceiling: req/s, p50/p99",
+        run: http::run,
     },
 ];
 

@@ -1,6 +1,7 @@
 //! What scenarios share beyond the `wasmlet_tests` harness: finding tools,
 //! free ports, HTTP polling and the reference process, Debian's
 //! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`;
+//! the wasmtime CLI `make bench-deps` installs (path, version);
 //! polling that fails instead of panicking, percentiles, placing a
 //! manifest in an agent's `--manifests-dir`, process CPU time, ids for
 //! simulated nodes and the open-files limit.
@@ -29,6 +30,27 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Where `make bench-deps` installs the wasmtime CLI.
+pub const WASMTIME_DEFAULT: &str = "/var/tmp/wasmlet-tools/bin/wasmtime";
+/// The version of wasmtime the agent embeds.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+pub const WASMTIME_HINT: &str =
+    "run `make bench-deps` (it installs wasmtime-cli 48.0.8 into /var/tmp/wasmlet-tools), or point $WASMTIME at a wasmtime 48 CLI";
+
+/// The wasmtime CLI: `$WASMTIME`, else [`WASMTIME_DEFAULT`].
+pub fn wasmtime_path() -> PathBuf {
+    std::env::var_os("WASMTIME").map_or_else(|| PathBuf::from(WASMTIME_DEFAULT), PathBuf::from)
+}
+
+/// The first line of `wasmtime --version` (`wasmtime 48.0.8 (...)`).
+pub fn wasmtime_version(wasmtime: &Path) -> anyhow::Result<String> {
+    let output = Command::new(wasmtime).arg("--version").output().with_context(|| format!("running {} --version", wasmtime.display()))?;
+    if !output.status.success() {
+        bail!("{} --version failed ({}): {}", wasmtime.display(), output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().trim().to_string())
 }
 
 /// Fails with a hint when a binary the bench starts is missing.
