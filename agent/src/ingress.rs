@@ -1,8 +1,12 @@
 //! The ingress (`--ingress-addr`, default `:7080`): HTTP requests routed by
-//! `route.host` and `route.pathPrefix` to a Running instance of a service on
-//! this node, round-robin. The most specific route wins (a host match, then
-//! the longest prefix). No route: 404; a route without a Running instance:
-//! 503; each with a short body saying which.
+//! `route.host` and `route.pathPrefix` to a Ready instance of a service on
+//! this node, round-robin, or — when this node has none — forwarded to the
+//! ingress of a node that has one (endpoints from the master), round-robin,
+//! trying the next node when a connection fails for a request that can be
+//! sent again. The most specific route wins (a host match, then the longest
+//! prefix). No route: 404; no Ready instance anywhere: 503; a broken
+//! upstream: 502; each with a short body saying which. A forwarded request
+//! is never forwarded again, so requests cannot loop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,23 +14,48 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use hyper::StatusCode;
-use wasmlet_api::Workload;
+use std::net::SocketAddr;
+
+use wasmlet_api::Route;
+use wasmlet_api::protocol::IngressEndpoint;
 
 use crate::runtime::http::plain;
 use crate::supervisor::Supervisor;
+
+/// Marks a request one ingress forwarded to another, naming the node it came from.
+const FORWARDED_BY: &str = "x-wasmlet-forwarded-by";
 
 #[derive(Clone)]
 struct Ingress {
     supervisor: Arc<Supervisor>,
     /// Next endpoint to use, per workload.
     turns: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
+    /// Connections to peer ingresses, pooled.
+    peers: reqwest::Client,
 }
 
 pub fn router(supervisor: Arc<Supervisor>) -> Router {
-    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default() })
+    let peers = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(2)).build().unwrap_or_default();
+    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), peers })
+}
+
+/// Headers that belong to one connection and are not passed on (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &hyper::header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Whether `path` is under `prefix`, on segment boundaries (`/api` covers `/api/x`, not `/apix`).
@@ -35,49 +64,74 @@ fn under(path: &str, prefix: &str) -> bool {
     prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The most specific route matching `host` and `path`: (host given, prefix length).
-fn best_route<'a>(workloads: impl Iterator<Item = &'a Arc<Workload>>, host: &str, path: &str) -> Option<&'a Arc<Workload>> {
-    workloads
-        .filter_map(|w| {
-            let route = w.spec.route.as_ref()?;
+/// The service whose route matches `host` and `path` most specifically (a host match, then the longest prefix).
+fn best_route<'a>(routes: impl Iterator<Item = (&'a str, &'a Route)>, host: &str, path: &str) -> Option<&'a str> {
+    routes
+        .filter_map(|(name, route)| {
             let host_ok = route.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host));
             let path_ok = route.path_prefix.as_deref().is_none_or(|p| under(path, p));
-            (host_ok && path_ok).then(|| ((route.host.is_some(), route.path_prefix.as_deref().map_or(0, str::len)), w))
+            (host_ok && path_ok).then(|| ((route.host.is_some(), route.path_prefix.as_deref().map_or(0, str::len)), name))
         })
-        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.metadata.name.cmp(&a.1.metadata.name)))
-        .map(|(_, w)| w)
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, name)| name)
 }
 
-async fn route(State(ingress): State<Ingress>, request: Request) -> Response<Body> {
-    let host =
-        request.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| request.uri().host()).unwrap_or_default();
-    let host = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host, |(h, _)| h).to_ascii_lowercase();
+async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request) -> Response<Body> {
+    let host_header = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let host = host_header.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host_header.as_str(), |(h, _)| h);
+    let host = host.to_ascii_lowercase();
     let path = request.uri().path().to_string();
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
 
-    let services = ingress.supervisor.service_workloads();
-    let Some(workload) = best_route(services.iter(), &host, &path) else {
-        return plain(StatusCode::NOT_FOUND, format!("no route for host `{host}` and path `{path}` on this node"));
+    let local = ingress.supervisor.service_workloads();
+    let remote = ingress.supervisor.remote_endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let routes = local
+        .iter()
+        .filter_map(|w| w.spec.route.as_ref().map(|r| (w.metadata.name.as_str(), r)))
+        .chain(remote.iter().filter_map(|e| e.route.as_ref().map(|r| (e.workload.as_str(), r))));
+    let Some(name) = best_route(routes, &host, &path).map(str::to_string) else {
+        return plain(StatusCode::NOT_FOUND, format!("no route for host `{host}` and path `{path}`"));
     };
-    let name = workload.metadata.name.clone();
-    let mut endpoints: Vec<_> = ingress.supervisor.endpoints().into_iter().filter(|e| e.workload.metadata.name == name).collect();
-    if endpoints.is_empty() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` has no Ready instance on this node"));
-    }
-    endpoints.sort_by(|a, b| a.instance.cmp(&b.instance));
     let turn = {
         let mut turns = ingress.turns.lock().unwrap_or_else(|p| p.into_inner());
         turns.entry(name.clone()).or_default().clone()
     };
-    let endpoint = endpoints.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % endpoints.len());
     let metrics = &ingress.supervisor.ingress_metrics;
     let labels = vec![("workload", name.clone())];
     let started = std::time::Instant::now();
     let in_flight = metrics.in_flight.get_or_create(&labels).clone();
     in_flight.inc();
-    // Waiting for a permit is the back-pressure when the instance is busy.
-    let response = match endpoint.permits.clone().acquire_owned().await {
-        Ok(_permit) => ingress.supervisor.runtime().serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await,
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
+
+    let mut endpoints: Vec<_> = ingress.supervisor.endpoints().into_iter().filter(|e| e.workload.metadata.name == name).collect();
+    let response = if !endpoints.is_empty() {
+        endpoints.sort_by(|a, b| a.instance.cmp(&b.instance));
+        let endpoint = endpoints.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % endpoints.len());
+        // Waiting for a permit is the back-pressure when the instance is busy.
+        match endpoint.permits.clone().acquire_owned().await {
+            Ok(_permit) => ingress.supervisor.runtime().serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await,
+            Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
+        }
+    } else if forwarded {
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("service `{name}` has no Ready instance on this node (a forwarded request is not forwarded again)"),
+        )
+    } else {
+        let me = ingress.supervisor.node().to_string();
+        let peers: Vec<IngressEndpoint> =
+            remote.iter().filter(|e| e.workload == name).flat_map(|e| e.endpoints.iter().filter(|p| p.node != me).cloned()).collect();
+        if peers.is_empty() {
+            plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` has no Ready instance on any node"))
+        } else {
+            let start = turn.fetch_add(1, Ordering::Relaxed);
+            forward(&ingress.peers, &me, client, &host_header, &name, request, &peers, start).await
+        }
     };
     in_flight.dec();
     metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
@@ -86,29 +140,94 @@ async fn route(State(ingress): State<Ingress>, request: Request) -> Response<Bod
     response
 }
 
+/// Sends the request to the first peer ingress that takes the connection,
+/// starting at `start` round-robin, and streams its answer back.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    client: &reqwest::Client,
+    me: &str,
+    from: SocketAddr,
+    host: &str,
+    service: &str,
+    request: Request,
+    peers: &[IngressEndpoint],
+    start: usize,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    // Only requests without a body that may be sent twice are retried on another node.
+    let bodiless = parts.headers.get(hyper::header::CONTENT_LENGTH).is_none_or(|v| v == "0")
+        && !parts.headers.contains_key(hyper::header::TRANSFER_ENCODING);
+    let retriable = bodiless && matches!(parts.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
+    let mut body = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut failures = Vec::new();
+    for i in 0..peers.len() {
+        let peer = &peers[(start + i) % peers.len()];
+        let mut outgoing = client.request(parts.method.clone(), format!("{}{path}", peer.url));
+        for (name, value) in &parts.headers {
+            if !is_hop_by_hop(name) && name != hyper::header::HOST {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        let client_ip = from.ip().to_string();
+        let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {client_ip}"),
+            None => client_ip.clone(),
+        };
+        outgoing = outgoing
+            .header(hyper::header::HOST, host)
+            .header(FORWARDED_BY, me)
+            .header("x-forwarded-for", forwarded_for)
+            .header("x-forwarded-host", host)
+            .header("x-forwarded-proto", "http")
+            .header(hyper::header::FORWARDED, format!("for=\"{client_ip}\";host=\"{host}\";proto=http"));
+        if let Some(body) = body.take() {
+            outgoing = outgoing.body(body);
+        }
+        match outgoing.send().await {
+            Ok(answer) => {
+                let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let headers = answer.headers().clone();
+                let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
+                *response.status_mut() = status;
+                for (name, value) in &headers {
+                    if !is_hop_by_hop(name) {
+                        response.headers_mut().append(name.clone(), value.clone());
+                    }
+                }
+                return response;
+            }
+            Err(e) if e.is_connect() && retriable => failures.push(format!("{}: {e}", peer.node)),
+            Err(e) => return plain(StatusCode::BAD_GATEWAY, format!("the ingress of node `{}` failed for `{service}`: {e}", peer.node)),
+        }
+    }
+    plain(StatusCode::BAD_GATEWAY, format!("no node running `{service}` could be reached: {}", failures.join("; ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn workload(name: &str, host: Option<&str>, prefix: Option<&str>) -> Arc<Workload> {
-        let text = format!(
-            "metadata: {{name: {name}}}\nspec:\n  type: service\n  module: {{source: x.wasm, digest: \"sha256:{}\"}}\n  route: {{{}{}}}\n",
-            "0".repeat(64),
-            host.map(|h| format!("host: {h}, ")).unwrap_or_default(),
-            prefix.map(|p| format!("pathPrefix: {p}")).unwrap_or_default()
-        );
-        Arc::new(wasmlet_api::from_yaml(&text).expect("workload"))
+    fn route(name: &str, host: Option<&str>, prefix: Option<&str>) -> (String, Route) {
+        (name.to_string(), Route { host: host.map(str::to_string), path_prefix: prefix.map(str::to_string) })
     }
 
     #[test]
     fn the_most_specific_route_wins() {
-        let all = [workload("root", None, Some("/")), workload("api", None, Some("/api")), workload("shop", Some("shop.local"), None)];
-        let pick = |host: &str, path: &str| best_route(all.iter(), host, path).map(|w| w.metadata.name.clone());
+        let all = [route("root", None, Some("/")), route("api", None, Some("/api")), route("shop", Some("shop.local"), None)];
+        let pick = |host: &str, path: &str| best_route(all.iter().map(|(n, r)| (n.as_str(), r)), host, path).map(str::to_string);
         assert_eq!(pick("x", "/api/v1").as_deref(), Some("api"));
         assert_eq!(pick("x", "/apix").as_deref(), Some("root"));
         assert_eq!(pick("shop.local", "/api").as_deref(), Some("shop"));
         assert_eq!(pick("x", "/").as_deref(), Some("root"));
-        let none = [workload("api", None, Some("/api"))];
-        assert_eq!(best_route(none.iter(), "x", "/other").map(|w| w.metadata.name.clone()), None);
+        let none = [route("api", None, Some("/api"))];
+        assert_eq!(best_route(none.iter().map(|(n, r)| (n.as_str(), r)), "x", "/other"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        assert!(is_hop_by_hop(&hyper::header::CONNECTION));
+        assert!(is_hop_by_hop(&hyper::header::TRANSFER_ENCODING));
+        assert!(!is_hop_by_hop(&hyper::header::CONTENT_TYPE));
     }
 }

@@ -130,6 +130,7 @@ pub async fn run_with_ingress(
                 data_dir: config.data_dir.clone(),
                 allowed_host_paths: config.allowed_host_paths.clone(),
                 api_port: addr.port(),
+                ingress_port: ingress_addr.port(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))
@@ -155,7 +156,11 @@ pub async fn run_with_ingress(
     let ingress_task = supervisor.clone().map(|supervisor| {
         let app = ingress::router(supervisor);
         let stop = stop.clone();
-        tokio::spawn(async move { axum::serve(ingress, app).with_graceful_shutdown(stop.cancelled_owned()).await })
+        tokio::spawn(async move {
+            axum::serve(ingress, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
     });
     axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the agent API")?;
     if let Some(task) = ingress_task {

@@ -51,6 +51,8 @@ pub struct LinkSettings {
     pub allowed_host_paths: Vec<PathBuf>,
     /// The port the agent's API listens on, so the master can serve its logs and live usage.
     pub api_port: u16,
+    /// The port of the agent's ingress, so peers can forward service requests to it.
+    pub ingress_port: u16,
 }
 
 /// What survives a restart of the agent.
@@ -222,6 +224,7 @@ impl MasterLink {
             join_token: self.settings.join_token.clone(),
             api_port: Some(self.settings.api_port),
             api_url: None,
+            ingress_port: Some(self.settings.ingress_port),
         };
         let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).json(&request)).await?;
         let mut state = self.lock();
@@ -238,6 +241,7 @@ impl MasterLink {
             tokio::spawn(self.clone().status_loop(timings, session.clone())),
             tokio::spawn(self.clone().assignment_loop(session.clone())),
             tokio::spawn(self.clone().instance_status_loop(session.clone())),
+            tokio::spawn(self.clone().endpoints_loop(session.clone())),
         ];
         let (ended, _, rest) = futures::future::select_all(tasks).await;
         for task in rest {
@@ -496,6 +500,34 @@ impl MasterLink {
         let bytes = Arc::new(bytes);
         self.lock().modules.insert(digest.to_string(), bytes.clone());
         Ok(bytes)
+    }
+
+    /// Watches where every service can be reached, for the ingress to forward
+    /// requests for services without a Ready instance here.
+    async fn endpoints_loop(self: Arc<Self>, session: CancellationToken) -> String {
+        let mut since = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            let path = format!("/endpoints?watch=true&since={since}&timeoutSeconds=30");
+            let request = self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(45));
+            let fetched = tokio::select! {
+                r = self.send_optional::<wasmlet_api::protocol::List<wasmlet_api::protocol::ServiceEndpoints>>(request) => r,
+                _ = session.cancelled() => return "stopping".into(),
+            };
+            match fetched {
+                Ok(Some(list)) => {
+                    since = list.revision;
+                    *self.supervisor.remote_endpoints.write().unwrap_or_else(|p| p.into_inner()) = list.items;
+                    backoff.reset();
+                }
+                Ok(None) => backoff.reset(),
+                Err(LinkError::Refused { status: 404 | 401, message }) => return format!("endpoints refused: {message}"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "endpoints watch failed; retrying");
+                    self.sleep_or_stop(backoff.next(), &session).await;
+                }
+            }
+        }
     }
 
     /// Sends changed instance phases to the master in batches.

@@ -132,6 +132,8 @@ impl Default for IngressMetrics {
 pub struct Supervisor {
     /// Requests, latency and in-flight requests of the ingress, by workload.
     pub ingress_metrics: IngressMetrics,
+    /// Every service's ingress endpoints across the cluster, from the master.
+    pub remote_endpoints: std::sync::RwLock<Vec<wasmlet_api::protocol::ServiceEndpoints>>,
     runtime: Runtime,
     settings: SupervisorSettings,
     node: String,
@@ -197,6 +199,7 @@ impl Supervisor {
     pub fn new(runtime: Runtime, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             ingress_metrics: IngressMetrics::default(),
+            remote_endpoints: Default::default(),
             runtime,
             settings,
             node: node.to_string(),
@@ -602,6 +605,10 @@ impl Supervisor {
             }
         }
         out
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub fn runtime(&self) -> &Runtime {

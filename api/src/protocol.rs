@@ -45,6 +45,29 @@ pub struct RegisterRequest {
     /// Where the master reaches the agent's API, when the source address is not it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
+    /// The port of the agent's ingress; peers forward service requests to it
+    /// at the address the registration came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_port: Option<u16>,
+}
+
+/// Where a service can be reached: the ingress of every node with a Ready
+/// instance of it (`GET /endpoints`, watchable like every list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceEndpoints {
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<crate::workload::Route>,
+    pub endpoints: Vec<IngressEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressEndpoint {
+    pub node: String,
+    /// Base URL of the node's ingress, e.g. `http://10.0.0.7:7080`.
+    pub url: String,
 }
 
 /// What a node needs to take part: its object and the cluster's timings.

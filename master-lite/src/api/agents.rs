@@ -35,6 +35,7 @@ pub async fn register(
     let request: RegisterRequest = decode(&body, "registration")?;
     let name = request.name.clone();
     let endpoint = super::live::agent_endpoint(peer, request.api_port, request.api_url.as_deref());
+    let ingress = super::live::agent_endpoint(peer, request.ingress_port, None);
     let (node, credential, unreachable) = {
         let mut cluster = shared.cluster();
         let existing = cluster.nodes.get(&name).cloned();
@@ -43,6 +44,10 @@ pub async fn register(
         match endpoint {
             Some(url) => node.metadata.annotations.insert(super::live::AGENT_API.to_string(), url),
             None => node.metadata.annotations.remove(super::live::AGENT_API),
+        };
+        match ingress {
+            Some(url) => node.metadata.annotations.insert(super::live::AGENT_INGRESS.to_string(), url),
+            None => node.metadata.annotations.remove(super::live::AGENT_INGRESS),
         };
         let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
         node.spec.taints = request.taints.into_iter().chain(unreachable).collect();

@@ -18,6 +18,9 @@ use crate::Shared;
 /// Node annotation holding the base URL of the node's agent API.
 pub const AGENT_API: &str = "wasmlet.io/agent-api";
 
+/// Node annotation holding the base URL of the node's ingress.
+pub const AGENT_INGRESS: &str = "wasmlet.io/ingress";
+
 /// The agent API of a registration: `apiUrl` when given, else the source address and `apiPort`.
 pub fn agent_endpoint(peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
     if let Some(url) = api_url {

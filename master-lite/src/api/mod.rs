@@ -44,6 +44,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes/{name}/live", get(live::node_live))
         .route("/nodes/{name}/instances/live", get(live::node_instances_live))
         .route("/events", get(objects::list_events))
+        .route("/endpoints", get(objects::list_endpoints))
         .route("/nodes", get(nodes::list))
         .route("/nodes/register", post(agents::register))
         .route("/nodes/{name}", get(nodes::get).delete(nodes::delete))

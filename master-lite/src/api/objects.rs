@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmlet_api::protocol::List;
+use wasmlet_api::protocol::{IngressEndpoint, ServiceEndpoints};
 use wasmlet_api::{EventType, Phase, Workload, WorkloadStatus, WorkloadType};
 
 use super::{Failure, ListParams, decode, not_modified, wait_for_change};
@@ -43,6 +44,34 @@ pub async fn list_workloads(State(shared): State<Arc<Shared>>, Query(query): Que
 pub async fn list_instances(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
     list(&shared, &query, Kind::Instance, |c, s| {
         c.instances.values().filter(|p| s.matches(&p.instance.metadata.labels)).map(|p| p.instance.clone()).collect()
+    })
+    .await
+}
+
+/// `GET /endpoints`: for every service, the ingresses of the nodes with a
+/// Ready instance of it. Watchable: it changes with the instances.
+pub async fn list_endpoints(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
+    list(&shared, &query, Kind::Instance, |c, _| {
+        c.workloads
+            .values()
+            .filter(|w| w.spec.kind == wasmlet_api::WorkloadType::Service)
+            .map(|w| {
+                let mut endpoints: Vec<IngressEndpoint> = c
+                    .instances
+                    .values()
+                    .filter(|p| p.instance.spec.workload == w.metadata.name)
+                    .filter(|p| p.instance.status.phase == wasmlet_api::Phase::Running && p.instance.status.reason.is_none())
+                    .filter_map(|p| {
+                        let node = c.nodes.get(&p.instance.spec.node)?;
+                        let url = node.metadata.annotations.get(super::live::AGENT_INGRESS)?;
+                        Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone() })
+                    })
+                    .collect();
+                endpoints.sort_by(|a, b| a.node.cmp(&b.node));
+                endpoints.dedup();
+                ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints }
+            })
+            .collect()
     })
     .await
 }

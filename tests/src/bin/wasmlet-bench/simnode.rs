@@ -259,6 +259,7 @@ async fn register_one(client: &reqwest::Client, api: &str, name: &str) -> anyhow
         join_token: None,
         api_port: None,
         api_url: None,
+        ingress_port: None,
     };
     let mut attempt = 1;
     loop {
