@@ -38,7 +38,11 @@ struct Ingress {
 }
 
 pub fn router(supervisor: Arc<Supervisor>) -> Router {
-    let peers = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(2)).build().unwrap_or_default();
+    // A peer that takes the connection but never answers (frozen, overloaded)
+    // is a broken upstream once the service's own time is up, with a margin.
+    let answer_within = supervisor.service_settings().request_timeout + std::time::Duration::from_secs(5);
+    let peers =
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(2)).timeout(answer_within).build().unwrap_or_default();
     Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), peers })
 }
 

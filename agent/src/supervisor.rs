@@ -611,6 +611,10 @@ impl Supervisor {
         &self.node
     }
 
+    pub fn service_settings(&self) -> ServiceSettings {
+        self.settings.services
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

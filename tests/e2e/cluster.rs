@@ -427,3 +427,20 @@ fn a_service_answers_through_every_node_and_survives_a_node_crash() {
     b.thaw();
     c.thaw();
 }
+
+#[test]
+fn a_forwarded_request_to_a_silent_node_is_a_bad_gateway() {
+    let master = Master::start(&["--lost-after", "60s", "--node-grace-period", "30s"]).expect("master starts");
+    let a = join(&master, "node-a", &["--request-timeout", "500ms"]);
+    wait_ready(&master, 1);
+    create_service(&master, "hello", "http-hello", "  replicas: 1\n  route: {pathPrefix: /hello}\n");
+    wait_running(&master, "hello", 1);
+    let front = join(&master, "node-b", &["--request-timeout", "500ms"]);
+    wait_ready(&master, 2);
+    wait_for(WAIT, "forwarding", || (get(&format!("{}/hello", front.ingress)).0 == 200).then_some(()));
+    a.freeze();
+    let (status, body) = get(&format!("{}/hello", front.ingress));
+    a.thaw();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("node-a"), "the answer names the node: {body}");
+}

@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use reqwest::blocking::Client;
 use wasmlet_api::Phase;
-use wasmlet_tests::{Agent, bin, examples_dir, workload_manifest};
+use wasmlet_tests::{Agent, Master, bin, examples_dir, workload_manifest};
 
 use crate::figures::{Figure, Figures, Goal};
 use crate::support::{
@@ -65,6 +65,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const READY_EVERY: Duration = Duration::from_millis(100);
 const RPS_RATIO_GOAL: Goal = Goal::AtLeast(1.0);
 const P99_RATIO_GOAL: Goal = Goal::AtMost(1.0);
+const FORWARDED_GOAL: Goal = Goal::AtLeast(0.5);
+/// The figures of requests sent to an agent without a replica, forwarded to one that has it.
+const AGENT_FORWARDED: &str = "agent-forwarded";
 
 pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     // Fail before starting anything when a tool is missing.
@@ -117,9 +120,38 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
             .note("p99 latency through the agent's ingress over wasmtime serve's"),
     )?;
 
-    // 3. Forwarding to a replica on another node: not there yet.
-    figures.emit(Figure::new(AGENT, "forwarded_rps", f64::NAN).note("not measured: the ingress does not forward to other nodes yet"))?;
-    progress("forwarded_rps: not measured, the ingress does not forward to other nodes yet");
+    // 3. An agent without a replica forwarding to the agent that has it.
+    let forwarded = {
+        progress("starting a master, the serving agent, then a second agent without a replica");
+        let master = Master::start(&[]).context("starting wasmlet-master")?;
+        let serving = Agent::start(&["--master", &master.url, "--name", NODE]).context("starting the serving agent")?;
+        poll_until(READY_TIMEOUT, READY_EVERY, "the serving node Ready", || Ok(master.nodes().iter().any(|n| n.is_ready()).then_some(())))?;
+        master.upload_example(COMPONENT)?;
+        let workload: wasmlet_api::Workload =
+            wasmlet_api::from_yaml(&workload_manifest(WORKLOAD, COMPONENT, "service", "  route: {pathPrefix: /}\n"))?;
+        let (status, body) = master.send_json(reqwest::Method::POST, "/workloads", &workload)?;
+        if status >= 300 {
+            bail!("creating the service: {status}: {body}");
+        }
+        poll_until(READY_TIMEOUT, READY_EVERY, "the replica Running", || {
+            Ok(master.instances().iter().any(|i| i.spec.workload == WORKLOAD && i.status.phase == Phase::Running).then_some(()))
+        })?;
+        let front = Agent::start(&["--master", &master.url, "--name", "bench-front"]).context("starting the forwarding agent")?;
+        let url = format!("{}/", front.ingress);
+        wait_greeting(&client, &url, "the forwarding agent's ingress", || Ok(()))?;
+        let report = load(
+            figures,
+            AGENT_FORWARDED,
+            &url,
+            &format!("an agent without a replica forwarding to the agent that has it; {COMPONENT}.wasm, route pathPrefix /"),
+        )?;
+        drop((front, serving, master));
+        report
+    };
+    figures.emit(
+        Figure::ratio(AGENT_FORWARDED, "rps", forwarded.requests_per_second, WASMTIME_SERVE, reference.requests_per_second, FORWARDED_GOAL)
+            .note("requests per second through a forwarding ingress over wasmtime serve's; both ingresses and wrk share the 2 cores"),
+    )?;
 
     // 4. The ceiling.
     let native = {
@@ -339,12 +371,5 @@ mod tests {
         let url = server.url.clone();
         drop(server);
         assert!(client.get(&url).send().is_err(), "{url} still answers after the drop");
-    }
-
-    #[test]
-    fn a_forwarded_figure_without_a_measure_is_null() {
-        let figure = Figure::new(AGENT, "forwarded_rps", f64::NAN).note("n");
-        let line = serde_json::to_string(&figure).expect("encodes");
-        assert_eq!(line, r#"{"subject":"agent","metric":"forwarded_rps","value":null,"note":"n"}"#);
     }
 }
