@@ -23,7 +23,7 @@
 //!    binary's code above all, once across the processes). Ratio: RSS per
 //!    process over the agent's RSS per instance (goal >= 20).
 //!
-//! The wasmtime CLI is `$WASMTIME` or [`WASMTIME_DEFAULT`]; `make bench-deps`
+//! The wasmtime CLI is `$WASMTIME` or `support::WASMTIME_DEFAULT`; `make bench-deps`
 //! installs it. Its compile cache is pointed at a temp dir and warmed by one
 //! unmeasured probe process, as the agent compiles the module once for all
 //! its instances. Every process started here is stopped by a guard when `run`
@@ -31,7 +31,7 @@
 
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -42,7 +42,10 @@ use wasmlet_api::{Instance, Node, Phase};
 use wasmlet_tests::{Agent, bin, examples_dir, rss_bytes, sha256};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{get_ok, http_client, millis_between, place_manifest, poll_until, require_executable, yaml_path};
+use crate::support::{
+    WASMTIME_HINT, WASMTIME_VERSION, get_ok, http_client, millis_between, place_manifest, poll_until, require_executable, wasmtime_path,
+    wasmtime_version, yaml_path,
+};
 
 /// The subject name of wasmlet's node agent in the figures.
 const AGENT: &str = "agent";
@@ -60,12 +63,6 @@ const ALL_RUNNING_TIMEOUT: Duration = Duration::from_secs(300);
 const LIST_EVERY: Duration = Duration::from_millis(250);
 const TOTAL_RSS_GOAL: Goal = Goal::AtMost(209_715_200.0);
 
-/// Where `make bench-deps` installs the wasmtime CLI.
-const WASMTIME_DEFAULT: &str = "/var/tmp/wasmlet-tools/bin/wasmtime";
-/// The version of wasmtime the agent embeds.
-const WASMTIME_VERSION: &str = "48.0.8";
-const WASMTIME_HINT: &str =
-    "run `make bench-deps` (it installs wasmtime-cli 48.0.8 into /var/tmp/wasmlet-tools), or point $WASMTIME at a wasmtime 48 CLI";
 const REFERENCE_MAX: usize = 1000;
 const REFERENCE_TIME_BOX: Duration = Duration::from_secs(60);
 const MEM_AVAILABLE_MIN: u64 = 2 << 30;
@@ -350,19 +347,6 @@ fn allocator(client: &Client, agent: &Agent) -> anyhow::Result<String> {
     let body = get_ok(client, &agent.url("/status"))?;
     let node: Node = wasmlet_api::from_json(&body).context("decoding /status as a Node")?;
     Ok(node.status.runtime.map_or_else(|| "unknown".to_string(), |r| r.allocator))
-}
-
-fn wasmtime_path() -> PathBuf {
-    std::env::var_os("WASMTIME").map_or_else(|| PathBuf::from(WASMTIME_DEFAULT), PathBuf::from)
-}
-
-/// `wasmtime 48.0.8 (...)`
-fn wasmtime_version(wasmtime: &Path) -> anyhow::Result<String> {
-    let output = Command::new(wasmtime).arg("--version").output().with_context(|| format!("running {} --version", wasmtime.display()))?;
-    if !output.status.success() {
-        bail!("{} --version failed ({}): {}", wasmtime.display(), output.status, String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().trim().to_string())
 }
 
 /// Starts one process of `command` and waits for the sensor's first line,
