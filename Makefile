@@ -32,7 +32,7 @@ run: build examples
 run-agent: build examples
 	@mkdir -p $(RUN_DIR)/agent-alone
 	@bash wasm-examples/manifests.sh $(RUN_DIR)/manifests $(RUN_DIR)/sensor-data
-	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent-alone --api-addr 127.0.0.1:7071 \
+	$(BIN)/wasmlet-agent --data-dir $(RUN_DIR)/agent-alone --api-addr 127.0.0.1:7071 --ingress-addr 127.0.0.1:7080 \
 		--manifests-dir $(RUN_DIR)/manifests --allowed-host-paths $(RUN_DIR)/sensor-data
 
 ## The commented config files packages install, generated from the binaries' flags (a test checks they match).

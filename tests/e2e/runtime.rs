@@ -6,18 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use wasmlet_api::{Event, Phase};
-use wasmlet_tests::{Agent, wait_for, workload_manifest};
+use wasmlet_tests::{Agent, place_file, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn manifests() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("wasmlet-manifests-").tempdir().expect("tempdir")
-}
-
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, dir.join(file)).expect("rename manifest");
 }
 
 fn agent_with(dir: &Path, extra: &[&str]) -> Agent {
@@ -37,33 +31,33 @@ fn ready(agent: &Agent) -> bool {
 #[test]
 fn examples_reach_their_phases_and_reasons() {
     let dir = manifests();
-    write(
+    place_file(
         dir.path(),
         "hello.yaml",
         &workload_manifest("hello", "hello", "job", "  args: [\"one\", \"two words\"]\n  env: {COLOUR: blue}\n"),
     );
-    write(
+    place_file(
         dir.path(),
         "hello-component.yaml",
         &workload_manifest("hello-component", "hello-component", "job", "  env: {KIND: component}\n"),
     );
-    write(dir.path(), "exit.yaml", &workload_manifest("exit-three", "exit-code", "job", "  args: [\"3\"]\n  restartPolicy: Never\n"));
-    write(
+    place_file(dir.path(), "exit.yaml", &workload_manifest("exit-three", "exit-code", "job", "  args: [\"3\"]\n  restartPolicy: Never\n"));
+    place_file(
         dir.path(),
         "crash.yaml",
         &workload_manifest("crasher", "crasher", "job", "  args: [\"--after-ms\", \"10\"]\n  restartPolicy: Never\n"),
     );
-    write(
+    place_file(
         dir.path(),
         "memhog.yaml",
         &workload_manifest("memhog", "memhog", "job", "  restartPolicy: Never\n  resources:\n    limits: {memory: 32Mi}\n"),
     );
-    write(
+    place_file(
         dir.path(),
         "spin.yaml",
         &workload_manifest("spin", "spin", "job", "  restartPolicy: Never\n  resources:\n    limits: {cpuTime: 300ms}\n"),
     );
-    write(
+    place_file(
         dir.path(),
         "sensor.yaml",
         &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"100\"]\n  dirs:\n  - path: /data\n"),
@@ -134,12 +128,12 @@ fn sensor_times(log: &str) -> Vec<i64> {
 #[test]
 fn spinning_guests_do_not_starve_a_sensor() {
     let dir = manifests();
-    write(dir.path(), "spin.yaml", &workload_manifest("spin", "spin", "daemon", "  replicas: 2\n"));
+    place_file(dir.path(), "spin.yaml", &workload_manifest("spin", "spin", "daemon", "  replicas: 2\n"));
     let agent = agent_with(dir.path(), &["--epoch-tick", "10ms"]);
     agent.wait_phase("spin-0", Phase::Running, WAIT);
     agent.wait_phase("spin-1", Phase::Running, WAIT);
     // Two spinners keep both cores busy; the sensor must still get its turns.
-    write(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"100\"]\n"));
+    place_file(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"100\"]\n"));
     agent.wait_phase("sensor-0", Phase::Running, WAIT);
     let times = wait_for(WAIT, "20 sensor readings", || {
         let times = sensor_times(&logs(&agent, "sensor-0"));
@@ -166,7 +160,7 @@ fn run_boundaries(log: &str) -> (Vec<chrono::DateTime<chrono::Utc>>, Vec<chrono:
 #[test]
 fn a_crashing_daemon_backs_off_with_growing_delays() {
     let dir = manifests();
-    write(dir.path(), "crash.yaml", &workload_manifest("crasher", "crasher", "daemon", "  args: [\"--after-ms\", \"10\"]\n"));
+    place_file(dir.path(), "crash.yaml", &workload_manifest("crasher", "crasher", "daemon", "  args: [\"--after-ms\", \"10\"]\n"));
     let agent = agent_with(dir.path(), &["--restart-backoff-initial", "100ms", "--restart-backoff-max", "5s"]);
     let instance = wait_for(WAIT, "five restarts", || agent.instance("crasher-0").filter(|i| i.status.restarts >= 5));
     assert_eq!(instance.status.reason.as_deref().filter(|_| instance.status.phase == Phase::Pending), Some("CrashLoopBackOff"));
@@ -196,7 +190,7 @@ fn path_escapes_fail_inside_the_guest() {
     let extra = format!(
         "  args: [\"/data/ok.txt\", \"/data/escape\", \"/data/escape-dir/passwd\", \"/data/../../etc/passwd\", \"../etc/passwd\", \"/etc/passwd\", \"--write\", \"/data/new.txt\", \"--write\", \"/scratch/new.txt\"]\n  restartPolicy: Never\n  dirs:\n  - path: /data\n    hostPath: {host}\n    readOnly: true\n  - path: /scratch\n"
     );
-    write(dir.path(), "probe.yaml", &workload_manifest("probe", "fs-probe", "job", &extra));
+    place_file(dir.path(), "probe.yaml", &workload_manifest("probe", "fs-probe", "job", &extra));
     let agent = agent_with(dir.path(), &["--allowed-host-paths", host]);
     agent.wait_phase("probe-0", Phase::Succeeded, WAIT);
     let out = logs(&agent, "probe-0");
@@ -212,7 +206,7 @@ fn path_escapes_fail_inside_the_guest() {
 
     // A host path outside the allow-list is refused at admission.
     let extra = "  dirs:\n  - path: /etc\n    hostPath: /etc\n";
-    write(dir.path(), "greedy.yaml", &workload_manifest("greedy", "fs-probe", "job", extra));
+    place_file(dir.path(), "greedy.yaml", &workload_manifest("greedy", "fs-probe", "job", extra));
     let event = wait_for(WAIT, "the refusal", || {
         let events: Vec<Event> = agent.get_json("/events").ok()?;
         events.into_iter().find(|e| e.reason == "ManifestInvalid" && e.involved_object.name == "greedy.yaml")
@@ -227,7 +221,7 @@ fn path_escapes_fail_inside_the_guest() {
 #[test]
 fn modules_compile_once_also_across_agent_restarts() {
     let dir = manifests();
-    write(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  replicas: 3\n"));
+    place_file(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  replicas: 3\n"));
     let agent = agent_with(dir.path(), &[]);
     for i in 0..3 {
         agent.wait_phase(&format!("sensor-{i}"), Phase::Running, WAIT);
@@ -263,7 +257,7 @@ fn modules_compile_once_also_across_agent_restarts() {
 #[test]
 fn bad_manifests_are_refused_precisely_while_others_keep_running() {
     let dir = manifests();
-    write(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"100\"]\n"));
+    place_file(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"100\"]\n"));
     let agent = agent_with(dir.path(), &[]);
     agent.wait_phase("sensor-0", Phase::Running, WAIT);
 
@@ -290,7 +284,7 @@ fn bad_manifests_are_refused_precisely_while_others_keep_running() {
         ("not-yaml.yaml", "spec: [unclosed".to_string(), vec!["not-yaml.yaml"]),
     ];
     for (file, text, _) in &cases {
-        write(dir.path(), file, text);
+        place_file(dir.path(), file, text);
     }
     for (file, _, expected) in &cases {
         let event = wait_for(WAIT, &format!("the refusal of {file}"), || {
@@ -308,7 +302,7 @@ fn bad_manifests_are_refused_precisely_while_others_keep_running() {
     assert!(agent.log_text().contains("ManifestInvalid"), "a log line too");
 
     // Fixing a file applies it; removing one stops its workload.
-    write(dir.path(), "unknown-field.yaml", &good);
+    place_file(dir.path(), "unknown-field.yaml", &good);
     agent.wait_phase("broken-0", Phase::Succeeded, WAIT);
     std::fs::remove_file(dir.path().join("sensor.yaml")).expect("remove");
     wait_for(WAIT, "the sensor to stop", || agent.instance("sensor-0").is_none().then_some(()));
@@ -333,7 +327,7 @@ fn a_module_importing_what_the_agent_lacks_is_refused_by_name() {
         "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: greedy\nspec:\n  type: job\n  module:\n    source: imports-foo.wasm\n    digest: {}\n",
         wasmlet_tests::sha256(IMPORTS_ENV_FOO)
     );
-    write(dir.path(), "greedy.yaml", &manifest);
+    place_file(dir.path(), "greedy.yaml", &manifest);
     let agent = agent_with(dir.path(), &[]);
     let instance = agent.wait_phase("greedy-0", Phase::Failed, WAIT);
     assert_eq!(instance.status.reason.as_deref(), Some("InvalidModule"));
@@ -351,7 +345,7 @@ fn an_allowed_host_path_created_after_the_agent_started_can_be_granted() {
     std::fs::create_dir(&data).expect("create the dir");
     std::fs::write(data.join("value"), b"7").expect("write");
     let extra = format!("  args: [\"/data/value\"]\n  restartPolicy: Never\n  dirs:\n  - path: /data\n    hostPath: {}\n", data.display());
-    write(dir.path(), "probe.yaml", &workload_manifest("probe", "fs-probe", "job", &extra));
+    place_file(dir.path(), "probe.yaml", &workload_manifest("probe", "fs-probe", "job", &extra));
     agent.wait_phase("probe-0", Phase::Succeeded, WAIT);
     assert!(logs(&agent, "probe-0").contains("/data/value: ok 1 bytes"));
 }

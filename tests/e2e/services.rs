@@ -2,20 +2,13 @@
 //! routing, 404/503/504, body limits and the outbound allow-list.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
 use wasmlet_api::Phase;
-use wasmlet_tests::{Agent, workload_manifest};
+use wasmlet_tests::{Agent, place_file, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn write(dir: &Path, file: &str, text: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, dir.join(file)).expect("rename manifest");
-}
 
 fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
@@ -41,8 +34,8 @@ fn upstream(body: &'static str) -> (u16, std::thread::JoinHandle<()>) {
 fn services_answer_through_the_ingress_with_their_bounds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, server) = upstream("upstream says hi");
-    write(dir.path(), "hello.yaml", &workload_manifest("hello", "http-hello", "service", "  route: {pathPrefix: /hello}\n"));
-    write(
+    place_file(dir.path(), "hello.yaml", &workload_manifest("hello", "http-hello", "service", "  route: {pathPrefix: /hello}\n"));
+    place_file(
         dir.path(),
         "slow.yaml",
         &workload_manifest(
@@ -52,9 +45,9 @@ fn services_answer_through_the_ingress_with_their_bounds() {
             "  route: {pathPrefix: /slow}\n  resources:\n    limits: {requestTimeout: 300ms}\n",
         ),
     );
-    write(dir.path(), "echo.yaml", &workload_manifest("echo", "http-echo", "service", "  route: {pathPrefix: /echo}\n"));
-    write(dir.path(), "fetch.yaml", &workload_manifest("fetch", "http-fetch", "service", "  route: {pathPrefix: /fetch}\n"));
-    write(
+    place_file(dir.path(), "echo.yaml", &workload_manifest("echo", "http-echo", "service", "  route: {pathPrefix: /echo}\n"));
+    place_file(dir.path(), "fetch.yaml", &workload_manifest("fetch", "http-fetch", "service", "  route: {pathPrefix: /fetch}\n"));
+    place_file(
         dir.path(),
         "fetch-allowed.yaml",
         &workload_manifest(
@@ -64,7 +57,7 @@ fn services_answer_through_the_ingress_with_their_bounds() {
             &format!("  route: {{pathPrefix: /allowed}}\n  allowedOutboundHosts: [\"127.0.0.1:{port}\"]\n"),
         ),
     );
-    write(dir.path(), "broken.yaml", &workload_manifest("broken", "sensor", "service", "  route: {pathPrefix: /broken}\n"));
+    place_file(dir.path(), "broken.yaml", &workload_manifest("broken", "sensor", "service", "  route: {pathPrefix: /broken}\n"));
     let agent = Agent::start(&[
         "--manifests-dir",
         dir.path().to_str().expect("utf-8"),
@@ -130,12 +123,12 @@ fn services_answer_through_the_ingress_with_their_bounds() {
 fn readiness_probes_decide_who_takes_traffic() {
     let dir = tempfile::tempdir().expect("tempdir");
     // http-echo answers 200 on any path: ready. http-slow answers 400 to `?ms=abc`: never ready.
-    write(
+    place_file(
         dir.path(),
         "ready.yaml",
         &workload_manifest("ready", "http-echo", "service", "  route: {pathPrefix: /ready}\n  readinessPath: /healthz\n"),
     );
-    write(
+    place_file(
         dir.path(),
         "never.yaml",
         &workload_manifest("never", "http-slow", "service", "  route: {pathPrefix: /never}\n  readinessPath: \"/?ms=abc\"\n"),

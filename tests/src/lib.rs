@@ -56,6 +56,14 @@ pub fn workload_manifest(name: &str, module: &str, kind: &str, extra: &str) -> S
     )
 }
 
+/// Writes a file into `dir` under a hidden temporary name, then renames it
+/// into place, so a watcher of `dir` never reads it half-written.
+pub fn place_file(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("renaming {}: {e}", tmp.display()));
+}
+
 /// Polls `check` every 50 ms until it returns Some, or fails after `timeout`
 /// with `what` and the last value seen.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
