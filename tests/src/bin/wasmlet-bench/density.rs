@@ -39,13 +39,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use reqwest::blocking::Client;
 use wasmlet_api::{Instance, Node, Phase};
-use wasmlet_tests::{Agent, bin, examples_dir, rss_bytes, sha256};
+use wasmlet_tests::{Agent, examples_dir, rss_bytes, sha256};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{
-    WASMTIME_HINT, WASMTIME_VERSION, get_ok, http_client, millis_between, place_manifest, poll_until, require_executable, wasmtime_path,
-    wasmtime_version, yaml_path,
-};
+use crate::support::{get_ok, http_client, millis_between, place_manifest, poll_until, require_agent_and_wasmtime, yaml_path};
 
 /// The subject name of wasmlet's node agent in the figures.
 const AGENT: &str = "agent";
@@ -83,13 +80,7 @@ const SENSOR_ARGS: [&str; 4] = ["--interval", "60000", "--file", "/data/value"];
 
 pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     // Fail before starting anything when a tool is missing.
-    require_executable(&bin("wasmlet-agent"), "run `cargo build -p wasmlet-agent --bins` (or set WASMLET_BIN_DIR)")?;
-    let wasmtime = wasmtime_path();
-    require_executable(&wasmtime, WASMTIME_HINT)?;
-    let version = wasmtime_version(&wasmtime)?;
-    if !version.split_whitespace().any(|word| word == WASMTIME_VERSION) {
-        progress(format!("warning: {} is `{version}`, not {WASMTIME_VERSION} as the agent embeds", wasmtime.display()));
-    }
+    let (wasmtime, version) = require_agent_and_wasmtime("density")?;
     let sensor = examples_dir().join("sensor.wasm");
     let sensor_bytes = std::fs::read(&sensor).with_context(|| format!("reading {} (run `make examples`)", sensor.display()))?;
     let data = tempfile::Builder::new().prefix("wasmlet-bench-data-").tempdir().context("creating the sensors' data dir")?;

@@ -36,13 +36,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use reqwest::blocking::Client;
 use wasmlet_api::Phase;
-use wasmlet_tests::{Agent, Master, bin, examples_dir, workload_manifest};
+use wasmlet_tests::{Agent, Master, examples_dir, workload_manifest};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{
-    WASMTIME_HINT, WASMTIME_VERSION, free_port, http_client, place_manifest, poll_until, require_executable, wasmtime_path,
-    wasmtime_version,
-};
+use crate::support::{free_port, http_client, place_manifest, poll_until, require_agent_and_wasmtime};
 use crate::wrk::{self, Load, WrkReport};
 
 /// The subject names in the figures.
@@ -71,13 +68,7 @@ const AGENT_FORWARDED: &str = "agent-forwarded";
 
 pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     // Fail before starting anything when a tool is missing.
-    require_executable(&bin("wasmlet-agent"), "run `cargo build -p wasmlet-agent --bins` (or set WASMLET_BIN_DIR)")?;
-    let wasmtime = wasmtime_path();
-    require_executable(&wasmtime, WASMTIME_HINT)?;
-    let version = wasmtime_version(&wasmtime)?;
-    if !version.split_whitespace().any(|word| word == WASMTIME_VERSION) {
-        progress(format!("warning: {} is `{version}`, not {WASMTIME_VERSION} as the agent embeds", wasmtime.display()));
-    }
+    let (wasmtime, version) = require_agent_and_wasmtime("http")?;
     wrk::require()?;
     let component = examples_dir().join(format!("{COMPONENT}.wasm"));
     if !component.is_file() {

@@ -39,6 +39,20 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 pub const WASMTIME_HINT: &str =
     "run `make bench-deps` (it installs wasmtime-cli 48.0.8 into /var/tmp/wasmlet-tools), or point $WASMTIME at a wasmtime 48 CLI";
 
+/// Checks, before anything starts, that the agent binary and the wasmtime CLI
+/// reference are there; warns when the CLI is not the version the agent embeds.
+/// Returns the CLI's path and its `--version` line.
+pub fn require_agent_and_wasmtime(scenario: &str) -> anyhow::Result<(PathBuf, String)> {
+    require_executable(&wasmlet_tests::bin("wasmlet-agent"), "run `cargo build -p wasmlet-agent --bins` (or set WASMLET_BIN_DIR)")?;
+    let wasmtime = wasmtime_path();
+    require_executable(&wasmtime, WASMTIME_HINT)?;
+    let version = wasmtime_version(&wasmtime)?;
+    if !version.split_whitespace().any(|word| word == WASMTIME_VERSION) {
+        eprintln!("{scenario}: warning: {} is `{version}`, not {WASMTIME_VERSION} as the agent embeds", wasmtime.display());
+    }
+    Ok((wasmtime, version))
+}
+
 /// The wasmtime CLI: `$WASMTIME`, else [`WASMTIME_DEFAULT`].
 pub fn wasmtime_path() -> PathBuf {
     std::env::var_os("WASMTIME").map_or_else(|| PathBuf::from(WASMTIME_DEFAULT), PathBuf::from)
