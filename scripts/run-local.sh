@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: a master and one agent on this machine, with the hello (job) and
 # sensor (daemon) examples applied through the master. Ctrl-C stops both.
+# The master creates its CA and tokens on first start; the agent joins with the
+# join token, and the CLI's context `local` (in $WASMLET_CONFIG, else
+# ~/.config/wasmlet/config.toml) is pointed at the master with its CA and admin token.
 # Usage: run-local.sh BIN_DIR RUN_DIR
 # Ports: WASMLET_RUN_MASTER_PORT (7070), WASMLET_RUN_AGENT_PORT (7071), WASMLET_RUN_INGRESS_PORT (7080).
 set -euo pipefail
@@ -9,7 +12,7 @@ run=$2
 master_port=${WASMLET_RUN_MASTER_PORT:-7070}
 agent_port=${WASMLET_RUN_AGENT_PORT:-7071}
 ingress_port=${WASMLET_RUN_INGRESS_PORT:-7080}
-master_url=http://127.0.0.1:$master_port
+master_url=https://127.0.0.1:$master_port
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "$run/master" "$run/agent"
 
@@ -23,20 +26,29 @@ trap stop EXIT INT TERM
 
 "$bin/wasmlet-master" --data-dir "$run/master" --listen "127.0.0.1:$master_port" &
 pids+=($!)
-for _ in $(seq 1 300); do curl -sf "$master_url/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 300); do
+    [[ -s "$run/master/join.token" && -s "$run/master/admin.token" ]] && curl -sf --cacert "$run/master/pki/ca.crt" "$master_url/healthz" >/dev/null && break
+    sleep 0.1
+done
+"$bin/wasmlet" config set-context local --master "$master_url" --token "$(cat "$run/master/admin.token")" \
+    --certificate-authority "$run/master/pki/ca.crt" >/dev/null
+"$bin/wasmlet" config use-context local >/dev/null
 
 # The manifests first: they create the sensor's data dir, which the agent's allow-list names.
 bash "$here/../wasm-examples/manifests.sh" "$run/manifests" "$run/sensor-data" >/dev/null
 
 "$bin/wasmlet-agent" --data-dir "$run/agent" --api-addr "127.0.0.1:$agent_port" --ingress-addr "127.0.0.1:$ingress_port" \
-    --master "$master_url" --allowed-host-paths "$run/sensor-data" &
+    --master "$master_url" --join-token "$(cat "$run/master/join.token")" --allowed-host-paths "$run/sensor-data" &
 pids+=($!)
 
-"$bin/wasmlet" --master "$master_url" apply -f "$run/manifests" --wait --timeout 2m
+"$bin/wasmlet" apply -f "$run/manifests" --wait --timeout 2m
 
 cat <<EOF
 
-wasmlet is running: master $master_url, agent http://127.0.0.1:$agent_port, ingress http://127.0.0.1:$ingress_port (Ctrl-C stops both).
+wasmlet is running: master $master_url, agent https://127.0.0.1:$agent_port, ingress http://127.0.0.1:$ingress_port (Ctrl-C stops both).
+The CLI's context "local" points at this master (its CA and admin token are in $run/master/).
+Join another machine with:
+  wasmlet-agent --master https://<this machine's address>:$master_port --join-token $(cat "$run/master/join.token")
 In another terminal (the CLI is $bin/wasmlet):
   wasmlet get nodes -o wide
   wasmlet get instances

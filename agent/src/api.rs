@@ -4,7 +4,8 @@
 //! from the latest published report, already serialized; `ETag` and
 //! `If-None-Match` save the body when nothing changed, and `?watch=true`
 //! long-polls until it does. Instances, their logs and the agent's events
-//! are served from the supervisor.
+//! are served from the supervisor. Every path but `/healthz` and `/readyz`
+//! needs a bearer token ([`crate::security::ApiAuth`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::Report;
+use crate::security::{Access, ApiAuth};
 use crate::supervisor::Supervisor;
 
 /// What every request handler shares.
@@ -35,6 +37,8 @@ pub struct ApiState {
     pub supervisor: Option<Arc<Supervisor>>,
     /// Cancelled at shutdown: ends log streams so shutdown does not wait on them.
     pub shutdown: CancellationToken,
+    /// Who may call what.
+    pub auth: Arc<ApiAuth>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -47,7 +51,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/instances/{name}", get(get_instance))
         .route("/instances/{name}/logs", get(instance_logs))
         .route("/events", get(events))
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), guard))
         .with_state(state)
+}
+
+/// Refuses requests without a token that may reach the path: 401, without details.
+async fn guard(State(auth): State<Arc<ApiAuth>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let bearer = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if auth.allows(bearer, Access::of(request.uri().path())) {
+        next.run(request).await
+    } else {
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n").into_response()
+    }
 }
 
 async fn healthz() -> &'static str {

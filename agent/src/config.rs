@@ -13,7 +13,9 @@ pub use wasmlet_config::daemon::LogFormat;
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
     pub const DATA_DIR: &str = "/var/lib/wasmlet";
-    pub const API_ADDR: &str = "0.0.0.0:7071";
+    /// The API listens on loopback only, unless the agent joins a master (then [`API_ADDR_JOINED`]).
+    pub const API_ADDR: &str = "127.0.0.1:7071";
+    pub const API_ADDR_JOINED: &str = "0.0.0.0:7071";
     pub const SAMPLE_INTERVAL: &str = "5s";
     pub const PRESSURE_TRANSITION_PERIOD: &str = "30s";
     pub const MEMORY_AVAILABLE_MIN: &str = "100Mi";
@@ -87,17 +89,28 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_DATA_DIR", default_value = defaults::DATA_DIR, value_name = "DIR")]
     pub data_dir: PathBuf,
 
-    /// Address of the local API (/healthz, /readyz, /status, /metrics).
-    #[arg(long, global = true, env = "WASMLET_API_ADDR", default_value = defaults::API_ADDR, value_name = "HOST:PORT")]
-    pub api_addr: SocketAddr,
+    /// Address of the agent's API (/healthz, /readyz, /status, /metrics, instances and logs):
+    /// `127.0.0.1:7071`, or `0.0.0.0:7071` when the agent joins a master (which calls it for logs).
+    #[arg(long, global = true, env = "WASMLET_API_ADDR", value_name = "HOST:PORT")]
+    pub api_addr: Option<SocketAddr>,
 
-    /// URL of the master to join, e.g. `http://10.0.0.1:7070`; without it the agent runs on its own.
+    /// URL of the master to join, e.g. `https://10.0.0.1:7070`; without it the agent runs on its own.
     #[arg(long, global = true, env = "WASMLET_MASTER", value_name = "URL")]
     pub master: Option<String>,
 
-    /// Token proving this node may join the master.
+    /// Join token from the master (`wasmlet-join:<CA fingerprint>:<id>.<secret>`), needed for the
+    /// first registration only: the node credential it is exchanged for is kept in the data dir.
     #[arg(long, global = true, env = "WASMLET_JOIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+
+    /// A token that may read `/status` and `/metrics` of the agent's API (for resource-report pollers).
+    #[arg(long, global = true, env = "WASMLET_API_READ_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub api_read_token: Option<String>,
+
+    /// Speak plain HTTP: to an `http://` master, and on the agent's API when it joins one or listens
+    /// beyond loopback. Tokens then cross the network in clear text: for a lab only.
+    #[arg(long, global = true, env = "WASMLET_INSECURE_HTTP")]
+    pub insecure_http: bool,
 
     /// Taints of this node, `key=value:Effect,key2:Effect` (NoSchedule, PreferNoSchedule, NoExecute).
     #[arg(long, global = true, env = "WASMLET_TAINTS", value_parser = parse_taint, value_delimiter = ',', value_name = "K=V:EFFECT,...")]
@@ -217,6 +230,12 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Where the API listens: `--api-addr`, else loopback, or every address when joining a master.
+    pub fn api_addr(&self) -> SocketAddr {
+        let default = if self.master.is_some() { defaults::API_ADDR_JOINED } else { defaults::API_ADDR };
+        self.api_addr.unwrap_or_else(|| default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7071))))
+    }
+
     /// Settings for a test or an embedding: defaults, with the given data dir
     /// and an API on a free loopback port.
     pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
@@ -280,7 +299,9 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let cli: Cli = wasmlet_config::load(["wasmlet-agent"]).unwrap();
-        assert_eq!(cli.agent.api_addr.port(), 7071);
+        assert_eq!(cli.agent.api_addr(), "127.0.0.1:7071".parse().unwrap());
+        let joined: Cli = wasmlet_config::load(["wasmlet-agent", "--master", "https://m:7070"]).unwrap();
+        assert_eq!(joined.agent.api_addr(), "0.0.0.0:7071".parse().unwrap());
         assert_eq!(cli.agent.sample_interval, Duration::from_secs(5));
         assert_eq!(cli.agent.pressure_transition_period, Duration::from_secs(30));
         assert_eq!(cli.agent.memory_available_min, Bytes::new(100 << 20));

@@ -16,6 +16,7 @@
 //!   `/instances`, logs, `/events`).
 //! - `ingress`: the node's HTTP entry for services, routing by host and path.
 //! - `status_cmd`: `wasmlet-agent status`, the report printed once.
+//! - `security`: who may call the API, the node credential, the API's TLS key.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same agent in-process with their own listener and shutdown.
@@ -30,6 +31,7 @@ pub mod manifests;
 pub mod master_link;
 pub mod report;
 pub mod runtime;
+pub mod security;
 pub mod status_cmd;
 pub mod supervisor;
 
@@ -66,6 +68,28 @@ pub async fn run_with_ingress(
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
+    let secure = config.master.is_some() && !config.insecure_http;
+    if !secure && !addr.ip().is_loopback() {
+        if !config.insecure_http {
+            anyhow::bail!(
+                "--api-addr {addr} is beyond loopback, but a standalone agent serves its API over plain HTTP: \
+                 listen on 127.0.0.1, join a master (the API is then served over TLS), or pass --insecure-http"
+            );
+        }
+        tracing::warn!(%addr, "--insecure-http: the agent API is served over plain HTTP beyond loopback; its tokens cross the network in clear text");
+    }
+    let local_token = security::local_token(&config.data_dir).context("the agent's API token")?;
+    let saved = match config.master {
+        Some(_) => security::Credential::load(&config.data_dir)?,
+        None => None,
+    };
+    let auth = std::sync::Arc::new(security::ApiAuth::new(local_token, saved.map(|c| c.master_token), config.api_read_token.clone()));
+    let serving = match secure {
+        true => Some(std::sync::Arc::new(security::ServingKey::load_or_create(&config.data_dir).context("the API's TLS key")?)),
+        false => None,
+    };
+    let tls = serving.as_ref().map(|s| wasmlet_security::tls::server_with_slot(s.slot.clone())).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let node = report::node_name(config.name.as_deref());
     runtime::sandbox::check_allow_list(&config.allowed_host_paths);
     let runtime = Runtime::new(config.runtime_settings());
@@ -105,7 +129,7 @@ pub async fn run_with_ingress(
         reporter = reporter.with_supervisor(supervisor.clone(), info);
     }
     let supervisor = supervisor.map(|(s, _)| s);
-    tracing::info!(%node, api = %format!("http://{addr}"), ingress = %format!("http://{ingress_addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");
+    tracing::info!(%node, api = %format!("{scheme}://{addr}"), ingress = %format!("http://{ingress_addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
@@ -131,6 +155,9 @@ pub async fn run_with_ingress(
                 allowed_host_paths: config.allowed_host_paths.clone(),
                 api_port: addr.port(),
                 ingress_port: ingress_addr.port(),
+                insecure_http: config.insecure_http,
+                auth: auth.clone(),
+                serving: serving.clone(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))
@@ -146,6 +173,7 @@ pub async fn run_with_ingress(
         watch_timeout: config.watch_timeout.get(),
         supervisor: supervisor.clone(),
         shutdown: stop.clone(),
+        auth,
     });
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -156,13 +184,9 @@ pub async fn run_with_ingress(
     let ingress_task = supervisor.clone().map(|supervisor| {
         let app = ingress::router(supervisor);
         let stop = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(ingress, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
+        tokio::spawn(wasmlet_security::serve::serve(ingress, app, None, stop))
     });
-    axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await.context("serving the agent API")?;
+    wasmlet_security::serve::serve(listener, app, tls, stop.clone()).await.context("serving the agent API")?;
     if let Some(task) = ingress_task {
         let _ = task.await;
     }

@@ -14,9 +14,8 @@ fn main() -> std::process::ExitCode {
                 Ok(())
             }
             None => {
-                let listener = tokio::net::TcpListener::bind(cli.agent.api_addr)
-                    .await
-                    .with_context(|| format!("cannot listen on --api-addr {}", cli.agent.api_addr))?;
+                let addr = cli.agent.api_addr();
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --api-addr {addr}"))?;
                 wasmlet_agent::run(cli.agent, listener, shutdown_signal()).await
             }
         }

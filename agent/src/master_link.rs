@@ -1,8 +1,16 @@
 //! The agent's link to a master (`--master URL`): join, heartbeat, report,
 //! receive the assignment, report instance phases, fetch modules.
 //!
-//! Every connection is opened by the agent, so a node behind NAT works. The
-//! link survives a flaky network and a master that is away:
+//! Every connection is opened by the agent, so a node behind NAT works.
+//!
+//! Trust: a first registration presents the join token, and only to a master
+//! whose certificate chain holds the CA the token names (its fingerprint),
+//! checked before anything is sent. It returns the node credential, kept in
+//! `<data-dir>/credential.json` with the CA, and used from then on; the join
+//! token is not used again. A refused credential (revoked) is reported and
+//! retried, never replaced by the join token: an operator revoked it.
+//!
+//! The link survives a flaky network and a master that is away:
 //! - failures are retried with jittered exponential back-off, while the
 //!   instances keep running;
 //! - the last assignment is kept in `<data-dir>/link/state.json`, so after a
@@ -31,11 +39,13 @@ use wasmlet_api::protocol::{
     ApiError, Assignment, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
 };
 use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
+use wasmlet_security::{Fingerprint, JoinToken};
 
 use crate::report::Report;
 use crate::runtime::limits::Fence;
 use crate::runtime::module::sha256_digest;
 use crate::runtime::sandbox::resolve_host_grants;
+use crate::security::{ApiAuth, Credential, ServingKey};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// What the link is told at start.
@@ -53,6 +63,12 @@ pub struct LinkSettings {
     pub api_port: u16,
     /// The port of the agent's ingress, so peers can forward service requests to it.
     pub ingress_port: u16,
+    /// Talk to an `http://` master.
+    pub insecure_http: bool,
+    /// Learns the token the master presents to the API.
+    pub auth: Arc<ApiAuth>,
+    /// The API's TLS key, whose certificate each registration renews (None: plain HTTP API).
+    pub serving: Option<Arc<ServingKey>>,
 }
 
 /// What survives a restart of the agent.
@@ -72,6 +88,8 @@ struct Timings {
 
 pub struct MasterLink {
     settings: LinkSettings,
+    /// The join token's `<id>.<secret>`, for a first registration.
+    join_token: Option<String>,
     http: reqwest::Client,
     supervisor: Arc<Supervisor>,
     reports: watch::Receiver<Arc<Report>>,
@@ -103,8 +121,10 @@ struct LinkState {
 enum LinkError {
     #[error("the master answered {status}: {message}")]
     Refused { status: u16, message: String },
-    #[error("the master at {url} cannot be reached: {source}")]
+    #[error("the master at {url} cannot be reached: {}", wasmlet_security::error_chain(.source))]
     Unreachable { url: String, source: reqwest::Error },
+    #[error("{0}")]
+    Local(String),
 }
 
 impl MasterLink {
@@ -113,23 +133,62 @@ impl MasterLink {
         supervisor: Arc<Supervisor>,
         reports: watch::Receiver<Arc<Report>>,
     ) -> anyhow::Result<Arc<MasterLink>> {
-        // A request that hangs on a half-open connection must not stall the link:
-        // every request has a deadline (the long poll and module downloads set their own).
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .tcp_keepalive(Duration::from_secs(15))
-            .build()
-            .context("building the HTTP client")?;
         let master = settings.master.trim_end_matches('/').to_string();
         let settings = LinkSettings { master, ..settings };
+        let saved = Credential::load(&settings.data_dir)?;
+        let join = settings.join_token.as_deref().map(str::parse::<JoinToken>).transpose().context("--join-token")?;
+        let pinned = match &saved {
+            Some(credential) => {
+                if credential.node != settings.node {
+                    bail!(
+                        "{} is the credential of node `{}`, not `{}`: keep the node's name, or delete the file and join again",
+                        Credential::path(&settings.data_dir).display(),
+                        credential.node,
+                        settings.node
+                    );
+                }
+                if join.is_some() {
+                    tracing::info!(file = %Credential::path(&settings.data_dir).display(), "using the saved node credential; the join token is not needed any more");
+                }
+                credential.ca_fingerprint()?
+            }
+            None if join.is_none() => bail!(
+                "no --join-token and no node credential in {}: create a join token on the master (`wasmlet-master token create`) and pass it",
+                Credential::path(&settings.data_dir).display()
+            ),
+            None => join.as_ref().map(|j| j.ca),
+        };
+        let https = settings.master.starts_with("https://");
+        if !https && !settings.insecure_http {
+            bail!(
+                "--master {} is plain HTTP: the join token and the node's credential would cross the network readable; use https:// (or --insecure-http for a lab)",
+                settings.master
+            );
+        }
+        // A request that hangs on a half-open connection must not stall the link:
+        // every request has a deadline (the long poll and module downloads set their own).
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .tcp_keepalive(Duration::from_secs(15));
+        match (https, pinned) {
+            (true, Some(ca)) => http = http.use_preconfigured_tls(wasmlet_security::tls::client_pinned(ca)?),
+            (true, None) => bail!(
+                "the saved credential has no cluster CA, but --master {} is https://: delete {} and join again",
+                settings.master,
+                Credential::path(&settings.data_dir).display()
+            ),
+            (false, _) => tracing::warn!(master = %settings.master, "--insecure-http: talking to the master over plain HTTP"),
+        }
+        let http = http.build().context("building the HTTP client")?;
         Ok(Arc::new(MasterLink {
+            join_token: join.map(|j| j.token.to_string()),
             settings,
             http,
             supervisor,
             reports,
             state: Mutex::new(LinkState {
-                credential: None,
+                credential: saved.map(|c| c.token),
                 assignment: None,
                 last_contact: None,
                 last_saved: None,
@@ -179,6 +238,14 @@ impl MasterLink {
                         return;
                     }
                 }
+                Err(LinkError::Refused { status: 401, message }) => {
+                    let presented = if self.lock().credential.is_some() {
+                        format!("this node's credential ({})", Credential::path(&self.settings.data_dir).display())
+                    } else {
+                        "the join token".to_string()
+                    };
+                    tracing::error!(retry_in = ?backoff.peek(), "the master refused {presented}: {message}");
+                }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?backoff.peek(), "cannot register with the master; workloads keep running"),
             }
             tokio::select! {
@@ -215,21 +282,61 @@ impl MasterLink {
 
     async fn register(&self) -> Result<Timings, LinkError> {
         let report = self.reports.borrow().clone();
+        let serving_csr = match &self.settings.serving {
+            Some(key) => Some(key.request().map_err(|e| LinkError::Local(format!("cannot make the API's signing request: {e:#}")))?),
+            None => None,
+        };
         let request = RegisterRequest {
             name: self.settings.node.clone(),
             // The report's labels: the configured ones and the node's own (arch, os, hostname).
             labels: report.node.metadata.labels.clone(),
             taints: self.settings.taints.clone(),
             status: report.node.status.clone(),
-            join_token: self.settings.join_token.clone(),
+            serving_csr,
             api_port: Some(self.settings.api_port),
             api_url: None,
             ingress_port: Some(self.settings.ingress_port),
         };
-        let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).json(&request)).await?;
-        let mut state = self.lock();
-        state.credential = Some(response.credential);
+        let bearer = self.lock().credential.clone().or_else(|| self.join_token.clone()).unwrap_or_default();
+        let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).bearer_auth(bearer).json(&request)).await?;
+        self.accept_registration(&response).map_err(|e| LinkError::Local(format!("{e:#}")))?;
         Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
+    }
+
+    /// Keeps what a registration gave: a new credential, the master's token, the API's certificate.
+    fn accept_registration(&self, response: &RegisterResponse) -> anyhow::Result<()> {
+        let data_dir = &self.settings.data_dir;
+        let mut saved = Credential::load(data_dir)?;
+        if let Some(token) = &response.credential {
+            // The pinned verifier already checked the chain; the CA handed over must be that one too.
+            if let (Some(pem), Some(join)) = (&response.ca_certificate, self.settings.join_token.as_deref()) {
+                let ca = wasmlet_security::tls::certificates(pem)?.first().map(|c| Fingerprint::of(c));
+                let expected = join.parse::<JoinToken>()?.ca;
+                if ca != Some(expected) {
+                    bail!("the master sent a CA other than the join token's (sha256 {expected}): not saving its credential");
+                }
+            }
+            saved = Some(Credential {
+                node: self.settings.node.clone(),
+                master: self.settings.master.clone(),
+                token: token.clone(),
+                master_token: response.master_token.clone(),
+                ca_certificate: response.ca_certificate.clone(),
+            });
+            tracing::info!(file = %Credential::path(data_dir).display(), "joined: saved this node's credential");
+        }
+        if let Some(credential) = &mut saved {
+            if credential.master_token != response.master_token || response.credential.is_some() {
+                credential.master_token = response.master_token.clone();
+                credential.save(data_dir)?;
+            }
+            self.lock().credential = Some(credential.token.clone());
+        }
+        self.settings.auth.set_master(response.master_token.clone());
+        if let (Some(key), Some(chain)) = (&self.settings.serving, &response.serving_certificate) {
+            key.install(chain)?;
+        }
+        Ok(())
     }
 
     /// The loops of a registered session. Returns why the session ended.

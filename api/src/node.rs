@@ -113,6 +113,9 @@ pub struct NodeStatus {
     pub instances: Vec<InstanceSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<NodeRuntime>,
+    /// The agent runs with `--insecure-http`: its API and its link to the master are plain HTTP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
 }
 
 /// How the node's WASM runtime is set up.

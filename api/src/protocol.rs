@@ -12,7 +12,12 @@
 //!
 //! The master reaches an agent's own API only to serve operators live data
 //! (`GET /instances/{name}/logs`, `GET /nodes/{name}/live`), at the address
-//! the registration came from and the `apiPort` it named.
+//! the registration came from and the `apiPort` it named, over TLS with the
+//! certificate it issued at registration, presenting the `masterToken`.
+//!
+//! Every request carries `Authorization: Bearer <token>`: the first
+//! registration a join token's `<id>.<secret>`, everything after it the node
+//! credential that registration returned.
 //!
 //! Errors everywhere are [`ApiError`] with the HTTP status.
 
@@ -35,9 +40,10 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub taints: Vec<Taint>,
     pub status: NodeStatus,
-    /// Proof that the node may join; checked by the security layer.
+    /// A PEM certificate signing request for the agent's API key: the master
+    /// signs the key for the node's name and the address it registers from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub join_token: Option<String>,
+    pub serving_csr: Option<String>,
     /// The port of the agent's API; the master reaches it at the address the
     /// registration came from (for logs and live usage), unless `apiUrl` says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,8 +81,18 @@ pub struct IngressEndpoint {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterResponse {
     pub node: Node,
-    /// Used as the bearer token from then on.
-    pub credential: String,
+    /// A new node credential, when the node registered with a join token:
+    /// the bearer token from then on (the master keeps only its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The cluster CA (PEM), when the master serves TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+    /// The agent API's certificate chain (PEM), signed from `servingCsr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_certificate: Option<String>,
+    /// The bearer token the master presents when it calls the agent's API.
+    pub master_token: String,
     pub heartbeat_interval: Duration,
     pub status_report_interval: Duration,
     /// The master's default for `disconnect.lostAfter`.

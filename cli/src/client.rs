@@ -25,12 +25,18 @@ pub struct Client {
 
 impl Client {
     pub fn new(connection: &Connection) -> Result<Client> {
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(None)
             .user_agent(concat!("wasmlet/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Failed(format!("cannot set up HTTP: {e}")))?;
+            // Only the cluster's own CA is trusted, never the system's.
+            .tls_built_in_root_certs(false);
+        if let Some(pem) = &connection.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| Error::Usage(format!("the context's certificate authority is not a PEM certificate: {e}")))?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(|e| Error::Failed(format!("cannot set up HTTP: {e}")))?;
         Ok(Client { master: connection.master.clone(), token: connection.token.clone(), http })
     }
 
@@ -117,7 +123,13 @@ impl Client {
 
     /// A transport failure: unreachable when nothing answered, else what broke.
     pub fn transport(&self, e: reqwest::Error) -> Error {
-        let cause = root_cause(&e);
+        let mut cause = root_cause(&e);
+        if cause.contains("UnknownIssuer") || cause.contains("certificate") {
+            cause.push_str(
+                " (the master's certificate is not signed by the context's certificate authority: \
+                 `wasmlet-master client-config` on the master prints a config with the right one)",
+            );
+        }
         if e.is_connect() || (e.is_timeout() && e.is_request() && !e.is_body()) || e.is_builder() {
             Error::Unreachable { url: self.master.clone(), cause }
         } else {

@@ -1,17 +1,21 @@
 //! Where the master is and how to talk to it.
 //!
-//! In order: `--master`/`--token` flags (or `WASMLET_MASTER`/`WASMLET_TOKEN`),
-//! then the context named by `--context` or `current-context` in the config
-//! file, then `http://127.0.0.1:7070`. The file is `$WASMLET_CONFIG`, else
-//! `$XDG_CONFIG_HOME/wasmlet/config.toml`, else `~/.config/wasmlet/config.toml`:
+//! In order: `--master`/`--token`/`--certificate-authority` flags (or
+//! `WASMLET_MASTER`/`WASMLET_TOKEN`/`WASMLET_CA`), then the context named by
+//! `--context` or `current-context` in the config file, then
+//! `https://127.0.0.1:7070`. The file is `$WASMLET_CONFIG`, else
+//! `$XDG_CONFIG_HOME/wasmlet/config.toml`, else `~/.config/wasmlet/config.toml`
+//! (`wasmlet-master client-config` prints one):
 //!
 //! ```toml
 //! current-context = "lab"
 //!
 //! [[contexts]]
 //! name = "lab"
-//! master = "http://10.0.0.5:7070"
+//! master = "https://10.0.0.5:7070"
 //! token = "…"
+//! certificate-authority = "/etc/wasmlet/ca.crt"   # or the PEM itself:
+//! # certificate-authority-data = '''-----BEGIN CERTIFICATE-----…'''
 //! ```
 //!
 //! The environment is read through a function, so tests never touch the process's.
@@ -23,16 +27,22 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The master a fresh installation talks to (`make run` listens there).
-pub const DEFAULT_MASTER: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_MASTER: &str = "https://127.0.0.1:7070";
 
-/// A named master and the token to present to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A named master, the token to present to it and the CA that signed its certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Context {
     pub name: String,
     pub master: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A PEM file with the cluster CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<PathBuf>,
+    /// The cluster CA itself, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority_data: Option<String>,
 }
 
 /// The config file.
@@ -102,14 +112,17 @@ pub struct Overrides {
     pub master: Option<String>,
     pub token: Option<String>,
     pub context: Option<String>,
+    pub certificate_authority: Option<PathBuf>,
 }
 
 /// The master to talk to, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
-    /// Without a trailing slash: `http://127.0.0.1:7070`.
+    /// Without a trailing slash: `https://127.0.0.1:7070`.
     pub master: String,
     pub token: Option<String>,
+    /// The CA to trust, PEM.
+    pub ca_pem: Option<String>,
 }
 
 impl Connection {
@@ -123,14 +136,27 @@ impl Connection {
             };
         let master = overrides.master.clone().or_else(|| context.map(|c| c.master.clone())).unwrap_or_else(|| DEFAULT_MASTER.to_string());
         let token = overrides.token.clone().or_else(|| context.and_then(|c| c.token.clone()));
-        Ok(Connection { master: normalise(&master), token })
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("cannot read the certificate authority {}: {e}", path.display())))
+        };
+        let ca_pem = match (&overrides.certificate_authority, context) {
+            (Some(path), _) => Some(read(path)?),
+            (None, Some(c)) => match (&c.certificate_authority_data, &c.certificate_authority) {
+                (Some(pem), _) => Some(pem.clone()),
+                (None, Some(path)) => Some(read(path)?),
+                (None, None) => None,
+            },
+            (None, None) => None,
+        };
+        Ok(Connection { master: normalise(&master), token, ca_pem })
     }
 }
 
-/// `host:port` becomes `http://host:port`; trailing slashes go.
+/// `host:port` becomes `https://host:port`; trailing slashes go.
 fn normalise(master: &str) -> String {
     let master = master.trim().trim_end_matches('/');
-    if master.contains("://") { master.to_string() } else { format!("http://{master}") }
+    if master.contains("://") { master.to_string() } else { format!("https://{master}") }
 }
 
 #[cfg(test)]
@@ -156,12 +182,21 @@ mod tests {
     fn flags_beat_the_context_which_beats_the_default() {
         let mut file = ConfigFile::default();
         assert_eq!(Connection::resolve(&Overrides::default(), &file).unwrap().master, DEFAULT_MASTER);
-        file.set_context(Context { name: "lab".into(), master: "10.0.0.5:7070/".into(), token: Some("t".into()) });
+        file.set_context(Context {
+            name: "lab".into(),
+            master: "10.0.0.5:7070/".into(),
+            token: Some("t".into()),
+            certificate_authority_data: Some("PEM".into()),
+            ..Default::default()
+        });
         file.current_context = Some("lab".into());
         let lab = Connection::resolve(&Overrides::default(), &file).unwrap();
-        assert_eq!(lab, Connection { master: "http://10.0.0.5:7070".into(), token: Some("t".into()) });
-        let flag = Overrides { master: Some("https://m".into()), ..Default::default() };
-        assert_eq!(Connection::resolve(&flag, &file).unwrap(), Connection { master: "https://m".into(), token: Some("t".into()) });
+        assert_eq!(lab, Connection { master: "https://10.0.0.5:7070".into(), token: Some("t".into()), ca_pem: Some("PEM".into()) });
+        let flag = Overrides { master: Some("http://m".into()), ..Default::default() };
+        let resolved = Connection::resolve(&flag, &file).unwrap();
+        assert_eq!((resolved.master.as_str(), resolved.token.as_deref()), ("http://m", Some("t")));
+        let missing_ca = Overrides { certificate_authority: Some("/nonexistent/ca.crt".into()), ..Default::default() };
+        assert!(Connection::resolve(&missing_ca, &file).unwrap_err().to_string().contains("/nonexistent/ca.crt"));
         let missing = Overrides { context: Some("nope".into()), ..Default::default() };
         assert!(Connection::resolve(&missing, &file).unwrap_err().to_string().contains("`nope`"));
     }
@@ -172,7 +207,12 @@ mod tests {
         let path = dir.path().join("wasmlet/config.toml");
         assert_eq!(ConfigFile::load(&path).unwrap(), ConfigFile::default());
         let mut file = ConfigFile { current_context: Some("a".into()), ..Default::default() };
-        file.set_context(Context { name: "a".into(), master: "http://a".into(), token: None });
+        file.set_context(Context {
+            name: "a".into(),
+            master: "https://a".into(),
+            certificate_authority_data: Some("PEM\n".into()),
+            ..Default::default()
+        });
         file.save(&path).unwrap();
         assert_eq!(ConfigFile::load(&path).unwrap(), file);
     }

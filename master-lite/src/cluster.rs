@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, Workload};
 
+use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
 use crate::store::{Batch, Kind, Op, Store, StoreError};
@@ -73,6 +74,7 @@ enum Change {
     Instance(Box<Placed>),
     Event(Box<Event>),
     Credential(String, String),
+    Token(Box<TokenRecord>),
     Delete(Kind, String),
 }
 
@@ -95,6 +97,10 @@ impl Txn {
 
     pub fn put_credential(&mut self, node: &str, credential: String) {
         self.changes.push(Change::Credential(node.to_string(), credential));
+    }
+
+    pub fn put_token(&mut self, record: TokenRecord) {
+        self.changes.push(Change::Token(Box::new(record)));
     }
 
     pub fn delete(&mut self, kind: Kind, name: &str) {
@@ -135,6 +141,8 @@ pub struct Cluster {
     /// Event names, oldest first, to drop the oldest beyond the cap.
     event_order: VecDeque<String>,
     credentials: HashMap<String, String>,
+    /// Token records, readable without this lock.
+    pub tokens: TokenTable,
     /// The revision of the last write to each collection.
     collection_revision: HashMap<Kind, u64>,
     /// The revision of the last change to each node's assignment.
@@ -161,6 +169,7 @@ impl Cluster {
             events: BTreeMap::new(),
             event_order: VecDeque::new(),
             credentials: HashMap::new(),
+            tokens: TokenTable::default(),
             collection_revision: HashMap::new(),
             assignment_revision: HashMap::new(),
             by_node: HashMap::new(),
@@ -183,6 +192,7 @@ impl Cluster {
                     drop(cluster.events.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
                 }
                 Kind::Credential => drop(cluster.credentials.insert(name, String::from_utf8_lossy(&value).into_owned())),
+                Kind::Token => cluster.tokens.insert(serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?),
             }
         }
         let mut order: Vec<(u64, String)> =
@@ -286,6 +296,7 @@ impl Cluster {
                 Change::Credential(node, credential) => {
                     Op::Put { kind: Kind::Credential, name: node.clone(), value: credential.as_bytes().to_vec() }
                 }
+                Change::Token(record) => Op::Put { kind: Kind::Token, name: record.id.clone(), value: encode(record.as_ref())? },
                 Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone() },
             };
             batch.ops.push(op);
@@ -343,6 +354,7 @@ impl Cluster {
                 Change::Credential(node, credential) => {
                     self.credentials.insert(node, credential);
                 }
+                Change::Token(record) => self.tokens.insert(*record),
                 Change::Delete(kind, name) => {
                     self.touch(kind, revision);
                     match kind {
@@ -370,6 +382,7 @@ impl Cluster {
                             }
                         }
                         Kind::Credential => drop(self.credentials.remove(&name)),
+                        Kind::Token => self.tokens.remove(&name),
                     }
                 }
             }

@@ -42,7 +42,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// TOML file with settings; keys are the long flag names (`data-dir = "/srv/wasmlet-master"`).
-    #[arg(long, env = "WASMLET_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "WASMLET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub master: MasterConfig,
@@ -52,53 +52,98 @@ pub struct Cli {
 pub enum Command {
     /// Print a commented config file with every setting and its default (what packages install).
     ConfigTemplate,
+    /// Create, list and revoke tokens of the running master (run on the master's machine: uses its data dir).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a config file for the `wasmlet` CLI: this cluster's URL, CA and admin token.
+    ClientConfig {
+        /// The context's name.
+        #[arg(long, default_value = "wasmlet")]
+        context: String,
+        /// The URL the CLI reaches the master at (default: the listen address, or this machine's first address).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (the only time its secret is shown).
+    Create {
+        /// `join` (nodes register with it), `viewer` (read only) or `admin`.
+        #[arg(long, default_value = "join", value_name = "ROLE")]
+        role: String,
+        /// How long the token is valid; `0s` never expires.
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        ttl: Duration,
+        /// What the token is for, shown by `token list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id: requests with it are refused from now on (a node's credential: its heartbeats fail).
+    Revoke {
+        /// The token's id: the part before the `.`.
+        id: String,
+    },
 }
 
 /// Settings of a running master.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MasterConfig {
     /// Directory of the store and the uploaded modules.
-    #[arg(long, env = "WASMLET_DATA_DIR", default_value = defaults::DATA_DIR, value_name = "DIR")]
+    #[arg(long, global = true, env = "WASMLET_DATA_DIR", default_value = defaults::DATA_DIR, value_name = "DIR")]
     pub data_dir: PathBuf,
 
     /// Address of the API agents and operators talk to.
-    #[arg(long, env = "WASMLET_LISTEN", default_value = defaults::LISTEN, value_name = "HOST:PORT")]
+    #[arg(long, global = true, env = "WASMLET_LISTEN", default_value = defaults::LISTEN, value_name = "HOST:PORT")]
     pub listen: SocketAddr,
 
     /// How often agents renew their lease.
-    #[arg(long, env = "WASMLET_HEARTBEAT_INTERVAL", default_value = defaults::HEARTBEAT_INTERVAL, value_name = "DURATION")]
+    #[arg(long, global = true, env = "WASMLET_HEARTBEAT_INTERVAL", default_value = defaults::HEARTBEAT_INTERVAL, value_name = "DURATION")]
     pub heartbeat_interval: Duration,
 
     /// Silence after which a node's conditions go Unknown and it is tainted unreachable.
-    #[arg(long, env = "WASMLET_NODE_GRACE_PERIOD", default_value = defaults::NODE_GRACE_PERIOD, value_name = "DURATION")]
+    #[arg(long, global = true, env = "WASMLET_NODE_GRACE_PERIOD", default_value = defaults::NODE_GRACE_PERIOD, value_name = "DURATION")]
     pub node_grace_period: Duration,
 
     /// Silence after which a node's instances are Lost and handed off (workloads may override it).
-    #[arg(long, env = "WASMLET_LOST_AFTER", default_value = defaults::LOST_AFTER, value_name = "DURATION")]
+    #[arg(long, global = true, env = "WASMLET_LOST_AFTER", default_value = defaults::LOST_AFTER, value_name = "DURATION")]
     pub lost_after: Duration,
 
     /// How often agents send their full NodeStatus when nothing changed.
-    #[arg(long, env = "WASMLET_STATUS_REPORT_INTERVAL", default_value = defaults::STATUS_REPORT_INTERVAL, value_name = "DURATION")]
+    #[arg(long, global = true, env = "WASMLET_STATUS_REPORT_INTERVAL", default_value = defaults::STATUS_REPORT_INTERVAL, value_name = "DURATION")]
     pub status_report_interval: Duration,
 
     /// Largest module accepted by an upload.
-    #[arg(long, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
+    #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
     pub max_module_size: Bytes,
 
     /// Instances of silent nodes handed off per second at most.
-    #[arg(long, env = "WASMLET_HAND_OFFS_PER_SECOND", default_value = defaults::HAND_OFFS_PER_SECOND, value_name = "N")]
+    #[arg(long, global = true, env = "WASMLET_HAND_OFFS_PER_SECOND", default_value = defaults::HAND_OFFS_PER_SECOND, value_name = "N")]
     pub hand_offs_per_second: u32,
 
     /// Longest a watch waits before answering 304, whatever the client asks.
-    #[arg(long, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
+    #[arg(long, global = true, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
     pub watch_timeout: Duration,
 
     /// How nodes are scored after spreading: prefer the emptiest or the fullest.
-    #[arg(long, env = "WASMLET_SCORING", value_enum, default_value_t = Scoring::LeastAllocated)]
+    #[arg(long, global = true, env = "WASMLET_SCORING", value_enum, default_value_t = Scoring::LeastAllocated)]
     pub scoring: Scoring,
 
+    /// Extra names or addresses for the master's certificate, comma-separated
+    /// (its hostname, `localhost` and the addresses of its interfaces are always in it).
+    #[arg(long, global = true, env = "WASMLET_TLS_SAN", value_delimiter = ',', value_name = "NAME,...")]
+    pub tls_san: Vec<String>,
+
+    /// Serve the API over plain HTTP instead of TLS. Tokens and workloads then
+    /// cross the network readable by anyone on the path: for a lab behind a TLS proxy only.
+    #[arg(long, global = true, env = "WASMLET_INSECURE_HTTP")]
+    pub insecure_http: bool,
+
     /// Log format.
-    #[arg(long, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 

@@ -19,12 +19,17 @@
 //! - `api`: the HTTP API under `/api/v1` — objects, the agent protocol of
 //!   `wasmlet_api::protocol`, modules — plus `/healthz`, `/readyz`, `/metrics`.
 //! - `metrics`: the counters and gauges behind `/metrics`.
+//! - `auth`: tokens, roles, the authorization policy, the audit log, and the
+//!   CA and bootstrap tokens of a new cluster.
+//! - `admin`: `wasmlet-master token …` and `client-config`, run beside a master.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same master in-process with their own listener and shutdown.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod controller;
@@ -63,6 +68,16 @@ pub struct Shared {
     pub wake: Notify,
     /// Cancelled on shutdown: ends open watches and the controllers.
     pub shutdown: CancellationToken,
+    /// Token records by id (the cluster's, readable without its lock).
+    pub tokens: auth::TokenTable,
+    /// Where mutations and refusals are recorded.
+    pub audit: Option<auth::audit::AuditLog>,
+    /// The cluster CA: signs agents' serving certificates.
+    pub pki: wasmlet_security::ClusterPki,
+    /// The CA's fingerprint when the API is served over TLS (None with `--insecure-http`).
+    pub ca_fingerprint: Option<wasmlet_security::Fingerprint>,
+    /// Calls agents' APIs (logs, live usage), trusting the cluster CA only.
+    pub agent_http: reqwest::Client,
 }
 
 impl Shared {
@@ -80,11 +95,17 @@ impl Shared {
 pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the listener's address")?;
     let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let cluster = Cluster::load(Box::new(store)).context("loading the store")?;
+    let mut cluster = Cluster::load(Box::new(store)).context("loading the store")?;
+    let secrets = auth::bootstrap::prepare(&config, &mut cluster)?;
+    let audit_path = config.data_dir.join("audit.log");
+    let audit =
+        auth::audit::AuditLog::open(audit_path.clone()).with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let agent_http = api::live::agent_client(secrets.pki.ca_pem()).context("the client for agents")?;
+    let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
     tracing::info!(
-        listen = %format!("http://{addr}"),
+        listen = %format!("{scheme}://{addr}"),
         data_dir = %config.data_dir.display(),
         revision = cluster.revision,
         nodes = cluster.nodes.len(),
@@ -94,6 +115,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     );
     let stop = CancellationToken::new();
     let agents = cluster.agents();
+    let cluster_tokens = cluster.tokens.clone();
     let shared = Arc::new(Shared {
         agents,
         cluster: Mutex::new(cluster),
@@ -103,6 +125,11 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         metrics: Metrics::default(),
         wake: Notify::new(),
         shutdown: stop.clone(),
+        tokens: cluster_tokens,
+        audit: Some(audit),
+        ca_fingerprint: secrets.tls.as_ref().map(|_| secrets.pki.fingerprint()),
+        pki: secrets.pki,
+        agent_http,
     });
     let controllers = tokio::spawn(controller::run(shared.clone(), stop.clone()));
     let signal = stop.clone();
@@ -111,10 +138,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         tracing::info!("shutting down");
         signal.cancel();
     });
-    axum::serve(listener, api::router(shared).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await
-        .context("serving the API")?;
+    wasmlet_security::serve::serve(listener, api::router(shared), secrets.tls, stop.clone()).await.context("serving the API")?;
     stop.cancel();
     controllers.await.context("the controllers failed")?;
     tracing::info!("master stopped");

@@ -7,14 +7,14 @@ use reqwest::blocking::Client;
 use wasmlet_api::Node;
 use wasmlet_tests::Agent;
 
-fn client() -> Client {
-    Client::builder().timeout(Duration::from_secs(60)).build().expect("http client")
+fn client(agent: &Agent) -> Client {
+    agent.client_builder().timeout(Duration::from_secs(60)).build().expect("http client")
 }
 
 #[test]
 fn status_round_trips_through_the_api_types() {
     let agent = Agent::start(&[]).expect("agent starts");
-    let response = client().get(agent.url("/status")).send().expect("GET /status");
+    let response = client(&agent).get(agent.url("/status")).send().expect("GET /status");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/json");
     let body = response.bytes().expect("body");
@@ -29,7 +29,7 @@ fn status_round_trips_through_the_api_types() {
 fn etag_saves_the_body_when_nothing_changed() {
     // A long interval: the report does not change during the test.
     let agent = Agent::start(&["--sample-interval", "1h"]).expect("agent starts");
-    let http = client();
+    let http = client(&agent);
     let first = http.get(agent.url("/status")).send().expect("GET");
     let etag = first.headers()["etag"].to_str().expect("etag").to_string();
     let again = http.get(agent.url("/status")).header("If-None-Match", &etag).send().expect("GET");
@@ -47,7 +47,7 @@ fn version_of(body: &[u8]) -> u64 {
 #[test]
 fn watch_returns_on_change_and_times_out_cleanly() {
     let agent = Agent::start(&["--sample-interval", "200ms"]).expect("agent starts");
-    let http = client();
+    let http = client(&agent);
     let body = http.get(agent.url("/status")).send().and_then(|r| r.bytes()).expect("GET");
     let version = version_of(&body);
 
@@ -63,6 +63,7 @@ fn watch_returns_on_change_and_times_out_cleanly() {
     assert_eq!(at_once.status(), StatusCode::OK);
 
     let quiet = Agent::start(&["--sample-interval", "1h"]).expect("agent starts");
+    let http = client(&quiet);
     let body = http.get(quiet.url("/status")).send().and_then(|r| r.bytes()).expect("GET");
     let version = version_of(&body);
     let timed_out = http.get(quiet.url(&format!("/status?watch=true&since={version}&timeoutSeconds=1"))).send().expect("watch");
@@ -77,7 +78,7 @@ fn watch_returns_on_change_and_times_out_cleanly() {
 #[test]
 fn health_readiness_and_metrics() {
     let agent = Agent::start(&[]).expect("agent starts");
-    let http = client();
+    let http = client(&agent);
     assert_eq!(http.get(agent.url("/healthz")).send().expect("healthz").status(), StatusCode::OK);
     assert_eq!(http.get(agent.url("/readyz")).send().expect("readyz").status(), StatusCode::OK);
     let metrics = http.get(agent.url("/metrics")).send().and_then(|r| r.text()).expect("metrics");
@@ -103,7 +104,7 @@ fn readiness_fails_with_the_reason_when_the_data_dir_is_not_writable() {
     let file = parent.path().join("not-a-dir");
     std::fs::write(&file, b"x").expect("write");
     let agent = Agent::start(&["--data-dir", file.to_str().expect("utf-8 path")]).expect("agent starts");
-    let response = client().get(agent.url("/readyz")).send().expect("readyz");
+    let response = client(&agent).get(agent.url("/readyz")).send().expect("readyz");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let text = response.text().expect("body");
     assert!(text.contains("DataDirNotWritable") && text.contains("not-a-dir"), "{text}");
@@ -113,7 +114,8 @@ fn readiness_fails_with_the_reason_when_the_data_dir_is_not_writable() {
 fn sigterm_stops_the_agent_gracefully_even_with_an_open_watch() {
     let mut agent = Agent::start(&["--sample-interval", "1h"]).expect("agent starts");
     let url = agent.url("/status?watch=true&timeoutSeconds=30");
-    let watcher = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    let http = client(&agent);
+    let watcher = std::thread::spawn(move || http.get(url).send().map(|r| r.status()));
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let status = agent.terminate(Duration::from_secs(10)).expect("stops after SIGTERM");

@@ -7,7 +7,7 @@ use wasmlet_tests::Agent;
 
 fn status(agent: &Agent) -> Node {
     let body =
-        reqwest::blocking::get(agent.url("/status")).and_then(|r| r.error_for_status()).and_then(|r| r.bytes()).expect("GET /status");
+        agent.client().get(agent.url("/status")).send().and_then(|r| r.error_for_status()).and_then(|r| r.bytes()).expect("GET /status");
     wasmlet_api::from_json(&body).expect("/status is a Node")
 }
 

@@ -13,20 +13,23 @@ use wasmlet_tests::{Agent, Master, bin, example, free_port, sha256, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs `wasmlet --master URL args…` with a config file of its own (so the user's never matters).
-fn wasmlet(master: &str, args: &[&str]) -> Output {
+/// Runs `wasmlet args…` against `master`, with a config file of its own naming
+/// it with its CA and admin token (so the user's never matters).
+fn wasmlet(master: &Master, args: &[&str]) -> Output {
+    let config = master.cli_config(master.data_dir.path());
+    cli().args(args).env("WASMLET_CONFIG", config).output().expect("wasmlet runs")
+}
+
+/// Runs `wasmlet --master URL args…` with an empty config file.
+fn wasmlet_at(url: &str, args: &[&str]) -> Output {
     let config = std::env::temp_dir().join(format!("wasmlet-cli-test-{}/config.toml", std::process::id()));
-    Command::new(bin("wasmlet"))
-        .arg("--master")
-        .arg(master)
-        .args(args)
-        .env("WASMLET_CONFIG", config)
-        .env("NO_COLOR", "1")
-        .env_remove("WASMLET_MASTER")
-        .env_remove("WASMLET_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("wasmlet runs")
+    cli().arg("--master").arg(url).args(args).env("WASMLET_CONFIG", config).output().expect("wasmlet runs")
+}
+
+fn cli() -> Command {
+    let mut command = Command::new(bin("wasmlet"));
+    command.env("NO_COLOR", "1").env_remove("WASMLET_MASTER").env_remove("WASMLET_TOKEN").env_remove("WASMLET_CA").stdin(Stdio::null());
+    command
 }
 
 fn stdout(o: &Output) -> String {
@@ -38,14 +41,24 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Runs and insists on success, returning stdout.
-fn ok(master: &str, args: &[&str]) -> String {
+fn ok(master: &Master, args: &[&str]) -> String {
     let o = wasmlet(master, args);
     assert!(o.status.success(), "wasmlet {args:?} failed: {}\n{}", stderr(&o), stdout(&o));
     stdout(&o)
 }
 
 fn join(master: &Master, name: &str) -> Agent {
-    Agent::start(&["--master", master.url.as_str(), "--name", name, "--sample-interval", "500ms"]).expect("agent starts")
+    Agent::start(&[
+        "--master",
+        master.url.as_str(),
+        "--join-token",
+        master.join_token.as_str(),
+        "--name",
+        name,
+        "--sample-interval",
+        "500ms",
+    ])
+    .expect("agent starts")
 }
 
 fn wait_ready(master: &Master, count: usize) {
@@ -79,21 +92,20 @@ fn get_and_describe_show_the_real_node() {
     let master = Master::start(&[]).expect("master starts");
     let _agent = join(&master, "cli-node");
     wait_ready(&master, 1);
-    let url = master.url.as_str();
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().expect("uname").stdout).trim().to_string();
     let node: Node = master.get_json("/nodes/cli-node").expect("the node");
 
-    let table = ok(url, &["get", "nodes"]);
+    let table = ok(&master, &["get", "nodes"]);
     let mut lines = table.lines();
     assert_eq!(lines.next().map(|h| h.split_whitespace().collect::<Vec<_>>()), Some(vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"]));
     let row = lines.next().expect("a row");
     assert!(row.starts_with("cli-node") && row.contains(" Ready ") && row.contains(&node.status.node_info.agent_version), "{table}");
 
-    let wide = ok(url, &["get", "nodes", "-o", "wide"]);
+    let wide = ok(&master, &["get", "nodes", "-o", "wide"]);
     assert!(wide.contains(&kernel) && wide.contains(&node.status.node_info.os_image), "{wide}");
     assert!(wide.contains(&format!("wasmtime/{}", node.status.node_info.runtime_version)), "{wide}");
 
-    let page = ok(url, &["describe", "node", "cli-node"]);
+    let page = ok(&master, &["describe", "node", "cli-node"]);
     for expected in [
         "Name:               cli-node".to_string(),
         format!("Kernel Version:    {kernel}"),
@@ -109,18 +121,18 @@ fn get_and_describe_show_the_real_node() {
     assert!(conditions.iter().any(|l| l.trim_start().starts_with("Ready") && l.contains("True")), "{page}");
     assert!(conditions.iter().any(|l| l.trim_start().starts_with("MemoryPressure")), "{page}");
 
-    let list: List<Node> = serde_json::from_str(&ok(url, &["get", "nodes", "-o", "json"])).expect("-o json is a List<Node>");
+    let list: List<Node> = serde_json::from_str(&ok(&master, &["get", "nodes", "-o", "json"])).expect("-o json is a List<Node>");
     assert_eq!(list.items[0].metadata.name, "cli-node");
-    let one: Node = serde_json::from_str(&ok(url, &["get", "node", "cli-node", "-o", "json"])).expect("-o json is a Node");
+    let one: Node = serde_json::from_str(&ok(&master, &["get", "node", "cli-node", "-o", "json"])).expect("-o json is a Node");
     assert_eq!(one.status.node_info.kernel_version, kernel);
-    assert_eq!(ok(url, &["get", "nodes", "-o", "name"]), "node/cli-node\n");
-    assert_eq!(ok(url, &["get", "nodes", "-l", "no-such-label", "-o", "name"]), "");
+    assert_eq!(ok(&master, &["get", "nodes", "-o", "name"]), "node/cli-node\n");
+    assert_eq!(ok(&master, &["get", "nodes", "-l", "no-such-label", "-o", "name"]), "");
 
-    let missing = wasmlet(url, &["describe", "node", "nope"]);
+    let missing = wasmlet(&master, &["describe", "node", "nope"]);
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("node `nope` does not exist"), "{}", stderr(&missing));
 
-    let top = ok(url, &["top", "nodes"]);
+    let top = ok(&master, &["top", "nodes"]);
     assert!(top.contains("cli-node"), "{top}");
 }
 
@@ -129,32 +141,31 @@ fn apply_reports_created_unchanged_configured_and_waits() {
     let master = Master::start(&[]).expect("master starts");
     let _agent = join(&master, "cli-apply");
     wait_ready(&master, 1);
-    let url = master.url.as_str();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = sensor_manifest(dir.path(), "sensor", "");
 
-    assert_eq!(ok(url, &["apply", "-f", &file]), "workload/sensor created\n");
-    assert_eq!(ok(url, &["apply", "-f", &file]), "workload/sensor unchanged\n");
+    assert_eq!(ok(&master, &["apply", "-f", &file]), "workload/sensor created\n");
+    assert_eq!(ok(&master, &["apply", "-f", &file]), "workload/sensor unchanged\n");
     let edited = std::fs::read_to_string(&file).expect("manifest").replace("\"200\"", "\"300\"");
     std::fs::write(&file, edited).expect("edit");
-    let o = wasmlet(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+    let o = wasmlet(&master, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "workload/sensor configured\n");
     assert!(stderr(&o).contains("workload/sensor: 1/1 running"), "{}", stderr(&o));
 
-    let list: List<Workload> = serde_json::from_str(&ok(url, &["get", "workloads", "-o", "json"])).expect("List<Workload>");
+    let list: List<Workload> = serde_json::from_str(&ok(&master, &["get", "workloads", "-o", "json"])).expect("List<Workload>");
     assert_eq!(list.items[0].spec.args, ["--interval", "300"]);
-    let instances: List<Instance> = serde_json::from_str(&ok(url, &["get", "instances", "-o", "json"])).expect("List<Instance>");
+    let instances: List<Instance> = serde_json::from_str(&ok(&master, &["get", "instances", "-o", "json"])).expect("List<Instance>");
     assert!(instances.items.iter().any(|i| i.spec.workload == "sensor"));
-    let table = ok(url, &["get", "workloads"]);
+    let table = ok(&master, &["get", "workloads"]);
     assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("sensor") && l.contains("daemon")), "{table}");
-    let page = ok(url, &["describe", "workload", "sensor"]);
+    let page = ok(&master, &["describe", "workload", "sensor"]);
     assert!(page.contains("Module:             sensor.wasm") && page.contains("Instances:"), "{page}");
-    let events = ok(url, &["events", "--for", "workload/sensor"]);
+    let events = ok(&master, &["events", "--for", "workload/sensor"]);
     assert!(events.contains("Created") && events.contains("workload/sensor"), "{events}");
 
-    assert_eq!(ok(url, &["delete", "-f", &file]), "workload/sensor deleted\n");
-    let again = wasmlet(url, &["delete", "workload", "sensor"]);
+    assert_eq!(ok(&master, &["delete", "-f", &file]), "workload/sensor deleted\n");
+    let again = wasmlet(&master, &["delete", "workload", "sensor"]);
     assert!(!again.status.success() && stderr(&again).contains("does not exist"), "{}", stderr(&again));
 }
 
@@ -172,7 +183,7 @@ fn apply_wait_of_a_bad_module_fails_with_the_reason() {
         sha256(text)
     );
     std::fs::write(&file, manifest).expect("write manifest");
-    let o = wasmlet(&master.url, &["apply", "-f", &file.display().to_string(), "--wait", "--timeout", "60s"]);
+    let o = wasmlet(&master, &["apply", "-f", &file.display().to_string(), "--wait", "--timeout", "60s"]);
     assert!(!o.status.success(), "{}", stdout(&o));
     assert_eq!(stdout(&o), "workload/broken created\n");
     let err = stderr(&o);
@@ -182,7 +193,7 @@ fn apply_wait_of_a_bad_module_fails_with_the_reason() {
 #[test]
 fn bad_manifests_and_an_unreachable_master_fail_in_one_line() {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let o = wasmlet(&nowhere, &["get", "nodes"]);
+    let o = wasmlet_at(&nowhere, &["get", "nodes"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -198,7 +209,7 @@ fn bad_manifests_and_an_unreachable_master_fail_in_one_line() {
     )
     .expect("write");
     // The manifest is checked before any request: the unreachable master is never asked.
-    let o = wasmlet(&nowhere, &["apply", "-f", &file.display().to_string()]);
+    let o = wasmlet_at(&nowhere, &["apply", "-f", &file.display().to_string()]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.starts_with(&format!("error: {}: document 2: spec.replicas: ", file.display())), "{err}");
@@ -210,10 +221,9 @@ fn drain_moves_every_instance_and_reports_it() {
     let _a = join(&master, "drain-a");
     let _b = join(&master, "drain-b");
     wait_ready(&master, 2);
-    let url = master.url.as_str();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = sensor_manifest(dir.path(), "sensor", "  replicas: 2\n");
-    ok(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+    ok(&master, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
     let on_a: Vec<String> = master
         .instances()
         .into_iter()
@@ -222,15 +232,15 @@ fn drain_moves_every_instance_and_reports_it() {
         .collect();
     assert!(!on_a.is_empty(), "replicas spread over both nodes");
 
-    let report = ok(url, &["drain", "drain-a", "--timeout", "60s"]);
+    let report = ok(&master, &["drain", "drain-a", "--timeout", "60s"]);
     for name in &on_a {
         assert!(report.contains(&format!("instance/{name} (workload/sensor) moved")), "{report}");
     }
     assert!(report.contains(&format!("node/drain-a drained: {} instance(s) moved", on_a.len())), "{report}");
     assert!(master.instances().iter().all(|i| i.spec.node != "drain-a"), "nothing is left on drain-a");
-    let nodes = ok(url, &["get", "nodes"]);
+    let nodes = ok(&master, &["get", "nodes"]);
     assert!(nodes.lines().any(|l| l.starts_with("drain-a") && l.contains("SchedulingDisabled")), "{nodes}");
-    assert_eq!(ok(url, &["uncordon", "drain-a"]), "node/drain-a uncordoned\n");
+    assert_eq!(ok(&master, &["uncordon", "drain-a"]), "node/drain-a uncordoned\n");
 }
 
 /// Needs the master's log proxy (`GET /instances/{name}/logs`) and live endpoints.
@@ -239,13 +249,13 @@ fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
     let master = Master::start(&[]).expect("master starts");
     let _agent = join(&master, "cli-logs");
     wait_ready(&master, 1);
-    let url = master.url.as_str();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = sensor_manifest(dir.path(), "sensor", "");
-    ok(url, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
+    ok(&master, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
 
     let mut child = Command::new(bin("wasmlet"))
-        .args(["--master", url, "logs", "workload/sensor", "-f", "--tail", "1"])
+        .args(["logs", "workload/sensor", "-f", "--tail", "1"])
+        .env("WASMLET_CONFIG", master.cli_config(master.data_dir.path()))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -272,6 +282,6 @@ fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "lines arrive in order while following: {seqs:?}");
     drop(running);
 
-    let top = ok(url, &["top", "instances"]);
+    let top = ok(&master, &["top", "instances"]);
     assert!(top.lines().any(|l| l.contains("sensor") && l.contains("cli-logs")), "{top}");
 }

@@ -17,7 +17,8 @@ const WAIT: Duration = Duration::from_secs(60);
 type Sample = BTreeMap<String, Vec<String>>;
 
 fn join(master: &Master, name: &str, extra: &[&str]) -> Agent {
-    let mut args = vec!["--master", master.url.as_str(), "--name", name, "--sample-interval", "500ms"];
+    let mut args =
+        vec!["--master", master.url.as_str(), "--join-token", master.join_token.as_str(), "--name", name, "--sample-interval", "500ms"];
     args.extend_from_slice(extra);
     Agent::start(&args).expect("agent starts")
 }
@@ -52,9 +53,9 @@ fn wait_running(master: &Master, workload: &str, count: usize) -> Vec<Instance> 
 
 /// Instances of `workload` each agent itself says it runs, by agent name.
 fn running_on_agents(agents: &[(&str, &Agent)], workload: &str) -> BTreeMap<String, Vec<String>> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_millis(500)).build().expect("client");
     let mut out = BTreeMap::new();
     for (name, agent) in agents {
+        let client = agent.client_builder().timeout(Duration::from_millis(500)).build().expect("client");
         // A frozen agent does not answer; its guests are frozen too, so they do not run.
         let Ok(response) = client.get(agent.url("/instances")).send() else { continue };
         let Ok(instances) = response.json::<Vec<Instance>>() else { continue };
@@ -153,14 +154,14 @@ fn a_partitioned_node_never_runs_a_replica_twice() {
     let stop = Arc::new(AtomicBool::new(false));
     let worst = Arc::new(AtomicUsize::new(0));
     let seen: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let agents = [("node-a", a.url("")), ("node-b", b.url("")), ("node-c", c.url(""))];
+    let client = |agent: &Agent| agent.client_builder().timeout(Duration::from_millis(300)).build().expect("client");
+    let agents = [("node-a", a.url(""), client(&a)), ("node-b", b.url(""), client(&b)), ("node-c", c.url(""), client(&c))];
     let sampler = {
         let (stop, worst, seen) = (stop.clone(), worst.clone(), seen.clone());
         std::thread::spawn(move || {
-            let client = reqwest::blocking::Client::builder().timeout(Duration::from_millis(300)).build().expect("client");
             while !stop.load(Ordering::Relaxed) {
                 let mut sample = BTreeMap::new();
-                for (name, api) in &agents {
+                for (name, api, client) in &agents {
                     let Ok(r) = client.get(format!("{api}/instances")).send() else { continue };
                     let Ok(instances) = r.json::<Vec<Instance>>() else { continue };
                     let running: Vec<String> = instances
@@ -245,7 +246,8 @@ fn an_agent_rebooted_without_its_master_runs_its_workloads() {
 
     master.kill();
     let data = a.stop_keep_data().expect("agent stops");
-    let a = Agent::start_in(data, &["--master", &master.url, "--name", "node-a"]).expect("agent restarts offline");
+    let a = Agent::start_in(data, &["--master", &master.url, "--join-token", &master.join_token, "--name", "node-a"])
+        .expect("agent restarts offline");
     let instance = a.wait_phase(&name, Phase::Running, WAIT);
     assert_eq!(instance.spec.workload, "sensor");
     assert!(a.get_text(&format!("/instances/{name}/logs")).expect("logs").contains("\"seq\":"), "it runs");
@@ -263,11 +265,12 @@ fn drain_moves_every_replica_without_a_gap() {
     let stop = Arc::new(AtomicBool::new(false));
     let fewest = Arc::new(AtomicUsize::new(usize::MAX));
     let url = master.api("/instances");
+    let client = master.client();
     let sampler = {
         let (stop, fewest) = (stop.clone(), fewest.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(list) = reqwest::blocking::get(&url).and_then(|r| r.json::<wasmlet_api::protocol::List<Instance>>()) {
+                if let Ok(list) = client.get(&url).send().and_then(|r| r.json::<wasmlet_api::protocol::List<Instance>>()) {
                     let running = list.items.iter().filter(|i| i.spec.workload == "sensor" && i.status.phase == Phase::Running).count();
                     fewest.fetch_min(running, Ordering::Relaxed);
                 }
@@ -295,13 +298,13 @@ fn logs_and_live_usage_come_through_the_master_from_the_node() {
     let name = wait_running(&master, "sensor", 1)[0].metadata.name.clone();
 
     let logs = wait_for(WAIT, "sensor lines through the master", || {
-        let text = reqwest::blocking::get(master.api(&format!("/instances/{name}/logs?tail=5"))).ok()?.text().ok()?;
+        let text = master.client().get(master.api(&format!("/instances/{name}/logs?tail=5"))).send().ok()?.text().ok()?;
         text.contains("\"seq\":").then_some(text)
     });
     assert!(logs.lines().count() <= 5, "tail is honoured: {logs}");
 
     // follow=true streams: read until two new sensor lines arrived, then hang up.
-    let mut stream = reqwest::blocking::get(master.api(&format!("/instances/{name}/logs?tail=0&follow=true"))).expect("follow");
+    let mut stream = master.client().get(master.api(&format!("/instances/{name}/logs?tail=0&follow=true"))).send().expect("follow");
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     while seen.matches("\"seq\":").count() < 2 {
@@ -317,7 +320,7 @@ fn logs_and_live_usage_come_through_the_master_from_the_node() {
     assert!(instances.iter().any(|i| i.metadata.name == name && i.status.usage.is_some()));
 
     a.kill();
-    let response = reqwest::blocking::get(master.api("/nodes/node-a/live")).expect("answer");
+    let response = master.client().get(master.api("/nodes/node-a/live")).send().expect("answer");
     assert_eq!(response.status(), 502);
     let error: wasmlet_api::protocol::ApiError = response.json().expect("ApiError");
     assert!(error.message.contains("node-a"), "{}", error.message);

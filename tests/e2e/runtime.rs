@@ -25,7 +25,7 @@ fn logs(agent: &Agent, instance: &str) -> String {
 }
 
 fn ready(agent: &Agent) -> bool {
-    reqwest::blocking::get(agent.url("/readyz")).map(|r| r.status().is_success()).unwrap_or(false)
+    agent.client().get(agent.url("/readyz")).send().map(|r| r.status().is_success()).unwrap_or(false)
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn examples_reach_their_phases_and_reasons() {
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let none = agent.get_text(&format!("/instances/sensor-0/logs?since={}", future.replace('+', "%2B"))).expect("logs since");
     assert!(none.is_empty(), "nothing is newer than the future: {none}");
-    let bad = reqwest::blocking::get(agent.url("/instances/sensor-0/logs?since=soonish")).expect("answer");
+    let bad = agent.client().get(agent.url("/instances/sensor-0/logs?since=soonish")).send().expect("answer");
     assert_eq!(bad.status(), 400);
     assert!(ready(&agent), "the agent stays Ready through traps and memory bombs");
 
@@ -146,7 +146,7 @@ fn spinning_guests_do_not_starve_a_sensor() {
     // spinners on two cores. The bound is loose so a busy CI machine does not
     // fail the test; the per-tick figure is measured by the benchmarks.
     assert!(worst < 100 + 400, "worst gap {worst} ms between readings every 100 ms");
-    assert!(reqwest::blocking::get(agent.url("/healthz")).expect("healthz").status().is_success(), "the agent answers too");
+    assert!(agent.client().get(agent.url("/healthz")).send().expect("healthz").status().is_success(), "the agent answers too");
 }
 
 /// Start times of each run and end times of each run, from the agent's lines in the log.

@@ -48,6 +48,10 @@ fn the_readme_tour_works_as_written() {
         .env("WASMLET_RUN_MASTER_PORT", master_port.to_string())
         .env("WASMLET_RUN_AGENT_PORT", agent_port.to_string())
         .env("WASMLET_RUN_INGRESS_PORT", ingress_port.to_string())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env_remove("WASMLET_CONFIG")
+        .env_remove("WASMLET_MASTER")
+        .env_remove("WASMLET_TOKEN")
         .current_dir(dir.path())
         .process_group(0)
         .stdin(Stdio::null())
@@ -71,14 +75,14 @@ fn the_readme_tour_works_as_written() {
     }
 
     let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
-    let master = format!("http://127.0.0.1:{master_port}");
     let mut transcript = String::new();
     for command in &commands {
         let out = Command::new("bash")
             .args(["-c", &format!("set -euo pipefail; {command}")])
             .current_dir(dir.path())
             .env("PATH", &path)
-            .env("WASMLET_MASTER", &master)
+            // The context `make run` wrote: the master, its CA and the admin token.
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .env("NO_COLOR", "1")
             .output()
             .expect("run a tour command");
@@ -90,7 +94,8 @@ fn the_readme_tour_works_as_written() {
         assert!(transcript.contains(needle), "the tour shows {needle}:\n{transcript}");
     }
     let instances = Command::new(bin_dir().join("wasmlet"))
-        .args(["--master", &master, "get", "instances", "-o", "json"])
+        .args(["get", "instances", "-o", "json"])
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .output()
         .expect("get instances");
     let list: wasmlet_api::protocol::List<wasmlet_api::Instance> = serde_json::from_slice(&instances.stdout).expect("json");

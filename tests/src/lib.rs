@@ -99,6 +99,16 @@ impl Agent {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        Self::launch(data_dir, extra_args, &[])
+    }
+
+    /// Starts an agent whose process also gets the environment variables `env` (on top of the test's own).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        let data_dir = tempfile::Builder::new().prefix("wasmlet-agent-").tempdir()?;
+        Self::launch(data_dir, extra_args, env)
+    }
+
+    fn launch(data_dir: tempfile::TempDir, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Agent> {
         let mut child = Command::new(bin("wasmlet-agent"))
             .arg("--data-dir")
             .arg(data_dir.path())
@@ -107,6 +117,7 @@ impl Agent {
             .args(["--api-addr", "127.0.0.1:0", "--ingress-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra_args)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -165,14 +176,37 @@ impl Agent {
         format!("{}{path}", self.api)
     }
 
+    /// The agent's own API token (`<data-dir>/api.token`).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("api.token")).map(|t| t.trim().to_string()).unwrap_or_default()
+    }
+
+    /// A client for the agent's API: its token on every request, and the
+    /// cluster CA trusted once the agent joined a master.
+    pub fn client_builder(&self) -> reqwest::blocking::ClientBuilder {
+        let mut builder = authorized(&self.token()).tls_built_in_root_certs(false);
+        let credential = std::fs::read(self.data_dir.path().join("credential.json")).ok();
+        let ca = credential
+            .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
+            .and_then(|c| c["caCertificate"].as_str().map(String::from));
+        if let Some(cert) = ca.and_then(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).ok()) {
+            builder = builder.add_root_certificate(cert);
+        }
+        builder
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        self.client_builder().build().expect("an HTTP client")
+    }
+
     /// GET a path of the agent's API and decode the JSON answer.
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let body = reqwest::blocking::get(self.url(path))?.error_for_status()?.bytes()?;
+        let body = self.client().get(self.url(path)).send()?.error_for_status()?.bytes()?;
         Ok(serde_json::from_slice(&body)?)
     }
 
     pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(reqwest::blocking::get(self.url(path))?.text()?)
+        Ok(self.client().get(self.url(path)).send()?.text()?)
     }
 
     /// The agent's instance of that name, if it has one.
@@ -227,11 +261,27 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// A running `wasmlet-master` on a loopback port with its own data dir.
+/// A client builder that sends `token` as the bearer token on every request.
+pub fn authorized(token: &str) -> reqwest::blocking::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::blocking::Client::builder().default_headers(headers)
+}
+
+/// A running `wasmlet-master` on a loopback port with its own data dir,
+/// serving TLS unless started with `--insecure-http`.
 pub struct Master {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub url: String,
+    /// The join token the master created at its first start.
+    pub join_token: String,
+    /// The admin token the master created at its first start.
+    pub admin_token: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
     port: u16,
     pub data_dir: tempfile::TempDir,
     args: Vec<String>,
@@ -247,11 +297,60 @@ impl Master {
                 .map(String::from)
                 .into();
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let mut master =
-            Master { child: None, url: String::new(), port: free_port(), data_dir, args, logs: Arc::new(Mutex::new(Vec::new())) };
-        master.url = format!("http://127.0.0.1:{}", master.port);
+        let scheme = if extra_args.contains(&"--insecure-http") { "http" } else { "https" };
+        let port = free_port();
+        let mut master = Master {
+            child: None,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            join_token: String::new(),
+            admin_token: String::new(),
+            ca_pem: String::new(),
+            port,
+            data_dir,
+            args,
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
         master.spawn()?;
         Ok(master)
+    }
+
+    /// A client builder trusting the cluster CA, presenting no token.
+    pub fn anonymous(&self) -> reqwest::blocking::ClientBuilder {
+        Self::trusting(reqwest::blocking::Client::builder(), &self.ca_pem)
+    }
+
+    /// A client builder trusting the cluster CA and presenting `token`.
+    pub fn client_with(&self, token: &str) -> reqwest::blocking::ClientBuilder {
+        Self::trusting(authorized(token), &self.ca_pem)
+    }
+
+    fn trusting(builder: reqwest::blocking::ClientBuilder, ca_pem: &str) -> reqwest::blocking::ClientBuilder {
+        let builder = builder.tls_built_in_root_certs(false);
+        match reqwest::Certificate::from_pem(ca_pem.as_bytes()) {
+            Ok(ca) if !ca_pem.is_empty() => builder.add_root_certificate(ca),
+            _ => builder,
+        }
+    }
+
+    /// A client as admin.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        self.client_with(&self.admin_token).build().expect("an HTTP client")
+    }
+
+    /// `--master URL --join-token TOKEN`, to start an agent that joins this master.
+    pub fn join_args(&self) -> [&str; 4] {
+        ["--master", &self.url, "--join-token", &self.join_token]
+    }
+
+    /// Writes a CLI config file with this master as its current context (CA and admin token) into `dir`.
+    pub fn cli_config(&self, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("wasmlet-cli.toml");
+        let text = format!(
+            "current-context = \"test\"\n\n[[contexts]]\nname = \"test\"\nmaster = \"{}\"\ntoken = \"{}\"\ncertificate-authority-data = '''\n{}'''\n",
+            self.url, self.admin_token, self.ca_pem
+        );
+        std::fs::write(&path, text).expect("writing the CLI config");
+        path
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -276,9 +375,15 @@ impl Master {
         }
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let dir = self.data_dir.path().to_path_buf();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok().filter(|t| t.ends_with('\n'));
         while Instant::now() < deadline {
-            if reqwest::blocking::get(format!("{}/healthz", self.url)).is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+            if let (Some(join), Some(admin), Some(ca)) = (read("join.token"), read("admin.token"), read("pki/ca.crt")) {
+                (self.join_token, self.admin_token, self.ca_pem) = (join.trim().to_string(), admin.trim().to_string(), ca);
+                let healthy = self.anonymous().build().and_then(|c| c.get(format!("{}/healthz", self.url)).send());
+                if healthy.is_ok_and(|r| r.status().is_success()) {
+                    return Ok(());
+                }
             }
             if let Some(child) = &mut self.child
                 && let Some(status) = child.try_wait()?
@@ -313,7 +418,7 @@ impl Master {
     }
 
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let response = reqwest::blocking::get(self.api(path))?;
+        let response = self.client().get(self.api(path)).send()?;
         let status = response.status();
         let body = response.bytes()?;
         if !status.is_success() {
@@ -324,7 +429,7 @@ impl Master {
 
     /// Sends JSON; returns the status and the body.
     pub fn send_json(&self, method: reqwest::Method, path: &str, body: &impl serde::Serialize) -> anyhow::Result<(u16, String)> {
-        let response = reqwest::blocking::Client::new().request(method, self.api(path)).json(body).send()?;
+        let response = self.client().request(method, self.api(path)).json(body).send()?;
         Ok((response.status().as_u16(), response.text()?))
     }
 
@@ -332,7 +437,7 @@ impl Master {
     pub fn upload_example(&self, name: &str) -> anyhow::Result<String> {
         let (path, digest) = example(name);
         let bytes = std::fs::read(path)?;
-        let response = reqwest::blocking::Client::new().put(self.api(&format!("/modules/{digest}"))).body(bytes).send()?;
+        let response = self.client().put(self.api(&format!("/modules/{digest}"))).body(bytes).send()?;
         if !response.status().is_success() {
             bail!("uploading {name}: {}: {}", response.status(), response.text()?);
         }

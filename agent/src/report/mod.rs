@@ -51,6 +51,8 @@ pub struct ReportSettings {
     pub thresholds: Thresholds,
     pub max_instances: u32,
     pub reserved: ResourceList,
+    /// Shown in the report: the agent speaks plain HTTP.
+    pub insecure_http: bool,
 }
 
 impl ReportSettings {
@@ -74,6 +76,7 @@ impl ReportSettings {
                 ephemeral_storage: config.reserved_storage,
                 instances: 0,
             },
+            insecure_http: config.insecure_http,
         }
     }
 }
@@ -218,6 +221,7 @@ impl Reporter {
             node.status.instances = supervisor.summaries();
         }
         node.status.runtime = self.node_runtime.clone();
+        node.status.insecure_http = self.settings.insecure_http;
         node.metadata.resource_version = Some(previous.version);
         node.metadata.creation_timestamp = previous.node.metadata.creation_timestamp.or(Some(wall));
 
@@ -287,6 +291,7 @@ impl Reporter {
             }),
             instances: Vec::new(),
             runtime: None,
+            insecure_http: false,
         };
         node
     }
@@ -377,6 +382,7 @@ mod tests {
             },
             max_instances: 1000,
             reserved: ResourceList { cpu: Cpu::from_millis(500), memory: Bytes::new(1 << 30), ..Default::default() },
+            insecure_http: false,
         }
     }
 

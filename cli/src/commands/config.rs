@@ -23,7 +23,7 @@ enum Action {
     CurrentContext,
     /// Make a context the current one.
     UseContext { name: String },
-    /// Add a context or change one: `set-context NAME --master URL [--token T]`.
+    /// Add a context or change one: `set-context NAME --master URL [--token T] [--certificate-authority FILE]`.
     SetContext { name: String },
 }
 
@@ -56,14 +56,22 @@ impl Config {
                 print(&format!("Switched to context \"{name}\".\n"));
             }
             Action::SetContext { name } => {
-                // `--master` and `--token` are the global flags, here naming what the context holds.
+                // `--master`, `--token` and `--certificate-authority` are the global flags, here naming what the context holds.
                 let (master, token) = (session.overrides.master.clone(), session.overrides.token.clone());
+                let ca = session.overrides.certificate_authority.clone();
                 let existing = file.context(&name).cloned();
                 let master = master
                     .or_else(|| existing.as_ref().map(|c| c.master.clone()))
                     .ok_or_else(|| Error::Usage(format!("context `{name}` is new: give its master with --master URL")))?;
                 let token = token.or_else(|| existing.as_ref().and_then(|c| c.token.clone()));
-                file.set_context(Context { name: name.clone(), master, token });
+                let (certificate_authority, certificate_authority_data) = match ca {
+                    Some(path) => (Some(std::path::absolute(&path).unwrap_or(path)), None),
+                    None => existing
+                        .as_ref()
+                        .map(|c| (c.certificate_authority.clone(), c.certificate_authority_data.clone()))
+                        .unwrap_or_default(),
+                };
+                file.set_context(Context { name: name.clone(), master, token, certificate_authority, certificate_authority_data });
                 if file.current_context.is_none() {
                     file.current_context = Some(name.clone());
                 }

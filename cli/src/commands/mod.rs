@@ -28,12 +28,15 @@ pub mod version;
 #[derive(Debug, Parser)]
 #[command(name = "wasmlet", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The master's URL (default: the current context, else http://127.0.0.1:7070).
+    /// The master's URL (default: the current context, else https://127.0.0.1:7070).
     #[arg(long, global = true, env = "WASMLET_MASTER", value_name = "URL")]
     pub master: Option<String>,
     /// Bearer token sent to the master.
     #[arg(long, global = true, env = "WASMLET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the cluster CA, the only issuer the master's certificate is trusted from.
+    #[arg(long, global = true, env = "WASMLET_CA", value_name = "FILE")]
+    pub certificate_authority: Option<std::path::PathBuf>,
     /// Use this context of the config file instead of `current-context`.
     #[arg(long, global = true)]
     pub context: Option<String>,
@@ -61,7 +64,12 @@ pub enum Command {
 impl Cli {
     pub fn execute(self) -> Result<()> {
         let session = Session {
-            overrides: Overrides { master: self.master, token: self.token, context: self.context },
+            overrides: Overrides {
+                master: self.master,
+                token: self.token,
+                context: self.context,
+                certificate_authority: self.certificate_authority,
+            },
             style: Style::detect(std::env::var_os("NO_COLOR")),
         };
         match self.command {

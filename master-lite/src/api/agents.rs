@@ -1,14 +1,19 @@
 //! The master ↔ agent protocol (`wasmlet_api::protocol`): register, lease,
 //! node status, the node's assignment (long poll) and batched instance
-//! phases. Credentials are issued and stored at registration; a bearer token
-//! is accepted but not yet checked (authentication is a later step).
+//! phases.
+//!
+//! A registration with a join token (or an admin token) creates the node's
+//! credential and revokes any older one of that node; a registration with
+//! the node's own credential (an agent restarting) keeps it. Either way the
+//! agent's signing request is signed for the node's name and the address the
+//! registration came from.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
@@ -19,6 +24,7 @@ use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
 use super::{Failure, ListParams, decode, not_modified};
 use crate::Shared;
+use crate::auth::{Caller, Role, TokenRecord};
 use crate::cluster::random_hex;
 use crate::controller::lifecycle::is_unreachable;
 use crate::scheduler::UNREACHABLE_TAINT;
@@ -30,13 +36,34 @@ fn not_registered(name: &str) -> Failure {
 pub async fn register(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let request: RegisterRequest = decode(&body, "registration")?;
     let name = request.name.clone();
-    let endpoint = super::live::agent_endpoint(peer, request.api_port, request.api_url.as_deref());
-    let ingress = super::live::agent_endpoint(peer, request.ingress_port, None);
-    let (node, credential, unreachable) = {
+    let issue_credential = match &caller.role {
+        Role::Join | Role::Admin => true,
+        Role::Node(own) if *own == name => false,
+        _ => {
+            return Err(Failure::new(StatusCode::FORBIDDEN, "Forbidden", format!("{caller} may not register node `{name}`")));
+        }
+    };
+    let serving_certificate = match (&request.serving_csr, shared.ca_fingerprint.is_some()) {
+        (Some(csr), true) => {
+            let mut names = vec![name.clone(), peer.ip().to_string()];
+            names.extend(request.api_url.as_deref().and_then(url_host).map(str::to_string));
+            let chain = shared
+                .pki
+                .sign_request(csr, &format!("wasmlet-node:{name}"), &names)
+                .map_err(|e| Failure::invalid(format!("servingCsr: {e}")))?;
+            Some(chain)
+        }
+        _ => None,
+    };
+    let scheme = if serving_certificate.is_some() { "https" } else { "http" };
+    let endpoint = super::live::agent_endpoint(scheme, peer, request.api_port, request.api_url.as_deref());
+    let ingress = super::live::agent_endpoint("http", peer, request.ingress_port, None);
+    let (node, credential, master_token, unreachable) = {
         let mut cluster = shared.cluster();
         let existing = cluster.nodes.get(&name).cloned();
         let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
@@ -53,12 +80,35 @@ pub async fn register(
         node.spec.taints = request.taints.into_iter().chain(unreachable).collect();
         node.status = request.status;
         node.validate().map_err(|e| Failure::invalid(format!("node `{name}` cannot register: {e}")))?;
-        let credential = cluster.credential(&name).map(str::to_string).unwrap_or_else(|| random_hex(32));
+        let master_token = cluster.credential(&name).map(str::to_string).unwrap_or_else(|| random_hex(32));
         let mut txn = cluster.txn();
-        txn.put_credential(&name, credential.clone());
+        txn.put_credential(&name, master_token.clone());
+        let credential = if issue_credential {
+            let token = wasmlet_security::Token::generate()
+                .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
+            let now = chrono::Utc::now();
+            let role = Role::Node(name.clone());
+            for mut old in shared.tokens.all().into_iter().filter(|r| r.role == role && r.revoked.is_none()) {
+                old.revoked = Some(now);
+                txn.put_token(old);
+            }
+            txn.put_token(TokenRecord::new(
+                &token,
+                role,
+                format!("credential of node {name}, joined with token {}", caller.token_id),
+                None,
+            ));
+            Some(token.to_string())
+        } else {
+            None
+        };
         let conditions = node.status.conditions.clone();
         txn.put_node(node);
-        let what = if existing.is_some() { "registered again" } else { "joined the cluster" };
+        let what = match (&existing, issue_credential) {
+            (None, _) => format!("joined the cluster with token {}", caller.token_id),
+            (Some(_), true) => format!("joined again with token {}; its older credentials are revoked", caller.token_id),
+            (Some(_), false) => "registered again".to_string(),
+        };
         txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
         cluster.commit(txn)?;
         let mut leases = shared.leases();
@@ -66,7 +116,7 @@ pub async fn register(
         leases.report(&name, conditions);
         let node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
         let unreachable = is_unreachable(&node);
-        (node, credential, unreachable)
+        (node, credential, master_token, unreachable)
     };
     // Back from silence: the lifecycle controller lifts the taint.
     if unreachable {
@@ -76,11 +126,25 @@ pub async fn register(
     Ok(Json(RegisterResponse {
         node,
         credential,
+        ca_certificate: shared.ca_fingerprint.map(|_| shared.pki.ca_pem().to_string()),
+        serving_certificate,
+        master_token,
         heartbeat_interval: config.heartbeat_interval,
         status_report_interval: config.status_report_interval,
         lost_after: config.lost_after,
     })
     .into_response())
+}
+
+/// The host of a URL: `https://edge-1:9000/x` → `edge-1`.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// Answers from the agent views and records the renewal in the lease table

@@ -4,7 +4,7 @@
 //! address its registration came from and the port it named
 //! (annotation [`AGENT_API`] on the Node).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,45 +21,56 @@ pub const AGENT_API: &str = "wasmlet.io/agent-api";
 /// Node annotation holding the base URL of the node's ingress.
 pub const AGENT_INGRESS: &str = "wasmlet.io/ingress";
 
-/// The agent API of a registration: `apiUrl` when given, else the source address and `apiPort`.
-pub fn agent_endpoint(peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
+/// The agent API of a registration: `apiUrl` when given, else `scheme`, the source address and `apiPort`.
+pub fn agent_endpoint(scheme: &str, peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
     if let Some(url) = api_url {
         return Some(url.trim_end_matches('/').to_string());
     }
     let port = api_port?;
     Some(match peer.ip() {
-        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
-        std::net::IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+        std::net::IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}"),
+        std::net::IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}"),
     })
 }
 
-fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build().unwrap_or_default())
+/// The client the master calls agents with: it trusts the cluster CA only.
+pub fn agent_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()?)
 }
 
-fn endpoint_of(shared: &Shared, node: &str) -> Result<String, Failure> {
+/// The node's agent API and the token the master presents to it.
+fn endpoint_of(shared: &Shared, node: &str) -> Result<(String, Option<String>), Failure> {
     let cluster = shared.cluster();
     let Some(n) = cluster.nodes.get(node) else { return Err(Failure::not_found("node", node)) };
-    n.metadata.annotations.get(AGENT_API).cloned().ok_or_else(|| {
+    let url = n.metadata.annotations.get(AGENT_API).cloned().ok_or_else(|| {
         Failure::new(
             StatusCode::BAD_GATEWAY,
             "AgentUnreachable",
             format!("node `{node}` did not say where its agent's API is (an agent older than this master?)"),
         )
-    })
+    })?;
+    Ok((url, cluster.credential(node).map(str::to_string)))
 }
 
 /// Forwards a GET to the node's agent and streams the answer back.
 async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
-    let base = endpoint_of(shared, node)?;
+    let (base, token) = endpoint_of(shared, node)?;
     let url = format!("{base}{path_and_query}");
-    let mut request = http().get(&url);
+    let mut request = shared.agent_http.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
     if !follow {
         request = request.timeout(Duration::from_secs(10));
     }
     let answer = request.send().await.map_err(|e| {
-        Failure::new(StatusCode::BAD_GATEWAY, "AgentUnreachable", format!("cannot reach the agent of node `{node}` at {base}: {e}"))
+        let why = wasmlet_security::error_chain(&e);
+        Failure::new(StatusCode::BAD_GATEWAY, "AgentUnreachable", format!("cannot reach the agent of node `{node}` at {base}: {why}"))
     })?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream"));
@@ -110,10 +121,10 @@ mod tests {
     #[test]
     fn endpoints_come_from_the_peer_and_the_named_port() {
         let v4: std::net::SocketAddr = "10.0.0.7:53211".parse().unwrap();
-        assert_eq!(agent_endpoint(v4, Some(7071), None).as_deref(), Some("http://10.0.0.7:7071"));
+        assert_eq!(agent_endpoint("https", v4, Some(7071), None).as_deref(), Some("https://10.0.0.7:7071"));
         let v6: std::net::SocketAddr = "[fd00::2]:53211".parse().unwrap();
-        assert_eq!(agent_endpoint(v6, Some(7071), None).as_deref(), Some("http://[fd00::2]:7071"));
-        assert_eq!(agent_endpoint(v4, Some(7071), Some("https://edge-1:9000/")).as_deref(), Some("https://edge-1:9000"));
-        assert_eq!(agent_endpoint(v4, None, None), None);
+        assert_eq!(agent_endpoint("http", v6, Some(7071), None).as_deref(), Some("http://[fd00::2]:7071"));
+        assert_eq!(agent_endpoint("http", v4, Some(7071), Some("https://edge-1:9000/")).as_deref(), Some("https://edge-1:9000"));
+        assert_eq!(agent_endpoint("http", v4, None, None), None);
     }
 }

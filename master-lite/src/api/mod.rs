@@ -8,6 +8,9 @@
 //! - `modules`: module upload and download, content-addressed.
 //! - `health`: `/healthz`, `/readyz`, `/metrics`.
 //! - `live`: an instance's log and a node's live report, served from its agent.
+//! - `tokens`: join, viewer and admin tokens, for admins.
+//!
+//! Every route but `/healthz` and `/readyz` passes [`crate::auth::middleware::guard`] first.
 
 mod agents;
 mod health;
@@ -15,6 +18,7 @@ pub mod live;
 mod modules;
 mod nodes;
 mod objects;
+mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,12 +59,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes/{name}/status", put(agents::report_status))
         .route("/nodes/{name}/assignment", get(agents::assignment))
         .route("/nodes/{name}/instances/status", put(agents::report_instances))
-        .route("/modules/{digest}", put(modules::upload).get(modules::download).layer(DefaultBodyLimit::disable()));
+        .route("/modules/{digest}", put(modules::upload).get(modules::download).layer(DefaultBodyLimit::disable()))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), crate::auth::middleware::guard))
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,

@@ -21,12 +21,14 @@ pub enum Kind {
     Workload,
     Instance,
     Event,
-    /// A node's credential (not an API object).
+    /// The token the master presents to a node's agent API, by node (not an API object).
     Credential,
+    /// A token record, by token id (not an API object).
+    Token,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential];
+    pub const ALL: [Kind; 6] = [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token];
 
     pub fn table(self) -> &'static str {
         match self {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Instance => "instances",
             Kind::Event => "events",
             Kind::Credential => "credentials",
+            Kind::Token => "tokens",
         }
     }
 }

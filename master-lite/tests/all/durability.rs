@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 
 fn start(dir: &std::path::Path, port: u16) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_wasmlet-master"))
-        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--insecure-http"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -40,10 +40,14 @@ async fn ready(http: &reqwest::Client, port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_acknowledged_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
     let port = free_port();
     let mut master = start(dir.path(), port);
-    ready(&http, port).await;
+    ready(&reqwest::Client::new(), port).await;
+    // The admin token of the first start keeps working after the crash: it is in the store.
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", token.trim()).parse().unwrap());
+    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
     let url = format!("http://127.0.0.1:{port}/api/v1");
     let module = b"durable module";
     let digest = digest_of(module);

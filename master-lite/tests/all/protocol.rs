@@ -11,7 +11,8 @@ async fn register_lease_status_assignment_and_instance_status() {
     request["taints"] = json!([{"key": "dedicated", "value": "x", "effect": "PreferNoSchedule"}]);
     let (status, joined) = master.post("/nodes/register", &request).await;
     assert_eq!(status, 200, "{joined}");
-    assert!(joined["credential"].as_str().unwrap().len() >= 32);
+    let credential = joined["credential"].as_str().unwrap().to_string();
+    assert_eq!(credential.len(), 39, "a new node credential: {credential}");
     assert_eq!((joined["heartbeatInterval"].as_str(), joined["lostAfter"].as_str()), (Some("2s"), Some("15s")));
     assert_eq!(joined["node"]["spec"]["taints"][0]["key"], "dedicated");
     assert_eq!(joined["node"]["metadata"]["labels"]["zone"], "a");
@@ -64,10 +65,18 @@ async fn register_lease_status_assignment_and_instance_status() {
     let (_, w) = master.get("/workloads/sensor").await;
     assert_eq!(w["status"]["running"], 1);
 
-    // Registering again keeps the node's instances and credential.
-    let (_, again) = master.post("/nodes/register", &request).await;
-    assert_eq!(again["credential"], joined["credential"]);
+    // Registering again with the node's credential keeps its instances and the credential.
+    let url = format!("{}/nodes/register", master.url);
+    let r = reqwest::Client::new().post(&url).bearer_auth(&credential).json(&request).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let again: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(again["credential"], serde_json::Value::Null, "no new credential");
+    assert_eq!(again["masterToken"], joined["masterToken"]);
     assert_eq!(master.instances_of("sensor").await.len(), 1);
+    // The credential is node edge-1's only: it cannot register another node.
+    request["name"] = json!("edge-2");
+    let r = reqwest::Client::new().post(&url).bearer_auth(&credential).json(&request).send().await.unwrap();
+    assert_eq!(r.status(), 403);
 
     // Deleting the workload empties the assignment.
     assert_eq!(master.send(reqwest::Method::DELETE, "/workloads/sensor", &json!(null)).await.0, 200);

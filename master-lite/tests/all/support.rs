@@ -24,6 +24,8 @@ impl Master {
     pub async fn start(tune: impl FnOnce(&mut MasterConfig)) -> Master {
         let dir = tempfile::tempdir().unwrap();
         let mut config = MasterConfig::for_data_dir(dir.path());
+        // These tests are about the control plane: plain HTTP, as admin (TLS and roles are tested end to end).
+        config.insecure_http = true;
         tune(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/api/v1", listener.local_addr().unwrap());
@@ -31,7 +33,13 @@ impl Master {
         let task = tokio::spawn(wasmlet_master::run(config, listener, async move {
             let _ = stopped.await;
         }));
-        Master { url, http: reqwest::Client::new(), stop: Some(stop), task: Some(task), dir }
+        let token_file = dir.path().join("admin.token");
+        let token =
+            eventually("the admin token", || async { std::fs::read_to_string(&token_file).ok().filter(|t| t.ends_with('\n')) }).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", token.trim()).parse().unwrap());
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        Master { url, http, stop: Some(stop), task: Some(task), dir }
     }
 
     /// Stops the master gracefully and waits for it.

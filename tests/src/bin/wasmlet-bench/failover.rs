@@ -164,7 +164,8 @@ fn one_run() -> anyhow::Result<Option<Run>> {
 }
 
 fn join(master: &Master, name: &str) -> anyhow::Result<Agent> {
-    Agent::start(&["--master", &master.url, "--name", name, "--pool-instances", "256"]).with_context(|| format!("starting agent {name}"))
+    Agent::start(&["--master", &master.url, "--join-token", &master.join_token, "--name", name, "--pool-instances", "256"])
+        .with_context(|| format!("starting agent {name}"))
 }
 
 fn wait_ready(master: &Master, names: &[&str]) -> anyhow::Result<()> {

@@ -115,7 +115,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let forwarded = {
         progress("starting a master, the serving agent, then a second agent without a replica");
         let master = Master::start(&[]).context("starting wasmlet-master")?;
-        let serving = Agent::start(&["--master", &master.url, "--name", NODE]).context("starting the serving agent")?;
+        let serving = Agent::start(&["--master", &master.url, "--join-token", &master.join_token, "--name", NODE])
+            .context("starting the serving agent")?;
         poll_until(READY_TIMEOUT, READY_EVERY, "the serving node Ready", || Ok(master.nodes().iter().any(|n| n.is_ready()).then_some(())))?;
         master.upload_example(COMPONENT)?;
         let workload: wasmlet_api::Workload =
@@ -127,7 +128,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         poll_until(READY_TIMEOUT, READY_EVERY, "the replica Running", || {
             Ok(master.instances().iter().any(|i| i.spec.workload == WORKLOAD && i.status.phase == Phase::Running).then_some(()))
         })?;
-        let front = Agent::start(&["--master", &master.url, "--name", "bench-front"]).context("starting the forwarding agent")?;
+        let front = Agent::start(&["--master", &master.url, "--join-token", &master.join_token, "--name", "bench-front"])
+            .context("starting the forwarding agent")?;
         let url = format!("{}/", front.ingress);
         wait_greeting(&client, &url, "the forwarding agent's ingress", || Ok(()))?;
         let report = load(

@@ -55,7 +55,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     progress(format!("starting a master with {}", MASTER_ARGS.join(" ")));
     let master = Master::start(&MASTER_ARGS).context("starting wasmlet-master")?;
     let pid = master.pid().context("the master's pid")?;
-    let fleet = Fleet::new(&master.url, FLEET_THREADS)?;
+    let fleet = Fleet::new(&master, FLEET_THREADS)?;
 
     progress(format!("registering {NODES} simulated nodes, {REGISTER_CONCURRENCY} at a time"));
     let names: Vec<String> = (0..NODES).map(|i| format!("sim-{i:04}")).collect();

@@ -104,8 +104,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
     client: reqwest::Client,
-    /// `http://127.0.0.1:PORT/api/v1`
+    /// `https://127.0.0.1:PORT/api/v1`
     api: String,
+    /// The `<id>.<secret>` every node registers with.
+    join_token: String,
     pub stats: Arc<Stats>,
     /// Each registered node's credential and the assignment revision it runs.
     nodes: Mutex<BTreeMap<String, Arc<NodeState>>>,
@@ -117,9 +119,9 @@ struct NodeState {
 }
 
 impl Fleet {
-    /// A fleet talking to the master at `master_url` (`http://127.0.0.1:PORT`),
+    /// A fleet joining `master` with its join token (trusting its CA),
     /// its runtime on `threads` worker threads.
-    pub fn new(master_url: &str, threads: usize) -> anyhow::Result<Fleet> {
+    pub fn new(master: &wasmlet_tests::Master, threads: usize) -> anyhow::Result<Fleet> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("simnode")
@@ -127,13 +129,25 @@ impl Fleet {
             .build()
             .context("building the simulated nodes' runtime")?;
         // One pool for every node: each open watch holds a connection, renewals reuse idle ones.
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder().tls_built_in_root_certs(false);
+        if !master.ca_pem.is_empty() {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(master.ca_pem.as_bytes())?);
+        }
+        let client = client
             .pool_max_idle_per_host(usize::MAX)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()
             .context("building the simulated nodes' HTTP client")?;
-        Ok(Fleet { runtime: Some(runtime), client, api: format!("{master_url}/api/v1"), stats: Arc::default(), nodes: Mutex::default() })
+        let join_token = master.join_token.rsplit(':').next().unwrap_or_default().to_string();
+        Ok(Fleet {
+            runtime: Some(runtime),
+            client,
+            api: format!("{}/api/v1", master.url),
+            join_token,
+            stats: Arc::default(),
+            nodes: Mutex::default(),
+        })
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -157,13 +171,15 @@ impl Fleet {
                     break;
                 }
                 let (client, api, stats, name) = (self.client.clone(), self.api.clone(), self.stats.clone(), name.clone());
+                let join_token = self.join_token.clone();
                 tasks.spawn(async move {
-                    let result = register_one(&client, &api, &name).await;
+                    let result = register_one(&client, &api, &join_token, &name).await;
                     drop(permit);
                     match result {
                         Ok(response) => {
                             stats.registered.fetch_add(1, Ordering::Relaxed);
-                            let state = Arc::new(NodeState { credential: response.credential, revision: AtomicU64::new(0) });
+                            let state =
+                                Arc::new(NodeState { credential: response.credential.unwrap_or_default(), revision: AtomicU64::new(0) });
                             let interval: Duration = response.heartbeat_interval.into();
                             // Node `index` renews at its share of the interval: the fleet's renewals are spread evenly.
                             let offset = interval.mul_f64(index as f64 / total as f64);
@@ -247,16 +263,17 @@ pub fn node_status(name: &str) -> NodeStatus {
         usage: None,
         instances: Vec::new(),
         runtime: None,
+        insecure_http: false,
     }
 }
 
-async fn register_one(client: &reqwest::Client, api: &str, name: &str) -> anyhow::Result<RegisterResponse> {
+async fn register_one(client: &reqwest::Client, api: &str, join_token: &str, name: &str) -> anyhow::Result<RegisterResponse> {
     let request = RegisterRequest {
         name: name.to_string(),
         labels: [("wasmlet.io/simulated".to_string(), "true".to_string())].into(),
         taints: Vec::new(),
         status: node_status(name),
-        join_token: None,
+        serving_csr: None,
         api_port: None,
         api_url: None,
         ingress_port: None,
@@ -264,7 +281,8 @@ async fn register_one(client: &reqwest::Client, api: &str, name: &str) -> anyhow
     let mut attempt = 1;
     loop {
         let result = async {
-            let response = client.post(format!("{api}/nodes/register")).json(&request).timeout(REQUEST_TIMEOUT).send().await?;
+            let response =
+                client.post(format!("{api}/nodes/register")).bearer_auth(join_token).json(&request).timeout(REQUEST_TIMEOUT).send().await?;
             let status = response.status();
             let body = response.bytes().await?;
             if !status.is_success() {

@@ -1,0 +1,216 @@
+//! The agent's side of cluster security.
+//!
+//! - Its API is guarded by [`ApiAuth`]: `/healthz` and `/readyz` are open;
+//!   `/status` and `/metrics` also take the `--api-read-token`; everything
+//!   takes the agent's own token (`<data-dir>/api.token`, for local tools)
+//!   and the token the master presents (issued at registration).
+//! - Joined to a master, it serves its API over TLS with a certificate the
+//!   master signs at each registration; its key (`<data-dir>/pki/agent.key`)
+//!   never leaves the machine.
+//! - [`Credential`]: what the first registration with a join token gave
+//!   (`<data-dir>/credential.json`, 0600): the node credential, the token the
+//!   master presents, and the cluster CA. From then on the join token is not used.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use wasmlet_security::tls::CertSlot;
+use wasmlet_security::token::constant_time_eq;
+use wasmlet_security::{Fingerprint, Token, files, pki};
+
+pub const API_TOKEN_FILE: &str = "api.token";
+pub const CREDENTIAL_FILE: &str = "credential.json";
+
+/// Who may call the agent's API.
+#[derive(Debug)]
+pub struct ApiAuth {
+    /// The agent's own token, for tools on this machine.
+    local: String,
+    /// The token the master presents, once registered.
+    master: RwLock<Option<String>>,
+    /// May read the resource report only.
+    read: Option<String>,
+}
+
+/// What a caller may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    /// `/status` and `/metrics`.
+    Report,
+    Everything,
+}
+
+impl Access {
+    pub fn of(path: &str) -> Access {
+        match path {
+            "/healthz" | "/readyz" => Access::Open,
+            "/status" | "/metrics" => Access::Report,
+            _ => Access::Everything,
+        }
+    }
+}
+
+impl ApiAuth {
+    pub fn new(local: String, master: Option<String>, read: Option<String>) -> ApiAuth {
+        ApiAuth { local, master: RwLock::new(master), read: read.filter(|r| !r.is_empty()) }
+    }
+
+    pub fn set_master(&self, token: String) {
+        *self.master.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+    }
+
+    /// Whether `bearer` may reach `access`.
+    pub fn allows(&self, bearer: Option<&str>, access: Access) -> bool {
+        if access == Access::Open {
+            return true;
+        }
+        let Some(bearer) = bearer else { return false };
+        let is = |token: &str| constant_time_eq(token.as_bytes(), bearer.as_bytes());
+        if is(&self.local) || self.master.read().unwrap_or_else(|e| e.into_inner()).as_deref().is_some_and(is) {
+            return true;
+        }
+        access == Access::Report && self.read.as_deref().is_some_and(is)
+    }
+}
+
+/// The agent's own API token, created on first start. When the data dir is
+/// unusable (the node then reports Ready=False) the token lives in memory only.
+pub fn local_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(API_TOKEN_FILE);
+    match files::read_secret(&path) {
+        Ok(Some(token)) if !token.is_empty() => return Ok(token),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the API token; local tools cannot call the API"),
+    }
+    let token = Token::generate()?.to_string();
+    if let Err(e) = files::write_private(&path, format!("{token}\n").as_bytes()) {
+        tracing::warn!(error = %e, "cannot save the API token; local tools cannot call the API");
+    }
+    Ok(token)
+}
+
+/// What registering with a join token gave this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credential {
+    pub node: String,
+    pub master: String,
+    /// The node credential, the bearer token for every request to the master.
+    pub token: String,
+    /// The token the master presents to this agent's API.
+    pub master_token: String,
+    /// The cluster CA (PEM), absent for an `--insecure-http` master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+}
+
+impl Credential {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(CREDENTIAL_FILE)
+    }
+
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Credential>> {
+        let path = Credential::path(data_dir);
+        let Some(text) = files::read_secret(&path)? else { return Ok(None) };
+        let credential = serde_json::from_str(&text)
+            .with_context(|| format!("{} cannot be read; delete it and join again with a join token", path.display()))?;
+        Ok(Some(credential))
+    }
+
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        files::write_private(&Credential::path(data_dir), &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// The fingerprint of the CA it holds.
+    pub fn ca_fingerprint(&self) -> anyhow::Result<Option<Fingerprint>> {
+        let Some(pem) = &self.ca_certificate else { return Ok(None) };
+        let certs = wasmlet_security::tls::certificates(pem)?;
+        Ok(certs.first().map(|c| Fingerprint::of(c)))
+    }
+}
+
+/// The agent API's key and certificate, under `<data-dir>/pki/`.
+pub struct ServingKey {
+    dir: PathBuf,
+    pub key_pem: String,
+    /// Filled from disk at start and at every registration.
+    pub slot: Arc<CertSlot>,
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for ServingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingKey").field("dir", &self.dir).field("certificate", &self.slot.is_set()).finish()
+    }
+}
+
+impl ServingKey {
+    /// Loads the key (creating it on first start) and the last certificate, if any.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<ServingKey> {
+        let dir = data_dir.join("pki");
+        let key_path = dir.join("agent.key");
+        let key_pem = match files::read_secret(&key_path)? {
+            Some(key) => format!("{key}\n"),
+            None => {
+                let (key, _) = pki::signing_request("wasmlet-agent")?;
+                files::write_private(&key_path, key.as_bytes())?;
+                key
+            }
+        };
+        let slot = Arc::new(CertSlot::default());
+        if let Some(chain) = files::read_secret(&dir.join("agent.crt"))? {
+            let identity = pki::Identity { chain_pem: format!("{chain}\n"), key_pem: key_pem.clone() };
+            if let Err(e) = slot.set(&identity) {
+                tracing::warn!(error = %e, "ignoring the saved API certificate; the next registration brings a new one");
+            }
+        }
+        Ok(ServingKey { dir, key_pem, slot })
+    }
+
+    /// A signing request for this key.
+    pub fn request(&self) -> anyhow::Result<String> {
+        Ok(pki::signing_request_for(&self.key_pem, "wasmlet-agent")?)
+    }
+
+    /// Serves `chain_pem` from now on, and after restarts.
+    pub fn install(&self, chain_pem: &str) -> anyhow::Result<()> {
+        self.slot.set(&pki::Identity { chain_pem: chain_pem.to_string(), key_pem: self.key_pem.clone() })?;
+        files::write_private(&self.dir.join("agent.crt"), chain_pem.as_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_admits_each_token_where_it_belongs() {
+        let auth = ApiAuth::new("local".into(), None, Some("reader".into()));
+        assert!(auth.allows(None, Access::Open));
+        assert!(!auth.allows(None, Access::Report));
+        assert!(auth.allows(Some("local"), Access::Everything));
+        assert!(auth.allows(Some("reader"), Access::Report));
+        assert!(!auth.allows(Some("reader"), Access::Everything));
+        assert!(!auth.allows(Some("master"), Access::Everything));
+        auth.set_master("master".into());
+        assert!(auth.allows(Some("master"), Access::Everything));
+        assert!(!auth.allows(Some("loca"), Access::Report));
+        assert_eq!(Access::of("/instances/x/logs"), Access::Everything);
+    }
+
+    #[test]
+    fn the_local_token_and_the_key_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = local_token(dir.path()).unwrap();
+        assert_eq!(local_token(dir.path()).unwrap(), token);
+        let key = ServingKey::load_or_create(dir.path()).unwrap();
+        assert!(!key.slot.is_set());
+        assert!(key.request().unwrap().contains("CERTIFICATE REQUEST"));
+        assert_eq!(ServingKey::load_or_create(dir.path()).unwrap().key_pem, key.key_pem);
+    }
+}

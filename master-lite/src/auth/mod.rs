@@ -1,0 +1,22 @@
+//! Who may do what: tokens, roles, the policy, the audit log, and the
+//! bootstrap of a new cluster's secrets.
+//!
+//! Every request but `/healthz` and `/readyz` carries `Authorization: Bearer
+//! <id>.<secret>`. The token's record (kept hashed in the store) gives the
+//! caller's [`Role`]; [`policy::authorize`] decides from the role, the verb and
+//! the route alone, except a node's module downloads, which are checked
+//! against what is assigned to it. Mutations and refusals go to the audit log.
+//!
+//! - `tokens`: records, roles, and checking a presented token.
+//! - `policy`: the role × route table.
+//! - `audit`: the append-only JSON-lines audit log.
+//! - `bootstrap`: the CA, the admin token and the first join token of a new cluster.
+//! - `middleware`: the layer that authenticates, authorizes and audits.
+
+pub mod audit;
+pub mod bootstrap;
+pub mod middleware;
+pub mod policy;
+pub mod tokens;
+
+pub use tokens::{Caller, Role, TokenRecord, TokenTable};

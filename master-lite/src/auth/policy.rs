@@ -1,0 +1,106 @@
+//! The authorization policy: role × verb × route.
+//!
+//! | role | may |
+//! | --- | --- |
+//! | `admin` | everything |
+//! | `viewer` | every GET but tokens |
+//! | `join` | `POST /nodes/register` |
+//! | `node:<n>` | register as `n`; renew `n`'s lease; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules assigned to `n` |
+//!
+//! Routes are the router's templates (`/api/v1/nodes/{name}/lease`), so a
+//! new route is denied to everyone but admins until it is added here.
+
+use axum::http::Method;
+
+use super::Role;
+
+/// What the policy says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Allowed only if the module is referenced by an instance assigned to the node.
+    AllowIfAssigned {
+        node: String,
+        digest: String,
+    },
+    Deny,
+}
+
+/// Decides for `role` calling `method` on the route `template`, whose path
+/// parameters are `param` (by name).
+pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&str) -> Option<String>) -> Decision {
+    let read = *method == Method::GET || *method == Method::HEAD;
+    let route = template.strip_prefix("/api/v1").unwrap_or(template);
+    match role {
+        Role::Admin => Decision::Allow,
+        Role::Viewer if read && !route.starts_with("/tokens") => Decision::Allow,
+        Role::Viewer => Decision::Deny,
+        Role::Join if *method == Method::POST && route == "/nodes/register" => Decision::Allow,
+        Role::Join => Decision::Deny,
+        Role::Node(node) => {
+            let own = || param("name").as_deref() == Some(node.as_str());
+            match (method.as_str(), route) {
+                // The name in the body is checked by the handler.
+                ("POST", "/nodes/register") => Decision::Allow,
+                ("GET", "/version" | "/endpoints") => Decision::Allow,
+                ("PUT", "/nodes/{name}/lease" | "/nodes/{name}/status" | "/nodes/{name}/instances/status") if own() => Decision::Allow,
+                ("GET", "/nodes/{name}" | "/nodes/{name}/assignment") if own() => Decision::Allow,
+                ("GET", "/modules/{digest}") => match param("digest") {
+                    Some(digest) => Decision::AllowIfAssigned { node: node.clone(), digest },
+                    None => Decision::Deny,
+                },
+                _ => Decision::Deny,
+            }
+        }
+    }
+}
+
+/// Whether a request changes something (and is therefore audited).
+pub fn is_mutation(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decide(role: &str, method: Method, template: &str, name: Option<&str>) -> Decision {
+        let role: Role = role.parse().unwrap();
+        authorize(&role, &method, template, |p| match p {
+            "name" => name.map(str::to_string),
+            "digest" => Some("sha256:aa".to_string()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn nodes_touch_only_themselves() {
+        let a = "node:a";
+        assert_eq!(decide(a, Method::PUT, "/api/v1/nodes/{name}/lease", Some("a")), Decision::Allow);
+        assert_eq!(decide(a, Method::PUT, "/api/v1/nodes/{name}/lease", Some("b")), Decision::Deny);
+        assert_eq!(decide(a, Method::PUT, "/api/v1/nodes/{name}/status", Some("b")), Decision::Deny);
+        assert_eq!(decide(a, Method::GET, "/api/v1/nodes/{name}/assignment", Some("b")), Decision::Deny);
+        assert_eq!(decide(a, Method::GET, "/api/v1/nodes/{name}", Some("a")), Decision::Allow);
+        assert_eq!(decide(a, Method::GET, "/api/v1/nodes", None), Decision::Deny);
+        assert_eq!(decide(a, Method::GET, "/api/v1/workloads", None), Decision::Deny);
+        assert_eq!(decide(a, Method::DELETE, "/api/v1/nodes/{name}", Some("a")), Decision::Deny);
+        assert_eq!(decide(a, Method::POST, "/api/v1/workloads", None), Decision::Deny);
+        assert_eq!(
+            decide(a, Method::GET, "/api/v1/modules/{digest}", None),
+            Decision::AllowIfAssigned { node: "a".into(), digest: "sha256:aa".into() }
+        );
+        assert_eq!(decide(a, Method::PUT, "/api/v1/modules/{digest}", None), Decision::Deny);
+    }
+
+    #[test]
+    fn viewers_read_and_joiners_only_join() {
+        assert_eq!(decide("viewer", Method::GET, "/api/v1/workloads", None), Decision::Allow);
+        assert_eq!(decide("viewer", Method::GET, "/metrics", None), Decision::Allow);
+        assert_eq!(decide("viewer", Method::POST, "/api/v1/workloads", None), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, "/api/v1/tokens", None), Decision::Deny);
+        assert_eq!(decide("join", Method::POST, "/api/v1/nodes/register", None), Decision::Allow);
+        assert_eq!(decide("join", Method::GET, "/api/v1/nodes", None), Decision::Deny);
+        assert_eq!(decide("admin", Method::DELETE, "/api/v1/tokens/{id}", None), Decision::Allow);
+        assert!(is_mutation(&Method::PUT) && !is_mutation(&Method::GET));
+    }
+}
