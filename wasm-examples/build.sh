@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example workloads and collects them in wasm-examples/dist/:
-#   dist/<name>.wasm   wasm32-wasip1 core modules; the wasm32-wasip2 components hello-component
-#                      and the wasi:http components http-* (exporting wasi:http/incoming-handler)
+#   dist/<name>.wasm   wasm32-wasip1 core modules; the wasm32-wasip2 components hello-component and
+#                      net-probe, and the wasi:http components http-* (exporting wasi:http/incoming-handler)
 #   dist/SHA256SUMS    sha256sum format
 # Every crate directory holds one binary of the same name, except the wasi:http components: a
 # cdylib library each (cargo names its output <name with _ for ->.wasm). Honours CARGO_TARGET_DIR
@@ -16,7 +16,7 @@ cargo="${CARGO:-cargo}"
 
 p1_target=wasm32-wasip1
 p2_target=wasm32-wasip2
-p2_bins=(hello-component)
+p2_bins=(hello-component net-probe)
 # wasi:http components: cdylib crates using the `wasi` crate (the only dependency of the workspace).
 p2_libs=(http-hello http-echo http-slow http-fetch)
 p2_crates=("${p2_bins[@]}" "${p2_libs[@]}")

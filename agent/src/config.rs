@@ -35,6 +35,7 @@ pub mod defaults {
     pub const EPOCH_TICK: &str = "10ms";
     pub const POOL_INSTANCES: &str = "1000";
     pub const MAX_INSTANCE_MEMORY: &str = "4Gi";
+    pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
     pub const INGRESS_ADDR: &str = "0.0.0.0:7080";
     pub const REQUEST_TIMEOUT: &str = "30s";
     pub const MAX_REQUEST_BODY: &str = "16Mi";
@@ -223,6 +224,11 @@ pub struct AgentConfig {
     /// Largest linear memory one instance may have, whatever its manifest says.
     #[arg(long, global = true, env = "WASMLET_MAX_INSTANCE_MEMORY", default_value = defaults::MAX_INSTANCE_MEMORY, value_name = "BYTES")]
     pub max_instance_memory: Bytes,
+
+    /// Memory limit of an instance whose workload sets no `resources.limits.memory`,
+    /// so no workload can take the agent's memory by omission.
+    #[arg(long, global = true, env = "WASMLET_DEFAULT_MEMORY_LIMIT", default_value = defaults::DEFAULT_MEMORY_LIMIT, value_name = "BYTES")]
+    pub default_memory_limit: Bytes,
 
     /// Log format.
     #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -68,6 +68,10 @@ pub async fn run_with_ingress(
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
+    // A malformed join token stops the agent before it starts anything.
+    if let Some(token) = &config.join_token {
+        token.parse::<wasmlet_security::JoinToken>().context("--join-token")?;
+    }
     let secure = config.master.is_some() && !config.insecure_http;
     if !secure && !addr.ip().is_loopback() {
         if !config.insecure_http {
@@ -110,6 +114,7 @@ pub async fn run_with_ingress(
                 reset: config.restart_backoff_reset.get(),
             },
             log_max_size: config.log_max_size.get(),
+            default_memory_limit: config.default_memory_limit.get(),
             services: supervisor::ServiceSettings {
                 request_timeout: config.request_timeout.get(),
                 max_request_body: config.max_request_body.get() as usize,

@@ -82,6 +82,8 @@ pub struct SupervisorSettings {
     pub backoff: Backoff,
     pub log_max_size: u64,
     pub services: ServiceSettings,
+    /// Memory limit of instances whose workload sets none.
+    pub default_memory_limit: u64,
 }
 
 /// Bounds of every service's requests, unless its manifest says otherwise.
@@ -316,7 +318,7 @@ impl Supervisor {
             args: spec.args.clone(),
             env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dirs,
-            memory_limit: spec.resources.limits.memory.map(|m| m.get()),
+            memory_limit: Some(spec.resources.limits.memory.map_or(self.settings.default_memory_limit, |m| m.get())),
             cpu_time_limit: spec.resources.limits.cpu_time.map(|d| d.get()),
             fence: d.fence.clone(),
         })

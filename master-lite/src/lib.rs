@@ -94,6 +94,8 @@ impl Shared {
 /// watches, stops the controllers and finishes in-flight requests.
 pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the listener's address")?;
+    // The store, the CA key and the tokens: readable by the master only.
+    wasmlet_security::files::private_dir(&config.data_dir)?;
     let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let mut cluster = Cluster::load(Box::new(store)).context("loading the store")?;
     let secrets = auth::bootstrap::prepare(&config, &mut cluster)?;

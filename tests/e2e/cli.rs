@@ -191,6 +191,24 @@ fn apply_wait_of_a_bad_module_fails_with_the_reason() {
 }
 
 #[test]
+fn a_master_whose_certificate_is_not_trusted_is_refused_with_what_to_do() {
+    let master = Master::start(&[]).expect("master starts");
+    let o = wasmlet_at(&master.url, &["get", "nodes"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("certificate authority") && err.contains("client-config"), "{err}");
+    // With the config `wasmlet-master client-config` prints, it works.
+    let config = master.command(&["client-config", "--server", &master.url]);
+    assert!(config.status.success(), "{}", String::from_utf8_lossy(&config.stderr));
+    let path = master.data_dir.path().join("printed.toml");
+    std::fs::write(&path, &config.stdout).expect("write");
+    let o = cli().args(["version"]).env("WASMLET_CONFIG", &path).output().expect("wasmlet runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli().args(["get", "nodes"]).env("WASMLET_CONFIG", &path).output().expect("wasmlet runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn bad_manifests_and_an_unreachable_master_fail_in_one_line() {
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let o = wasmlet_at(&nowhere, &["get", "nodes"]);

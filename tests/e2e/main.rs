@@ -8,5 +8,7 @@ mod cli;
 mod cluster;
 mod packaging;
 mod runtime;
+mod sandbox;
+mod security;
 mod services;
 mod tour;

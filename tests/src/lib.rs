@@ -337,6 +337,17 @@ impl Master {
         self.client_with(&self.admin_token).build().expect("an HTTP client")
     }
 
+    /// Runs `wasmlet-master ARGS` on this master's data dir and port (the
+    /// `token` and `client-config` commands), returning its output.
+    pub fn command(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(bin("wasmlet-master"));
+        command.arg("--data-dir").arg(self.data_dir.path()).args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        if self.url.starts_with("http://") {
+            command.arg("--insecure-http");
+        }
+        command.args(args).env_remove("WASMLET_CONFIG").output().expect("wasmlet-master runs")
+    }
+
     /// `--master URL --join-token TOKEN`, to start an agent that joins this master.
     pub fn join_args(&self) -> [&str; 4] {
         ["--master", &self.url, "--join-token", &self.join_token]

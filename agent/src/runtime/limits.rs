@@ -20,13 +20,15 @@ pub struct MemoryLimiter {
     limit: Option<usize>,
     /// Bytes of linear memory the instance holds now, shared with metrics.
     in_use: Arc<AtomicU64>,
+    /// What `in_use` was before the growth under way, restored if the growth fails after all.
+    before_growth: u64,
     pub refused: bool,
 }
 
 impl MemoryLimiter {
     pub fn new(limit: Option<u64>, in_use: Arc<AtomicU64>) -> Self {
         in_use.store(0, Ordering::Relaxed);
-        MemoryLimiter { limit: limit.map(|l| l as usize), in_use, refused: false }
+        MemoryLimiter { limit: limit.map(|l| l as usize), in_use, before_growth: 0, refused: false }
     }
 }
 
@@ -39,8 +41,15 @@ impl ResourceLimiter for MemoryLimiter {
             self.refused = true;
             return Ok(false);
         }
-        self.in_use.store(total as u64, Ordering::Relaxed);
+        self.before_growth = self.in_use.swap(total as u64, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// Allowed here but refused by the engine (the instance's pool slot is full): a limit all the same.
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        self.in_use.store(self.before_growth, Ordering::Relaxed);
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {

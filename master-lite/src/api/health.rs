@@ -18,8 +18,13 @@ pub async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 /// `GET /api/v1/version`: what this master is.
-pub async fn version() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+pub async fn version(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
+    let tls = shared.ca_fingerprint.is_some();
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "tls": tls,
+        "caFingerprint": shared.ca_fingerprint.map(|f| f.to_string()),
+    }))
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -4,13 +4,45 @@
 //!   `<path>: ok dir <N> entries` or `<path>: denied <error>`;
 //! * `--write <path>`: creates/overwrites the file, prints `write <path>: ok` or
 //!   `write <path>: denied <error>`;
+//! * `--symlink <target> <link>`: creates the symbolic link `<link>` whose content is `<target>`
+//!   (taken as is, like `ln -s`), prints `symlink <link>: ok` or `symlink <link>: denied <error>`.
+//!   Rust std has no stable symlink call for WASI, so this calls WASI preview 1's `path_symlink`
+//!   itself, relative to the link's parent directory (which must be inside a preopen);
 //! * `--env`: prints every environment variable as `env K=V`, sorted by key;
 //! * `--`: every later argument is a path.
 //!
-//! Always exits 0 (2 only for a malformed command line: `--write` without a path).
+//! Always exits 0 (2 only for a malformed command line: `--write` without a path, `--symlink`
+//! without both paths).
 
 use std::fs;
 use std::io::{self, Write};
+use std::path::Path;
+
+const USAGE: &str = "usage: fs-probe [--env] [--write <path>] [--symlink <target> <link>] [--] [<path>...]";
+
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    /// `path_symlink(old_path, fd, new_path) -> errno` of WASI preview 1: creates `new_path`
+    /// (relative to the directory `fd`) as a symbolic link containing `old_path`.
+    #[link_name = "path_symlink"]
+    fn wasi_path_symlink(old_path: *const u8, old_path_len: usize, fd: i32, new_path: *const u8, new_path_len: usize) -> i32;
+}
+
+/// Creates `link` as a symbolic link to `target`.
+fn symlink(target: &str, link: &str) -> io::Result<()> {
+    use std::os::wasi::io::AsRawFd as _;
+    let link = Path::new(link);
+    let name = link.file_name().and_then(|n| n.to_str()).ok_or_else(|| io::Error::other("the link needs a file name"))?;
+    let parent = match link.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = fs::File::open(parent)?;
+    // SAFETY: both pointers and lengths describe live UTF-8 buffers for the duration of the
+    // call, and `dir` is an open descriptor that outlives it.
+    let errno = unsafe { wasi_path_symlink(target.as_ptr(), target.len(), dir.as_raw_fd(), name.as_ptr(), name.len()) };
+    if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) }
+}
 
 fn probe_read(path: &str) -> io::Result<String> {
     if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
@@ -42,12 +74,23 @@ fn main() {
             "--write" if !only_paths => {
                 let Some(path) = args.next() else {
                     let _ = out.flush();
-                    eprintln!("fs-probe: --write needs a path\nusage: fs-probe [--env] [--write <path>] [--] [<path>...]");
+                    eprintln!("fs-probe: --write needs a path\n{USAGE}");
                     std::process::exit(2);
                 };
                 let _ = match fs::write(&path, b"written by fs-probe\n") {
                     Ok(()) => writeln!(out, "write {path}: ok"),
                     Err(e) => writeln!(out, "write {path}: denied {e}"),
+                };
+            }
+            "--symlink" if !only_paths => {
+                let (Some(target), Some(link)) = (args.next(), args.next()) else {
+                    let _ = out.flush();
+                    eprintln!("fs-probe: --symlink needs a target and a link\n{USAGE}");
+                    std::process::exit(2);
+                };
+                let _ = match symlink(&target, &link) {
+                    Ok(()) => writeln!(out, "symlink {link}: ok"),
+                    Err(e) => writeln!(out, "symlink {link}: denied {e}"),
                 };
             }
             path => {
