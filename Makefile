@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt bench bench-deps clean-run
+.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt bench bench-deps clean-run deb debs deb-deps cross-deps
 
 all: build
 
@@ -40,9 +40,45 @@ packaging-configs: build
 	$(BIN)/wasmlet-agent config-template > packaging/agent.toml
 	$(BIN)/wasmlet-master config-template > packaging/master.toml
 
-## Installs what the tests need, then runs the whole suite.
-test: test-deps build examples
+## Installs what the tests need, then runs the whole suite (the packages of both architectures included).
+test: test-deps build examples debs
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+## Debian packages: `make deb` for this machine, `make deb ARCH=arm64` cross-compiled on an amd64
+## machine (Debian's gcc-aarch64-linux-gnu). Release builds; the .debs land in $(CARGO_TARGET_DIR)/debian.
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
+ARCH ?= $(HOST_ARCH)
+TRIPLE_amd64 := x86_64-unknown-linux-gnu
+TRIPLE_arm64 := aarch64-unknown-linux-gnu
+TRIPLE := $(TRIPLE_$(ARCH))
+TARGET_FLAG := $(if $(filter $(HOST_ARCH),$(ARCH)),,--target $(TRIPLE))
+CARGO_DEB := /var/tmp/wasmlet-tools/bin/cargo-deb
+DEB_DIR := $(CARGO_TARGET_DIR)/debian
+
+deb: deb-deps
+	@test -n "$(TRIPLE)" || (echo "ARCH=$(ARCH) is not supported: amd64 or arm64" >&2; exit 2)
+	$(CARGO) build --release $(TARGET_FLAG) -p wasmlet-agent -p wasmlet-master -p wasmlet-cli
+	$(CARGO_DEB) --no-build --strip $(TARGET_FLAG) -p wasmlet-agent --output $(DEB_DIR)
+	$(CARGO_DEB) --no-build --strip $(TARGET_FLAG) -p wasmlet-master --output $(DEB_DIR)
+
+## This machine's packages, and on amd64 the arm64 ones too (the tests check them and run the ARM agent under emulation).
+debs:
+	$(MAKE) deb
+	$(if $(filter amd64,$(HOST_ARCH)),$(MAKE) deb ARCH=arm64)
+
+## cargo-deb, and for a foreign ARCH Debian's cross compiler and the Rust target.
+deb-deps:
+	@test -x $(CARGO_DEB) || $(CARGO) install cargo-deb --version 3.8.0 --locked --root /var/tmp/wasmlet-tools
+	@if [ "$(ARCH)" != "$(HOST_ARCH)" ]; then $(MAKE) --no-print-directory cross-deps ARCH=$(ARCH); fi
+	@command -v qemu-aarch64-static >/dev/null 2>&1 || [ "$(HOST_ARCH)" != amd64 ] || $(MAKE) --no-print-directory cross-deps ARCH=arm64
+
+## A cross toolchain for ARCH=arm64, and qemu to run its binaries here (idempotent).
+cross-deps:
+	@test "$(ARCH)" = arm64 || (echo "cross builds go from amd64 to arm64 only" >&2; exit 2)
+	@command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64-static >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+	@rustup target list --installed | grep -qx $(TRIPLE) || rustup target add $(TRIPLE)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -4,8 +4,10 @@
 mod agent_api;
 mod agent_config;
 mod agent_report;
+mod arm64;
 mod cli;
 mod cluster;
+mod install;
 mod packaging;
 mod runtime;
 mod sandbox;

@@ -99,17 +99,24 @@ impl Agent {
     }
 
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> anyhow::Result<Agent> {
-        Self::launch(data_dir, extra_args, &[])
+        Self::launch(Command::new(bin("wasmlet-agent")), data_dir, extra_args, &[])
     }
 
     /// Starts an agent whose process also gets the environment variables `env` (on top of the test's own).
     pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Agent> {
         let data_dir = tempfile::Builder::new().prefix("wasmlet-agent-").tempdir()?;
-        Self::launch(data_dir, extra_args, env)
+        Self::launch(Command::new(bin("wasmlet-agent")), data_dir, extra_args, env)
     }
 
-    fn launch(data_dir: tempfile::TempDir, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Agent> {
-        let mut child = Command::new(bin("wasmlet-agent"))
+    /// Starts the agent `command` runs (another build of it, or one under an emulator).
+    pub fn start_command(command: Command, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let data_dir = tempfile::Builder::new().prefix("wasmlet-agent-").tempdir()?;
+        Self::launch(command, data_dir, extra_args, &[])
+    }
+
+    fn launch(mut command: Command, data_dir: tempfile::TempDir, extra_args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Agent> {
+        let program = format!("{:?}", command.get_program());
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir.path())
             // Tests start many agents: a small pool keeps each one's reservation modest.
@@ -122,7 +129,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {}", bin("wasmlet-agent").display()))?;
+            .with_context(|| format!("starting {program}"))?;
         let stderr = child.stderr.take().context("agent stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -310,8 +317,18 @@ impl Master {
             args,
             logs: Arc::new(Mutex::new(Vec::new())),
         };
-        master.spawn()?;
-        Ok(master)
+        // The free port may be taken by another test's process before the master binds it: try another.
+        for _ in 0..3 {
+            match master.spawn() {
+                Err(e) if e.to_string().contains("cannot listen") => {
+                    master.port = free_port();
+                    master.url = format!("{scheme}://127.0.0.1:{}", master.port);
+                    master.logs.lock().expect("log lock").clear();
+                }
+                other => return other.map(|()| master),
+            }
+        }
+        master.spawn().map(|()| master)
     }
 
     /// A client builder trusting the cluster CA, presenting no token.
@@ -399,6 +416,7 @@ impl Master {
             if let Some(child) = &mut self.child
                 && let Some(status) = child.try_wait()?
             {
+                std::thread::sleep(Duration::from_millis(200)); // the reader thread takes the last lines
                 bail!("the master exited with {status}; its log:\n{}", self.logs.lock().expect("log lock").join("\n"));
             }
             std::thread::sleep(Duration::from_millis(50));

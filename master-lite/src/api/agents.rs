@@ -88,7 +88,7 @@ pub async fn register(
                 .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
             let now = chrono::Utc::now();
             let role = Role::Node(name.clone());
-            for mut old in shared.tokens.all().into_iter().filter(|r| r.role == role && r.revoked.is_none()) {
+            for mut old in shared.tokens.unrevoked(&role) {
                 old.revoked = Some(now);
                 txn.put_token(old);
             }

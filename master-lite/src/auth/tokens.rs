@@ -143,6 +143,11 @@ impl TokenTable {
         self.0.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
+    /// The records of `role` not revoked yet (a scan without copying the others).
+    pub fn unrevoked(&self, role: &Role) -> Vec<TokenRecord> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).values().filter(|r| r.role == *role && r.revoked.is_none()).cloned().collect()
+    }
+
     pub fn insert(&self, record: TokenRecord) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), record);
     }

@@ -42,7 +42,7 @@ use wasmlet_api::{Instance, Node, Phase};
 use wasmlet_tests::{Agent, examples_dir, rss_bytes, sha256};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{get_ok, http_client, millis_between, place_manifest, poll_until, require_agent_and_wasmtime, yaml_path};
+use crate::support::{agent_client, get_ok, millis_between, place_manifest, poll_until, require_agent_and_wasmtime, yaml_path};
 
 /// The subject name of wasmlet's node agent in the figures.
 const AGENT: &str = "agent";
@@ -86,9 +86,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let data = tempfile::Builder::new().prefix("wasmlet-bench-data-").tempdir().context("creating the sensors' data dir")?;
     let value = data.path().join("value");
     std::fs::write(&value, "21.5\n").with_context(|| format!("writing {}", value.display()))?;
-    let client = http_client()?;
 
-    let agent_per_instance = agent_density(figures, &client, &sensor, &sha256(&sensor_bytes), data.path())?;
+    let agent_per_instance = agent_density(figures, &sensor, &sha256(&sensor_bytes), data.path())?;
     reference(figures, &wasmtime, &version, &sensor, data.path(), agent_per_instance)
 }
 
@@ -99,7 +98,7 @@ struct PerInstance {
 }
 
 /// Figure 1: the agent with no instance, then with 1000 idle sensors.
-fn agent_density(figures: &mut Figures, client: &Client, sensor: &Path, digest: &str, data: &Path) -> anyhow::Result<PerInstance> {
+fn agent_density(figures: &mut Figures, sensor: &Path, digest: &str, data: &Path) -> anyhow::Result<PerInstance> {
     let manifests = tempfile::Builder::new().prefix("wasmlet-bench-manifests-").tempdir().context("creating a manifests dir")?;
     let manifests_arg = manifests.path().to_string_lossy().into_owned();
     let data_arg = data.to_string_lossy().into_owned();
@@ -116,6 +115,7 @@ fn agent_density(figures: &mut Figures, client: &Client, sensor: &Path, digest: 
         &data_arg,
     ])
     .context("starting wasmlet-agent")?;
+    let client = &agent_client(&agent)?;
     let allocator = allocator(client, &agent)?;
     get_ok(client, &agent.url("/instances"))?;
     progress(format!("agent idle without instances for {IDLE_WAIT:?} ({allocator} allocator)"));

@@ -18,6 +18,12 @@
 //!    agent `/metrics` p99 at most 0.2 × node_exporter's, agent `/status` at
 //!    least 10000 requests per second.
 //!
+//! The agents run on their own (no master), so their API is plain HTTP on
+//! loopback; it takes a bearer token on `/status` and `/metrics`. Both agents
+//! are started with `--api-read-token`, and every request to them (the bench's
+//! own and wrk's) carries that token, as a resource-report poller's would.
+//! node_exporter takes none.
+//!
 //! Every target listens on 127.0.0.1. Every process started here is stopped by
 //! its guard when `run` returns, also on an error or a panic.
 
@@ -30,7 +36,7 @@ use wasmlet_api::Node;
 use wasmlet_tests::{Agent, bin, cpu_seconds, rss_bytes};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{NODE_EXPORTER, NodeExporter, get_ok, http_client, require_executable};
+use crate::support::{NODE_EXPORTER, NodeExporter, bearer_client, get_ok, hex_id, require_executable};
 use crate::wrk::{self, Load};
 
 /// The subject name of wasmlet's node agent in the figures.
@@ -61,18 +67,20 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     require_executable(&bin("wasmlet-agent"), "run `cargo build -p wasmlet-agent --bins` (or set WASMLET_BIN_DIR)")?;
     NodeExporter::require()?;
     wrk::require()?;
-    let client = http_client()?;
+    // The token a resource-report poller would hold: it may read /status and /metrics only.
+    let read_token = hex_id(&format!("report read token {} {:?}", std::process::id(), std::time::SystemTime::now()));
+    let client = bearer_client(&read_token)?;
 
-    progress("starting an agent (default settings) and prometheus-node-exporter");
-    let agent = Agent::start(&[]).context("starting wasmlet-agent")?;
+    progress("starting an agent (default settings but --api-read-token) and prometheus-node-exporter");
+    let agent = Agent::start(&["--api-read-token", &read_token]).context("starting wasmlet-agent")?;
     let exporter = NodeExporter::start()?;
     idle_rss(figures, &client, &agent, &exporter)?;
 
-    cpu_per_sample(figures, &client)?;
+    cpu_per_sample(figures, &client, &read_token)?;
 
-    let status = load(figures, AGENT, "status", &agent.url("/status"), Some(STATUS_RPS_GOAL))?;
-    let metrics = load(figures, AGENT, "metrics", &agent.url("/metrics"), None)?;
-    let exporter_metrics = load(figures, NODE_EXPORTER, "metrics", &exporter.url("/metrics"), None)?;
+    let status = load(figures, AGENT, "status", &agent.url("/status"), Some(&read_token), Some(STATUS_RPS_GOAL))?;
+    let metrics = load(figures, AGENT, "metrics", &agent.url("/metrics"), Some(&read_token), None)?;
+    let exporter_metrics = load(figures, NODE_EXPORTER, "metrics", &exporter.url("/metrics"), None, None)?;
     figures.emit(Figure::ratio(AGENT, "metrics_p99_ms", metrics.p99_ms, NODE_EXPORTER, exporter_metrics.p99_ms, METRICS_P99_RATIO_GOAL))?;
     progress(format!(
         "agent /status {:.0} req/s (goal {STATUS_RPS_GOAL}); agent /metrics p99 {:.2} ms vs {NODE_EXPORTER} {:.2} ms",
@@ -97,10 +105,12 @@ fn idle_rss(figures: &mut Figures, client: &reqwest::blocking::Client, agent: &A
     Ok(())
 }
 
-/// Figure 2: CPU time per published sample of an agent sampling every 100 ms.
-fn cpu_per_sample(figures: &mut Figures, client: &reqwest::blocking::Client) -> anyhow::Result<()> {
+/// Figure 2: CPU time per published sample of an agent sampling every 100 ms;
+/// `client` carries `read_token`, which the agent takes.
+fn cpu_per_sample(figures: &mut Figures, client: &reqwest::blocking::Client, read_token: &str) -> anyhow::Result<()> {
     progress(format!("CPU per sample: starting an agent with --sample-interval {FAST_SAMPLE_INTERVAL}"));
-    let agent = Agent::start(&["--sample-interval", FAST_SAMPLE_INTERVAL]).context("starting wasmlet-agent")?;
+    let agent =
+        Agent::start(&["--sample-interval", FAST_SAMPLE_INTERVAL, "--api-read-token", read_token]).context("starting wasmlet-agent")?;
     sleep(SETTLE);
     progress(format!("CPU per sample: measuring for {CPU_WINDOW:?}"));
     let cpu_before = cpu(agent.pid())?;
@@ -125,14 +135,25 @@ fn cpu_per_sample(figures: &mut Figures, client: &reqwest::blocking::Client) -> 
     Ok(())
 }
 
-/// Figure 3: a warm-up, then the measured wrk run against `url`; emits
-/// `<endpoint>_rps` (judged against `rps_goal` if any), `_p50_ms`, `_p99_ms`
-/// and `_errors`.
-fn load(figures: &mut Figures, subject: &str, endpoint: &str, url: &str, rps_goal: Option<Goal>) -> anyhow::Result<wrk::WrkReport> {
+/// Figure 3: a warm-up, then the measured wrk run against `url`, every request
+/// with `bearer` as its token if any; emits `<endpoint>_rps` (judged against
+/// `rps_goal` if any), `_p50_ms`, `_p99_ms` and `_errors`.
+fn load(
+    figures: &mut Figures,
+    subject: &str,
+    endpoint: &str,
+    url: &str,
+    bearer: Option<&str>,
+    rps_goal: Option<Goal>,
+) -> anyhow::Result<wrk::WrkReport> {
     progress(format!("load: {subject} {url}: warm-up {:?}, then {:?}", WARM_UP.duration, LOAD.duration));
-    wrk::run(url, WARM_UP).context("warm-up")?;
+    let run = |load: Load| match bearer {
+        Some(token) => wrk::run_authorized(url, token, load),
+        None => wrk::run(url, load),
+    };
+    run(WARM_UP).context("warm-up")?;
     sleep(DRAIN);
-    let report = wrk::run(url, LOAD)?;
+    let report = run(LOAD)?;
     let mut rps = Figure::new(subject, &format!("{endpoint}_rps"), report.requests_per_second);
     if let Some(goal) = rps_goal {
         rps = rps.goal(goal);

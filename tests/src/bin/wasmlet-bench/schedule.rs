@@ -77,7 +77,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     master.upload_example("sensor").context("uploading the sensor example")?;
     let text = workload_manifest(WORKLOAD, "sensor", "daemon", &format!("  replicas: {REPLICAS}\n  args: [\"--interval\", \"60000\"]\n"));
     let workload: Workload = wasmlet_api::from_yaml(&text).context("the workload manifest")?;
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().context("building an HTTP client")?;
+    // As admin, trusting the cluster CA: the master serves HTTPS and wants a token.
+    let client = master.client_with(&master.admin_token).timeout(Duration::from_secs(30)).build().context("building an HTTP client")?;
 
     progress(format!("creating workload `{WORKLOAD}` with {REPLICAS} replicas"));
     let cpu_before = process_cpu_seconds(pid, "wasmlet-master")?;

@@ -41,7 +41,7 @@ use wasmlet_api::{Instance, Phase};
 use wasmlet_tests::{Agent, bin, examples_dir, sha256};
 
 use crate::figures::{Figure, Figures, Goal};
-use crate::support::{http_client, millis_between, percentile, place_manifest, poll_until, require_executable, yaml_path};
+use crate::support::{agent_client, millis_between, percentile, place_manifest, poll_until, require_executable, yaml_path};
 
 /// The subject name of wasmlet's node agent in the figures.
 const AGENT: &str = "agent";
@@ -75,7 +75,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     let manifests_arg = manifests.path().to_string_lossy().into_owned();
     let agent = Agent::start(&["--manifests-dir", &manifests_arg, "--manifests-poll-interval", MANIFESTS_POLL_INTERVAL])
         .context("starting wasmlet-agent")?;
-    let starter = Starter { agent: &agent, client: http_client()?, dir: manifests.path() };
+    let starter = Starter { agent: &agent, client: agent_client(&agent)?, dir: manifests.path() };
 
     // Cold: a module of its own per start, written before the clock starts.
     progress(format!("cold: {STARTS} starts, each of a module the agent has not compiled"));
@@ -144,7 +144,7 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
 /// Starts workloads one at a time through the agent's manifests dir.
 struct Starter<'a> {
     agent: &'a Agent,
-    /// Reused, so polling does not open a connection per request.
+    /// The agent's API client (its token), reused so polling does not open a connection per request.
     client: Client,
     dir: &'a Path,
 }

@@ -1,5 +1,6 @@
 //! What scenarios share beyond the `wasmlet_tests` harness: finding tools,
-//! free ports, HTTP polling and the reference process, Debian's
+//! free ports, HTTP clients (plain, or with an agent's token or a read token)
+//! and polling, and the reference process, Debian's
 //! `prometheus-node-exporter`, stopped by a guard like the harness's `Agent`;
 //! the wasmtime CLI `make bench-deps` installs (path, version);
 //! polling that fails instead of panicking, percentiles, placing a
@@ -81,9 +82,25 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr().context("reading the free port")?.port())
 }
 
-/// A client for the bench's own requests (not the load, which wrk makes).
+/// How long one of the bench's own requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client for the bench's own requests (not the load, which wrk makes) to
+/// servers that take no token: node_exporter, ingresses, `wasmtime serve`.
 pub fn http_client() -> anyhow::Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().context("building an HTTP client")
+    reqwest::blocking::Client::builder().timeout(REQUEST_TIMEOUT).build().context("building an HTTP client")
+}
+
+/// A client for an agent's API: the agent's own token on every request, and
+/// the cluster CA trusted once it joined a master.
+pub fn agent_client(agent: &wasmlet_tests::Agent) -> anyhow::Result<reqwest::blocking::Client> {
+    agent.client_builder().timeout(REQUEST_TIMEOUT).build().context("building an HTTP client for the agent's API")
+}
+
+/// A client for an API taking `token` as its bearer token, over plain HTTP
+/// (a standalone agent's API on loopback, read with its `--api-read-token`).
+pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::blocking::Client> {
+    wasmlet_tests::authorized(token).timeout(REQUEST_TIMEOUT).build().context("building an HTTP client")
 }
 
 /// GET `url`, failing unless the answer is a success; returns the body.

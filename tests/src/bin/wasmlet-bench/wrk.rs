@@ -1,5 +1,6 @@
 //! Load from a separate process: runs `wrk` (Debian's package) against a URL
 //! and reads throughput and latency percentiles from its `--latency` report.
+//! An API that wants a bearer token gets it on every request ([`run_authorized`]).
 
 use std::process::Command;
 use std::time::Duration;
@@ -38,15 +39,25 @@ pub fn require() -> anyhow::Result<()> {
 
 /// Runs wrk with `--latency` against `url` and reads its report.
 pub fn run(url: &str, load: Load) -> anyhow::Result<WrkReport> {
+    run_with(url, None, load)
+}
+
+/// The same, sending `Authorization: Bearer <token>` with every request.
+pub fn run_authorized(url: &str, token: &str, load: Load) -> anyhow::Result<WrkReport> {
+    run_with(url, Some(token), load)
+}
+
+fn run_with(url: &str, bearer: Option<&str>, load: Load) -> anyhow::Result<WrkReport> {
     let seconds = load.duration.as_secs().max(1);
-    let output = Command::new(WRK)
-        .args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string(), "-d", &format!("{seconds}s")])
-        .args(["--latency", url])
-        .output()
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::NotFound => anyhow::anyhow!("{WRK} not found: {INSTALL_HINT}"),
-            _ => anyhow::Error::new(error).context(format!("starting {WRK}")),
-        })?;
+    let mut command = Command::new(WRK);
+    command.args(["-t", &load.threads.to_string(), "-c", &load.connections.to_string(), "-d", &format!("{seconds}s")]);
+    if let Some(token) = bearer {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let output = command.args(["--latency", url]).output().map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{WRK} not found: {INSTALL_HINT}"),
+        _ => anyhow::Error::new(error).context(format!("starting {WRK}")),
+    })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
