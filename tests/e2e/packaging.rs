@@ -11,25 +11,8 @@ fn packaging() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging")
 }
 
-/// The architectures `make debs` builds packages for here.
-pub fn package_architectures() -> Vec<&'static str> {
-    let host = String::from_utf8(Command::new("dpkg").arg("--print-architecture").output().expect("dpkg").stdout).expect("utf-8");
-    if host.trim() == "amd64" { vec!["amd64", "arm64"] } else { vec!["arm64"] }
-}
-
-/// The package `make debs` built for `name` and `arch`, in `$CARGO_TARGET_DIR/debian`.
-pub fn deb(name: &str, arch: &str) -> PathBuf {
-    let dir = wasmlet_tests::bin_dir().parent().expect("the target dir").join("debian");
-    let found = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make debs`)", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(&format!("_{arch}.deb")))
-        })
-        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.unwrap_or_else(|| panic!("no {name} package for {arch} in {} (run `make debs`)", dir.display()))
+fn deb(name: &str, arch: &str) -> PathBuf {
+    wasmlet_tests::package(name, arch).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
@@ -47,7 +30,7 @@ fn elf_machine(path: &Path) -> u16 {
 
 #[test]
 fn the_packages_hold_the_binaries_units_configs_and_scripts_a_machine_needs() {
-    for arch in package_architectures() {
+    for arch in wasmlet_tests::package_architectures() {
         for (name, binaries, state_dir) in [
             ("wasmlet-agent", vec!["wasmlet-agent"], "/var/lib/wasmlet"),
             ("wasmlet-master", vec!["wasmlet-master", "wasmlet"], "/var/lib/wasmlet-master"),
@@ -99,8 +82,7 @@ fn the_packages_hold_the_binaries_units_configs_and_scripts_a_machine_needs() {
 
             // The unit is the one in packaging/, and the binaries are built for the package's architecture.
             let tree = dir.path().join("root");
-            let out = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree).output().expect("dpkg-deb -x");
-            assert!(out.status.success());
+            wasmlet_tests::unpack(&deb, &tree).expect("unpacks");
             let packaged_unit = std::fs::read_to_string(tree.join(unit.trim_start_matches('/'))).expect("unit");
             assert_eq!(packaged_unit, std::fs::read_to_string(packaging().join("systemd").join(format!("{name}.service"))).expect("unit"));
             let machine = if arch == "arm64" { 0xb7 } else { 0x3e };

@@ -34,6 +34,45 @@ pub fn examples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wasm-examples/dist")
 }
 
+/// The architectures `make debs` builds packages for on this machine: its own,
+/// and arm64 too on amd64 (cross-compiled).
+pub fn package_architectures() -> Vec<&'static str> {
+    let host = Command::new("dpkg").arg("--print-architecture").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if host.as_deref().unwrap_or("amd64") == "amd64" { vec!["amd64", "arm64"] } else { vec!["arm64"] }
+}
+
+/// The newest package `make debs` built for `name` and `arch`, in `$CARGO_TARGET_DIR/debian`.
+pub fn package(name: &str, arch: &str) -> anyhow::Result<PathBuf> {
+    let dir = bin_dir().parent().context("the binaries' dir has a parent")?.join("debian");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("{} (run `make debs`)", dir.display()))?;
+    let (prefix, suffix) = (format!("{name}_"), format!("_{arch}.deb"));
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix)))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .with_context(|| format!("no {name} package for {arch} in {} (run `make debs`)", dir.display()))
+}
+
+/// Unpacks a package's files into `dir` (`dpkg-deb -x`).
+pub fn unpack(deb: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new("dpkg-deb").arg("-x").arg(deb).arg(dir).output().context("running dpkg-deb")?;
+    if !out.status.success() {
+        bail!("dpkg-deb -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A command running the arm64 binary `path` on this machine: directly on
+/// arm64, through Debian's `qemu-aarch64-static` (with the cross libc) elsewhere.
+pub fn arm64_command(path: &std::path::Path) -> Command {
+    if std::env::consts::ARCH == "aarch64" {
+        return Command::new(path);
+    }
+    let mut qemu = Command::new("qemu-aarch64-static");
+    qemu.args(["-L", "/usr/aarch64-linux-gnu"]).arg(path);
+    qemu
+}
+
 /// The path and `sha256:` digest of a built example.
 pub fn example(name: &str) -> (PathBuf, String) {
     let path = examples_dir().join(format!("{name}.wasm"));
@@ -152,9 +191,16 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Freezes the agent (SIGSTOP), as a network partition would silence it.
+    /// Freezes the agent (SIGSTOP), as a network partition would silence it,
+    /// and returns once every thread of it has stopped: a signal is delivered
+    /// asynchronously, and on a busy machine a thread may still serve a
+    /// request for a moment after `kill` returned.
     pub fn freeze(&self) {
         signal(self.pid(), rustix::process::Signal::STOP);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(self.pid()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Thaws a frozen agent (SIGCONT).
@@ -501,6 +547,16 @@ fn started_api(line: &str) -> Option<(String, String)> {
     }
     let field = |name: &str| fields.get(name).and_then(|v| v.as_str()).map(str::to_string);
     Some((field("api")?, field("ingress").unwrap_or_default()))
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.filter_map(|t| t.ok()).all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+    })
 }
 
 pub fn signal(pid: u32, signal: rustix::process::Signal) {

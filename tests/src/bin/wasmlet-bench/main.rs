@@ -30,12 +30,15 @@
 //! 1000 simulated nodes: placements per second) and `http` (the `http-hello`
 //! wasi:http component through the agent's ingress against `wasmtime serve`
 //! of it, and a native axum server as the ceiling: requests per second, p50,
-//! p99; needs the wasmtime CLI too).
+//! p99; needs the wasmtime CLI too) and `footprint` (the packaged agent's
+//! binary size and memory, natively and the arm64 one under qemu; needs
+//! `make debs`).
 #![forbid(unsafe_code)]
 
 mod density;
 mod failover;
 mod figures;
+mod footprint;
 mod heartbeats;
 mod http;
 mod report;
@@ -95,6 +98,11 @@ const SCENARIOS: &[Scenario] = &[
         about: "the http-hello component through the agent's ingress against `wasmtime serve`, and a native axum server as the \
                 ceiling: req/s, p50/p99",
         run: http::run,
+    },
+    Scenario {
+        name: "footprint",
+        about: "the packaged agent's binary size and RSS, idle and with a sensor, natively and for arm64 under qemu",
+        run: footprint::run,
     },
 ];
 
