@@ -69,9 +69,7 @@ pub async fn run_with_ingress(
         tracing::warn!(data_dir = %config.data_dir.display(), error = %e, "cannot create the data dir; the node will report Ready=False");
     }
     // A malformed join token stops the agent before it starts anything.
-    if let Some(token) = &config.join_token {
-        token.parse::<wasmlet_security::JoinToken>().context("--join-token")?;
-    }
+    let join = config.join_token.as_deref().map(str::parse::<wasmlet_security::JoinToken>).transpose().context("--join-token")?;
     let secure = config.master.is_some() && !config.insecure_http;
     if !secure && !addr.ip().is_loopback() {
         if !config.insecure_http {
@@ -87,7 +85,11 @@ pub async fn run_with_ingress(
         Some(_) => security::Credential::load(&config.data_dir)?,
         None => None,
     };
-    let auth = std::sync::Arc::new(security::ApiAuth::new(local_token, saved.map(|c| c.master_token), config.api_read_token.clone()));
+    let auth = std::sync::Arc::new(security::ApiAuth::new(
+        local_token,
+        saved.as_ref().map(|c| c.master_token.clone()),
+        config.api_read_token.clone(),
+    ));
     let serving = match secure {
         true => Some(std::sync::Arc::new(security::ServingKey::load_or_create(&config.data_dir).context("the API's TLS key")?)),
         false => None,
@@ -153,7 +155,8 @@ pub async fn run_with_ingress(
         (Some(master), Some(supervisor)) => {
             let settings = master_link::LinkSettings {
                 master: master.clone(),
-                join_token: config.join_token.clone(),
+                join,
+                saved,
                 node: node.clone(),
                 taints: config.taints.clone(),
                 data_dir: config.data_dir.clone(),

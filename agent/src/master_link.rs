@@ -53,7 +53,9 @@ use crate::supervisor::{DesiredInstance, Source, Supervisor};
 pub struct LinkSettings {
     /// Base URL of the master, e.g. `http://10.0.0.1:7070`.
     pub master: String,
-    pub join_token: Option<String>,
+    pub join: Option<JoinToken>,
+    /// What an earlier registration gave, from `<data-dir>/credential.json`.
+    pub saved: Option<Credential>,
     pub node: String,
     pub taints: Vec<Taint>,
     pub data_dir: PathBuf,
@@ -88,8 +90,6 @@ struct Timings {
 
 pub struct MasterLink {
     settings: LinkSettings,
-    /// The join token's `<id>.<secret>`, for a first registration.
-    join_token: Option<String>,
     http: reqwest::Client,
     supervisor: Arc<Supervisor>,
     reports: watch::Receiver<Arc<Report>>,
@@ -104,7 +104,8 @@ pub struct MasterLink {
 }
 
 struct LinkState {
-    credential: Option<String>,
+    /// The node credential and what came with it, once registered with a join token.
+    credential: Option<Credential>,
     /// The assignment being run, authoritative as of `last_contact`.
     assignment: Option<Assignment>,
     /// The last time the master answered.
@@ -134,9 +135,9 @@ impl MasterLink {
         reports: watch::Receiver<Arc<Report>>,
     ) -> anyhow::Result<Arc<MasterLink>> {
         let master = settings.master.trim_end_matches('/').to_string();
-        let settings = LinkSettings { master, ..settings };
-        let saved = Credential::load(&settings.data_dir)?;
-        let join = settings.join_token.as_deref().map(str::parse::<JoinToken>).transpose().context("--join-token")?;
+        let mut settings = LinkSettings { master, ..settings };
+        let saved = settings.saved.take();
+        let join = &settings.join;
         let pinned = match &saved {
             Some(credential) => {
                 if credential.node != settings.node {
@@ -182,13 +183,12 @@ impl MasterLink {
         }
         let http = http.build().context("building the HTTP client")?;
         Ok(Arc::new(MasterLink {
-            join_token: join.map(|j| j.token.to_string()),
             settings,
             http,
             supervisor,
             reports,
             state: Mutex::new(LinkState {
-                credential: saved.map(|c| c.token),
+                credential: saved,
                 assignment: None,
                 last_contact: None,
                 last_saved: None,
@@ -297,7 +297,11 @@ impl MasterLink {
             api_url: None,
             ingress_port: Some(self.settings.ingress_port),
         };
-        let bearer = self.lock().credential.clone().or_else(|| self.join_token.clone()).unwrap_or_default();
+        let bearer = match (&self.lock().credential, &self.settings.join) {
+            (Some(credential), _) => credential.token.clone(),
+            (None, Some(join)) => join.token.to_string(),
+            (None, None) => String::new(),
+        };
         let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).bearer_auth(bearer).json(&request)).await?;
         self.accept_registration(&response).map_err(|e| LinkError::Local(format!("{e:#}")))?;
         Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
@@ -306,15 +310,13 @@ impl MasterLink {
     /// Keeps what a registration gave: a new credential, the master's token, the API's certificate.
     fn accept_registration(&self, response: &RegisterResponse) -> anyhow::Result<()> {
         let data_dir = &self.settings.data_dir;
-        let mut saved = Credential::load(data_dir)?;
+        let mut saved = self.lock().credential.clone();
         if let Some(token) = &response.credential {
             // The pinned verifier already checked the chain; the CA handed over must be that one too.
-            if let (Some(pem), Some(join)) = (&response.ca_certificate, self.settings.join_token.as_deref()) {
-                let ca = wasmlet_security::tls::certificates(pem)?.first().map(|c| Fingerprint::of(c));
-                let expected = join.parse::<JoinToken>()?.ca;
-                if ca != Some(expected) {
-                    bail!("the master sent a CA other than the join token's (sha256 {expected}): not saving its credential");
-                }
+            if let (Some(pem), Some(join)) = (&response.ca_certificate, &self.settings.join)
+                && Fingerprint::of_pem(pem)? != join.ca
+            {
+                bail!("the master sent a CA other than the join token's (sha256 {}): not saving its credential", join.ca);
             }
             saved = Some(Credential {
                 node: self.settings.node.clone(),
@@ -325,12 +327,14 @@ impl MasterLink {
             });
             tracing::info!(file = %Credential::path(data_dir).display(), "joined: saved this node's credential");
         }
-        if let Some(credential) = &mut saved {
-            if credential.master_token != response.master_token || response.credential.is_some() {
-                credential.master_token = response.master_token.clone();
-                credential.save(data_dir)?;
-            }
-            self.lock().credential = Some(credential.token.clone());
+        if let Some(credential) = &mut saved
+            && (credential.master_token != response.master_token || response.credential.is_some())
+        {
+            credential.master_token = response.master_token.clone();
+            credential.save(data_dir)?;
+        }
+        if saved.is_some() {
+            self.lock().credential = saved;
         }
         self.settings.auth.set_master(response.master_token.clone());
         if let (Some(key), Some(chain)) = (&self.settings.serving, &response.serving_certificate) {
@@ -723,7 +727,7 @@ impl MasterLink {
 
     fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.lock().credential {
-            Some(token) => request.bearer_auth(token),
+            Some(credential) => request.bearer_auth(&credential.token),
             None => request,
         }
     }

@@ -127,9 +127,7 @@ impl Credential {
 
     /// The fingerprint of the CA it holds.
     pub fn ca_fingerprint(&self) -> anyhow::Result<Option<Fingerprint>> {
-        let Some(pem) = &self.ca_certificate else { return Ok(None) };
-        let certs = wasmlet_security::tls::certificates(pem)?;
-        Ok(certs.first().map(|c| Fingerprint::of(c)))
+        Ok(self.ca_certificate.as_deref().map(Fingerprint::of_pem).transpose()?)
     }
 }
 
@@ -156,7 +154,7 @@ impl ServingKey {
         let key_pem = match files::read_secret(&key_path)? {
             Some(key) => format!("{key}\n"),
             None => {
-                let (key, _) = pki::signing_request("wasmlet-agent")?;
+                let key = pki::generate_key()?;
                 files::write_private(&key_path, key.as_bytes())?;
                 key
             }
@@ -173,7 +171,7 @@ impl ServingKey {
 
     /// A signing request for this key.
     pub fn request(&self) -> anyhow::Result<String> {
-        Ok(pki::signing_request_for(&self.key_pem, "wasmlet-agent")?)
+        Ok(pki::signing_request(&self.key_pem, "wasmlet-agent")?)
     }
 
     /// Serves `chain_pem` from now on, and after restarts.

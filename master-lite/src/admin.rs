@@ -31,14 +31,9 @@ impl Admin {
         Ok(Admin { url: local_url(config), token, ca_pem })
     }
 
-    fn client(&self) -> anyhow::Result<reqwest::Client> {
-        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?;
-        Ok(reqwest::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca).build()?)
-    }
-
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1{path}", self.url);
-        let mut request = self.client()?.request(method, &url).bearer_auth(&self.token);
+        let mut request = crate::api::live::trusting_client(&self.ca_pem)?.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -102,7 +102,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let audit_path = config.data_dir.join("audit.log");
     let audit =
         auth::audit::AuditLog::open(audit_path.clone()).with_context(|| format!("opening the audit log {}", audit_path.display()))?;
-    let agent_http = api::live::agent_client(secrets.pki.ca_pem()).context("the client for agents")?;
+    let agent_http = api::live::trusting_client(secrets.pki.ca_pem()).context("the client for agents")?;
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());

@@ -38,6 +38,12 @@ impl Fingerprint {
     pub fn of(der: &[u8]) -> Fingerprint {
         Fingerprint(Sha256::digest(der).into())
     }
+
+    /// The fingerprint of the first certificate of a PEM text.
+    pub fn of_pem(pem: &str) -> Result<Fingerprint> {
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Invalid(format!("not a PEM certificate: {e}")))?;
+        Ok(Fingerprint::of(&der))
+    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -165,18 +171,13 @@ impl ClusterPki {
     }
 }
 
-/// A key for an agent's API and the request to sign it, both PEM.
-pub fn signing_request(common_name: &str) -> Result<(String, String)> {
-    let key = KeyPair::generate().map_err(cert_error("generating a serving key"))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = name(common_name);
-    let request = params.serialize_request(&key).map_err(cert_error("creating a signing request"))?;
-    let pem = request.pem().map_err(cert_error("encoding a signing request"))?;
-    Ok((key.serialize_pem(), pem))
+/// A new private key (ECDSA P-256), PEM: an agent's API key.
+pub fn generate_key() -> Result<String> {
+    Ok(KeyPair::generate().map_err(cert_error("generating a serving key"))?.serialize_pem())
 }
 
-/// A signing request for an existing PEM key.
-pub fn signing_request_for(key_pem: &str, common_name: &str) -> Result<String> {
+/// A signing request for a PEM key.
+pub fn signing_request(key_pem: &str, common_name: &str) -> Result<String> {
     let key = KeyPair::from_pem(key_pem).map_err(cert_error("reading the serving key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name);
@@ -277,7 +278,7 @@ mod tests {
     fn requests_are_signed_for_the_names_the_ca_chooses() {
         let dir = tempfile::tempdir().unwrap();
         let (pki, _) = ClusterPki::load_or_create(dir.path()).unwrap();
-        let (_key, csr) = signing_request("edge-1").unwrap();
+        let csr = signing_request(&generate_key().unwrap(), "edge-1").unwrap();
         let chain = pki.sign_request(&csr, "wasmlet-node:edge-1", &["edge-1".into(), "10.0.0.7".into()]).unwrap();
         let certs: Vec<_> = CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<_, _>>().unwrap();
         assert_eq!(certs.len(), 2, "leaf and CA");

@@ -36,6 +36,11 @@ impl Token {
         Ok(Token { id: random_text(ID_LEN)?, secret: random_text(SECRET_LEN)? })
     }
 
+    /// The token of a bearer text: `<id>.<secret>`, or a whole join token (its last part).
+    pub fn from_bearer(text: &str) -> Result<Token> {
+        text.trim().rsplit(':').next().unwrap_or_default().parse()
+    }
+
     /// The SHA-256 of the secret, in hex: what the master stores.
     pub fn secret_hash(&self) -> String {
         hash_secret(&self.secret)
@@ -177,6 +182,8 @@ mod tests {
         let text = join.to_string();
         assert!(text.starts_with("wasmlet-join:") && text.contains(&ca.to_string()));
         assert_eq!(text.parse::<JoinToken>().unwrap(), join);
+        assert_eq!(Token::from_bearer(&text).unwrap(), join.token);
+        assert_eq!(Token::from_bearer(&join.token.to_string()).unwrap(), join.token);
         let plain = join.token.to_string();
         assert!(plain.parse::<JoinToken>().unwrap_err().to_string().contains("not a join token"));
         let short = format!("wasmlet-join:abcd:{plain}");

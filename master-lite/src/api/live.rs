@@ -33,8 +33,9 @@ pub fn agent_endpoint(scheme: &str, peer: std::net::SocketAddr, api_port: Option
     })
 }
 
-/// The client the master calls agents with: it trusts the cluster CA only.
-pub fn agent_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+/// A client that trusts the cluster CA only: the master calls agents with it,
+/// and `wasmlet-master token …` calls the master.
+pub fn trusting_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
     Ok(reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))

@@ -67,7 +67,7 @@ fn ensure_token(
     text: impl Fn(&Token) -> String,
 ) -> anyhow::Result<bool> {
     if let Some(existing) = files::read_secret(file)? {
-        let token: Token = existing.rsplit(':').next().unwrap_or_default().parse().with_context(|| format!("{}", file.display()))?;
+        let token = Token::from_bearer(&existing).with_context(|| format!("{}", file.display()))?;
         if cluster.tokens.get(&token.id).is_none() {
             tracing::warn!(file = %file.display(), "the store had no record of this token; recording it again");
             commit_token(cluster, TokenRecord::new(&token, role, description, None))?;

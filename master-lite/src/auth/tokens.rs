@@ -160,8 +160,7 @@ impl TokenTable {
     pub fn authenticate(&self, bearer: Option<&str>, now: DateTime<Utc>) -> Result<Caller, Refusal> {
         let text = bearer.ok_or(Refusal::Missing)?;
         // A join token is presented whole or as its `<id>.<secret>` part.
-        let text = text.rsplit(':').next().unwrap_or(text);
-        let token: Token = text.parse().map_err(|_| Refusal::Invalid("the bearer token is malformed".into()))?;
+        let token = Token::from_bearer(text).map_err(|_| Refusal::Invalid("the bearer token is malformed".into()))?;
         let record = self.get(&token.id).ok_or_else(|| Refusal::Invalid(format!("token {} is not known to this cluster", token.id)))?;
         if !token.matches(&record.secret_sha256) {
             return Err(Refusal::Invalid(format!("token {} is not known to this cluster", token.id)));

@@ -139,7 +139,8 @@ impl Fleet {
             .tcp_nodelay(true)
             .build()
             .context("building the simulated nodes' HTTP client")?;
-        let join_token = master.join_token.rsplit(':').next().unwrap_or_default().to_string();
+        // Presented whole: the master takes a join token's `<id>.<secret>` part.
+        let join_token = master.join_token.clone();
         Ok(Fleet {
             runtime: Some(runtime),
             client,
