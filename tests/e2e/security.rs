@@ -21,9 +21,11 @@ fn wait_ready(master: &Master, name: &str) {
     wait_for(WAIT, &format!("node {name} Ready"), || master.nodes().into_iter().find(|n| n.metadata.name == name && n.is_ready()));
 }
 
-/// The agent's node credential, from its data dir.
+/// The agent's node credential, from its data dir (written once the registration's answer arrived,
+/// which may be just after the master lists the node).
 fn credential(agent: &Agent) -> String {
-    let text = std::fs::read_to_string(agent.data_dir.path().join("credential.json")).expect("credential.json");
+    let path = agent.data_dir.path().join("credential.json");
+    let text = wait_for(WAIT, "the agent to save its credential", || std::fs::read_to_string(&path).ok());
     let value: serde_json::Value = serde_json::from_str(&text).expect("json");
     value["token"].as_str().expect("token").to_string()
 }
@@ -55,10 +57,10 @@ fn a_node_joins_with_a_good_token_and_keeps_its_credential_private() {
     assert!(master.join_token.starts_with("wasmlet-join:"), "{}", master.join_token);
     let agent = join(&master, "good", &master.join_token);
     wait_ready(&master, "good");
-    let mode = std::fs::metadata(agent.data_dir.path().join("credential.json")).expect("credential").permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
     // The credential is a node token, not the join token.
     let credential = credential(&agent);
+    let mode = std::fs::metadata(agent.data_dir.path().join("credential.json")).expect("credential").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
     assert!(!master.join_token.ends_with(&credential));
     let tokens = String::from_utf8_lossy(&master.command(&["token", "list"]).stdout).into_owned();
     let id = credential.split('.').next().expect("id");
