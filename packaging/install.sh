@@ -124,7 +124,7 @@ while [ "${master%/}" != "$master" ]; do master=${master%/}; done
 
 # The token is a secret: say what is wrong with it, never echo it.
 if ! [[ $token =~ ^wasmlet-join:[0-9a-fA-F]{64}:[a-z0-9]{6}\.[a-z0-9]{32}$ ]]; then
-    usage_error "--token is not a join token: join tokens look like wasmlet-join:<64 hex digits>:<6 lowercase letters and digits>.<32 lowercase letters and digits> (the master prints one at its first start; \`wasmlet-master token create\` makes more)"
+    usage_error "--token is not a join token: join tokens look like wasmlet-join:<64 hex digits>:<6 lowercase letters and digits>.<32 lowercase letters and digits> (\`wasmlet-master join-command\` on the master prints the first one; \`wasmlet-master token create\` makes more)"
 fi
 
 if [ -n "$name" ] && ! [[ $name =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]]; then
@@ -382,7 +382,7 @@ while :; do
         fi
     fi
     # Refusals the agent only retries: waiting longer would not help.
-    fatal=$(journal_lines current | grep -E "refused the join token|refused this node's credential|does not hold the cluster CA|sent a CA other than" | tail -n 1 || true)
+    fatal=$(journal_lines current | grep -E "refused the join token|refused this node's credential|refused to register node|does not hold the cluster CA|sent a CA other than" | tail -n 1 || true)
     # A wrong CA comes wrapped in the connection error: keep what says it.
     fatal=$(printf '%s' "$fatal" | sed "s/^.*\(the master's certificate chain does not hold\)/\1/")
     [ -z "$fatal" ] || die "the node cannot join $master: $fatal"

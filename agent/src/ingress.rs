@@ -7,6 +7,16 @@
 //! prefix). No route: 404; no Ready instance anywhere: 503; a broken
 //! upstream: 502; each with a short body saying which. A forwarded request
 //! is never forwarded again, so requests cannot loop.
+//!
+//! Peers. Joined to a master over TLS, the ingress port also serves peers
+//! over mutual TLS (`wasmlet_security::peering`): a request is "forwarded"
+//! when it arrived over a connection authenticated with a node certificate
+//! of this cluster, never because of a header an outside client can send;
+//! the guest sees `x-wasmlet-forwarded-by` naming the authenticated node,
+//! or not at all. Forwarding goes to a peer's `peerUrl`, accepting only that
+//! node's certificate and presenting this node's. A peer without a
+//! `peerUrl` (an agent of protocol version 1) gets plain HTTP, as does
+//! everyone under `--insecure-http`, where the header marks forwarded requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +31,10 @@ use std::net::SocketAddr;
 
 use wasmlet_api::Route;
 use wasmlet_api::protocol::IngressEndpoint;
+use wasmlet_security::peering::PeerNode;
 
 use crate::runtime::http::plain;
+use crate::security::NodeIdentity;
 use crate::supervisor::Supervisor;
 
 /// Marks a request one ingress forwarded to another, naming the node it came from.
@@ -33,17 +45,23 @@ struct Ingress {
     supervisor: Arc<Supervisor>,
     /// Next endpoint to use, per workload.
     turns: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
-    /// Connections to peer ingresses, pooled.
+    /// Plain HTTP connections to peer ingresses (`--insecure-http`, agents of protocol version 1), pooled.
     peers: reqwest::Client,
+    /// Mutual TLS to peers; None under `--insecure-http` or without a master.
+    peer_tls: Option<Arc<PeerClients>>,
 }
 
-pub fn router(supervisor: Arc<Supervisor>) -> Router {
+pub fn router(supervisor: Arc<Supervisor>, identity: Option<Arc<NodeIdentity>>) -> Router {
     // A peer that takes the connection but never answers (frozen, overloaded)
     // is a broken upstream once the service's own time is up, with a margin.
     let answer_within = supervisor.service_settings().request_timeout + std::time::Duration::from_secs(5);
-    let peers =
-        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(2)).timeout(answer_within).build().unwrap_or_default();
-    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), peers })
+    let peers = peer_client_builder(answer_within).build().unwrap_or_default();
+    let peer_tls = identity.map(|identity| Arc::new(PeerClients { identity, answer_within, clients: Mutex::default() }));
+    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), peers, peer_tls })
+}
+
+fn peer_client_builder(answer_within: std::time::Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(2)).timeout(answer_within)
 }
 
 /// Headers that belong to one connection and are not passed on (RFC 9110 §7.6.1).
@@ -80,7 +98,7 @@ fn best_route<'a>(routes: impl Iterator<Item = (&'a str, &'a Route)>, host: &str
         .map(|(_, name)| name)
 }
 
-async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request) -> Response<Body> {
+async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<SocketAddr>, mut request: Request) -> Response<Body> {
     let host_header = request
         .headers()
         .get(hyper::header::HOST)
@@ -91,7 +109,7 @@ async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<
     let host = host_header.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(host_header.as_str(), |(h, _)| h);
     let host = host.to_ascii_lowercase();
     let path = request.uri().path().to_string();
-    let forwarded = request.headers().contains_key(FORWARDED_BY);
+    let forwarded = mark_forwarded(&ingress, &mut request);
 
     let local = ingress.supervisor.service_workloads();
     let remote = ingress.supervisor.remote_endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -134,7 +152,7 @@ async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<
             plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` has no Ready instance on any node"))
         } else {
             let start = turn.fetch_add(1, Ordering::Relaxed);
-            forward(&ingress.peers, &me, client, &host_header, &name, request, &peers, start).await
+            forward(&ingress, &me, client, &host_header, &name, request, &peers, start).await
         }
     };
     in_flight.dec();
@@ -148,7 +166,7 @@ async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<
 /// starting at `start` round-robin, and streams its answer back.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    client: &reqwest::Client,
+    ingress: &Ingress,
     me: &str,
     from: SocketAddr,
     host: &str,
@@ -167,7 +185,14 @@ async fn forward(
     let mut failures = Vec::new();
     for i in 0..peers.len() {
         let peer = &peers[(start + i) % peers.len()];
-        let mut outgoing = client.request(parts.method.clone(), format!("{}{path}", peer.url));
+        let (client, base) = match peer_connection(ingress, peer) {
+            Ok(connection) => connection,
+            Err(why) => {
+                failures.push(format!("{}: {why}", peer.node));
+                continue;
+            }
+        };
+        let mut outgoing = client.request(parts.method.clone(), format!("{base}{path}"));
         for (name, value) in &parts.headers {
             if !is_hop_by_hop(name) && name != hyper::header::HOST {
                 outgoing = outgoing.header(name, value);
@@ -206,6 +231,72 @@ async fn forward(
         }
     }
     plain(StatusCode::BAD_GATEWAY, format!("no node running `{service}` could be reached: {}", failures.join("; ")))
+}
+
+// Peers: which requests were forwarded, and how to reach a peer.
+
+/// Whether `request` was forwarded by a peer. Joined over TLS, that is
+/// whether it came over an authenticated peer connection: the marker header
+/// is set to the peer's name, or removed from public requests, and the
+/// request is counted by peer. Without a peer side the header tells.
+fn mark_forwarded(ingress: &Ingress, request: &mut Request) -> bool {
+    // No peer side (`--insecure-http`, or a master too old to hand out the node CA): peers forward in plain HTTP.
+    if ingress.peer_tls.as_ref().is_none_or(|tls| !tls.identity.serves_peers()) {
+        return request.headers().contains_key(FORWARDED_BY);
+    }
+    let peer = request.extensions().get::<PeerNode>().cloned();
+    let headers = request.headers_mut();
+    headers.remove(FORWARDED_BY);
+    let Some(PeerNode(node)) = peer else { return false };
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&node) {
+        headers.insert(FORWARDED_BY, value);
+    }
+    ingress.supervisor.ingress_metrics.peer_requests.get_or_create(&vec![("peer", node)]).inc();
+    true
+}
+
+/// The client and base URL to forward to `peer` with: mutual TLS to its
+/// `peerUrl`, or plain HTTP to a peer that serves no TLS (protocol version 1)
+/// and under `--insecure-http`.
+fn peer_connection<'a>(ingress: &Ingress, peer: &'a IngressEndpoint) -> Result<(reqwest::Client, &'a str), String> {
+    match (&ingress.peer_tls, &peer.peer_url) {
+        (Some(tls), Some(url)) => Ok((tls.client(&peer.node)?, url.as_str())),
+        _ => Ok((ingress.peers.clone(), peer.url.as_str())),
+    }
+}
+
+/// Clients for forwarding to peers over mutual TLS, one per peer node (each
+/// accepts only that node's certificate), pooled, all presenting this node's.
+struct PeerClients {
+    identity: Arc<NodeIdentity>,
+    answer_within: std::time::Duration,
+    /// The node CA the clients trust, and the clients by node.
+    clients: Mutex<(Option<String>, HashMap<String, reqwest::Client>)>,
+}
+
+impl PeerClients {
+    fn client(&self, node: &str) -> Result<reqwest::Client, String> {
+        let Some(nodes_ca) = self.identity.nodes_ca() else {
+            return Err("this node does not know the node CA yet (not registered with the master)".to_string());
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let (trusted, by_node) = &mut *clients;
+        if trusted.as_deref() != Some(nodes_ca.as_str()) {
+            *trusted = Some(nodes_ca.clone());
+            by_node.clear();
+        }
+        if let Some(client) = by_node.get(node) {
+            return Ok(client.clone());
+        }
+        let tls = wasmlet_security::tls::client_for_node(&nodes_ca, node, Some(self.identity.slot.clone())).map_err(|e| e.to_string())?;
+        let client = peer_client_builder(self.answer_within).use_preconfigured_tls(tls).build().map_err(|e| e.to_string())?;
+        // Peers come and go; a fleet's worth of clients is kept at most.
+        if by_node.len() >= 1024 {
+            by_node.clear();
+        }
+        by_node.insert(node.to_string(), client.clone());
+        Ok(client)
+    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@
 //! - `master_link`: joining a master, heartbeats, status, the assignment.
 //! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/instances`, logs, `/events`).
-//! - `ingress`: the node's HTTP entry for services, routing by host and path.
+//! - `ingress`: the node's HTTP entry for services, routing by host and path,
+//!   forwarding to peers over mutual TLS.
 //! - `status_cmd`: `wasmlet-agent status`, the report printed once.
-//! - `security`: who may call the API, the node credential, the API's TLS key.
+//! - `security`: who may call the API, the node credential, the node's key and certificate.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same agent in-process with their own listener and shutdown.
@@ -90,11 +91,14 @@ pub async fn run_with_ingress(
         saved.as_ref().map(|c| c.master_token.clone()),
         config.api_read_token.clone(),
     ));
-    let serving = match secure {
-        true => Some(std::sync::Arc::new(security::ServingKey::load_or_create(&config.data_dir).context("the API's TLS key")?)),
+    let identity = match secure {
+        true => {
+            let nodes_ca = saved.as_ref().and_then(|c| c.nodes_ca_certificate.clone());
+            Some(std::sync::Arc::new(security::NodeIdentity::load_or_create(&config.data_dir, nodes_ca).context("the node's TLS key")?))
+        }
         false => None,
     };
-    let tls = serving.as_ref().map(|s| wasmlet_security::tls::server_with_slot(s.slot.clone())).transpose()?;
+    let tls = identity.as_ref().map(|s| wasmlet_security::tls::server_with_slot(s.slot.clone())).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let node = report::node_name(config.name.as_deref());
     runtime::sandbox::check_allow_list(&config.allowed_host_paths);
@@ -165,7 +169,7 @@ pub async fn run_with_ingress(
                 ingress_port: ingress_addr.port(),
                 insecure_http: config.insecure_http,
                 auth: auth.clone(),
-                serving: serving.clone(),
+                identity: identity.clone(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))
@@ -190,9 +194,13 @@ pub async fn run_with_ingress(
         signal.cancel();
     });
     let ingress_task = supervisor.clone().map(|supervisor| {
-        let app = ingress::router(supervisor);
+        let app = ingress::router(supervisor, identity.clone());
         let stop = stop.clone();
-        tokio::spawn(wasmlet_security::serve::serve(ingress, app, None, stop))
+        match &identity {
+            // Joined over TLS: the same port serves peers over mutual TLS.
+            Some(identity) => tokio::spawn(wasmlet_security::peering::serve_with_peers(ingress, app, identity.peer_server.clone(), stop)),
+            None => tokio::spawn(wasmlet_security::serve::serve(ingress, app, None, stop)),
+        }
     });
     wasmlet_security::serve::serve(listener, app, tls, stop.clone()).await.context("serving the agent API")?;
     if let Some(task) = ingress_task {

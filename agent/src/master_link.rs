@@ -10,6 +10,12 @@
 //! token is not used again. A refused credential (revoked) is reported and
 //! retried, never replaced by the join token: an operator revoked it.
 //!
+//! Renewal: the master says when to renew (at two thirds of the credential's
+//! or the node certificate's lifetime, whichever comes first); the agent then
+//! asks for a new credential and certificate with its current credential,
+//! saves them (atomically) before it uses them, and goes on without a
+//! restart. A failed renewal is retried while the current one is still valid.
+//!
 //! The link survives a flaky network and a master that is away:
 //! - failures are retried with jittered exponential back-off, while the
 //!   instances keep running;
@@ -36,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::protocol::{
-    ApiError, Assignment, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
+    ApiError, Assignment, CredentialRenewal, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse, PROTOCOL_VERSION,
+    RegisterRequest, RegisterResponse, RenewedCredential,
 };
 use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
@@ -45,7 +52,7 @@ use crate::report::Report;
 use crate::runtime::limits::Fence;
 use crate::runtime::module::sha256_digest;
 use crate::runtime::sandbox::resolve_host_grants;
-use crate::security::{ApiAuth, Credential, ServingKey};
+use crate::security::{ApiAuth, Credential, NodeIdentity};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// What the link is told at start.
@@ -69,8 +76,8 @@ pub struct LinkSettings {
     pub insecure_http: bool,
     /// Learns the token the master presents to the API.
     pub auth: Arc<ApiAuth>,
-    /// The API's TLS key, whose certificate each registration renews (None: plain HTTP API).
-    pub serving: Option<Arc<ServingKey>>,
+    /// The node's key, whose certificate each registration and renewal replaces (None: plain HTTP API).
+    pub identity: Option<Arc<NodeIdentity>>,
 }
 
 /// What survives a restart of the agent.
@@ -115,6 +122,10 @@ struct LinkState {
     fences: HashMap<String, Fence>,
     /// Module bytes by digest, shared by every instance of a module.
     modules: HashMap<String, Arc<Vec<u8>>>,
+    /// When to renew the credential and the certificate (None: the master does not renew them).
+    renew_at: Option<tokio::time::Instant>,
+    /// The master refused a registration of protocol version 2: it is older; speak version 1.
+    legacy_master: bool,
 }
 
 /// Why a request failed: the master answered with an error, or did not answer.
@@ -194,6 +205,8 @@ impl MasterLink {
                 last_saved: None,
                 fences: HashMap::new(),
                 modules: HashMap::new(),
+                renew_at: None,
+                legacy_master: false,
             }),
             fetch_now: Notify::new(),
             persist: tokio::sync::Mutex::new(()),
@@ -237,6 +250,9 @@ impl MasterLink {
                     if stop.is_cancelled() {
                         return;
                     }
+                }
+                Err(LinkError::Refused { status: 409, message }) => {
+                    tracing::error!(retry_in = ?backoff.peek(), "the master refused to register node {}: {message}", self.settings.node);
                 }
                 Err(LinkError::Refused { status: 401, message }) => {
                     let presented = if self.lock().credential.is_some() {
@@ -282,16 +298,14 @@ impl MasterLink {
 
     async fn register(&self) -> Result<Timings, LinkError> {
         let report = self.reports.borrow().clone();
-        let serving_csr = match &self.settings.serving {
-            Some(key) => Some(key.request().map_err(|e| LinkError::Local(format!("cannot make the API's signing request: {e:#}")))?),
-            None => None,
-        };
-        let request = RegisterRequest {
+        let serving_csr = self.signing_request()?;
+        let mut request = RegisterRequest {
             name: self.settings.node.clone(),
             // The report's labels: the configured ones and the node's own (arch, os, hostname).
             labels: report.node.metadata.labels.clone(),
             taints: self.settings.taints.clone(),
             status: report.node.status.clone(),
+            protocol_version: (!self.lock().legacy_master).then_some(PROTOCOL_VERSION),
             serving_csr,
             api_port: Some(self.settings.api_port),
             api_url: None,
@@ -302,9 +316,26 @@ impl MasterLink {
             (None, Some(join)) => join.token.to_string(),
             (None, None) => String::new(),
         };
-        let response: RegisterResponse = self.send(self.http.post(self.url("/nodes/register")).bearer_auth(bearer).json(&request)).await?;
+        let register = |request: &RegisterRequest| self.http.post(self.url("/nodes/register")).bearer_auth(&bearer).json(request);
+        let response: RegisterResponse = match self.send(register(&request)).await {
+            // A master of protocol version 1 refuses the fields it does not know: speak its version.
+            Err(LinkError::Refused { status: 400, message }) if request.protocol_version.is_some() && message.contains("unknown field") => {
+                tracing::warn!(master = %self.settings.master, "the master is of an older version: no renewals and no TLS between ingresses until it is upgraded");
+                self.lock().legacy_master = true;
+                request.protocol_version = None;
+                self.send(register(&request)).await?
+            }
+            answer => answer?,
+        };
         self.accept_registration(&response).map_err(|e| LinkError::Local(format!("{e:#}")))?;
         Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
+    }
+
+    /// A signing request for the node's key (None without TLS).
+    fn signing_request(&self) -> Result<Option<String>, LinkError> {
+        let Some(identity) = &self.settings.identity else { return Ok(None) };
+        let request = identity.request().map_err(|e| LinkError::Local(format!("cannot make the node's signing request: {e:#}")))?;
+        Ok(Some(request))
     }
 
     /// Keeps what a registration gave: a new credential, the master's token, the API's certificate.
@@ -324,22 +355,81 @@ impl MasterLink {
                 token: token.clone(),
                 master_token: response.master_token.clone(),
                 ca_certificate: response.ca_certificate.clone(),
+                nodes_ca_certificate: None,
             });
             tracing::info!(file = %Credential::path(data_dir).display(), "joined: saved this node's credential");
         }
-        if let Some(credential) = &mut saved
-            && (credential.master_token != response.master_token || response.credential.is_some())
-        {
-            credential.master_token = response.master_token.clone();
-            credential.save(data_dir)?;
+        if let Some(credential) = &mut saved {
+            let nodes_ca = response.nodes_ca_certificate.clone().or_else(|| credential.nodes_ca_certificate.clone());
+            if credential.master_token != response.master_token
+                || response.credential.is_some()
+                || credential.nodes_ca_certificate != nodes_ca
+            {
+                credential.master_token = response.master_token.clone();
+                credential.nodes_ca_certificate = nodes_ca;
+                credential.save(data_dir)?;
+            }
         }
         if saved.is_some() {
             self.lock().credential = saved;
         }
         self.settings.auth.set_master(response.master_token.clone());
-        if let (Some(key), Some(chain)) = (&self.settings.serving, &response.serving_certificate) {
-            key.install(chain)?;
+        if let (Some(identity), Some(chain)) = (&self.settings.identity, &response.serving_certificate) {
+            identity.install(chain, response.nodes_ca_certificate.as_deref())?;
         }
+        self.lock().renew_at = response.renew_after.map(|after| tokio::time::Instant::now() + after.get());
+        Ok(())
+    }
+
+    /// Renews the credential and the certificate when the master said to,
+    /// retrying while the current ones are still valid. Returns why the session ended.
+    async fn renewal_loop(self: Arc<Self>, session: CancellationToken) -> String {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        loop {
+            let Some(due) = self.lock().renew_at else {
+                session.cancelled().await;
+                return "stopping".into();
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = session.cancelled() => return "stopping".into(),
+            }
+            match self.renew().await {
+                Ok(()) => backoff.reset(),
+                Err(LinkError::Refused { status: status @ (401 | 403 | 404), message }) => {
+                    return format!("the master refused to renew this node's credential ({status}): {message}");
+                }
+                Err(e) => {
+                    let retry = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?retry, "cannot renew this node's credential yet; the current one is still valid");
+                    self.lock().renew_at = Some(tokio::time::Instant::now() + retry);
+                }
+            }
+        }
+    }
+
+    /// Gets a new credential and certificate, saves them, and uses them from now on.
+    async fn renew(&self) -> Result<(), LinkError> {
+        let request = CredentialRenewal { serving_csr: self.signing_request()? };
+        let path = format!("/nodes/{}/credential", self.settings.node);
+        let renewed: RenewedCredential = self.send(self.authorized(self.http.post(self.url(&path))).json(&request)).await?;
+        let Some(mut credential) = self.lock().credential.clone() else {
+            return Err(LinkError::Local("no credential to renew".into()));
+        };
+        credential.token = renewed.credential.clone();
+        if renewed.nodes_ca_certificate.is_some() {
+            credential.nodes_ca_certificate = renewed.nodes_ca_certificate.clone();
+        }
+        // Saved before it is used: after a crash the agent starts with the credential the master knows.
+        credential.save(&self.settings.data_dir).map_err(|e| LinkError::Local(format!("cannot save the renewed credential: {e:#}")))?;
+        self.lock().credential = Some(credential);
+        if let (Some(identity), Some(chain)) = (&self.settings.identity, &renewed.serving_certificate) {
+            identity
+                .install(chain, renewed.nodes_ca_certificate.as_deref())
+                .map_err(|e| LinkError::Local(format!("cannot install the renewed certificate: {e:#}")))?;
+        }
+        self.lock().renew_at = Some(tokio::time::Instant::now() + renewed.renew_after.get());
+        tracing::info!(renew_after = %renewed.renew_after, "renewed this node's credential and certificate");
         Ok(())
     }
 
@@ -353,6 +443,7 @@ impl MasterLink {
             tokio::spawn(self.clone().assignment_loop(session.clone())),
             tokio::spawn(self.clone().instance_status_loop(session.clone())),
             tokio::spawn(self.clone().endpoints_loop(session.clone())),
+            tokio::spawn(self.clone().renewal_loop(session.clone())),
         ];
         let (ended, _, rest) = futures::future::select_all(tasks).await;
         for task in rest {

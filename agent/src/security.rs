@@ -4,18 +4,22 @@
 //!   `/status` and `/metrics` also take the `--api-read-token`; everything
 //!   takes the agent's own token (`<data-dir>/api.token`, for local tools)
 //!   and the token the master presents (issued at registration).
-//! - Joined to a master, it serves its API over TLS with a certificate the
-//!   master signs at each registration; its key (`<data-dir>/pki/agent.key`)
-//!   never leaves the machine.
+//! - Joined to a master, it has a node certificate ([`NodeIdentity`]): the
+//!   master's node CA signs its key (`<data-dir>/pki/agent.key`, which never
+//!   leaves the machine) at each registration and renewal. It serves the API
+//!   and the peer side of the ingress with it, and presents it to peers.
 //! - [`Credential`]: what the first registration with a join token gave
-//!   (`<data-dir>/credential.json`, 0600): the node credential, the token the
-//!   master presents, and the cluster CA. From then on the join token is not used.
+//!   (`<data-dir>/credential.json`, 0600): the node credential (replaced at
+//!   each renewal), the token the master presents, the cluster CA (to reach
+//!   the master) and the node CA (to recognise nodes). From then on the join
+//!   token is not used.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use wasmlet_security::peering::PeerServerSlot;
 use wasmlet_security::tls::CertSlot;
 use wasmlet_security::token::constant_time_eq;
 use wasmlet_security::{Fingerprint, Token, files, pki};
@@ -105,6 +109,9 @@ pub struct Credential {
     /// The cluster CA (PEM), absent for an `--insecure-http` master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificate: Option<String>,
+    /// The node CA (PEM): the master's calls and the peers' certificates chain to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_ca_certificate: Option<String>,
 }
 
 impl Credential {
@@ -131,24 +138,30 @@ impl Credential {
     }
 }
 
-/// The agent API's key and certificate, under `<data-dir>/pki/`.
-pub struct ServingKey {
+/// This node's key and certificate (under `<data-dir>/pki/`) and the node CA:
+/// what it serves its API and its peers with, and presents to peers.
+pub struct NodeIdentity {
     dir: PathBuf,
     pub key_pem: String,
-    /// Filled from disk at start and at every registration.
+    /// The node certificate: filled from disk at start and at every registration and renewal.
     pub slot: Arc<CertSlot>,
+    /// The node CA (PEM), from the master.
+    nodes_ca: RwLock<Option<String>>,
+    /// The peer side of the ingress: mutual TLS, once the certificate and the node CA are known.
+    pub peer_server: Arc<PeerServerSlot>,
 }
 
 /// Never prints the key.
-impl std::fmt::Debug for ServingKey {
+impl std::fmt::Debug for NodeIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServingKey").field("dir", &self.dir).field("certificate", &self.slot.is_set()).finish()
+        f.debug_struct("NodeIdentity").field("dir", &self.dir).field("certificate", &self.slot.is_set()).finish()
     }
 }
 
-impl ServingKey {
-    /// Loads the key (creating it on first start) and the last certificate, if any.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<ServingKey> {
+impl NodeIdentity {
+    /// Loads the key (creating it on first start), the last certificate, if
+    /// any, and the node CA the saved credential holds.
+    pub fn load_or_create(data_dir: &Path, nodes_ca: Option<String>) -> anyhow::Result<NodeIdentity> {
         let dir = data_dir.join("pki");
         let key_path = dir.join("agent.key");
         let key_pem = match files::read_secret(&key_path)? {
@@ -159,14 +172,25 @@ impl ServingKey {
                 key
             }
         };
-        let slot = Arc::new(CertSlot::default());
-        if let Some(chain) = files::read_secret(&dir.join("agent.crt"))? {
-            let identity = pki::Identity { chain_pem: format!("{chain}\n"), key_pem: key_pem.clone() };
-            if let Err(e) = slot.set(&identity) {
-                tracing::warn!(error = %e, "ignoring the saved API certificate; the next registration brings a new one");
+        let identity = NodeIdentity {
+            dir,
+            key_pem,
+            slot: Arc::new(CertSlot::default()),
+            nodes_ca: RwLock::new(None),
+            peer_server: Arc::new(PeerServerSlot::default()),
+        };
+        if let Some(chain) = files::read_secret(&identity.dir.join("agent.crt"))? {
+            let saved = pki::Identity { chain_pem: format!("{chain}\n"), key_pem: identity.key_pem.clone() };
+            if let Err(e) = identity.slot.set(&saved) {
+                tracing::warn!(error = %e, "ignoring the saved node certificate; the next registration brings a new one");
             }
         }
-        Ok(ServingKey { dir, key_pem, slot })
+        if let Some(ca) = nodes_ca
+            && let Err(e) = identity.trust(&ca)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "ignoring the saved node CA; the next registration brings it again");
+        }
+        Ok(identity)
     }
 
     /// A signing request for this key.
@@ -174,11 +198,33 @@ impl ServingKey {
         Ok(pki::signing_request(&self.key_pem, "wasmlet-agent")?)
     }
 
-    /// Serves `chain_pem` from now on, and after restarts.
-    pub fn install(&self, chain_pem: &str) -> anyhow::Result<()> {
+    /// Serves and presents `chain_pem` from now on, and after restarts; with
+    /// the node CA, when the master sent it, serves peers too.
+    pub fn install(&self, chain_pem: &str, nodes_ca: Option<&str>) -> anyhow::Result<()> {
         self.slot.set(&pki::Identity { chain_pem: chain_pem.to_string(), key_pem: self.key_pem.clone() })?;
         files::write_private(&self.dir.join("agent.crt"), chain_pem.as_bytes())?;
+        if let Some(ca) = nodes_ca {
+            self.trust(ca)?;
+        }
         Ok(())
+    }
+
+    /// Recognises nodes by the node CA of `ca_pem` from now on.
+    fn trust(&self, ca_pem: &str) -> anyhow::Result<()> {
+        let server = wasmlet_security::tls::peer_server_config(ca_pem, self.slot.clone())?;
+        self.peer_server.set(server);
+        *self.nodes_ca.write().unwrap_or_else(|e| e.into_inner()) = Some(ca_pem.to_string());
+        Ok(())
+    }
+
+    /// Whether the peer side is served: the node CA is known.
+    pub fn serves_peers(&self) -> bool {
+        self.nodes_ca.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The node CA (PEM), once known.
+    pub fn nodes_ca(&self) -> Option<String> {
+        self.nodes_ca.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -206,9 +252,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = local_token(dir.path()).unwrap();
         assert_eq!(local_token(dir.path()).unwrap(), token);
-        let key = ServingKey::load_or_create(dir.path()).unwrap();
+        let key = NodeIdentity::load_or_create(dir.path(), None).unwrap();
         assert!(!key.slot.is_set());
+        assert!(key.nodes_ca().is_none());
         assert!(key.request().unwrap().contains("CERTIFICATE REQUEST"));
-        assert_eq!(ServingKey::load_or_create(dir.path()).unwrap().key_pem, key.key_pem);
+        assert_eq!(NodeIdentity::load_or_create(dir.path(), None).unwrap().key_pem, key.key_pem);
     }
 }

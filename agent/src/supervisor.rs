@@ -119,6 +119,8 @@ pub struct IngressMetrics {
     pub requests: Family<Labels, prometheus_client::metrics::counter::Counter>,
     pub latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub in_flight: Family<Labels, Gauge>,
+    /// Requests that arrived over a peer connection authenticated with a node certificate, by peer node.
+    pub peer_requests: Family<Labels, prometheus_client::metrics::counter::Counter>,
 }
 
 impl Default for IngressMetrics {
@@ -127,7 +129,12 @@ impl Default for IngressMetrics {
             // 0.25 ms to about 8 s.
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00025, 2.0, 16))
         }
-        IngressMetrics { requests: Family::default(), latency: Family::new_with_constructor(buckets), in_flight: Family::default() }
+        IngressMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(buckets),
+            in_flight: Family::default(),
+            peer_requests: Family::default(),
+        }
     }
 }
 
@@ -754,6 +761,11 @@ impl Supervisor {
             ingress.latency.clone(),
         );
         registry.register("wasmlet_ingress_in_flight", "Requests being served, by service workload", ingress.in_flight.clone());
+        registry.register(
+            "wasmlet_ingress_peer_requests",
+            "Requests forwarded by peer nodes over mutual TLS, by the node their certificate names",
+            ingress.peer_requests.clone(),
+        );
         let mut out = String::new();
         let _ = encode(&mut out, &registry);
         out.trim_end().trim_end_matches("# EOF").to_string()

@@ -8,12 +8,19 @@
 //! | `PUT /nodes/{name}/status` | [`NodeStatus`](crate::NodeStatus) → [`Node`] (on change, and at least every status report interval) |
 //! | `GET /nodes/{name}/assignment?watch=true&since=REV&timeoutSeconds=N` | → [`Assignment`] (long poll; `304` when nothing changed) |
 //! | `PUT /nodes/{name}/instances/status` | [`InstanceStatusBatch`] → `204` |
+//! | `POST /nodes/{name}/credential` | [`CredentialRenewal`] → [`RenewedCredential`] (before the credential or certificate expires) |
 //! | `GET /modules/{digest}` | → the module's bytes |
 //!
 //! The master reaches an agent's own API only to serve operators live data
 //! (`GET /instances/{name}/logs`, `GET /nodes/{name}/live`), at the address
 //! the registration came from and the `apiPort` it named, over TLS with the
-//! certificate it issued at registration, presenting the `masterToken`.
+//! node certificate it issued (checked against the node CA, for the node's
+//! name), presenting the `masterToken`.
+//!
+//! Versions: an agent says which protocol it speaks ([`PROTOCOL_VERSION`]);
+//! the master sends the fields of a newer version only to agents that speak
+//! it, since agents of version 1 refuse fields they do not know. The messages
+//! new in version 2, and those it extends, tolerate unknown fields.
 //!
 //! Every request carries `Authorization: Bearer <token>`: the first
 //! registration a join token's `<id>.<secret>`, everything after it the node
@@ -30,9 +37,15 @@ use crate::instance::{Instance, InstanceStatus};
 use crate::node::{Node, NodeStatus, Taint};
 use crate::workload::Workload;
 
+/// The protocol this build speaks. Version 2 adds the node CA, the renewal
+/// of credentials and node certificates (`POST /nodes/{name}/credential`)
+/// and the peer side of ingresses (mutual TLS between nodes, `peerUrl`).
+/// An agent that sends no version speaks version 1.
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// A node joining (or re-joining after a restart) the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
     pub name: String,
     #[serde(default)]
@@ -40,15 +53,21 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub taints: Vec<Taint>,
     pub status: NodeStatus,
-    /// A PEM certificate signing request for the agent's API key: the master
-    /// signs the key for the node's name and the address it registers from.
+    /// The protocol version the agent speaks; absent: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
+    /// A PEM certificate signing request for the node's key: the master signs
+    /// the key with the node CA for the node's name and the address it
+    /// registers from, and nothing else the request asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_csr: Option<String>,
     /// The port of the agent's API; the master reaches it at the address the
     /// registration came from (for logs and live usage), unless `apiUrl` says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_port: Option<u16>,
-    /// Where the master reaches the agent's API, when the source address is not it.
+    /// Where the master reaches the agent's API, when the source address is
+    /// not it. It names no certificate: the master checks the agent's
+    /// certificate for the node's name, whatever host this URL has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
     /// The port of the agent's ingress; peers forward service requests to it
@@ -60,7 +79,7 @@ pub struct RegisterRequest {
 /// Where a service can be reached: the ingress of every node with a Ready
 /// instance of it (`GET /endpoints`, watchable like every list).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceEndpoints {
     pub workload: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,16 +88,22 @@ pub struct ServiceEndpoints {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct IngressEndpoint {
     pub node: String,
-    /// Base URL of the node's ingress, e.g. `http://10.0.0.7:7080`.
+    /// Base URL of the node's ingress for the public, e.g. `http://10.0.0.7:7080`.
     pub url: String,
+    /// Where peers reach the node's ingress: mutual TLS with node
+    /// certificates, on the same port (e.g. `https://10.0.0.7:7080`). Absent
+    /// for a node that does not serve it (an agent of protocol version 1,
+    /// or `--insecure-http`), and for callers of version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
 }
 
 /// What a node needs to take part: its object and the cluster's timings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RegisterResponse {
     pub node: Node,
     /// A new node credential, when the node registered with a join token:
@@ -88,7 +113,7 @@ pub struct RegisterResponse {
     /// The cluster CA (PEM), when the master serves TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificate: Option<String>,
-    /// The agent API's certificate chain (PEM), signed from `servingCsr`.
+    /// The node certificate's chain (PEM), signed from `servingCsr` by the node CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_certificate: Option<String>,
     /// The bearer token the master presents when it calls the agent's API.
@@ -97,6 +122,41 @@ pub struct RegisterResponse {
     pub status_report_interval: Duration,
     /// The master's default for `disconnect.lostAfter`.
     pub lost_after: Duration,
+    /// The node CA (PEM): the certificates of the master's callers and of
+    /// peer nodes chain to it. Version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_ca_certificate: Option<String>,
+    /// When to renew the credential and the certificate
+    /// (`POST /nodes/{name}/credential`), counted from this answer. Version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<Duration>,
+}
+
+/// A node renewing its credential and its certificate, with its current credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRenewal {
+    /// A PEM signing request for the node's key, as at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_csr: Option<String>,
+}
+
+/// A renewed credential. The one the renewal was made with stays valid
+/// until the node uses the new one (its next heartbeat), or at most its own
+/// expiry, so an answer lost on the way locks no node out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewedCredential {
+    /// The new node credential: the bearer token from now on.
+    pub credential: String,
+    /// The new node certificate's chain (PEM), signed from `servingCsr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_certificate: Option<String>,
+    /// The node CA (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_ca_certificate: Option<String>,
+    /// When to renew again, counted from this answer.
+    pub renew_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub mod defaults {
     pub const MAX_MODULE_SIZE: &str = "64Mi";
     pub const HAND_OFFS_PER_SECOND: &str = "10";
     pub const WATCH_TIMEOUT: &str = "30s";
+    pub const SERVING_CERTIFICATE_TTL: &str = "30d";
+    pub const NODE_CREDENTIAL_TTL: &str = "365d";
+    /// Shortest lifetime a certificate or credential may be given: renewals come at two thirds of it.
+    pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
     /// Events kept in the store; older ones are dropped.
     pub const MAX_EVENTS: usize = 10_000;
     /// Share of silent nodes (and count) above which hand-offs are held off.
@@ -55,6 +59,8 @@ pub enum Command {
     /// Create, list and revoke tokens of the running master (run on the master's machine: uses its data dir).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the command that joins a node with the first join token (`<data-dir>/join.token`); the master never logs it.
+    JoinCommand,
     /// Print a config file for the `wasmlet` CLI: this cluster's URL, CA and admin token.
     ClientConfig {
         /// The context's name.
@@ -137,6 +143,16 @@ pub struct MasterConfig {
     #[arg(long, global = true, env = "WASMLET_TLS_SAN", value_delimiter = ',', value_name = "NAME,...")]
     pub tls_san: Vec<String>,
 
+    /// Lifetime of the master's serving certificate and of the node
+    /// certificates it signs; each is renewed, without a restart, at two thirds of it.
+    #[arg(long, global = true, env = "WASMLET_SERVING_CERTIFICATE_TTL", default_value = defaults::SERVING_CERTIFICATE_TTL, value_name = "DURATION")]
+    pub serving_certificate_ttl: Duration,
+
+    /// Lifetime of a node credential; agents renew theirs at two thirds of it.
+    /// A node silent for longer than what is left of it must join again.
+    #[arg(long, global = true, env = "WASMLET_NODE_CREDENTIAL_TTL", default_value = defaults::NODE_CREDENTIAL_TTL, value_name = "DURATION")]
+    pub node_credential_ttl: Duration,
+
     /// Serve the API over plain HTTP instead of TLS. Tokens and workloads then
     /// cross the network readable by anyone on the path: for a lab behind a TLS proxy only.
     #[arg(long, global = true, env = "WASMLET_INSECURE_HTTP")]
@@ -160,6 +176,18 @@ impl MasterConfig {
         let mut cli = Cli::parse_from(["wasmlet-master", "--listen", "127.0.0.1:0"]);
         cli.master.data_dir = data_dir.into();
         cli.master
+    }
+
+    /// Refuses settings that cannot work together, naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (flag, ttl) in
+            [("--serving-certificate-ttl", self.serving_certificate_ttl), ("--node-credential-ttl", self.node_credential_ttl)]
+        {
+            if ttl.get() < defaults::MIN_TTL {
+                anyhow::bail!("{flag} {ttl} is too short: renewals come at two thirds of it; give at least {:?}", defaults::MIN_TTL);
+            }
+        }
+        Ok(())
     }
 
     /// How often the controllers look at the cluster without being woken:
@@ -218,6 +246,12 @@ mod tests {
         assert_eq!(m.max_module_size, Bytes::new(64 << 20));
         assert_eq!(m.hand_offs_per_second, 10);
         assert_eq!(m.scoring, Scoring::LeastAllocated);
+        assert_eq!(m.serving_certificate_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(m.node_credential_ttl, Duration::from_secs(365 * 86_400));
+        assert!(m.check().is_ok());
+        let short: Cli = wasmlet_config::load(["wasmlet-master", "--node-credential-ttl", "500ms"]).unwrap();
+        let error = short.master.check().unwrap_err().to_string();
+        assert!(error.contains("--node-credential-ttl") && error.contains("too short"), "{error}");
     }
 
     #[test]

@@ -19,8 +19,9 @@
 //! - `api`: the HTTP API under `/api/v1` — objects, the agent protocol of
 //!   `wasmlet_api::protocol`, modules — plus `/healthz`, `/readyz`, `/metrics`.
 //! - `metrics`: the counters and gauges behind `/metrics`.
-//! - `auth`: tokens, roles, the authorization policy, the audit log, and the
-//!   CA and bootstrap tokens of a new cluster.
+//! - `auth`: tokens, roles, the authorization policy, the audit log, the CAs
+//!   and bootstrap tokens of a new cluster, and the master's serving
+//!   certificate, renewed while it runs.
 //! - `admin`: `wasmlet-master token …` and `client-config`, run beside a master.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
@@ -72,12 +73,13 @@ pub struct Shared {
     pub tokens: auth::TokenTable,
     /// Where mutations and refusals are recorded.
     pub audit: Option<auth::audit::AuditLog>,
-    /// The cluster CA: signs agents' serving certificates.
+    /// The cluster CA (the master's serving certificate) and the node CA (node certificates).
     pub pki: wasmlet_security::ClusterPki,
-    /// The CA's fingerprint when the API is served over TLS (None with `--insecure-http`).
+    /// The cluster CA's fingerprint when the API is served over TLS (None with `--insecure-http`).
     pub ca_fingerprint: Option<wasmlet_security::Fingerprint>,
-    /// Calls agents' APIs (logs, live usage), trusting the cluster CA only.
-    pub agent_http: reqwest::Client,
+    /// Per node that renewed its credential: the id of the newest one. The
+    /// older ones stay valid until the node first uses it, then are revoked.
+    pub renewed_credentials: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Shared {
@@ -95,6 +97,7 @@ impl Shared {
 pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the listener's address")?;
     // The store, the CA key and the tokens: readable by the master only.
+    config.check()?;
     wasmlet_security::files::private_dir(&config.data_dir)?;
     let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let mut cluster = Cluster::load(Box::new(store)).context("loading the store")?;
@@ -102,7 +105,6 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let audit_path = config.data_dir.join("audit.log");
     let audit =
         auth::audit::AuditLog::open(audit_path.clone()).with_context(|| format!("opening the audit log {}", audit_path.display()))?;
-    let agent_http = api::live::trusting_client(secrets.pki.ca_pem()).context("the client for agents")?;
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
@@ -131,9 +133,12 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         audit: Some(audit),
         ca_fingerprint: secrets.tls.as_ref().map(|_| secrets.pki.fingerprint()),
         pki: secrets.pki,
-        agent_http,
+        renewed_credentials: Mutex::default(),
     });
     let controllers = tokio::spawn(controller::run(shared.clone(), stop.clone()));
+    if let Some(slot) = secrets.serving {
+        tokio::spawn(auth::serving::keep_renewed(shared.clone(), slot, stop.clone()));
+    }
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;

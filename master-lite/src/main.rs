@@ -14,6 +14,10 @@ fn main() -> std::process::ExitCode {
             let command = command.clone();
             return one_shot(async move { wasmlet_master::admin::token(&cli.master, &command).await });
         }
+        Some(Command::JoinCommand) => {
+            let text = wasmlet_master::auth::bootstrap::join_command(&cli.master);
+            return one_shot(async move { text });
+        }
         Some(Command::ClientConfig { context, server }) => {
             let text = wasmlet_master::admin::client_config(&cli.master, context, server.as_deref());
             return one_shot(async move { text });

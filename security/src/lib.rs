@@ -1,13 +1,16 @@
 //! What the master, the agent and the CLI share to trust each other.
 //!
-//! - `pki`: the cluster CA the master creates on its first start, the
-//!   master's serving certificate, and the serving certificates it issues to
-//!   agents from their signing requests.
+//! - `pki`: the two CAs the master creates: the cluster CA (the master's
+//!   serving certificate) and the node CA (node certificates, signed from
+//!   the agents' requests for the names the master verified).
 //! - `token`: bearer tokens (`<id>.<secret>`, stored hashed), join tokens
 //!   that carry the CA's fingerprint (`wasmlet-join:<sha256>:<id>.<secret>`).
 //! - `tls`: rustls configurations: a server with a fixed or a swappable
-//!   certificate, a client that trusts only the cluster CA, and the joining
-//!   client that trusts a chain only when it holds the CA the token names.
+//!   certificate, a client that trusts only the cluster CA, the joining
+//!   client that trusts a chain only when it holds the CA the token names,
+//!   and the node-to-node configurations (one node's certificate, mutual TLS).
+//! - `peering`: an ingress port that serves the public over plain HTTP and
+//!   peers over mutual TLS, marking requests with the peer node.
 //! - `serve`: one way to serve an axum router, over TLS or plain HTTP, with
 //!   graceful shutdown.
 //! - `files`: secrets written atomically, readable by their owner only.
@@ -16,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod peering;
 pub mod pki;
 pub mod serve;
 pub mod tls;

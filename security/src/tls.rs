@@ -7,15 +7,21 @@
 //! - [`client_pinned`]: a joining client: it accepts the master's chain only
 //!   when the chain carries the CA with the join token's fingerprint, and
 //!   then verifies the master's certificate against that CA as usual.
+//! - [`client_for_node`]: a client that accepts one node only: a certificate
+//!   of the node CA issued to that node's name, whatever address it is
+//!   reached at (the master calling an agent; an agent forwarding to a peer,
+//!   presenting its own node certificate).
+//! - [`peer_server_config`]: the peer side of an ingress: TLS that requires
+//!   a client certificate of the node CA.
 
 use std::sync::{Arc, RwLock};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
@@ -85,12 +91,106 @@ impl ResolvesServerCert for CertSlot {
     }
 }
 
-/// A client that trusts the CA of `ca_pem` only.
-pub fn client_trusting(ca_pem: &str) -> Result<ClientConfig> {
+impl ResolvesClientCert for CertSlot {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.is_set()
+    }
+}
+
+/// The certificates of a PEM text as a root store.
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(ca_pem)? {
-        roots.add(cert).map_err(tls_error("adding the cluster CA"))?;
+        roots.add(cert).map_err(tls_error("adding a CA"))?;
     }
+    Ok(Arc::new(roots))
+}
+
+/// A client that accepts only node `node`'s certificate from the node CA of
+/// `nodes_ca_pem`, and presents the certificate in `own` (if any) to be
+/// recognised as a node itself.
+pub fn client_for_node(nodes_ca_pem: &str, node: &str, own: Option<Arc<CertSlot>>) -> Result<ClientConfig> {
+    let name = ServerName::try_from(node.to_string()).map_err(|_| Error::Invalid(format!("`{node}` is not a node name")))?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(nodes_ca_pem)?, provider())
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot verify against the node CA: {e}")))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("choosing TLS versions"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OneNode { name, verifier }));
+    Ok(match own {
+        Some(slot) => builder.with_client_cert_resolver(slot),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// A server for the peers of a node: it presents the node's certificate in
+/// `slot` and requires a client certificate of the node CA of `nodes_ca_pem`.
+pub fn peer_server_config(nodes_ca_pem: &str, slot: Arc<CertSlot>) -> Result<Arc<ServerConfig>> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(nodes_ca_pem)?, provider())
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot verify clients against the node CA: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("choosing TLS versions"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(slot);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies a server as one node: a chain to the node CA, for the node's
+/// name rather than the host in the URL (an agent is reached at whatever
+/// address it registered from, or the URL it gave).
+#[derive(Debug)]
+struct OneNode {
+    name: ServerName<'static>,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for OneNode {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.verifier.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.supported_verify_schemes()
+    }
+}
+
+/// A client that trusts the CA of `ca_pem` only.
+pub fn client_trusting(ca_pem: &str) -> Result<ClientConfig> {
+    let roots = roots(ca_pem)?;
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_error("choosing TLS versions"))?

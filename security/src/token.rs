@@ -108,7 +108,7 @@ impl FromStr for JoinToken {
         let mut parts = text.trim().splitn(3, ':');
         let (Some(JOIN_PREFIX), Some(ca), Some(token)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(Error::Invalid(format!(
-                "not a join token: join tokens look like `{JOIN_PREFIX}:<sha256 of the cluster CA>:<id>.<secret>` (the master prints one at its first start; `wasmlet-master token create` makes more)"
+                "not a join token: join tokens look like `{JOIN_PREFIX}:<sha256 of the cluster CA>:<id>.<secret>` (`wasmlet-master join-command` prints the first one; `wasmlet-master token create` makes more)"
             )));
         };
         let ca = ca.parse().map_err(|e| Error::Invalid(format!("the join token's CA fingerprint: {e}")))?;

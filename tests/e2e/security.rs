@@ -65,7 +65,7 @@ fn a_node_joins_with_a_good_token_and_keeps_its_credential_private() {
     let tokens = String::from_utf8_lossy(&master.command(&["token", "list"]).stdout).into_owned();
     let id = credential.split('.').next().expect("id");
     assert!(tokens.lines().any(|l| l.starts_with(id) && l.contains("node:good") && l.contains("valid")), "{tokens}");
-    // The agent's API is served over TLS with a certificate of the cluster CA (the harness trusts only that CA).
+    // The agent's API is served over TLS with a certificate of the node CA (the harness trusts only that CA).
     assert!(agent.api.starts_with("https://"), "{}", agent.api);
     let status: serde_json::Value = wait_for(WAIT, "the agent's API over TLS", || agent.get_json("/status").ok());
     assert_eq!(status["metadata"]["name"], "good");

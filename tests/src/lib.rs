@@ -235,17 +235,21 @@ impl Agent {
     }
 
     /// A client for the agent's API: its token on every request, and the
-    /// cluster CA trusted once the agent joined a master.
+    /// node CA (which signs the API's certificate) trusted once the agent joined a master.
     pub fn client_builder(&self) -> reqwest::blocking::ClientBuilder {
         let mut builder = authorized(&self.token()).tls_built_in_root_certs(false);
-        let credential = std::fs::read(self.data_dir.path().join("credential.json")).ok();
-        let ca = credential
-            .and_then(|c| serde_json::from_slice::<serde_json::Value>(&c).ok())
-            .and_then(|c| c["caCertificate"].as_str().map(String::from));
-        if let Some(cert) = ca.and_then(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).ok()) {
+        if let Some(cert) = self.credential_field("nodesCaCertificate").and_then(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).ok())
+        {
             builder = builder.add_root_certificate(cert);
         }
         builder
+    }
+
+    /// A text field of the agent's saved credential (`<data-dir>/credential.json`), once it has one.
+    pub fn credential_field(&self, field: &str) -> Option<String> {
+        let credential = std::fs::read(self.data_dir.path().join("credential.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&credential).ok()?;
+        value[field].as_str().map(String::from)
     }
 
     pub fn client(&self) -> reqwest::blocking::Client {

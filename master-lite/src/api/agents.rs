@@ -1,12 +1,17 @@
-//! The master ↔ agent protocol (`wasmlet_api::protocol`): register, lease,
-//! node status, the node's assignment (long poll) and batched instance
-//! phases.
+//! The master ↔ agent protocol (`wasmlet_api::protocol`): register, renew
+//! the credential, lease, node status, the node's assignment (long poll) and
+//! batched instance phases.
 //!
-//! A registration with a join token (or an admin token) creates the node's
-//! credential and revokes any older one of that node; a registration with
-//! the node's own credential (an agent restarting) keeps it. Either way the
-//! agent's signing request is signed for the node's name and the address the
-//! registration came from.
+//! Identity. A registration with a join token (or an admin token) creates the
+//! node's credential, expiring after `--node-credential-ttl`; one with the
+//! node's own credential (an agent restarting) keeps it. A join never takes
+//! over a node whose credential is still valid: `409`, until an admin
+//! deletes the node or revokes its credential. Either way the agent's signing
+//! request is signed by the node CA for the node's name and the address the
+//! registration came from, nothing else (not the host of `apiUrl`, not what
+//! the request asks for). Before its credential or certificate is due, the
+//! agent renews both with its credential (`POST /nodes/{name}/credential`);
+//! the older credential is revoked once the new one is first used.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +21,15 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use wasmlet_api::protocol::{
-    AssignedInstance, Assignment, InstanceStatusBatch, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
+    AssignedInstance, Assignment, CredentialRenewal, InstanceStatusBatch, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
+    RenewedCredential,
 };
 use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
+use super::live::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA};
 use super::{Failure, ListParams, decode, not_modified};
 use crate::Shared;
 use crate::auth::{Caller, Role, TokenRecord};
@@ -33,6 +41,54 @@ fn not_registered(name: &str) -> Failure {
     Failure::new(StatusCode::NOT_FOUND, "NotFound", format!("node `{name}` is not registered: POST /api/v1/nodes/register first"))
 }
 
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())
+}
+
+/// A join for a name whose credential is still valid: refused, saying what an admin can do.
+fn identity_taken(name: &str, live: &[TokenRecord]) -> Failure {
+    let ids: Vec<&str> = live.iter().map(|r| r.id.as_str()).collect();
+    Failure::conflict(format!(
+        "node `{name}` is registered and its credential ({}) is valid: a join cannot take over a live node's identity. \
+         If this machine replaces that node, an admin deletes the node (`DELETE /api/v1/nodes/{name}`, which revokes its credential) \
+         or revokes its credential (`wasmlet-master token revoke {}`), then the machine joins again; otherwise join under another --name",
+        ids.join(", "),
+        ids.first().copied().unwrap_or_default(),
+    ))
+}
+
+/// Signs the node's request for its name and `source`, when the master serves TLS.
+fn node_certificate(shared: &Shared, node: &str, csr: Option<&str>, source: std::net::IpAddr) -> Result<Option<String>, Failure> {
+    let (Some(csr), Some(_)) = (csr, shared.ca_fingerprint) else { return Ok(None) };
+    let lifetime = shared.config.serving_certificate_ttl.get();
+    let chain = shared.pki.sign_node_request(csr, node, &[source], lifetime).map_err(|e| Failure::invalid(format!("servingCsr: {e}")))?;
+    Ok(Some(chain))
+}
+
+/// When the agent holding `credential` (and a certificate issued now) must renew, counted from now.
+fn renew_after(shared: &Shared, credential: Option<&TokenRecord>, now: DateTime<Utc>) -> wasmlet_api::Duration {
+    let certificate = wasmlet_security::pki::renewal_due(shared.config.serving_certificate_ttl.get());
+    let credential = credential.map(|record| match record.expires {
+        Some(expires) => {
+            let due = (expires - record.created).to_std().map(wasmlet_security::pki::renewal_due).unwrap_or_default();
+            let due_at = chrono::Duration::from_std(due).ok().and_then(|d| record.created.checked_add_signed(d)).unwrap_or(expires);
+            (due_at - now).to_std().unwrap_or_default()
+        }
+        // A credential from before credentials expired: replace it now.
+        None => Duration::ZERO,
+    });
+    credential.map_or(certificate, |c| c.min(certificate)).into()
+}
+
+/// A new node credential for `node`, expiring after `--node-credential-ttl`.
+fn new_credential(shared: &Shared, node: &str, description: String, now: DateTime<Utc>) -> Result<(String, TokenRecord), Failure> {
+    let token = wasmlet_security::Token::generate().map_err(internal)?;
+    let lifetime = chrono::Duration::from_std(shared.config.node_credential_ttl.get()).map_err(internal)?;
+    let expires = now.checked_add_signed(lifetime).ok_or_else(|| internal("--node-credential-ttl is too long"))?;
+    let record = TokenRecord::new(&token, Role::Node(node.to_string()), description, Some(expires));
+    Ok((token.to_string(), record))
+}
+
 pub async fn register(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -41,6 +97,7 @@ pub async fn register(
 ) -> Result<Response, Failure> {
     let request: RegisterRequest = decode(&body, "registration")?;
     let name = request.name.clone();
+    let version = request.protocol_version.unwrap_or(1);
     let issue_credential = match &caller.role {
         Role::Join | Role::Admin => true,
         Role::Node(own) if *own == name => false,
@@ -48,34 +105,45 @@ pub async fn register(
             return Err(Failure::new(StatusCode::FORBIDDEN, "Forbidden", format!("{caller} may not register node `{name}`")));
         }
     };
-    let serving_certificate = match (&request.serving_csr, shared.ca_fingerprint.is_some()) {
-        (Some(csr), true) => {
-            let mut names = vec![name.clone(), peer.ip().to_string()];
-            names.extend(request.api_url.as_deref().and_then(url_host).map(str::to_string));
-            let chain = shared
-                .pki
-                .sign_request(csr, &format!("wasmlet-node:{name}"), &names)
-                .map_err(|e| Failure::invalid(format!("servingCsr: {e}")))?;
-            Some(chain)
-        }
-        _ => None,
-    };
-    let scheme = if serving_certificate.is_some() { "https" } else { "http" };
+    if !wasmlet_api::validate::is_dns_label(&name) {
+        return Err(Failure::invalid(format!(
+            "node `{name}` cannot register: `{name}` is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        )));
+    }
+    let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
+    let secure = serving_certificate.is_some();
+    let scheme = if secure { "https" } else { "http" };
     let endpoint = super::live::agent_endpoint(scheme, peer, request.api_port, request.api_url.as_deref());
     let ingress = super::live::agent_endpoint("http", peer, request.ingress_port, None);
+    // Version 2 agents serve their peers mutual TLS on the ingress port.
+    let ingress_peer = (secure && version >= 2).then(|| super::live::agent_endpoint("https", peer, request.ingress_port, None)).flatten();
+    let now = Utc::now();
     let (node, credential, master_token, unreachable) = {
         let mut cluster = shared.cluster();
+        let role = Role::Node(name.clone());
+        if issue_credential {
+            // Under the cluster lock: two joins for one name cannot both pass.
+            let live: Vec<TokenRecord> = shared.tokens.unrevoked(&role).into_iter().filter(|r| r.unusable(now).is_none()).collect();
+            if !live.is_empty() {
+                return Err(identity_taken(&name, &live));
+            }
+        }
         let existing = cluster.nodes.get(&name).cloned();
         let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
         node.metadata.labels = request.labels;
-        match endpoint {
-            Some(url) => node.metadata.annotations.insert(super::live::AGENT_API.to_string(), url),
-            None => node.metadata.annotations.remove(super::live::AGENT_API),
-        };
-        match ingress {
-            Some(url) => node.metadata.annotations.insert(super::live::AGENT_INGRESS.to_string(), url),
-            None => node.metadata.annotations.remove(super::live::AGENT_INGRESS),
-        };
+        let annotations = &mut node.metadata.annotations;
+        for (key, value) in [
+            (AGENT_API, endpoint),
+            (AGENT_INGRESS, ingress),
+            (AGENT_INGRESS_PEER, ingress_peer),
+            (AGENT_PROTOCOL, Some(version.to_string())),
+            (NODE_CA, secure.then(|| shared.pki.nodes().fingerprint().to_string())),
+        ] {
+            match value {
+                Some(value) => annotations.insert(key.to_string(), value),
+                None => annotations.remove(key),
+            };
+        }
         let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
         node.spec.taints = request.taints.into_iter().chain(unreachable).collect();
         node.status = request.status;
@@ -84,21 +152,15 @@ pub async fn register(
         let mut txn = cluster.txn();
         txn.put_credential(&name, master_token.clone());
         let credential = if issue_credential {
-            let token = wasmlet_security::Token::generate()
-                .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
-            let now = chrono::Utc::now();
-            let role = Role::Node(name.clone());
+            // Only expired or revoked ones are left (a live one is refused above): tidy them away.
             for mut old in shared.tokens.unrevoked(&role) {
                 old.revoked = Some(now);
                 txn.put_token(old);
             }
-            txn.put_token(TokenRecord::new(
-                &token,
-                role,
-                format!("credential of node {name}, joined with token {}", caller.token_id),
-                None,
-            ));
-            Some(token.to_string())
+            let description = format!("credential of node {name}, joined with token {}", caller.token_id);
+            let (token, record) = new_credential(&shared, &name, description, now)?;
+            txn.put_token(record.clone());
+            Some((token, record))
         } else {
             None
         };
@@ -106,7 +168,7 @@ pub async fn register(
         txn.put_node(node);
         let what = match (&existing, issue_credential) {
             (None, _) => format!("joined the cluster with token {}", caller.token_id),
-            (Some(_), true) => format!("joined again with token {}; its older credentials are revoked", caller.token_id),
+            (Some(_), true) => format!("joined again with token {}", caller.token_id),
             (Some(_), false) => "registered again".to_string(),
         };
         txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
@@ -123,35 +185,134 @@ pub async fn register(
         shared.wake.notify_one();
     }
     let config = &shared.config;
+    let held = match &credential {
+        Some((_, record)) => Some(record.clone()),
+        None => shared.tokens.get(&caller.token_id),
+    };
+    let tls = shared.ca_fingerprint.is_some();
     Ok(Json(RegisterResponse {
         node,
-        credential,
-        ca_certificate: shared.ca_fingerprint.map(|_| shared.pki.ca_pem().to_string()),
+        credential: credential.map(|(token, _)| token),
+        ca_certificate: tls.then(|| shared.pki.ca_pem().to_string()),
         serving_certificate,
         master_token,
         heartbeat_interval: config.heartbeat_interval,
         status_report_interval: config.status_report_interval,
         lost_after: config.lost_after,
+        // Version 1 agents refuse fields they do not know.
+        nodes_ca_certificate: (tls && version >= 2).then(|| shared.pki.nodes().ca_pem().to_string()),
+        renew_after: (version >= 2).then(|| renew_after(&shared, held.as_ref(), now)),
     })
     .into_response())
 }
 
-/// The host of a URL: `https://edge-1:9000/x` → `edge-1`.
-fn url_host(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    (!host.is_empty()).then_some(host)
+/// `POST /nodes/{name}/credential`: the node, with its current credential,
+/// gets a new one and a new certificate. The older credentials are cut short
+/// to a third of a lifetime, and revoked when the node first uses the new one.
+pub async fn renew_credential(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
+    if caller.role != Role::Node(name.clone()) {
+        return Err(Failure::new(StatusCode::FORBIDDEN, "Forbidden", format!("{caller} may not renew the credential of node `{name}`")));
+    }
+    let request: CredentialRenewal = decode(&body, "credential renewal")?;
+    let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
+    let now = Utc::now();
+    let description = format!("credential of node {name}, renewed from token {}", caller.token_id);
+    let (token, record) = new_credential(&shared, &name, description, now)?;
+    {
+        let mut cluster = shared.cluster();
+        if !cluster.nodes.contains_key(&name) {
+            return Err(not_registered(&name));
+        }
+        let overlap = chrono::Duration::from_std(shared.config.node_credential_ttl.get() / 3).map_err(internal)?;
+        let cut_off = now.checked_add_signed(overlap).unwrap_or(now);
+        let mut txn = cluster.txn();
+        for mut old in shared.tokens.unrevoked(&caller.role) {
+            // Bounded even if the master restarts before the new one is used.
+            if old.expires.is_none_or(|e| e > cut_off) {
+                old.expires = Some(cut_off);
+                txn.put_token(old);
+            }
+        }
+        txn.put_token(record.clone());
+        cluster.commit(txn)?;
+    }
+    shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), record.id.clone());
+    tracing::info!(node = %name, credential = %record.id, from = %caller.token_id, "renewed a node credential");
+    let tls = shared.ca_fingerprint.is_some();
+    Ok(Json(RenewedCredential {
+        credential: token,
+        serving_certificate,
+        nodes_ca_certificate: tls.then(|| shared.pki.nodes().ca_pem().to_string()),
+        renew_after: renew_after(&shared, Some(&record), now),
+    })
+    .into_response())
+}
+
+/// Once a node presents the credential it renewed last, its older ones are
+/// revoked, and those of earlier renewals, already unusable, are forgotten:
+/// a node keeps two records, however often it renews (the audit log keeps the history).
+fn retire_older_credentials(shared: &Shared, node: &str, presented: &str) {
+    {
+        let mut renewed = shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner());
+        if renewed.is_empty() || renewed.get(node).map(String::as_str) != Some(presented) {
+            return;
+        }
+        renewed.remove(node);
+    }
+    let now = Utc::now();
+    let mut cluster = shared.cluster();
+    let mut txn = cluster.txn();
+    for mut old in shared.tokens.of_role(&Role::Node(node.to_string())).into_iter().filter(|r| r.id != presented) {
+        if old.unusable(now).is_some() {
+            txn.delete(crate::store::Kind::Token, &old.id);
+        } else {
+            old.revoked = Some(now);
+            txn.put_token(old);
+        }
+    }
+    if let Err(e) = cluster.commit(txn) {
+        tracing::warn!(%node, error = %e, "cannot revoke the older credentials yet; trying again at the next heartbeat");
+        shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), presented.to_string());
+    }
+}
+
+/// Why a node must register again before it goes on: its certificate is not
+/// from this cluster's node CA (it was issued before the master had one, by
+/// a master of an older version). Registering gives it one, with no one's help.
+fn must_register_again(shared: &Shared, node: &Node) -> Option<Failure> {
+    shared.ca_fingerprint?;
+    let annotations = &node.metadata.annotations;
+    let has_certificate = annotations.get(AGENT_API).is_some_and(|url| url.starts_with("https://"));
+    let current = shared.pki.nodes().fingerprint().to_string();
+    (has_certificate && annotations.get(NODE_CA) != Some(&current)).then(|| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "node `{}` must register again: its certificate is not from this cluster's node CA (issued by an older master); registering brings a new one",
+                node.metadata.name
+            ),
+        )
+    })
 }
 
 /// Answers from the agent views and records the renewal in the lease table
 /// only: renewals never wait for the cluster lock (nor for the controllers).
-pub async fn renew_lease(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
+pub async fn renew_lease(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
     let (revision, unreachable) = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
+    retire_older_credentials(&shared, &name, &caller.token_id);
     shared.leases().renew(&name, tokio::time::Instant::now());
     if unreachable {
         shared.wake.notify_one();
@@ -183,6 +344,9 @@ pub async fn assignment(
 ) -> Result<Response, Failure> {
     let params = ListParams::parse(&query)?;
     let changes = shared.agents.subscribe(&name).ok_or_else(|| not_registered(&name))?;
+    if let Some(failure) = shared.cluster().nodes.get(&name).and_then(|node| must_register_again(&shared, node)) {
+        return Err(failure);
+    }
     if params.watch && !wait_for_assignment(&shared, changes, params.since, params.timeout).await {
         return Ok(not_modified());
     }

@@ -2,7 +2,8 @@
 //! instance's log (streamed with `follow=true`), a node's current report and
 //! its instances with their usage. The master reaches an agent's API at the
 //! address its registration came from and the port it named
-//! (annotation [`AGENT_API`] on the Node).
+//! (annotation [`AGENT_API`] on the Node), and accepts only that node's
+//! certificate from the node CA: not the cluster CA's, not another node's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,15 @@ pub const AGENT_API: &str = "wasmlet.io/agent-api";
 /// Node annotation holding the base URL of the node's ingress.
 pub const AGENT_INGRESS: &str = "wasmlet.io/ingress";
 
+/// Node annotation holding where peers reach the node's ingress over mutual TLS.
+pub const AGENT_INGRESS_PEER: &str = "wasmlet.io/ingress-peer";
+
+/// Node annotation holding the protocol version the node's agent speaks (absent: 1).
+pub const AGENT_PROTOCOL: &str = "wasmlet.io/agent-protocol";
+
+/// Node annotation holding the fingerprint of the node CA that signed the node's certificate.
+pub const NODE_CA: &str = "wasmlet.io/node-ca";
+
 /// The agent API of a registration: `apiUrl` when given, else `scheme`, the source address and `apiPort`.
 pub fn agent_endpoint(scheme: &str, peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
     if let Some(url) = api_url {
@@ -33,8 +43,7 @@ pub fn agent_endpoint(scheme: &str, peer: std::net::SocketAddr, api_port: Option
     })
 }
 
-/// A client that trusts the cluster CA only: the master calls agents with it,
-/// and `wasmlet-master token …` calls the master.
+/// A client that trusts the cluster CA only: `wasmlet-master token …` calls the master with it.
 pub fn trusting_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
     Ok(reqwest::Client::builder()
@@ -42,6 +51,17 @@ pub fn trusting_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .build()?)
+}
+
+/// A client for node `node`'s agent: it accepts that node's certificate from the node CA only.
+fn agent_client(shared: &Shared, node: &str) -> Result<reqwest::Client, Failure> {
+    let internal = |e: String| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", format!("a client for node `{node}`: {e}"));
+    let tls = wasmlet_security::tls::client_for_node(shared.pki.nodes().ca_pem(), node, None).map_err(|e| internal(e.to_string()))?;
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| internal(e.to_string()))
 }
 
 /// The node's agent API and the token the master presents to it.
@@ -62,7 +82,7 @@ fn endpoint_of(shared: &Shared, node: &str) -> Result<(String, Option<String>), 
 async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
     let (base, token) = endpoint_of(shared, node)?;
     let url = format!("{base}{path_and_query}");
-    let mut request = shared.agent_http.get(&url);
+    let mut request = agent_client(shared, node)?.get(&url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -1,5 +1,8 @@
 //! Nodes for operators: list, get, delete, cordon, uncordon and drain.
 //!
+//! Deleting a node revokes its credentials too: the name is free for a new
+//! join, and the deleted node's agent cannot bring it back on its own.
+//!
 //! Drain cordons the node and marks its instances draining; the workload
 //! controller then places a replacement for each and removes the original
 //! only once the replacement is Running. The request waits for that, at most
@@ -45,6 +48,11 @@ pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
         let mut txn = cluster.txn();
         txn.delete(Kind::Node, &name);
         txn.delete(Kind::Credential, &name);
+        let now = chrono::Utc::now();
+        for mut credential in shared.tokens.unrevoked(&crate::auth::Role::Node(name.clone())) {
+            credential.revoked = Some(now);
+            txn.put_token(credential);
+        }
         let instances: Vec<String> = cluster.instances_on(&name).map(|p| p.instance.metadata.name.clone()).collect();
         for instance in &instances {
             txn.delete(Kind::Instance, instance);
@@ -53,7 +61,7 @@ pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
             EventType::Normal,
             "Deleted",
             ("Node", &name),
-            format!("node {name} deleted; its {} instance(s) are placed again", instances.len()),
+            format!("node {name} deleted and its credentials revoked; its {} instance(s) are placed again", instances.len()),
         );
         cluster.commit(txn)?;
         node

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmlet_api::protocol::List;
@@ -14,6 +14,7 @@ use wasmlet_api::{EventType, Phase, Workload, WorkloadStatus, WorkloadType};
 
 use super::{Failure, ListParams, decode, not_modified, wait_for_change};
 use crate::Shared;
+use crate::auth::{Caller, Role};
 use crate::cluster::Cluster;
 use crate::store::Kind;
 
@@ -49,9 +50,24 @@ pub async fn list_instances(State(shared): State<Arc<Shared>>, Query(query): Que
 }
 
 /// `GET /endpoints`: for every service, the ingresses of the nodes with a
-/// Ready instance of it. Watchable: it changes with the instances.
-pub async fn list_endpoints(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
+/// Ready instance of it. Watchable: it changes with the instances. Peer URLs
+/// go only to callers that know the field: agents of protocol version 1
+/// refuse fields they do not know.
+pub async fn list_endpoints(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): QueryPairs,
+) -> Result<Response, Failure> {
     list(&shared, &query, Kind::Instance, |c, _| {
+        let peer_urls = match &caller.role {
+            Role::Node(own) => c
+                .nodes
+                .get(own)
+                .and_then(|n| n.metadata.annotations.get(super::live::AGENT_PROTOCOL))
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|v| v >= 2),
+            _ => true,
+        };
         c.workloads
             .values()
             .filter(|w| w.spec.kind == wasmlet_api::WorkloadType::Service)
@@ -64,7 +80,8 @@ pub async fn list_endpoints(State(shared): State<Arc<Shared>>, Query(query): Que
                     .filter_map(|p| {
                         let node = c.nodes.get(&p.instance.spec.node)?;
                         let url = node.metadata.annotations.get(super::live::AGENT_INGRESS)?;
-                        Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone() })
+                        let peer_url = node.metadata.annotations.get(super::live::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
+                        Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone(), peer_url })
                     })
                     .collect();
                 endpoints.sort_by(|a, b| a.node.cmp(&b.node));

@@ -1,15 +1,18 @@
 //! A new cluster's secrets, created on the master's first start under its
-//! data dir: the CA (`pki/`), the admin token (`admin.token`) and a join
-//! token (`join.token`), all 0600. Later starts load them. The token files
-//! hold the only plain copies; the store keeps their hashes, and a token
-//! whose record was lost with the store is recorded again from its file
-//! (a revoked one stays revoked: its record is kept).
+//! data dir: the cluster CA and the node CA (`pki/`), the admin token
+//! (`admin.token`) and a join token (`join.token`), all 0600. Later starts
+//! load them (and add the node CA to a cluster of an older version). The
+//! token files hold the only plain copies; the store keeps their hashes, and
+//! a token whose record was lost with the store is recorded again from its
+//! file (a revoked one stays revoked: its record is kept). No secret is ever
+//! logged: the log names the file and the command that prints it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use wasmlet_security::tls::CertSlot;
 use wasmlet_security::{ClusterPki, JoinToken, Token, files, pki, tls};
 
 use super::{Role, TokenRecord};
@@ -23,25 +26,30 @@ pub const PKI_DIR: &str = "pki";
 /// What the master serves with.
 pub struct Secrets {
     pub pki: ClusterPki,
+    /// The serving certificate, renewed while the master runs ([`super::serving`]); None with `--insecure-http`.
+    pub serving: Option<Arc<CertSlot>>,
     /// None with `--insecure-http`.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Loads or creates the CA, the serving certificate and the bootstrap tokens.
+/// Loads or creates the CAs, the serving certificate and the bootstrap tokens.
 pub fn prepare(config: &MasterConfig, cluster: &mut Cluster) -> anyhow::Result<Secrets> {
     let dir = &config.data_dir;
-    let (pki, created) = ClusterPki::load_or_create(&dir.join(PKI_DIR)).context("the cluster CA")?;
-    if created {
+    let (pki, created) = ClusterPki::load_or_create(&dir.join(PKI_DIR)).context("the cluster's CAs")?;
+    if created.cluster {
         tracing::info!(fingerprint = %pki.fingerprint(), dir = %dir.join(PKI_DIR).display(), "created the cluster CA");
     }
-    let tls = if config.insecure_http {
+    if created.nodes {
+        tracing::info!(fingerprint = %pki.nodes().fingerprint(), dir = %dir.join(PKI_DIR).display(), "created the node CA (node certificates)");
+    }
+    let (serving, tls) = if config.insecure_http {
         tracing::warn!("--insecure-http: the API is served over plain HTTP; tokens and workloads cross the network in clear text");
-        None
+        (None, None)
     } else {
-        let names = pki::local_names(&config.tls_san);
-        let identity = pki.issue_identity("wasmlet-master", &names).context("the master's serving certificate")?;
-        tracing::info!(names = ?names, "serving TLS");
-        Some(tls::server_config(&identity).context("the TLS configuration")?)
+        let slot = Arc::new(CertSlot::default());
+        super::serving::issue(&pki, config, &slot)?;
+        let tls = tls::server_with_slot(slot.clone()).context("the TLS configuration")?;
+        (Some(slot), Some(tls))
     };
     ensure_token(cluster, &dir.join(ADMIN_TOKEN_FILE), Role::Admin, "the admin token of the first start", |t| t.to_string())?;
     let ca = pki.fingerprint();
@@ -50,11 +58,27 @@ pub fn prepare(config: &MasterConfig, cluster: &mut Cluster) -> anyhow::Result<S
         JoinToken { ca, token: t.clone() }.to_string()
     })?;
     if created_join {
-        let token = files::read_secret(&join_file)?.unwrap_or_default();
-        let url = advertised_url(config);
-        tracing::info!(file = %join_file.display(), "created a join token; join a node with:\n  wasmlet-agent --master {url} --join-token {token}");
+        // The file and the command, never the token: logs travel further than the data dir.
+        tracing::info!(
+            file = %join_file.display(),
+            "created a join token; `wasmlet-master join-command --data-dir {}` prints the command that joins a node",
+            dir.display()
+        );
     }
-    Ok(Secrets { pki, tls })
+    Ok(Secrets { pki, serving, tls })
+}
+
+/// The command that joins a node with the join token in `join.token`.
+pub fn join_command(config: &MasterConfig) -> anyhow::Result<String> {
+    let file = config.data_dir.join(JOIN_TOKEN_FILE);
+    let token = files::read_secret(&file)?.with_context(|| {
+        format!(
+            "{} does not exist: is this the master's data dir (--data-dir), and has the master started once? \
+             `wasmlet-master token create` makes a join token",
+            file.display()
+        )
+    })?;
+    Ok(format!("wasmlet-agent --master {} --join-token {token}\n", advertised_url(config)))
 }
 
 /// Makes sure the token in `file` is recorded, creating both when the file is missing.

@@ -10,13 +10,15 @@
 //! - `tokens`: records, roles, and checking a presented token.
 //! - `policy`: the role × route table.
 //! - `audit`: the append-only JSON-lines audit log.
-//! - `bootstrap`: the CA, the admin token and the first join token of a new cluster.
+//! - `bootstrap`: the CAs, the admin token and the first join token of a new cluster.
+//! - `serving`: the master's serving certificate, renewed while it runs.
 //! - `middleware`: the layer that authenticates, authorizes and audits.
 
 pub mod audit;
 pub mod bootstrap;
 pub mod middleware;
 pub mod policy;
+pub mod serving;
 pub mod tokens;
 
 pub use tokens::{Caller, Role, TokenRecord, TokenTable};

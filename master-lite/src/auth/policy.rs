@@ -5,7 +5,7 @@
 //! | `admin` | everything |
 //! | `viewer` | every GET but tokens |
 //! | `join` | `POST /nodes/register` |
-//! | `node:<n>` | register as `n`; renew `n`'s lease; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules assigned to `n` |
+//! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules assigned to `n` |
 //!
 //! Routes are the router's templates (`/api/v1/nodes/{name}/lease`), so a
 //! new route is denied to everyone but admins until it is added here.
@@ -45,6 +45,7 @@ pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&s
                 ("GET", "/version" | "/endpoints") => Decision::Allow,
                 ("PUT", "/nodes/{name}/lease" | "/nodes/{name}/status" | "/nodes/{name}/instances/status") if own() => Decision::Allow,
                 ("GET", "/nodes/{name}" | "/nodes/{name}/assignment") if own() => Decision::Allow,
+                ("POST", "/nodes/{name}/credential") if own() => Decision::Allow,
                 ("GET", "/modules/{digest}") => match param("digest") {
                     Some(digest) => Decision::AllowIfAssigned { node: node.clone(), digest },
                     None => Decision::Deny,
@@ -81,6 +82,10 @@ mod tests {
         assert_eq!(decide(a, Method::PUT, "/api/v1/nodes/{name}/status", Some("b")), Decision::Deny);
         assert_eq!(decide(a, Method::GET, "/api/v1/nodes/{name}/assignment", Some("b")), Decision::Deny);
         assert_eq!(decide(a, Method::GET, "/api/v1/nodes/{name}", Some("a")), Decision::Allow);
+        assert_eq!(decide(a, Method::POST, "/api/v1/nodes/{name}/credential", Some("a")), Decision::Allow);
+        assert_eq!(decide(a, Method::POST, "/api/v1/nodes/{name}/credential", Some("b")), Decision::Deny);
+        assert_eq!(decide("join", Method::POST, "/api/v1/nodes/{name}/credential", Some("a")), Decision::Deny);
+        assert_eq!(decide("viewer", Method::POST, "/api/v1/nodes/{name}/credential", Some("a")), Decision::Deny);
         assert_eq!(decide(a, Method::GET, "/api/v1/nodes", None), Decision::Deny);
         assert_eq!(decide(a, Method::GET, "/api/v1/workloads", None), Decision::Deny);
         assert_eq!(decide(a, Method::DELETE, "/api/v1/nodes/{name}", Some("a")), Decision::Deny);

@@ -148,6 +148,11 @@ impl TokenTable {
         self.0.read().unwrap_or_else(|e| e.into_inner()).values().filter(|r| r.role == *role && r.revoked.is_none()).cloned().collect()
     }
 
+    /// Every record of `role`, revoked or not.
+    pub fn of_role(&self, role: &Role) -> Vec<TokenRecord> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).values().filter(|r| r.role == *role).cloned().collect()
+    }
+
     pub fn insert(&self, record: TokenRecord) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), record);
     }

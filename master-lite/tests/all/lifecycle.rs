@@ -50,7 +50,7 @@ async fn a_silent_node_goes_unknown_its_instances_are_handed_off_and_fenced_on_r
     assert!(handed.iter().any(|m| m.contains("from n1 to n2")), "{handed:?}");
 
     // The node returns: Ready from its report, untainted, the Lost instance leaves its assignment.
-    let _back = FakeNode::join(&master, "n1", json!({})).await;
+    let _back = n1.come_back(&master).await;
     eventually("fenced", || async { (!master.instances_of("web").await.iter().any(|i| i.0 == lost_name)).then_some(()) }).await;
     let (_, node) = master.get("/nodes/n1").await;
     assert!(node["spec"]["taints"].is_null(), "{node}");

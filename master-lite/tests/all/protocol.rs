@@ -122,3 +122,29 @@ async fn drain_moves_every_instance_with_its_replacement_running_first() {
     assert!(instances.iter().all(|(_, node, _, _)| node == "n2"), "{instances:?}");
     assert_eq!(master.get("/nodes/n1").await.1["spec"]["unschedulable"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_2_fields_go_only_to_agents_that_speak_it_and_a_live_name_is_not_taken_over() {
+    let master = Master::start(|_| {}).await;
+    let (status, old) = master.post("/nodes/register", &registration("old", json!({}))).await;
+    assert_eq!(status, 200, "{old}");
+    assert!(old.get("renewAfter").is_none() && old.get("nodesCaCertificate").is_none(), "an agent of version 1 refuses them: {old}");
+    let mut request = registration("new", json!({}));
+    request["protocolVersion"] = json!(2);
+    request["aFieldOfALaterVersion"] = json!(true);
+    let (status, new) = master.post("/nodes/register", &request).await;
+    assert_eq!(status, 200, "a registration tolerates fields it does not know: {new}");
+    assert!(new["renewAfter"].is_string(), "{new}");
+    assert_eq!(new["node"]["metadata"]["annotations"]["wasmlet.io/agent-protocol"], "2");
+
+    // Joining again under a name whose credential is valid: refused, saying what an admin can do.
+    let (status, refused) = master.post("/nodes/register", &registration("old", json!({}))).await;
+    assert_eq!(status, 409, "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("token revoke") && message.contains("DELETE /api/v1/nodes/old"), "{message}");
+    // Deleting the node frees the name.
+    assert_eq!(master.send(reqwest::Method::DELETE, "/nodes/old", &json!(null)).await.0, 200);
+    let (status, again) = master.post("/nodes/register", &registration("old", json!({}))).await;
+    assert_eq!(status, 200, "{again}");
+    assert_ne!(again["credential"], old["credential"]);
+}

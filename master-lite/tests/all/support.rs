@@ -160,6 +160,8 @@ pub fn registration(name: &str, labels: Value) -> Value {
 /// A fake agent: registers, then renews its lease every 50 ms until stopped or dropped.
 pub struct FakeNode {
     pub name: String,
+    /// The node credential its registration gave.
+    pub credential: String,
     heartbeat: JoinHandle<()>,
 }
 
@@ -167,6 +169,19 @@ impl FakeNode {
     pub async fn join(master: &Master, name: &str, labels: Value) -> FakeNode {
         let (status, body) = master.post("/nodes/register", &registration(name, labels)).await;
         assert_eq!(status, 200, "{body}");
+        FakeNode::heartbeating(master, name, body["credential"].as_str().unwrap_or_default())
+    }
+
+    /// The node back from silence: it registers again with its own credential, as an agent does.
+    pub async fn come_back(&self, master: &Master) -> FakeNode {
+        let url = format!("{}/nodes/register", master.url);
+        let request = registration(&self.name, json!({}));
+        let r = reqwest::Client::new().post(url).bearer_auth(&self.credential).json(&request).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        FakeNode::heartbeating(master, &self.name, &self.credential)
+    }
+
+    fn heartbeating(master: &Master, name: &str, credential: &str) -> FakeNode {
         let url = format!("{}/nodes/{name}/lease", master.url);
         let http = master.http.clone();
         let heartbeat = tokio::spawn(async move {
@@ -175,7 +190,7 @@ impl FakeNode {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        FakeNode { name: name.to_string(), heartbeat }
+        FakeNode { name: name.to_string(), credential: credential.to_string(), heartbeat }
     }
 
     /// Stops renewing the lease (the node goes silent).

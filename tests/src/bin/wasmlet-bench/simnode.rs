@@ -274,6 +274,7 @@ async fn register_one(client: &reqwest::Client, api: &str, join_token: &str, nam
         labels: [("wasmlet.io/simulated".to_string(), "true".to_string())].into(),
         taints: Vec::new(),
         status: node_status(name),
+        protocol_version: None,
         serving_csr: None,
         api_port: None,
         api_url: None,

@@ -1,0 +1,134 @@
+//! Certificates and credentials renewed while everything runs: with
+//! lifetimes of seconds, a master and an agent go through several of them,
+//! the certificates on the wire change, the node stays Ready, the master
+//! still reaches the agent, and used-up or expired credentials are refused.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use wasmlet_api::Phase;
+use wasmlet_tests::{Master, bin, wait_for, workload_manifest};
+
+use crate::identity::{WAIT, credential, join, register, wait_ready};
+
+/// The SHA-256 of the leaf certificate `url` presents, trusting `ca_pem`
+/// only (a new connection each time), and how long it has left.
+fn leaf_of(url: &str, ca_pem: &str) -> Option<(String, i64)> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).ok()?;
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .tls_info(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let response = client.get(format!("{url}/healthz")).send().ok()?;
+    let der = response.extensions().get::<reqwest::tls::TlsInfo>()?.peer_certificate()?.to_vec();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let left = cert.validity().not_after.timestamp() - chrono::Utc::now().timestamp();
+    Some((wasmlet_tests::sha256(&der), left))
+}
+
+#[test]
+fn certificates_and_credentials_are_renewed_while_the_cluster_runs() {
+    let master = Master::start(&["--serving-certificate-ttl", "3s", "--node-credential-ttl", "3s"]).expect("master starts");
+    let agent = join(&master, "rotating", &master.join_token, &[]);
+    wait_ready(&master, "rotating");
+    let first = credential(&agent);
+    let nodes_ca = wait_for(WAIT, "the node CA", || agent.credential_field("nodesCaCertificate"));
+
+    // Three of each on the wire and on disk: the master's certificate, the agent's, the credential.
+    let (mut master_certs, mut agent_certs, mut credentials) = (HashSet::new(), HashSet::new(), HashSet::new());
+    wait_for(Duration::from_secs(30), "three master certificates, agent certificates and credentials", || {
+        if let Some((leaf, left)) = leaf_of(&master.url, &master.ca_pem) {
+            assert!(left <= 3, "the master's certificate lives --serving-certificate-ttl: {left} s left");
+            master_certs.insert(leaf);
+        }
+        if let Some((leaf, left)) = leaf_of(&agent.api, &nodes_ca) {
+            assert!(left <= 3, "the agent's certificate lives --serving-certificate-ttl: {left} s left");
+            agent_certs.insert(leaf);
+        }
+        credentials.extend(agent.credential_field("token"));
+        (master_certs.len() >= 3 && agent_certs.len() >= 3 && credentials.len() >= 3).then_some(())
+    });
+    assert!(agent.log_text().contains("renewed this node's credential and certificate"));
+
+    // Still Ready, never NotReady, and the master still reaches the agent (logs, over TLS to its renewed certificate).
+    wait_ready(&master, "rotating");
+    assert!(
+        !master.events().iter().any(|e| e.reason == "NodeNotReady"),
+        "the node never went NotReady: {:?}",
+        master.events().iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    master.upload_example("hello").expect("upload");
+    let workload: wasmlet_api::Workload = wasmlet_api::from_yaml(&workload_manifest("hello", "hello", "job", "")).expect("manifest");
+    let (status, body) = master.send_json(reqwest::Method::POST, "/workloads", &workload).expect("create");
+    assert_eq!(status, 201, "{body}");
+    let instance = wait_for(WAIT, "hello Succeeded", || {
+        master.instances().into_iter().find(|i| i.spec.workload == "hello" && i.status.phase == Phase::Succeeded)
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = master.cli_config(dir.path());
+    let out = std::process::Command::new(bin("wasmlet"))
+        .args(["logs", &instance.metadata.name])
+        .env("WASMLET_CONFIG", &config)
+        .output()
+        .expect("wasmlet runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasmlet"));
+
+    // The first credential was replaced, then refused.
+    let as_first = master.client_with(&first).build().expect("client");
+    let refused = as_first.get(master.api("/nodes/rotating")).send().expect("answer");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+
+    // A credential nobody renews expires with its lifetime.
+    let (status, answer) = register(&master, &master.join_token, serde_json::json!({"name": "lapsed", "status": {}, "protocolVersion": 2}));
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let lapsing = answer["credential"].as_str().expect("a credential").to_string();
+    let renew_after = answer["renewAfter"].as_str().expect("when to renew").to_string();
+    assert!(renew_after.ends_with("ms") || renew_after == "2s", "two thirds of 3 s: {renew_after}");
+    let as_lapsed = master.client_with(&lapsing).build().expect("client");
+    assert_eq!(as_lapsed.get(master.api("/nodes/lapsed")).send().expect("answer").status(), StatusCode::OK);
+    // Renewing takes a valid credential of that very node.
+    let other = as_lapsed.post(master.api("/nodes/rotating/credential")).json(&serde_json::json!({})).send().expect("answer");
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let message = wait_for(WAIT, "the credential to expire", || {
+        let response = as_lapsed.get(master.api("/nodes/lapsed")).send().ok()?;
+        (response.status() == StatusCode::UNAUTHORIZED).then(|| response.text().unwrap_or_default())
+    });
+    assert!(message.contains("expired"), "{message}");
+    let lapsed = as_lapsed.post(master.api("/nodes/lapsed/credential")).json(&serde_json::json!({})).send().expect("answer");
+    assert_eq!(lapsed.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn a_master_with_a_new_node_ca_gives_running_agents_new_certificates() {
+    // As after upgrading a master of a version with one CA: the node CA is new, the agents'
+    // certificates are not from it. They register again on their own and get one.
+    let mut master = Master::start(&[]).expect("master starts");
+    let agent = join(&master, "veteran", &master.join_token, &[]);
+    wait_ready(&master, "veteran");
+    let live = |master: &Master| master.client().get(master.api("/nodes/veteran/live")).send().map(|r| r.status()).ok();
+    wait_for(WAIT, "live usage from the agent", || (live(&master) == Some(StatusCode::OK)).then_some(()));
+    let pki = master.data_dir.path().join("pki");
+    let old_nodes_ca = std::fs::read_to_string(pki.join("nodes-ca.crt")).expect("nodes-ca.crt");
+    std::fs::remove_file(pki.join("nodes-ca.crt")).expect("remove");
+    std::fs::remove_file(pki.join("nodes-ca.key")).expect("remove");
+    let (ca, join_token) = (master.ca_pem.clone(), master.join_token.clone());
+    master.restart().expect("the master starts again");
+    assert_eq!(master.ca_pem, ca, "the cluster CA is kept: CLI configs stay valid");
+    assert_eq!(master.join_token, join_token, "join tokens stay valid");
+    let new_nodes_ca = std::fs::read_to_string(pki.join("nodes-ca.crt")).expect("a new node CA");
+    assert_ne!(new_nodes_ca, old_nodes_ca);
+
+    wait_for(WAIT, "live usage from the agent with its new certificate", || (live(&master) == Some(StatusCode::OK)).then_some(()));
+    assert!(agent.log_text().contains("must register again"), "the agent was told why");
+    let (leaf, _) = wait_for(WAIT, "the agent's new certificate on the wire", || leaf_of(&agent.api, &new_nodes_ca));
+    assert!(!leaf.is_empty());
+    assert_eq!(agent.credential_field("nodesCaCertificate").as_deref(), Some(new_nodes_ca.as_str()));
+    let newcomer = join(&master, "newcomer", &join_token, &[]);
+    wait_ready(&master, "newcomer");
+    drop(newcomer);
+}
