@@ -22,6 +22,7 @@
 //! - `auth`: tokens, roles, the authorization policy, the audit log, and the
 //!   CA and bootstrap tokens of a new cluster.
 //! - `admin`: `wasmlet-master token …` and `client-config`, run beside a master.
+//! - `backup`: the backup archive, and `wasmlet-master backup` / `restore`.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same master in-process with their own listener and shutdown.
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod controller;
@@ -72,6 +74,8 @@ pub struct Shared {
     pub tokens: auth::TokenTable,
     /// Where mutations and refusals are recorded.
     pub audit: Option<auth::audit::AuditLog>,
+    /// Per source address: refusals answered before `429`.
+    pub refusals: auth::ratelimit::RefusalLimit,
     /// The cluster CA: signs agents' serving certificates.
     pub pki: wasmlet_security::ClusterPki,
     /// The CA's fingerprint when the API is served over TLS (None with `--insecure-http`).
@@ -96,12 +100,17 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let addr = listener.local_addr().context("reading the listener's address")?;
     // The store, the CA key and the tokens: readable by the master only.
     wasmlet_security::files::private_dir(&config.data_dir)?;
-    let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let mut cluster = Cluster::load(Box::new(store)).context("loading the store")?;
+    // A store that exists but cannot be read stops the master here, naming the file: never an empty cluster over it.
+    let store = RedbStore::open(&config.data_dir)?;
+    let mut cluster = Cluster::load(Arc::new(store))?;
+    // Objects it cannot act on are marked and reported; they do not keep the master from starting.
+    controller::workloads::check_stored(&mut cluster, &config).context("recording the stored objects it cannot act on")?;
     let secrets = auth::bootstrap::prepare(&config, &mut cluster)?;
+    let metrics = Metrics::default();
     let audit_path = config.data_dir.join("audit.log");
-    let audit =
-        auth::audit::AuditLog::open(audit_path.clone()).with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let bounds = auth::audit::Bounds { max_size: config.audit_log_max_size.get(), max_files: config.audit_log_max_files };
+    let audit = auth::audit::AuditLog::open(audit_path.clone(), bounds, metrics.audit_lines_dropped.clone())
+        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     let agent_http = api::live::trusting_client(secrets.pki.ca_pem()).context("the client for agents")?;
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
@@ -113,6 +122,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         nodes = cluster.nodes.len(),
         workloads = cluster.workloads.len(),
         instances = cluster.instances.len(),
+        not_acted_on = cluster.invalid.len(),
         "wasmlet master started"
     );
     let stop = CancellationToken::new();
@@ -123,8 +133,9 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         cluster: Mutex::new(cluster),
         leases: Mutex::new(leases),
         modules,
+        refusals: auth::ratelimit::RefusalLimit::new(config.refused_per_second, config.refused_burst),
         config,
-        metrics: Metrics::default(),
+        metrics,
         wake: Notify::new(),
         shutdown: stop.clone(),
         tokens: cluster_tokens,
@@ -134,6 +145,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         agent_http,
     });
     let controllers = tokio::spawn(controller::run(shared.clone(), stop.clone()));
+    tokio::spawn(forget_idle_sources(shared.clone(), stop.clone()));
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -145,4 +157,15 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     controllers.await.context("the controllers failed")?;
     tracing::info!("master stopped");
     Ok(())
+}
+
+/// Keeps the refusal rate limit's table to the sources refused lately.
+async fn forget_idle_sources(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => shared.refusals.forget_idle(),
+        }
+    }
 }
