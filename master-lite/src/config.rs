@@ -67,7 +67,7 @@ pub enum Command {
     /// Create, list and revoke tokens of the running master (run on the master's machine: uses its data dir).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Write a consistent backup of the running master to FILE (`-` for stdout): every stored
+    /// Write a consistent backup of the running master to FILE: every stored
     /// object, the uploaded modules they use, the CA and the bootstrap tokens (run on the master's machine).
     Backup {
         /// Where the backup goes; it holds the cluster CA's key: keep it as private as the data dir.
