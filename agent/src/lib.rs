@@ -146,7 +146,8 @@ pub async fn run_with_ingress(
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
-            let watcher = manifests::ManifestWatcher::new(dir.clone(), &config.allowed_host_paths, supervisor.clone());
+            let watcher =
+                manifests::ManifestWatcher::new(dir.clone(), &config.allowed_host_paths, config.max_instances, supervisor.clone());
             Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
         }
         (Some(dir), None) => {

@@ -3,6 +3,9 @@
 //! changed file starts or updates its workloads, a removed file stops them,
 //! and a broken file is reported (event and log line naming the file, the
 //! field and the problem) while what runs keeps running, on its last good version.
+//! What the files ask for is bounded before anything is made of it: each
+//! workload by the API's limits, and all of them together by the node's
+//! `--max-instances`, so no manifest can exhaust the agent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,13 +42,15 @@ pub struct ManifestWatcher {
     /// Host paths workloads may be granted.
     allowed_host_paths: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileEntry>,
+    /// Instances all manifests together may ask for (`--max-instances`).
+    max_instances: u32,
     supervisor: Arc<Supervisor>,
 }
 
 impl ManifestWatcher {
-    pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], supervisor: Arc<Supervisor>) -> Self {
+    pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], max_instances: u32, supervisor: Arc<Supervisor>) -> Self {
         let allowed_host_paths = allowed_host_paths.to_vec();
-        ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), supervisor }
+        ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), max_instances, supervisor }
     }
 
     /// Polls until `stop` is cancelled.
@@ -89,13 +94,10 @@ impl ManifestWatcher {
             if self.files.get(&path).is_some_and(|f| f.content == content) {
                 continue;
             }
-            let taken: BTreeSet<String> = self
-                .files
-                .iter()
-                .filter(|(p, _)| **p != path)
-                .flat_map(|(_, f)| f.admitted.iter().map(|a| a.workload.metadata.name.clone()))
-                .collect();
-            match self.admit_file(&path, &text, &taken) {
+            let others = || self.files.iter().filter(|(p, _)| **p != path).flat_map(|(_, f)| f.admitted.iter());
+            let taken: BTreeSet<String> = others().map(|a| a.workload.metadata.name.clone()).collect();
+            let room = u64::from(self.max_instances).saturating_sub(others().map(|a| instances_of(&a.workload)).sum());
+            match self.admit_file(&path, &text, &taken, room) {
                 Ok(admitted) => {
                     let names: Vec<String> = admitted.iter().map(|a| a.workload.metadata.name.clone()).collect();
                     events.record(
@@ -129,12 +131,7 @@ impl ManifestWatcher {
     pub fn desired(&self) -> Vec<DesiredInstance> {
         let mut out = Vec::new();
         for admitted in self.files.values().flat_map(|f| f.admitted.iter()) {
-            let spec = &admitted.workload.spec;
-            let replicas = match spec.placement {
-                Some(Placement::EveryNode) => 1,
-                None => spec.replicas.unwrap_or(1),
-            };
-            for i in 0..replicas {
+            for i in 0..instances_of(&admitted.workload) {
                 out.push(DesiredInstance {
                     name: format!("{}-{i}", admitted.workload.metadata.name),
                     workload: admitted.workload.clone(),
@@ -150,24 +147,37 @@ impl ManifestWatcher {
         out
     }
 
-    fn admit_file(&self, path: &Path, text: &[u8], taken: &BTreeSet<String>) -> Result<Vec<Admitted>, String> {
+    /// Admits every workload of one file, or none; `room` is how many
+    /// instances the other files leave of `--max-instances`.
+    fn admit_file(&self, path: &Path, text: &[u8], taken: &BTreeSet<String>, room: u64) -> Result<Vec<Admitted>, String> {
         let text = std::str::from_utf8(text).map_err(|e| format!("not UTF-8 text: {e}"))?;
         let workloads = parse_workloads(path, text)?;
         let mut admitted = Vec::new();
         let mut names = BTreeSet::new();
+        let mut instances = 0u64;
         for (i, workload) in workloads.into_iter().enumerate() {
             let at = |problem: String| if i == 0 { problem } else { format!("document {}: {problem}", i + 1) };
             let name = workload.metadata.name.clone();
             if taken.contains(&name) || !names.insert(name.clone()) {
                 return Err(at(format!("metadata.name: workload `{name}` is already defined by another manifest")));
             }
+            // Validated before its replicas are counted: a count past the API's limit is named as such.
+            workload.validate().map_err(|e| at(e.to_string()))?;
+            instances += instances_of(&workload);
+            if instances > room {
+                let others = u64::from(self.max_instances) - room;
+                return Err(at(format!(
+                    "spec.replicas: {instances} instances in this file and {others} in the others are more than this node runs (--max-instances {})",
+                    self.max_instances
+                )));
+            }
             admitted.push(self.admit(path, workload).map_err(at)?);
         }
         Ok(admitted)
     }
 
+    /// Admits one validated workload: its module read and checked, its host grants resolved.
     fn admit(&self, manifest: &Path, workload: Workload) -> Result<Admitted, String> {
-        workload.validate().map_err(|e| e.to_string())?;
         let spec = &workload.spec;
         let source = &spec.module.source;
         if source.contains("://") {
@@ -194,6 +204,14 @@ impl ManifestWatcher {
         hasher.update(serde_json::to_vec(&workload.metadata.labels).unwrap_or_default());
         let generation = format!("{:x}", hasher.finalize())[..16].to_string();
         Ok(Admitted { workload: Arc::new(workload), module: Arc::new(bytes), host_dirs, generation })
+    }
+}
+
+/// How many instances a static workload runs: its replicas, or one for `placement: everyNode`.
+fn instances_of(workload: &Workload) -> u64 {
+    match workload.spec.placement {
+        Some(Placement::EveryNode) => 1,
+        None => u64::from(workload.spec.replicas.unwrap_or(1)),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `decode`: JSON/YAML decoding whose errors name the offending field.
 //! - `selector`: label selectors, parsed once and matched by the master and the CLI.
 //! - `validate`: rules serde cannot express; every problem is reported with its field.
+//! - `limits`: the most one object may ask for (replicas, sizes, counts, durations).
 //!
 //! The crate does no I/O; the agent, the master and the CLI all speak through it.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod duration;
 pub mod event;
 pub mod instance;
+pub mod limits;
 pub mod meta;
 pub mod node;
 pub mod protocol;

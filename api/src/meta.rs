@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Errors, is_dns_label, is_label_key, is_label_value};
+use crate::limits::{MAX_ANNOTATIONS_BYTES, MAX_LABELS};
+use crate::validate::{Errors, is_dns_label, is_label_key, is_label_value, shorten};
 
 /// The one API version this release speaks.
 pub const API_VERSION: &str = "wasmlet.io/v1";
@@ -40,21 +41,39 @@ impl ObjectMeta {
                 "metadata.name",
                 format!(
                     "`{}` is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit",
-                    self.name
+                    shorten(&self.name)
                 ),
             );
+        }
+        if self.labels.len() > MAX_LABELS {
+            errors.push("metadata.labels", format!("{} labels are more than the limit of {MAX_LABELS}", self.labels.len()));
         }
         for (key, value) in &self.labels {
             if !is_label_key(key) {
                 errors.push(
-                    format!("metadata.labels.{key}"),
+                    format!("metadata.labels.{}", shorten(key)),
                     "label keys are up to 63 letters, digits, '-', '_' or '.', optionally prefixed by a DNS domain and '/'",
                 );
             }
             if !is_label_value(value) {
                 errors.push(
-                    format!("metadata.labels.{key}"),
-                    format!("`{value}` is not a valid label value: at most 63 letters, digits, '-', '_' or '.'"),
+                    format!("metadata.labels.{}", shorten(key)),
+                    format!("`{}` is not a valid label value: at most 63 letters, digits, '-', '_' or '.'", shorten(value)),
+                );
+            }
+        }
+        let annotations: usize = self.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if annotations > MAX_ANNOTATIONS_BYTES {
+            errors.push(
+                "metadata.annotations",
+                format!("{annotations} bytes of keys and values are more than the limit of {MAX_ANNOTATIONS_BYTES} bytes"),
+            );
+        }
+        for key in self.annotations.keys() {
+            if !is_label_key(key) {
+                errors.push(
+                    format!("metadata.annotations.{}", shorten(key)),
+                    "annotation keys are up to 63 letters, digits, '-', '_' or '.', optionally prefixed by a DNS domain and '/'",
                 );
             }
         }

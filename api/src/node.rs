@@ -54,9 +54,14 @@ impl Node {
         let mut errors = Errors::default();
         validate_type(&self.api_version, &self.kind, NODE_KIND, &mut errors);
         self.metadata.validate(&mut errors);
+        let taints = self.spec.taints.len();
+        if taints > crate::limits::MAX_TOLERATIONS {
+            errors.push("spec.taints", format!("{taints} taints are more than the limit of {}", crate::limits::MAX_TOLERATIONS));
+        }
         for (i, taint) in self.spec.taints.iter().enumerate() {
             if !is_label_key(&taint.key) {
-                errors.push(format!("spec.taints[{i}].key"), format!("`{}` is not a valid taint key", taint.key));
+                errors
+                    .push(format!("spec.taints[{i}].key"), format!("`{}` is not a valid taint key", crate::validate::shorten(&taint.key)));
             }
         }
         errors.finish()

@@ -48,6 +48,20 @@ impl Errors {
     }
 }
 
+/// `text` for an error message: whole when short, else its start and its size,
+/// so an oversized value never makes an oversized answer.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    const KEEP: usize = 64;
+    if text.len() <= KEEP + 16 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = KEEP;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
 /// RFC 1123 label: what names of nodes, workloads and instances must be.
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -99,5 +113,13 @@ mod tests {
         assert!(is_label_value(""));
         assert!(is_label_value("eu-west_1.a"));
         assert!(!is_label_value("has space"));
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        assert_eq!(shorten("short"), "short");
+        let long = "é".repeat(1000);
+        let short = shorten(&long);
+        assert!(short.len() < 100 && short.ends_with("(2000 bytes)"), "{short}");
     }
 }

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::limits::*;
 use crate::meta::{ObjectMeta, api_version, validate_type};
 use crate::node::TaintEffect;
 use crate::quantity::{Bytes, Cpu};
-use crate::validate::{Errors, ValidationError, is_label_key, is_label_value};
+use crate::validate::{Errors, ValidationError, is_label_key, is_label_value, shorten};
 
 pub const WORKLOAD_KIND: &str = "Workload";
 
@@ -214,6 +215,27 @@ pub struct WorkloadStatus {
     pub failed: u32,
     #[serde(default)]
     pub observed_generation: u64,
+    /// What keeps the master from acting on the workload, when something does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<WorkloadCondition>,
+}
+
+/// Something true of a workload as a whole, as the master sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadCondition {
+    #[serde(rename = "type")]
+    pub kind: WorkloadConditionType,
+    pub status: crate::node::ConditionStatus,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadConditionType {
+    /// The stored workload cannot be decoded or breaks a limit: the master
+    /// neither places nor removes its instances until it is fixed or deleted.
+    Invalid,
 }
 
 impl Workload {
@@ -235,18 +257,31 @@ impl Workload {
         if spec.module.source.trim().is_empty() {
             errors.push("spec.module.source", "must name a module file or an https:// URL");
         }
+        too_long(&mut errors, "spec.module.source", &spec.module.source, MAX_PATH_BYTES);
         if let Err(problem) = check_digest(&spec.module.digest) {
             errors.push("spec.module.digest", problem);
         }
         if spec.replicas.is_some() && spec.placement.is_some() {
             errors.push("spec.placement", "give either `replicas` or `placement: everyNode`, not both");
         }
+        if let Some(replicas) = spec.replicas
+            && replicas > MAX_REPLICAS
+        {
+            errors.push("spec.replicas", format!("{replicas} is more than the limit of {MAX_REPLICAS} replicas of one workload"));
+        }
+        too_many(&mut errors, "spec.nodeSelector", spec.node_selector.len(), MAX_LABELS, "terms");
         for (key, value) in &spec.node_selector {
             if !is_label_key(key) || !is_label_value(value) {
-                errors.push(format!("spec.nodeSelector.{key}"), format!("`{key}={value}` is not a valid label selector term"));
+                errors.push(
+                    format!("spec.nodeSelector.{}", shorten(key)),
+                    format!("`{}={}` is not a valid label selector term", shorten(key), shorten(value)),
+                );
             }
         }
+        too_many(&mut errors, "spec.tolerations", spec.tolerations.len(), MAX_TOLERATIONS, "tolerations");
         for (i, t) in spec.tolerations.iter().enumerate() {
+            too_long(&mut errors, &format!("spec.tolerations[{i}].key"), &t.key, MAX_TOLERATION_BYTES);
+            too_long(&mut errors, &format!("spec.tolerations[{i}].value"), &t.value, MAX_TOLERATION_BYTES);
             if t.operator == TolerationOperator::Exists && !t.value.is_empty() {
                 errors.push(format!("spec.tolerations[{i}].value"), "must be empty when operator is Exists");
             }
@@ -254,28 +289,59 @@ impl Workload {
                 errors.push(format!("spec.tolerations[{i}].key"), "is required when operator is Equal");
             }
         }
+        too_many(&mut errors, "spec.args", spec.args.len(), MAX_ARGS, "arguments");
+        too_many(&mut errors, "spec.env", spec.env.len(), MAX_ENV, "variables");
+        for (field, bytes, limit) in [
+            ("spec.args", spec.args.iter().map(String::len).sum::<usize>(), MAX_ARGS_BYTES),
+            ("spec.env", spec.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>(), MAX_ENV_BYTES),
+        ] {
+            if bytes > limit {
+                errors.push(field, format!("{bytes} bytes together are more than the limit of {limit} bytes"));
+            }
+        }
         for key in spec.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                errors.push(format!("spec.env.{key}"), "environment variable names must be non-empty and contain no '=' or NUL");
+                errors.push(format!("spec.env.{}", shorten(key)), "environment variable names must be non-empty and contain no '=' or NUL");
             }
         }
+        too_many(&mut errors, "spec.dirs", spec.dirs.len(), MAX_DIRS, "directories");
         let mut guest_paths = BTreeSet::new();
         for (i, dir) in spec.dirs.iter().enumerate() {
+            too_long(&mut errors, &format!("spec.dirs[{i}].path"), &dir.path, MAX_PATH_BYTES);
             if !dir.path.starts_with('/') || dir.path.split('/').any(|c| c == "..") {
-                errors.push(format!("spec.dirs[{i}].path"), format!("`{}` must be an absolute guest path without `..`", dir.path));
+                errors
+                    .push(format!("spec.dirs[{i}].path"), format!("`{}` must be an absolute guest path without `..`", shorten(&dir.path)));
             }
             if !guest_paths.insert(dir.path.as_str()) {
-                errors.push(format!("spec.dirs[{i}].path"), format!("`{}` is granted twice", dir.path));
+                errors.push(format!("spec.dirs[{i}].path"), format!("`{}` is granted twice", shorten(&dir.path)));
             }
-            if let Some(host) = &dir.host_path
-                && (!host.starts_with('/') || host.split('/').any(|c| c == ".."))
-            {
-                errors.push(format!("spec.dirs[{i}].hostPath"), format!("`{host}` must be an absolute host path without `..`"));
+            if let Some(host) = &dir.host_path {
+                too_long(&mut errors, &format!("spec.dirs[{i}].hostPath"), host, MAX_PATH_BYTES);
+                if !host.starts_with('/') || host.split('/').any(|c| c == "..") {
+                    errors.push(
+                        format!("spec.dirs[{i}].hostPath"),
+                        format!("`{}` must be an absolute host path without `..`", shorten(host)),
+                    );
+                }
             }
         }
+        too_many(&mut errors, "spec.allowedOutboundHosts", spec.allowed_outbound_hosts.len(), MAX_OUTBOUND_HOSTS, "hosts");
         for (i, host) in spec.allowed_outbound_hosts.iter().enumerate() {
+            too_long(&mut errors, &format!("spec.allowedOutboundHosts[{i}]"), host, MAX_HOST_BYTES);
             if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-                errors.push(format!("spec.allowedOutboundHosts[{i}]"), format!("`{host}` is not a host name or host:port"));
+                errors.push(format!("spec.allowedOutboundHosts[{i}]"), format!("`{}` is not a host name or host:port", shorten(host)));
+            }
+        }
+        for (field, duration) in [
+            ("spec.resources.limits.cpuTime", spec.resources.limits.cpu_time),
+            ("spec.resources.limits.requestTimeout", spec.resources.limits.request_timeout),
+            ("spec.disconnect.lostAfter", spec.disconnect.lost_after),
+            ("spec.disconnect.stopOnAgentAfter", spec.disconnect.stop_on_agent_after),
+        ] {
+            if let Some(duration) = duration
+                && duration.get() > MAX_DURATION
+            {
+                errors.push(field, format!("{duration} is longer than the limit of {}", Duration::from(MAX_DURATION)));
             }
         }
         if let (Some(request), Some(limit)) = (spec.resources.requests.memory, spec.resources.limits.memory)
@@ -302,17 +368,22 @@ impl Workload {
             if route.host.is_none() && route.path_prefix.is_none() {
                 errors.push("spec.route", "give a `host`, a `pathPrefix` or both");
             }
-            if let Some(prefix) = &route.path_prefix
-                && !prefix.starts_with('/')
-            {
-                errors.push("spec.route.pathPrefix", format!("`{prefix}` must start with '/'"));
+            if let Some(host) = &route.host {
+                too_long(&mut errors, "spec.route.host", host, MAX_HOST_BYTES);
+            }
+            if let Some(prefix) = &route.path_prefix {
+                too_long(&mut errors, "spec.route.pathPrefix", prefix, MAX_URL_PATH_BYTES);
+                if !prefix.starts_with('/') {
+                    errors.push("spec.route.pathPrefix", format!("`{}` must start with '/'", shorten(prefix)));
+                }
             }
         }
         for (field, path) in [("spec.readinessPath", &spec.readiness_path), ("spec.livenessPath", &spec.liveness_path)] {
-            if let Some(path) = path
-                && !path.starts_with('/')
-            {
-                errors.push(field, format!("`{path}` must start with '/'"));
+            if let Some(path) = path {
+                too_long(&mut errors, field, path, MAX_URL_PATH_BYTES);
+                if !path.starts_with('/') {
+                    errors.push(field, format!("`{}` must start with '/'", shorten(path)));
+                }
             }
         }
         errors.finish()
@@ -321,12 +392,26 @@ impl Workload {
 
 fn check_digest(digest: &str) -> Result<(), String> {
     let Some(hex) = digest.strip_prefix("sha256:") else {
-        return Err(format!("`{digest}` must be `sha256:` followed by 64 hex digits"));
+        return Err(format!("`{}` must be `sha256:` followed by 64 hex digits", shorten(digest)));
     };
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(format!("`{digest}` must be `sha256:` followed by 64 lowercase hex digits"));
+        return Err(format!("`{}` must be `sha256:` followed by 64 lowercase hex digits", shorten(digest)));
     }
     Ok(())
+}
+
+/// A list or map longer than its limit.
+fn too_many(errors: &mut Errors, field: &str, count: usize, limit: usize, what: &str) {
+    if count > limit {
+        errors.push(field, format!("{count} {what} are more than the limit of {limit}"));
+    }
+}
+
+/// A string longer than its limit.
+fn too_long(errors: &mut Errors, field: &str, text: &str, limit: usize) {
+    if text.len() > limit {
+        errors.push(field, format!("{} bytes are more than the limit of {limit} bytes", text.len()));
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +456,44 @@ mod tests {
         let err = w.validate().unwrap_err();
         let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.module.digest", "spec.placement", "spec.route"]);
+    }
+
+    #[test]
+    fn what_one_workload_may_ask_for_is_bounded_and_the_error_names_field_and_limit() {
+        let w: Workload = from_yaml(&manifest("  replicas: 4294967295\n")).unwrap();
+        let err = w.validate().unwrap_err().to_string();
+        assert!(err.contains("spec.replicas: 4294967295") && err.contains(&MAX_REPLICAS.to_string()), "{err}");
+
+        let mut w: Workload = from_yaml(&manifest("  replicas: 1\n")).unwrap();
+        w.spec.args = vec!["x".into(); MAX_ARGS + 1];
+        w.spec.env = (0..MAX_ENV + 1).map(|i| (format!("K{i}"), String::new())).collect();
+        w.spec.dirs = (0..MAX_DIRS + 1).map(|i| DirGrant { path: format!("/d{i}"), host_path: None, read_only: false }).collect();
+        w.spec.allowed_outbound_hosts = vec!["a.example".into(); MAX_OUTBOUND_HOSTS + 1];
+        w.spec.tolerations =
+            vec![Toleration { key: "k".repeat(400), operator: TolerationOperator::Equal, value: String::new(), effect: None }];
+        w.spec.node_selector = (0..MAX_LABELS + 1).map(|i| (format!("k{i}"), "v".into())).collect();
+        w.metadata.labels = (0..MAX_LABELS + 1).map(|i| (format!("k{i}"), "v".into())).collect();
+        w.metadata.annotations = [("note".to_string(), "x".repeat(MAX_ANNOTATIONS_BYTES))].into();
+        w.spec.disconnect.lost_after = Some("300000y".parse().unwrap());
+        w.spec.module.source = "m".repeat(MAX_PATH_BYTES + 1);
+        let err = w.validate().unwrap_err();
+        let fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        for field in [
+            "metadata.labels",
+            "metadata.annotations",
+            "spec.module.source",
+            "spec.nodeSelector",
+            "spec.tolerations[0].key",
+            "spec.args",
+            "spec.env",
+            "spec.dirs",
+            "spec.allowedOutboundHosts",
+            "spec.disconnect.lostAfter",
+        ] {
+            assert!(fields.contains(&field), "{field} in {fields:?}");
+        }
+        assert!(err.to_string().contains("limit of"), "{err}");
+        assert!(err.to_string().len() < 8 << 10, "the error stays short: {} bytes", err.to_string().len());
     }
 
     #[test]

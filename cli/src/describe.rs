@@ -297,6 +297,11 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
             "Replicas",
             format!("{} desired | {} running | {} ready | {} succeeded | {} failed", s.desired, s.running, s.ready, s.succeeded, s.failed),
         );
+        let conditions: Vec<String> =
+            s.conditions.iter().map(|c| format!("{:?}={} {}: {}", c.kind, c.status, c.reason, c.message)).collect();
+        if !conditions.is_empty() {
+            page.lines("Conditions", &conditions);
+        }
     }
     page.lines("Node-Selector", &map_lines(&spec.node_selector));
     let tolerations: Vec<String> = spec

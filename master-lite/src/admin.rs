@@ -13,14 +13,14 @@ use crate::auth::bootstrap::{ADMIN_TOKEN_FILE, PKI_DIR, advertised_url, local_ur
 use crate::config::{MasterConfig, TokenCommand};
 
 /// The admin token and CA of the master whose data dir `config` names.
-struct Admin {
-    url: String,
-    token: String,
-    ca_pem: String,
+pub(crate) struct Admin {
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) ca_pem: String,
 }
 
 impl Admin {
-    fn of(config: &MasterConfig) -> anyhow::Result<Admin> {
+    pub(crate) fn of(config: &MasterConfig) -> anyhow::Result<Admin> {
         let dir = &config.data_dir;
         let missing = |what: &str| {
             format!("{what} is not in {}: is this the master's data dir (--data-dir), and has the master started once?", dir.display())

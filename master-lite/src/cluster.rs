@@ -129,7 +129,12 @@ impl Txn {
 /// Every object, the counters, and the revisions watchers wait on.
 pub struct Cluster {
     /// Where every write goes before it is applied here.
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    /// Stored objects the master keeps but does not act on, with the reason:
+    /// records it cannot decode (left in the store as they are; a workload is
+    /// shown as a placeholder), and workloads that break a limit. Putting or
+    /// deleting the object clears its entry.
+    pub invalid: BTreeMap<(Kind, String), String>,
     /// The global revision: bumped by every commit.
     pub revision: u64,
     /// The last epoch issued.
@@ -156,11 +161,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Loads everything the store holds.
-    pub fn load(store: Box<dyn Store>) -> Result<Self, StoreError> {
+    /// Loads everything the store holds. A record that cannot be decoded does
+    /// not stop the master: it stays in the store untouched and is listed in
+    /// [`Cluster::invalid`]; a workload's record is stood in for by a
+    /// placeholder, so the workload shows (as Invalid) and its instances are kept.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let snapshot = store.load()?;
         let mut cluster = Cluster {
             store,
+            invalid: BTreeMap::new(),
             revision: snapshot.revision,
             epoch: snapshot.epoch,
             nodes: BTreeMap::new(),
@@ -176,23 +185,24 @@ impl Cluster {
             agents: AgentViews::default(),
             changes: watch::Sender::new(snapshot.revision),
         };
-        let corrupt = |kind: Kind, name: &str, e: serde_json::Error| StoreError(format!("{} `{name}` cannot be read: {e}", kind.table()));
         for (kind, name, value) in snapshot.objects {
-            match kind {
-                Kind::Node => {
-                    drop(cluster.nodes.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+            let decoded = match kind {
+                Kind::Node => wasmlet_api::from_json(&value).map(|node| drop(cluster.nodes.insert(name.clone(), node))),
+                Kind::Workload => wasmlet_api::from_json(&value).map(|w| drop(cluster.workloads.insert(name.clone(), w))),
+                Kind::Instance => wasmlet_api::from_json(&value).map(|p| drop(cluster.instances.insert(name.clone(), p))),
+                Kind::Event => wasmlet_api::from_json(&value).map(|e| drop(cluster.events.insert(name.clone(), e))),
+                Kind::Credential => {
+                    cluster.credentials.insert(name.clone(), String::from_utf8_lossy(&value).into_owned());
+                    Ok(())
                 }
-                Kind::Workload => {
-                    drop(cluster.workloads.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
+                Kind::Token => wasmlet_api::from_json(&value).map(|record| cluster.tokens.insert(record)),
+            };
+            if let Err(e) = decoded {
+                if kind == Kind::Workload {
+                    cluster.workloads.insert(name.clone(), placeholder(&name, &value));
                 }
-                Kind::Instance => {
-                    drop(cluster.instances.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
-                }
-                Kind::Event => {
-                    drop(cluster.events.insert(name.clone(), serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?))
-                }
-                Kind::Credential => drop(cluster.credentials.insert(name, String::from_utf8_lossy(&value).into_owned())),
-                Kind::Token => cluster.tokens.insert(serde_json::from_slice(&value).map_err(|e| corrupt(kind, &name, e))?),
+                let problem = format!("its stored record cannot be decoded ({e}); it is left in the store as it is");
+                cluster.invalid.insert((kind, name), problem);
             }
         }
         let mut order: Vec<(u64, String)> =
@@ -212,6 +222,16 @@ impl Cluster {
         let names: Vec<String> = cluster.nodes.keys().cloned().collect();
         cluster.publish(names);
         Ok(cluster)
+    }
+
+    /// The store this cluster writes through (backups read it directly).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Why the master does not act on this object, if it does not.
+    pub fn invalid(&self, kind: Kind, name: &str) -> Option<&str> {
+        self.invalid.get(&(kind, name.to_string())).map(String::as_str)
     }
 
     pub fn txn(&self) -> Txn {
@@ -305,6 +325,13 @@ impl Cluster {
 
         self.revision = revision;
         self.epoch = txn.epoch;
+        if !self.invalid.is_empty() {
+            // A record written anew (or deleted) replaces the one that could not be acted on.
+            for op in &batch.ops {
+                let (Op::Put { kind, name, .. } | Op::Delete { kind, name }) = op;
+                self.invalid.remove(&(*kind, name.clone()));
+            }
+        }
         // Nodes whose agent view may have changed.
         let mut touched: Vec<String> = Vec::new();
         for change in changes {
@@ -445,6 +472,50 @@ mod erased {
         fn encode(&self) -> serde_json::Result<Vec<u8>> {
             serde_json::to_vec(self)
         }
+    }
+}
+
+/// What stands in for a workload whose stored record cannot be decoded: its
+/// name, and whatever of its metadata, module and type can still be read, so
+/// it can be listed, described, replaced and deleted. The master never acts on
+/// it (it is in [`Cluster::invalid`]).
+fn placeholder(name: &str, raw: &[u8]) -> Workload {
+    let value: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+    fn field<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(v.clone()).ok()
+    }
+    let metadata = &value["metadata"];
+    let spec = &value["spec"];
+    Workload {
+        api_version: wasmlet_api::API_VERSION.to_string(),
+        kind: wasmlet_api::WORKLOAD_KIND.to_string(),
+        metadata: wasmlet_api::ObjectMeta {
+            name: name.to_string(),
+            labels: field(&metadata["labels"]).unwrap_or_default(),
+            annotations: field(&metadata["annotations"]).unwrap_or_default(),
+            uid: field(&metadata["uid"]),
+            resource_version: field(&metadata["resourceVersion"]),
+            creation_timestamp: field(&metadata["creationTimestamp"]),
+        },
+        spec: wasmlet_api::WorkloadSpec {
+            module: field(&spec["module"]).unwrap_or(wasmlet_api::ModuleRef { source: String::new(), digest: String::new() }),
+            kind: field(&spec["type"]).unwrap_or(wasmlet_api::WorkloadType::Daemon),
+            replicas: None,
+            placement: None,
+            node_selector: Default::default(),
+            tolerations: Vec::new(),
+            args: Vec::new(),
+            env: Default::default(),
+            dirs: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
+            resources: Default::default(),
+            restart_policy: None,
+            route: None,
+            readiness_path: None,
+            liveness_path: None,
+            disconnect: Default::default(),
+        },
+        status: None,
     }
 }
 

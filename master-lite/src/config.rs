@@ -24,6 +24,18 @@ pub mod defaults {
     pub const NODE_CREDENTIAL_TTL: &str = "365d";
     /// Shortest lifetime a certificate or credential may be given: renewals come at two thirds of it.
     pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+    /// Within the absolute cap `wasmlet_api::limits::MAX_REPLICAS`.
+    pub const MAX_REPLICAS: &str = "10000";
+    pub const AUDIT_LOG_MAX_SIZE: &str = "64Mi";
+    pub const AUDIT_LOG_MAX_FILES: &str = "4";
+    pub const REFUSED_PER_SECOND: &str = "10";
+    pub const REFUSED_BURST: &str = "50";
+    /// Instances one controller pass creates or hands off at most; the rest
+    /// follow in the next pass, at once: no object turns into one huge
+    /// transaction, and requests get the cluster lock in between.
+    pub const CONTROLLER_BATCH: usize = 1000;
+    /// How often the audit log records what it dropped, when it dropped anything.
+    pub const AUDIT_DROP_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     /// Events kept in the store; older ones are dropped.
     pub const MAX_EVENTS: usize = 10_000;
     /// Share of silent nodes (and count) above which hand-offs are held off.
@@ -61,6 +73,22 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the command that joins a node with the first join token (`<data-dir>/join.token`); the master never logs it.
     JoinCommand,
+    /// Write a consistent backup of the running master to FILE: every stored
+    /// object, the uploaded modules they use, the CA and the bootstrap tokens (run on the master's machine).
+    Backup {
+        /// Where the backup goes; it holds the cluster CA's key: keep it as private as the data dir.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Restore a backup into the data dir of a stopped master.
+    Restore {
+        /// A file `wasmlet-master backup` wrote.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace the data dir's store (and CA and token files) when it has one; what is replaced is kept beside it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a config file for the `wasmlet` CLI: this cluster's URL, CA and admin token.
     ClientConfig {
         /// The context's name.
@@ -133,6 +161,30 @@ pub struct MasterConfig {
     /// Longest a watch waits before answering 304, whatever the client asks.
     #[arg(long, global = true, env = "WASMLET_WATCH_TIMEOUT", default_value = defaults::WATCH_TIMEOUT, value_name = "DURATION")]
     pub watch_timeout: Duration,
+
+    /// Most replicas one workload may ask for (at most 100000); a workload asking for more is refused.
+    #[arg(long, global = true, env = "WASMLET_MAX_REPLICAS", default_value = defaults::MAX_REPLICAS, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(wasmlet_api::limits::MAX_REPLICAS)))]
+    pub max_replicas: u32,
+
+    /// Size at which the audit log is rotated.
+    #[arg(long, global = true, env = "WASMLET_AUDIT_LOG_MAX_SIZE", default_value = defaults::AUDIT_LOG_MAX_SIZE, value_name = "BYTES")]
+    pub audit_log_max_size: Bytes,
+
+    /// Audit log files kept, the current one included; older ones are deleted.
+    #[arg(long, global = true, env = "WASMLET_AUDIT_LOG_MAX_FILES", default_value = defaults::AUDIT_LOG_MAX_FILES, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub audit_log_max_files: u32,
+
+    /// Unauthenticated or forbidden requests answered per second per source address;
+    /// more get `429` (`0`: no limit). Allowed requests are never limited.
+    #[arg(long, global = true, env = "WASMLET_REFUSED_PER_SECOND", default_value = defaults::REFUSED_PER_SECOND, value_name = "N")]
+    pub refused_per_second: u32,
+
+    /// Refused requests one source address may send at once before the per-second limit applies.
+    #[arg(long, global = true, env = "WASMLET_REFUSED_BURST", default_value = defaults::REFUSED_BURST, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub refused_burst: u32,
 
     /// How nodes are scored after spreading: prefer the emptiest or the fullest.
     #[arg(long, global = true, env = "WASMLET_SCORING", value_enum, default_value_t = Scoring::LeastAllocated)]
@@ -252,6 +304,17 @@ mod tests {
         let short: Cli = wasmlet_config::load(["wasmlet-master", "--node-credential-ttl", "500ms"]).unwrap();
         let error = short.master.check().unwrap_err().to_string();
         assert!(error.contains("--node-credential-ttl") && error.contains("too short"), "{error}");
+        assert_eq!(m.max_replicas, 10_000);
+        assert_eq!((m.audit_log_max_size, m.audit_log_max_files), (Bytes::new(64 << 20), 4));
+        assert_eq!((m.refused_per_second, m.refused_burst), (10, 50));
+    }
+
+    #[test]
+    fn the_replica_limit_stays_within_the_absolute_cap() {
+        let err = wasmlet_config::load::<Cli, _, _>(["wasmlet-master", "--max-replicas", "200000"]).unwrap_err().to_string();
+        assert!(err.contains("--max-replicas") && err.contains("200000"), "{err}");
+        let cli: Cli = wasmlet_config::load(["wasmlet-master", "--max-replicas", "100000"]).unwrap();
+        assert_eq!(cli.master.max_replicas, wasmlet_api::limits::MAX_REPLICAS);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //!   and bootstrap tokens of a new cluster, and the master's serving
 //!   certificate, renewed while it runs.
 //! - `admin`: `wasmlet-master token …` and `client-config`, run beside a master.
+//! - `backup`: the backup archive, and `wasmlet-master backup` / `restore`.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same master in-process with their own listener and shutdown.
@@ -31,6 +32,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod controller;
@@ -73,6 +75,8 @@ pub struct Shared {
     pub tokens: auth::TokenTable,
     /// Where mutations and refusals are recorded.
     pub audit: Option<auth::audit::AuditLog>,
+    /// Per source address: refusals answered before `429`.
+    pub refusals: auth::ratelimit::RefusalLimit,
     /// The cluster CA (the master's serving certificate) and the node CA (node certificates).
     pub pki: wasmlet_security::ClusterPki,
     /// The cluster CA's fingerprint when the API is served over TLS (None with `--insecure-http`).
@@ -99,12 +103,17 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     // The store, the CA key and the tokens: readable by the master only.
     config.check()?;
     wasmlet_security::files::private_dir(&config.data_dir)?;
-    let store = RedbStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let mut cluster = Cluster::load(Box::new(store)).context("loading the store")?;
+    // A store that exists but cannot be read stops the master here, naming the file: never an empty cluster over it.
+    let store = RedbStore::open(&config.data_dir)?;
+    let mut cluster = Cluster::load(Arc::new(store))?;
+    // Objects it cannot act on are marked and reported; they do not keep the master from starting.
+    controller::workloads::check_stored(&mut cluster, &config).context("recording the stored objects it cannot act on")?;
     let secrets = auth::bootstrap::prepare(&config, &mut cluster)?;
+    let metrics = Metrics::default();
     let audit_path = config.data_dir.join("audit.log");
-    let audit =
-        auth::audit::AuditLog::open(audit_path.clone()).with_context(|| format!("opening the audit log {}", audit_path.display()))?;
+    let bounds = auth::audit::Bounds { max_size: config.audit_log_max_size.get(), max_files: config.audit_log_max_files };
+    let audit = auth::audit::AuditLog::open(audit_path.clone(), bounds, metrics.audit_lines_dropped.clone())
+        .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
@@ -115,6 +124,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         nodes = cluster.nodes.len(),
         workloads = cluster.workloads.len(),
         instances = cluster.instances.len(),
+        not_acted_on = cluster.invalid.len(),
         "wasmlet master started"
     );
     let stop = CancellationToken::new();
@@ -125,8 +135,9 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         cluster: Mutex::new(cluster),
         leases: Mutex::new(leases),
         modules,
+        refusals: auth::ratelimit::RefusalLimit::new(config.refused_per_second, config.refused_burst),
         config,
-        metrics: Metrics::default(),
+        metrics,
         wake: Notify::new(),
         shutdown: stop.clone(),
         tokens: cluster_tokens,
@@ -139,6 +150,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     if let Some(slot) = secrets.serving {
         tokio::spawn(auth::serving::keep_renewed(shared.clone(), slot, stop.clone()));
     }
+    tokio::spawn(forget_idle_sources(shared.clone(), stop.clone()));
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -150,4 +162,15 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     controllers.await.context("the controllers failed")?;
     tracing::info!("master stopped");
     Ok(())
+}
+
+/// Keeps the refusal rate limit's table to the sources refused lately.
+async fn forget_idle_sources(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => shared.refusals.forget_idle(),
+        }
+    }
 }

@@ -14,6 +14,14 @@ fn main() -> std::process::ExitCode {
             let command = command.clone();
             return one_shot(async move { wasmlet_master::admin::token(&cli.master, &command).await });
         }
+        Some(Command::Backup { file }) => {
+            let file = file.clone();
+            return one_shot(async move { wasmlet_master::backup::command::backup(&cli.master, &file).await });
+        }
+        Some(Command::Restore { file, force }) => {
+            let text = wasmlet_master::backup::command::restore(&cli.master, file, *force);
+            return one_shot(async move { text });
+        }
         Some(Command::JoinCommand) => {
             let text = wasmlet_master::auth::bootstrap::join_command(&cli.master);
             return one_shot(async move { text });

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub scheduling_failures: Counter,
     pub hand_offs: Counter,
     pub http_requests: Family<RequestLabels, Counter>,
+    /// Audit lines not written (queue full, file unwritable, bound reached).
+    pub audit_lines_dropped: Counter,
+    /// Refused requests answered `429` by the refusal rate limit.
+    pub rate_limited: Counter,
+    /// Stored objects the master keeps but does not act on.
+    pub not_acted_on: Gauge,
 }
 
 impl Default for Metrics {
@@ -50,6 +56,9 @@ impl Default for Metrics {
             scheduling_failures: Counter::default(),
             hand_offs: Counter::default(),
             http_requests: Family::default(),
+            audit_lines_dropped: Counter::default(),
+            rate_limited: Counter::default(),
+            not_acted_on: Gauge::default(),
         };
         registry.register("nodes", "Nodes by their Ready condition", m.nodes.clone());
         registry.register("instances", "Instances by phase", m.instances.clone());
@@ -57,6 +66,17 @@ impl Default for Metrics {
         registry.register("scheduling_failures", "Placements that found no node", m.scheduling_failures.clone());
         registry.register("hand_offs", "Instances of silent nodes replaced on healthy ones", m.hand_offs.clone());
         registry.register("http_requests", "API requests by method and status code", m.http_requests.clone());
+        registry.register("audit_lines_dropped", "Audit log lines not written", m.audit_lines_dropped.clone());
+        registry.register(
+            "requests_rate_limited",
+            "Refused requests answered 429 because their source had too many refusals",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "stored_objects_not_acted_on",
+            "Stored objects the master cannot decode or act on (see the InvalidStoredObject events)",
+            m.not_acted_on.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -77,6 +97,7 @@ impl Metrics {
         for placed in cluster.instances.values() {
             self.instances.get_or_create(&PhaseLabel { phase: placed.instance.status.phase.to_string() }).inc();
         }
+        self.not_acted_on.set(i64::try_from(cluster.invalid.len()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");

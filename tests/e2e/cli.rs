@@ -185,9 +185,11 @@ fn apply_wait_of_a_bad_module_fails_with_the_reason() {
     std::fs::write(&file, manifest).expect("write manifest");
     let o = wasmlet(&master, &["apply", "-f", &file.display().to_string(), "--wait", "--timeout", "60s"]);
     assert!(!o.status.success(), "{}", stdout(&o));
-    assert_eq!(stdout(&o), "workload/broken created\n");
+    // The master checks the module at upload: nothing is created, and the reason names the file.
+    assert_eq!(stdout(&o), "");
     let err = stderr(&o);
-    assert!(err.contains("InvalidModule") || err.contains("failed"), "{err}");
+    assert!(err.contains("broken.wasm") && err.contains("not valid WebAssembly") && err.contains("`\\0asm` magic"), "{err}");
+    assert!(master.get_json::<Workload>("/workloads/broken").is_err(), "not created");
 }
 
 #[test]

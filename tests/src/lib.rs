@@ -542,6 +542,70 @@ impl Drop for Master {
     }
 }
 
+/// Stopping a master and starting it again on other state.
+impl Master {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops it gracefully (SIGTERM), keeping its data dir.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        signal(child.id(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the master did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops it and starts it again on the same port with `data_dir` (e.g. a
+    /// restored one); returns the data dir it ran on before.
+    pub fn restart_in(&mut self, data_dir: tempfile::TempDir) -> anyhow::Result<tempfile::TempDir> {
+        self.stop()?;
+        let old = std::mem::replace(&mut self.data_dir, data_dir);
+        self.logs.lock().expect("log lock").clear();
+        self.spawn()?;
+        Ok(old)
+    }
+}
+
+/// The outcome of a daemon that was expected to stop on its own.
+pub struct Exit {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+}
+
+/// Runs `command` and waits up to `timeout` for it to exit (it is killed otherwise, and that is an error).
+pub fn run_to_exit(mut command: Command, timeout: Duration) -> anyhow::Result<Exit> {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("starting")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running after {timeout:?}; its log:\n{}", reader.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Exit { status, stderr: reader.join().unwrap_or_default() })
+}
+
 /// The `api` and `ingress` fields of the agent's "started" log line.
 fn started_api(line: &str) -> Option<(String, String)> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;

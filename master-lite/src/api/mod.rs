@@ -9,10 +9,12 @@
 //! - `health`: `/healthz`, `/readyz`, `/metrics`.
 //! - `live`: an instance's log and a node's live report, served from its agent.
 //! - `tokens`: join, viewer and admin tokens, for admins.
+//! - `backup`: one consistent read of the store and the modules it uses, for admins.
 //!
 //! Every route but `/healthz` and `/readyz` passes [`crate::auth::middleware::guard`] first.
 
 mod agents;
+mod backup;
 mod health;
 pub mod live;
 mod modules;
@@ -62,7 +64,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes/{name}/instances/status", put(agents::report_instances))
         .route("/modules/{digest}", put(modules::upload).get(modules::download).layer(DefaultBodyLimit::disable()))
         .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{id}", axum::routing::delete(tokens::revoke));
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/backup", get(backup::backup));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(health::healthz))

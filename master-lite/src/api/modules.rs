@@ -1,5 +1,6 @@
 //! `PUT /modules/{digest}` streams an upload to disk, checked against the
-//! digest and the size limit; `GET /modules/{digest}` streams it back.
+//! digest and the size limit, and validated as WebAssembly; `GET
+//! /modules/{digest}` streams it back.
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub async fn upload(
             Ok((status, axum::Json(serde_json::json!({ "digest": digest }))).into_response())
         }
         Err(UploadError::TooLarge { limit }) => Err(too_large(limit)),
-        Err(e @ (UploadError::BadDigest(_) | UploadError::DigestMismatch { .. } | UploadError::Body(_))) => {
+        Err(e @ (UploadError::BadDigest(_) | UploadError::DigestMismatch { .. } | UploadError::Body(_) | UploadError::NotWasm(_))) => {
             Err(Failure::invalid(e.to_string()))
         }
         Err(e @ UploadError::Io(_)) => {

@@ -10,13 +10,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmlet_api::protocol::List;
 use wasmlet_api::protocol::{IngressEndpoint, ServiceEndpoints};
-use wasmlet_api::{EventType, Phase, Workload, WorkloadStatus, WorkloadType};
+use wasmlet_api::{ConditionStatus, EventType, Phase, Workload, WorkloadCondition, WorkloadConditionType, WorkloadStatus, WorkloadType};
 
 use super::{Failure, ListParams, decode, not_modified, wait_for_change};
 use crate::Shared;
 use crate::auth::{Caller, Role};
 use crate::cluster::Cluster;
+use crate::controller::workloads::max_replicas_problem;
 use crate::store::Kind;
+use crate::store::modules::ModuleProblem;
 
 type QueryPairs = Query<Vec<(String, String)>>;
 
@@ -133,30 +135,59 @@ fn with_status(cluster: &Cluster, workload: &Workload) -> Workload {
             status.desired += 1;
         }
     }
+    if let Some(problem) = cluster.invalid(Kind::Workload, &workload.metadata.name) {
+        status.conditions.push(WorkloadCondition {
+            kind: WorkloadConditionType::Invalid,
+            status: ConditionStatus::True,
+            reason: "NotActedOn".to_string(),
+            message: format!("{problem}; the master neither places nor removes its instances: apply a valid workload or delete it"),
+        });
+    }
     let mut workload = workload.clone();
     workload.status = Some(status);
     workload
 }
 
-/// Decodes and validates a workload body, and checks that its module can be had.
-fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Result<Workload, Failure> {
+/// Decodes and validates a workload body against the API's and this master's
+/// limits, and checks that its module is uploaded and valid.
+async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Result<Workload, Failure> {
     let mut workload: Workload = decode(body, "workload")?;
-    workload.validate().map_err(|e| Failure::invalid(format!("workload `{}` is invalid: {e}", workload.metadata.name)))?;
-    let module = &workload.spec.module;
-    if !module.source.starts_with("https://") && !shared.modules.contains(&module.digest) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("MASTER:7070");
+    let name = wasmlet_api::validate::shorten(&workload.metadata.name).into_owned();
+    workload.validate().map_err(|e| Failure::invalid(format!("workload `{name}` is invalid: {e}")))?;
+    if let Some(replicas) = workload.spec.replicas
+        && replicas > shared.config.max_replicas
+    {
         return Err(Failure::invalid(format!(
-            "spec.module.digest: module {digest} is not uploaded to the master; upload it first: curl -X PUT --data-binary @{source} http://{host}/api/v1/modules/{digest}",
-            digest = module.digest,
-            source = module.source,
+            "workload `{name}` is invalid: {}",
+            max_replicas_problem(replicas, shared.config.max_replicas)
         )));
+    }
+    let module = &workload.spec.module;
+    if !module.source.starts_with("https://") {
+        match shared.modules.ensure_valid(&module.digest).await {
+            Ok(()) => {}
+            Err(ModuleProblem::Missing) => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("MASTER:7070");
+                return Err(Failure::invalid(format!(
+                    "spec.module.digest: module {digest} is not uploaded to the master; upload it first: curl -X PUT --data-binary @{source} http://{host}/api/v1/modules/{digest}",
+                    digest = module.digest,
+                    source = module.source,
+                )));
+            }
+            Err(ModuleProblem::Invalid(problem)) => {
+                return Err(Failure::invalid(format!(
+                    "spec.module.digest: module {} cannot run: it is not valid WebAssembly: {problem}; build the module again and upload it",
+                    module.digest
+                )));
+            }
+        }
     }
     workload.status = None;
     Ok(workload)
 }
 
 pub async fn create_workload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {
-    let mut workload = workload_from(&shared, &body, &headers)?;
+    let mut workload = workload_from(&shared, &body, &headers).await?;
     let mut cluster = shared.cluster();
     let name = workload.metadata.name.clone();
     if cluster.workloads.contains_key(&name) {
@@ -183,7 +214,7 @@ pub async fn replace_workload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let mut workload = workload_from(&shared, &body, &headers)?;
+    let mut workload = workload_from(&shared, &body, &headers).await?;
     if workload.metadata.name != name {
         return Err(Failure::invalid(format!("metadata.name: `{}` does not match the name in the URL, `{name}`", workload.metadata.name)));
     }

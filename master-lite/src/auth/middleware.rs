@@ -1,6 +1,7 @@
 //! The layer in front of every route: authenticate the bearer token,
 //! authorize by [`super::policy`], pass the [`Caller`] on to the handler,
-//! and audit what changed or was refused.
+//! and audit what changed or was refused. A source over its refusal rate
+//! limit ([`super::ratelimit`]) gets `429` instead of `401`/`403`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +28,30 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
         return next.run(request).await;
     }
     let method = request.method().clone();
-    let source = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let source = peer.map(|p| p.to_string()).unwrap_or_default();
+    // A refusal, or a 429 when the source has had too many of them lately.
+    let refuse = |refusal: Failure| -> Response {
+        let Some(ip) = peer.map(|p| p.ip()) else { return refusal.into_response() };
+        match shared.refusals.refuse(ip) {
+            Ok(()) => refusal.into_response(),
+            Err(wait) => {
+                shared.metrics.rate_limited.inc();
+                if let Some(log) = &shared.audit {
+                    log.rate_limited(&ip.to_string());
+                }
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut response = Failure::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    format!("too many refused requests from {ip}: retry in {seconds} s, with a valid token"),
+                )
+                .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, seconds.max(1).into());
+                response
+            }
+        }
+    };
     let audit = |caller: Option<&Caller>, code: StatusCode| {
         let Some(log) = &shared.audit else { return };
         let refused = code == StatusCode::UNAUTHORIZED || code == StatusCode::FORBIDDEN;
@@ -57,9 +81,12 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
     let caller = match shared.tokens.authenticate(bearer, Utc::now()) {
         Ok(caller) => caller,
         Err(refusal) => {
-            audit(None, StatusCode::UNAUTHORIZED);
-            tracing::debug!(%path, %source, reason = %refusal, "unauthenticated request");
-            return Failure::new(StatusCode::UNAUTHORIZED, "Unauthorized", refusal.to_string()).into_response();
+            let response = refuse(Failure::new(StatusCode::UNAUTHORIZED, "Unauthorized", refusal.to_string()));
+            if response.status() == StatusCode::UNAUTHORIZED {
+                audit(None, StatusCode::UNAUTHORIZED);
+                tracing::debug!(%path, %source, reason = %refusal, "unauthenticated request");
+            }
+            return response;
         }
     };
     let template = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| path.clone());
@@ -71,14 +98,17 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
         Decision::AllowIfAssigned { node, digest } => shared.cluster().instances_on(&node).any(|p| p.workload.spec.module.digest == digest),
     };
     if !allowed {
-        audit(Some(&caller), StatusCode::FORBIDDEN);
         let message = match &caller.role {
             Role::Node(node) if template.ends_with("/modules/{digest}") => {
                 format!("{caller} may not read {path}: no instance assigned to node {node} uses it")
             }
             _ => format!("{caller} may not {method} {path}"),
         };
-        return Failure::new(StatusCode::FORBIDDEN, "Forbidden", message).into_response();
+        let response = refuse(Failure::new(StatusCode::FORBIDDEN, "Forbidden", message));
+        if response.status() == StatusCode::FORBIDDEN {
+            audit(Some(&caller), StatusCode::FORBIDDEN);
+        }
+        return response;
     }
     parts.extensions.insert(caller.clone());
     let response = next.run(Request::from_parts(parts, body)).await;

@@ -3,7 +3,7 @@
 //! | role | may |
 //! | --- | --- |
 //! | `admin` | everything |
-//! | `viewer` | every GET but tokens |
+//! | `viewer` | every GET but tokens and the backup |
 //! | `join` | `POST /nodes/register` |
 //! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules assigned to `n` |
 //!
@@ -33,7 +33,8 @@ pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&s
     let route = template.strip_prefix("/api/v1").unwrap_or(template);
     match role {
         Role::Admin => Decision::Allow,
-        Role::Viewer if read && !route.starts_with("/tokens") => Decision::Allow,
+        // The backup holds every token's hash and every node's credential for agents.
+        Role::Viewer if read && !route.starts_with("/tokens") && route != "/backup" => Decision::Allow,
         Role::Viewer => Decision::Deny,
         Role::Join if *method == Method::POST && route == "/nodes/register" => Decision::Allow,
         Role::Join => Decision::Deny,
@@ -103,6 +104,9 @@ mod tests {
         assert_eq!(decide("viewer", Method::GET, "/metrics", None), Decision::Allow);
         assert_eq!(decide("viewer", Method::POST, "/api/v1/workloads", None), Decision::Deny);
         assert_eq!(decide("viewer", Method::GET, "/api/v1/tokens", None), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, "/api/v1/backup", None), Decision::Deny);
+        assert_eq!(decide("admin", Method::GET, "/api/v1/backup", None), Decision::Allow);
+        assert_eq!(decide("node:a", Method::GET, "/api/v1/backup", None), Decision::Deny);
         assert_eq!(decide("join", Method::POST, "/api/v1/nodes/register", None), Decision::Allow);
         assert_eq!(decide("join", Method::GET, "/api/v1/nodes", None), Decision::Deny);
         assert_eq!(decide("admin", Method::DELETE, "/api/v1/tokens/{id}", None), Decision::Allow);

@@ -8,7 +8,8 @@
 //!   `disconnect.replace: false`, a replacement is placed on a healthy node
 //!   in the same transaction (event `HandedOff`). Hand-offs are rate limited,
 //!   and held off entirely while more than 55% of the nodes (and more than 2)
-//!   are silent: then the master is more likely the one cut off.
+//!   are silent: then the master is more likely the one cut off. One pass
+//!   hands off at most a batch (`defaults::CONTROLLER_BATCH`), the next the rest.
 //! - Renewing again: the taint goes, conditions come back from the node's
 //!   last report, event `NodeReady`; its handed-off instances leave its
 //!   assignment (the agent stops them, event `Fenced`).
@@ -202,6 +203,8 @@ impl LifecycleController {
         // The instances of silent nodes only, in name order as before.
         let mut candidates: Vec<&Placed> = silences.keys().flat_map(|node| cluster.instances_on(node)).collect();
         candidates.sort_unstable_by(|a, b| a.instance.metadata.name.cmp(&b.instance.metadata.name));
+        // Per pass at most a batch; the rest in the next pass (the resync timer's).
+        let mut budget = defaults::CONTROLLER_BATCH;
         for placed in candidates {
             let node = &placed.instance.spec.node;
             let Some(silence) = silences.get(node.as_str()).copied() else { continue };
@@ -213,17 +216,21 @@ impl LifecycleController {
             if silence <= lost_after {
                 continue;
             }
-            if !self.hand_offs.take(now) {
+            if budget == 0 || !self.hand_offs.take(now) {
                 break;
             }
+            budget -= 1;
             let name = &placed.instance.metadata.name;
             let mut lost = placed.clone();
             lost.instance.status.phase = Phase::Lost;
             lost.instance.status.reason = Some("NodeLost".into());
             lost.instance.status.message = Some(format!("node {node} has been silent for {}", secs(silence)));
             txn.put_instance(lost);
-            let Some(workload) =
-                workload.filter(|w| w.spec.disconnect.replace != Some(false) && w.spec.placement != Some(EveryNode::EveryNode))
+            // A workload the master does not act on gets no replacement either.
+            let acted_on = |w: &&wasmlet_api::Workload| cluster.invalid(Kind::Workload, &w.metadata.name).is_none();
+            let Some(workload) = workload
+                .filter(|w| w.spec.disconnect.replace != Some(false) && w.spec.placement != Some(EveryNode::EveryNode))
+                .filter(acted_on)
             else {
                 txn.event(
                     EventType::Warning,

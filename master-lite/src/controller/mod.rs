@@ -9,7 +9,9 @@
 //!   changes that concern it: workloads or instances, or nodes while a
 //!   workload waits for one (an unschedulable one, or an everyNode workload).
 //!
-//! Each controller commits what it decides in one transaction.
+//! Each controller commits what it decides in one transaction, of at most
+//! [`crate::config::defaults::CONTROLLER_BATCH`] new instances; when a pass
+//! stops there, the next one follows at once.
 
 pub mod lifecycle;
 pub mod workloads;
@@ -53,15 +55,25 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut resync = tokio::time::interval(shared.config.resync_interval());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<Seen> = None;
+    // Set when the workload controller stopped at its batch limit: the next pass follows at once.
+    let mut again = false;
     loop {
         let (mut timer, mut woken) = (false, false);
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = resync.tick() => timer = true,
-            changed = changes.changed() => if changed.is_err() { break },
-            _ = shared.wake.notified() => woken = true,
+        if again {
+            // Let waiting requests have the cluster lock between two batches.
+            tokio::task::yield_now().await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = resync.tick() => timer = true,
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = shared.wake.notified() => woken = true,
+            }
         }
-        if !timer {
+        if !timer && !again {
             // Gather what else happens in the window; a timer tick or wake-up in it joins this pass.
             let window = tokio::time::sleep(COALESCE);
             tokio::pin!(window);
@@ -84,7 +96,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let current = Seen::of(&cluster);
         let due = match seen {
-            _ if timer => true,
+            _ if timer || again => true,
             None => true,
             Some(last) => {
                 last.workloads != current.workloads
@@ -96,9 +108,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         };
         if due {
             let txn = workloads.reconcile(&cluster, &shared.config, &shared.metrics, now);
-            if let Err(e) = cluster.commit(txn) {
-                tracing::error!(error = %e, "the workload controller could not write its decisions; retrying");
-            }
+            again = match cluster.commit(txn) {
+                Ok(_) => workloads.more_to_do(),
+                Err(e) => {
+                    tracing::error!(error = %e, "the workload controller could not write its decisions; retrying");
+                    false
+                }
+            };
             // Our own commit counts as seen; should it have failed, the timer retries.
             seen = Some(Seen::of(&cluster));
         }

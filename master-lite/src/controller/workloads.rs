@@ -12,6 +12,12 @@
 //! - An instance whose workload is gone is removed.
 //! - A workload that cannot be placed gets one `FailedScheduling` event per
 //!   distinct answer, and is retried when nodes (or the workload) change.
+//! - A pass creates at most [`defaults::CONTROLLER_BATCH`] instances and says
+//!   when it left work for the next one, so no replica count becomes one
+//!   allocation or one transaction.
+//! - A workload the master cannot act on ([`Cluster::invalid`]: stored before
+//!   a limit existed, or its record undecodable) is left alone with its
+//!   instances; [`check_stored`] finds them when the master starts.
 
 use std::collections::HashMap;
 
@@ -29,6 +35,58 @@ pub const DRAINING_ANNOTATION: &str = "wasmlet.io/draining";
 /// The label every instance carries with its workload's name.
 pub const WORKLOAD_LABEL: &str = "wasmlet.io/workload";
 
+/// Marks the stored workloads the master will not act on (they break a limit
+/// of this master, e.g. `--max-replicas`, or of the API), and records a Warning
+/// event and a log line for each object in [`Cluster::invalid`]. Run once at start.
+pub fn check_stored(cluster: &mut Cluster, config: &MasterConfig) -> Result<(), crate::store::StoreError> {
+    for (name, workload) in &cluster.workloads {
+        if cluster.invalid(Kind::Workload, name).is_some() {
+            continue;
+        }
+        if let Some(problem) = limit_problem(workload, config) {
+            cluster.invalid.insert((Kind::Workload, name.clone()), problem);
+        }
+    }
+    let mut txn = cluster.txn();
+    for ((kind, name), problem) in &cluster.invalid {
+        let kind = kind_name(*kind);
+        txn.event(
+            EventType::Warning,
+            "InvalidStoredObject",
+            (kind, name),
+            format!("{kind} `{name}` in the store is not acted on: {problem}; fix it (apply it again) or delete it"),
+        );
+    }
+    cluster.commit(txn).map(drop)
+}
+
+/// Why an (already stored) workload breaks a limit, if it does.
+pub fn limit_problem(workload: &Workload, config: &MasterConfig) -> Option<String> {
+    if let Err(e) = workload.validate() {
+        return Some(e.to_string());
+    }
+    match workload.spec.replicas {
+        Some(replicas) if replicas > config.max_replicas => Some(max_replicas_problem(replicas, config.max_replicas)),
+        _ => None,
+    }
+}
+
+/// The answer to a workload asking for more replicas than this master allows.
+pub fn max_replicas_problem(replicas: u32, max: u32) -> String {
+    format!("spec.replicas: {replicas} is more than this master allows, {max} (--max-replicas)")
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Node => "Node",
+        Kind::Workload => "Workload",
+        Kind::Instance => "Instance",
+        Kind::Event => "Event",
+        Kind::Credential => "Credential",
+        Kind::Token => "Token",
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct WorkloadController {
     /// Per workload: failures replaced in a row, and when the next replacement may happen.
@@ -36,6 +94,8 @@ pub struct WorkloadController {
     /// Per workload: the last scheduling failure, and the node and workload
     /// revisions it was decided on (nothing is retried until one changes).
     failures: HashMap<String, Failure>,
+    /// Whether the last pass stopped at its batch limit with instances left to create.
+    more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -51,8 +111,14 @@ impl WorkloadController {
         !self.failures.is_empty()
     }
 
+    /// Whether the last pass left instances to create for the next one.
+    pub fn more_to_do(&self) -> bool {
+        self.more
+    }
+
     pub fn reconcile(&mut self, cluster: &Cluster, config: &MasterConfig, metrics: &Metrics, now: Instant) -> Txn {
         let mut txn = cluster.txn();
+        self.more = false;
         // Built on the first placement: most passes place nothing.
         let mut placement = LazyPlacement { cluster, scoring: config.scoring, placement: None };
         let mut by_workload: HashMap<&str, Vec<&Placed>> = HashMap::new();
@@ -68,9 +134,14 @@ impl WorkloadController {
         }
         self.backoff.retain(|name, _| cluster.workloads.contains_key(name));
         self.failures.retain(|name, _| cluster.workloads.contains_key(name));
+        let mut budget = defaults::CONTROLLER_BATCH;
         for workload in cluster.workloads.values() {
+            if cluster.invalid(Kind::Workload, &workload.metadata.name).is_some() {
+                continue;
+            }
             let mine = by_workload.get(workload.metadata.name.as_str()).map(Vec::as_slice).unwrap_or_default();
-            let mut plan = Plan { workload, txn: &mut txn, placement: &mut placement, metrics, unschedulable: None };
+            let mut plan =
+                Plan { workload, txn: &mut txn, placement: &mut placement, metrics, unschedulable: None, budget: &mut budget, more: false };
             let may_schedule = self.may_schedule(cluster, workload);
             let replace_failed = self.replace_failed(workload, mine, now);
             if workload.spec.placement == Some(EveryNode::EveryNode) {
@@ -78,7 +149,8 @@ impl WorkloadController {
             } else {
                 plan.replicas(mine, may_schedule, replace_failed);
             }
-            let unschedulable = plan.unschedulable.take();
+            let (unschedulable, more) = (plan.unschedulable.take(), plan.more);
+            self.more |= more;
             self.record_failure(cluster, workload, unschedulable, &mut txn);
         }
         txn
@@ -143,6 +215,10 @@ struct Plan<'a, 'c> {
     metrics: &'a Metrics,
     /// Why the last placement failed, if one did.
     unschedulable: Option<String>,
+    /// Instances this pass may still create (for all workloads).
+    budget: &'a mut usize,
+    /// Whether this workload wanted more instances than the budget allowed.
+    more: bool,
 }
 
 /// The scheduler's view of the nodes, built when first needed.
@@ -234,7 +310,10 @@ impl Plan<'_, '_> {
         let missing = desired.saturating_sub(current.len());
         let room = if old.is_empty() { missing } else { missing.min((desired + 1).saturating_sub(current.len() + old.len())) };
         if may_schedule && !held_back && room > 0 {
-            self.create_many(room);
+            let batch = room.min(*self.budget);
+            self.more |= batch < room;
+            let placed = self.create_many(batch);
+            *self.budget -= placed;
         }
     }
 
@@ -277,6 +356,11 @@ impl Plan<'_, '_> {
             let placement = self.placement.get();
             let load = placement.index_of(name).map(|i| &placement.nodes[i]);
             if load.is_some_and(|l| l.fits(self.workload).is_ok()) {
+                if *self.budget == 0 {
+                    self.more = true;
+                    continue;
+                }
+                *self.budget -= 1;
                 self.create_on(name);
             }
         }
@@ -296,7 +380,7 @@ impl Plan<'_, '_> {
     /// Places up to `count` new instances wherever the scheduler says, one
     /// scoring pass for all of them; returns how many were placed.
     fn create_many(&mut self, count: usize) -> usize {
-        let mut targets = Vec::with_capacity(count);
+        let mut targets = Vec::with_capacity(count.min(defaults::CONTROLLER_BATCH));
         {
             let mut placer = self.placement.get().placer(self.workload, |_| true);
             for _ in 0..count {

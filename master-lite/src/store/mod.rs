@@ -12,7 +12,7 @@
 pub mod modules;
 mod redb;
 
-pub use self::redb::RedbStore;
+pub use self::redb::{RedbStore, STORE_FILE};
 
 /// The collections of objects the store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,6 +28,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a table name, as [`Kind::table`] gives it.
+    pub fn of_table(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.table() == name)
+    }
+
     pub const ALL: [Kind; 6] = [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token];
 
     pub fn table(self) -> &'static str {
@@ -69,10 +74,16 @@ pub struct Snapshot {
 #[error("store: {0}")]
 pub struct StoreError(pub String);
 
+/// What [`Store::export`] hands every object to: its kind, name and bytes.
+pub type Visit<'a> = dyn FnMut(Kind, &str, &[u8]) -> std::io::Result<()> + 'a;
+
 /// Durable, transactional storage behind the master.
 pub trait Store: Send + Sync + 'static {
     /// Reads every object and the counters.
     fn load(&self) -> Result<Snapshot, StoreError>;
     /// Commits all of `batch` durably, or nothing of it.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Visits every object as of one consistent moment (while commits go on),
+    /// and returns the counters `(revision, epoch)` of that moment.
+    fn export(&self, visit: &mut Visit<'_>) -> Result<(u64, u64), StoreError>;
 }

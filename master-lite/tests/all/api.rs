@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Master, digest_of, workload};
+use crate::support::{Master, digest_of, module, workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_status_a_clear_message_and_writes_nothing() {
@@ -44,10 +44,10 @@ async fn bad_input_gets_the_right_status_a_clear_message_and_writes_nothing() {
 
     // Wrong digest: 400 naming both digests, nothing stored.
     let wrong = digest_of(b"other bytes");
-    let r = master.http.put(format!("{}/modules/{wrong}", master.url)).body("module two").send().await.unwrap();
+    let r = master.http.put(format!("{}/modules/{wrong}", master.url)).body(module(b"two")).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let message = r.json::<serde_json::Value>().await.unwrap()["message"].as_str().unwrap().to_string();
-    assert!(message.contains(&wrong) && message.contains(&digest_of(b"module two")), "{message}");
+    assert!(message.contains(&wrong) && message.contains(&digest_of(&module(b"two"))), "{message}");
     assert_eq!(master.http.get(format!("{}/modules/{wrong}", master.url)).send().await.unwrap().status(), 404);
 
     // Oversize (the streamed check without a declared length is a unit test of store::modules).
@@ -60,7 +60,7 @@ async fn bad_input_gets_the_right_status_a_clear_message_and_writes_nothing() {
 
     // The module comes back byte for byte.
     let bytes = master.http.get(format!("{}/modules/{digest}", master.url)).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(&bytes[..], b"module one");
+    assert_eq!(&bytes[..], module(b"module one"));
     let (status, err) = master.get("/workloads/nope").await;
     assert_eq!((status, err["reason"].as_str()), (404, Some("NotFound")));
 }

@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
 
-use crate::support::{digest_of, eventually, registration, workload};
+use crate::support::{digest_of, eventually, module, registration, workload};
 
 /// Kills the process when dropped, also when the test fails.
 struct Process(Child);
@@ -49,9 +49,9 @@ async fn everything_acknowledged_survives_kill_9() {
     headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", token.trim()).parse().unwrap());
     let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
     let url = format!("http://127.0.0.1:{port}/api/v1");
-    let module = b"durable module";
-    let digest = digest_of(module);
-    assert!(http.put(format!("{url}/modules/{digest}")).body(module.to_vec()).send().await.unwrap().status().is_success());
+    let module = module(b"durable module");
+    let digest = digest_of(&module);
+    assert!(http.put(format!("{url}/modules/{digest}")).body(module.clone()).send().await.unwrap().status().is_success());
     let r = http.post(format!("{url}/nodes/register")).json(&registration("n1", json!({}))).send().await.unwrap();
     assert!(r.status().is_success());
     for name in ["a", "b", "c"] {
@@ -76,5 +76,5 @@ async fn everything_acknowledged_survives_kill_9() {
     let names = |v: &serde_json::Value| v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].clone()).collect::<Vec<_>>();
     assert_eq!(names(&after), names(&before), "no instance lost or restarted");
     let bytes = http.get(format!("{url}/modules/{digest}")).send().await.unwrap().bytes().await.unwrap();
-    assert_eq!(&bytes[..], module);
+    assert_eq!(&bytes[..], &module[..]);
 }

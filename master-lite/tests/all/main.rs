@@ -3,6 +3,7 @@
 //! the agent protocol. One test binary, one module per area.
 
 mod api;
+mod batches;
 mod durability;
 mod lifecycle;
 mod protocol;

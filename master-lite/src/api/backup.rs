@@ -1,0 +1,84 @@
+//! `GET /api/v1/backup`, for admins: one consistent read of the store and the
+//! modules its workloads and instances use, streamed as a backup archive
+//! (`crate::backup`). The data dir's identity files (CA, bootstrap tokens)
+//! are not in it: `wasmlet-master backup` adds them on the master's machine,
+//! so they never cross the API.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::backup::Writer;
+use crate::store::modules::ModuleStore;
+use crate::store::{Kind, Store};
+
+pub async fn backup(State(shared): State<Arc<Shared>>) -> Response {
+    let store = shared.cluster().store();
+    let modules = shared.modules.clone();
+    let (chunks, body) = mpsc::channel::<io::Result<bytes::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let out = io::BufWriter::with_capacity(64 << 10, Chunks(chunks.clone()));
+        if let Err(e) = write(store.as_ref(), &modules, out) {
+            tracing::warn!(error = %e, "a backup was not completed");
+            // Breaks the answer off, so the client cannot take it for a whole backup.
+            let _ = chunks.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures::stream::unfold(body, |mut body| async move { body.recv().await.map(|chunk| (chunk, body)) });
+    let name = format!("attachment; filename=\"wasmlet-backup-{}.tar\"", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+    ([(header::CONTENT_TYPE, "application/x-tar".to_string()), (header::CONTENT_DISPOSITION, name)], Body::from_stream(stream))
+        .into_response()
+}
+
+/// The archive of one read of `store` and the modules its records use.
+fn write(store: &dyn Store, modules: &ModuleStore, out: impl Write) -> io::Result<()> {
+    let mut writer = Writer::begin(out)?;
+    let mut digests = BTreeSet::new();
+    let (revision, epoch) = store
+        .export(&mut |kind, name, value| {
+            let spec = match kind {
+                Kind::Workload => Some("/spec/module/digest"),
+                Kind::Instance => Some("/workload/spec/module/digest"),
+                _ => None,
+            };
+            if let Some(pointer) = spec
+                && let Ok(record) = serde_json::from_slice::<serde_json::Value>(value)
+                && let Some(digest) = record.pointer(pointer).and_then(|d| d.as_str())
+            {
+                digests.insert(digest.to_string());
+            }
+            writer.record(kind, name, value)
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    for digest in digests {
+        // Only uploaded modules are files here (`https://` sources are fetched by the agents).
+        let Ok(path) = modules.path(&digest) else { continue };
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        let size = file.metadata()?.len();
+        writer.module(digest.trim_start_matches("sha256:"), size, file)?;
+    }
+    writer.finish(revision, epoch)?.flush()
+}
+
+/// Hands what is written to the answer's body, chunk by chunk; fails once the client is gone.
+struct Chunks(mpsc::Sender<io::Result<bytes::Bytes>>);
+
+impl Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
