@@ -108,6 +108,7 @@ pub async fn run_with_ingress(
     };
     let supervisor = runtime.ok().map(|runtime| {
         let allocator = runtime.allocator.clone();
+        let compiler = runtime.modules.compiler().info.clone();
         let settings = SupervisorSettings {
             data_dir: config.data_dir.clone(),
             backoff: Backoff {
@@ -124,15 +125,20 @@ pub async fn run_with_ingress(
                 concurrency: config.service_concurrency,
             },
         };
-        (Supervisor::new(runtime, settings, &node), allocator)
+        (Supervisor::new(runtime, settings, &node), (allocator, compiler))
     });
 
     let probe = Box::new(HostProbe::new(&config.data_dir));
     let mut settings = ReportSettings::from_config(&config);
     settings.name = Some(node.clone());
     let (mut reporter, reports) = Reporter::new(probe, settings, runtime_health, Clock::System);
-    if let Some((supervisor, allocator)) = &supervisor {
-        let info = NodeRuntime { allocator: allocator.kind.to_string(), allocator_reason: allocator.reason.clone() };
+    if let Some((supervisor, (allocator, compiler))) = &supervisor {
+        let info = NodeRuntime {
+            allocator: allocator.kind.to_string(),
+            allocator_reason: allocator.reason.clone(),
+            compiler: compiler.kind.to_string(),
+            compiler_reason: compiler.reason.clone(),
+        };
         reporter = reporter.with_supervisor(supervisor.clone(), info);
     }
     let supervisor = supervisor.map(|(s, _)| s);
