@@ -242,6 +242,15 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_DEFAULT_MEMORY_LIMIT", default_value = defaults::DEFAULT_MEMORY_LIMIT, value_name = "BYTES")]
     pub default_memory_limit: Bytes,
 
+    /// What an instance's scratch dirs may hold when its workload sets no
+    /// `resources.limits.ephemeralStorage`; past it the instance is evicted.
+    #[arg(long, global = true, env = "WASMLET_DEFAULT_EPHEMERAL_STORAGE", default_value = defaults::DEFAULT_EPHEMERAL_STORAGE, value_name = "BYTES")]
+    pub default_ephemeral_storage: Bytes,
+
+    /// How often the instances' scratch dirs are measured against their limits.
+    #[arg(long, global = true, env = "WASMLET_EPHEMERAL_STORAGE_CHECK_INTERVAL", default_value = defaults::EPHEMERAL_STORAGE_CHECK_INTERVAL, value_name = "DURATION")]
+    pub ephemeral_storage_check_interval: Duration,
+
     /// Largest module (or component) the agent compiles.
     #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
     pub max_module_size: Bytes,

@@ -9,7 +9,8 @@
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
 //!   workload runs with.
 //! - `supervisor`: keeps the desired instances running, with restart policies
-//!   and back-off; `logs` holds what they print, `events` what happened.
+//!   and back-off; `logs` holds what they print, `events` what happened;
+//!   `scratch` where their scratch dirs live and what they hold.
 //! - `manifests`: Workload files in a directory, run without a master.
 //! - `master_link`: joining a master, heartbeats, status, the assignment.
 //! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
@@ -31,6 +32,7 @@ pub mod manifests;
 pub mod master_link;
 pub mod report;
 pub mod runtime;
+pub mod scratch;
 pub mod security;
 pub mod status_cmd;
 pub mod supervisor;
@@ -118,6 +120,7 @@ pub async fn run_with_ingress(
             },
             log_max_size: config.log_max_size.get(),
             default_memory_limit: config.default_memory_limit.get(),
+            default_ephemeral_storage: config.default_ephemeral_storage.get(),
             services: supervisor::ServiceSettings {
                 request_timeout: config.request_timeout.get(),
                 max_request_body: config.max_request_body.get() as usize,
@@ -146,6 +149,10 @@ pub async fn run_with_ingress(
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
+    let storage = supervisor.clone().map(|supervisor| {
+        let interval = config.ephemeral_storage_check_interval.get().max(std::time::Duration::from_millis(10));
+        tokio::spawn(supervisor.enforce_ephemeral_storage(interval, stop.clone()))
+    });
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
             let watcher = manifests::ManifestWatcher::new(dir.clone(), &config.allowed_host_paths, supervisor.clone());
@@ -204,7 +211,7 @@ pub async fn run_with_ingress(
     if let Some(task) = ingress_task {
         let _ = task.await;
     }
-    for task in [manifests, link].into_iter().flatten() {
+    for task in [manifests, link, storage].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(supervisor) = &supervisor {

@@ -8,6 +8,8 @@ mod arm64;
 mod cli;
 mod cluster;
 mod compile_bombs;
+mod ephemeral_storage;
+mod grants;
 mod install;
 mod packaging;
 mod runtime;

@@ -8,6 +8,8 @@
 //!   `heap`: handing freed memory back after a compile in the agent.
 //! - `sandbox`: the WASI context a manifest grants (args, env, directories,
 //!   output to the instance's log; no sockets, no inherited anything).
+//! - `grants`: the granted directories, checked at admission and opened at
+//!   every start from a trusted root without following links.
 //! - `limits`: memory through a resource limiter, CPU through epochs.
 //! - `run`: instantiating a program in a fresh store, running it to its end,
 //!   and saying clearly how it ended.
@@ -18,6 +20,7 @@
 //! the agent, and its CPU time is checked against its limit.
 
 pub mod compiler;
+pub mod grants;
 mod heap;
 pub mod http;
 pub mod limits;
