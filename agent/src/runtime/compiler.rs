@@ -280,6 +280,11 @@ fn probe(exe: &Path, memory_reservation: u64, expected: &str) -> Result<(), Stri
     if let Some(mut stderr) = child.stderr.take() {
         let _ = stderr.read_to_string(&mut err);
     }
+    // 127: the spawned child could not execute the binary (posix_spawn reports it so
+    // where the exec error cannot travel back, as under qemu-user without binfmt).
+    if status.code() == Some(127) {
+        return Err(format!("cannot start the compiler process {} (it could not be executed: {status})", exe.display()));
+    }
     if !status.success() {
         return Err(format!("the compiler process {} failed ({status}): {}", exe.display(), err.trim()));
     }
@@ -381,6 +386,20 @@ mod tests {
         let compiler = Compiler::new(Some(Path::new("/nonexistent/wasmlet-agent")), &engine, 1 << 30, BUDGET);
         assert_eq!(compiler.info.kind, "in-agent");
         assert!(compiler.info.reason.contains("cannot start the compiler process /nonexistent/wasmlet-agent"), "{}", compiler.info.reason);
+        // What a child that cannot execute its binary looks like under qemu-user without binfmt.
+        let bin = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = bin.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let unexecutable = Compiler::new(Some(&script("127", "exit 127")), &engine, 1 << 30, BUDGET);
+        assert_eq!(unexecutable.info.kind, "in-agent");
+        assert!(unexecutable.info.reason.contains("could not be executed"), "{}", unexecutable.info.reason);
+        let foreign = Compiler::new(Some(&script("foreign", "echo 0123456789abcdef")), &engine, 1 << 30, BUDGET);
+        assert!(foreign.info.reason.contains("builds a different engine (0123456789abcdef instead of"), "{}", foreign.info.reason);
         let none = Compiler::new(None, &engine, 1 << 30, BUDGET);
         assert!(none.info.reason.contains("no compiler binary configured"), "{}", none.info.reason);
 
