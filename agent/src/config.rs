@@ -36,6 +36,15 @@ pub mod defaults {
     pub const POOL_INSTANCES: &str = "1000";
     pub const MAX_INSTANCE_MEMORY: &str = "4Gi";
     pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+    pub const DEFAULT_EPHEMERAL_STORAGE: &str = "1Gi";
+    pub const MAX_MODULE_SIZE: &str = "64Mi";
+    pub const MAX_MODULE_FUNCTIONS: &str = "100000";
+    pub const MAX_FUNCTION_SIZE: &str = "2Mi";
+    pub const MAX_FUNCTION_NESTING: &str = "10000";
+    pub const MAX_FUNCTION_LOCALS: &str = "10000";
+    pub const COMPILE_MEMORY_LIMIT: &str = "2Gi";
+    pub const COMPILE_TIMEOUT: &str = "5m";
+    pub const EPHEMERAL_STORAGE_CHECK_INTERVAL: &str = "1s";
     pub const INGRESS_ADDR: &str = "0.0.0.0:7080";
     pub const REQUEST_TIMEOUT: &str = "30s";
     pub const MAX_REQUEST_BODY: &str = "16Mi";
@@ -71,6 +80,9 @@ pub enum Command {
     },
     /// Print a commented config file with every setting and its default (what packages install).
     ConfigTemplate,
+    /// Compile one module for the agent (the agent runs this itself; not for people).
+    #[command(hide = true)]
+    Compile(crate::runtime::compiler::CompileArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -230,6 +242,48 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_DEFAULT_MEMORY_LIMIT", default_value = defaults::DEFAULT_MEMORY_LIMIT, value_name = "BYTES")]
     pub default_memory_limit: Bytes,
 
+    /// What an instance's scratch dirs may hold when its workload sets no
+    /// `resources.limits.ephemeralStorage`; past it the instance is evicted.
+    #[arg(long, global = true, env = "WASMLET_DEFAULT_EPHEMERAL_STORAGE", default_value = defaults::DEFAULT_EPHEMERAL_STORAGE, value_name = "BYTES")]
+    pub default_ephemeral_storage: Bytes,
+
+    /// How often the instances' scratch dirs are measured against their limits.
+    #[arg(long, global = true, env = "WASMLET_EPHEMERAL_STORAGE_CHECK_INTERVAL", default_value = defaults::EPHEMERAL_STORAGE_CHECK_INTERVAL, value_name = "DURATION")]
+    pub ephemeral_storage_check_interval: Duration,
+
+    /// Largest module (or component) the agent compiles.
+    #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
+    pub max_module_size: Bytes,
+
+    /// Most functions a module (all core modules of a component together) may have to be compiled.
+    #[arg(long, global = true, env = "WASMLET_MAX_MODULE_FUNCTIONS", default_value = defaults::MAX_MODULE_FUNCTIONS, value_name = "N")]
+    pub max_module_functions: u64,
+
+    /// Largest function body a module may have to be compiled.
+    #[arg(long, global = true, env = "WASMLET_MAX_FUNCTION_SIZE", default_value = defaults::MAX_FUNCTION_SIZE, value_name = "BYTES")]
+    pub max_function_size: Bytes,
+
+    /// Deepest nesting of blocks, loops and ifs in one function of a module to be compiled.
+    #[arg(long, global = true, env = "WASMLET_MAX_FUNCTION_NESTING", default_value = defaults::MAX_FUNCTION_NESTING, value_name = "N")]
+    pub max_function_nesting: u64,
+
+    /// Most locals one function of a module to be compiled may declare.
+    #[arg(long, global = true, env = "WASMLET_MAX_FUNCTION_LOCALS", default_value = defaults::MAX_FUNCTION_LOCALS, value_name = "N")]
+    pub max_function_locals: u64,
+
+    /// Memory one compile may use (the compiler process's data size); past it the compile fails.
+    #[arg(long, global = true, env = "WASMLET_COMPILE_MEMORY_LIMIT", default_value = defaults::COMPILE_MEMORY_LIMIT, value_name = "BYTES")]
+    pub compile_memory_limit: Bytes,
+
+    /// Longest one compile may take; past it the compile is stopped and the module refused.
+    #[arg(long, global = true, env = "WASMLET_COMPILE_TIMEOUT", default_value = defaults::COMPILE_TIMEOUT, value_name = "DURATION")]
+    pub compile_timeout: Duration,
+
+    /// The binary run as `wasmlet-agent compile` to compile in a child process: the running
+    /// agent's own, set by `main`. None compiles in the agent's process.
+    #[arg(skip)]
+    pub compiler: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -256,6 +310,18 @@ impl AgentConfig {
             epoch_tick: self.epoch_tick.get().max(std::time::Duration::from_millis(1)),
             pool_instances: self.pool_instances,
             max_instance_memory: self.max_instance_memory.get(),
+            compiler: self.compiler.clone(),
+            compile_budget: crate::runtime::compiler::CompileBudget {
+                limits: crate::runtime::precheck::CompileLimits {
+                    module_size: self.max_module_size.get(),
+                    functions: self.max_module_functions,
+                    function_size: self.max_function_size.get(),
+                    nesting: self.max_function_nesting,
+                    locals: self.max_function_locals,
+                },
+                memory: self.compile_memory_limit.get(),
+                timeout: self.compile_timeout.get(),
+            },
         }
     }
 

@@ -9,7 +9,8 @@
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
 //!   workload runs with.
 //! - `supervisor`: keeps the desired instances running, with restart policies
-//!   and back-off; `logs` holds what they print, `events` what happened.
+//!   and back-off; `logs` holds what they print, `events` what happened;
+//!   `scratch` where their scratch dirs live and what they hold.
 //! - `manifests`: Workload files in a directory, run without a master.
 //! - `master_link`: joining a master, heartbeats, status, the assignment.
 //! - `api`: the local HTTP API (`/healthz`, `/readyz`, `/status`, `/metrics`,
@@ -32,6 +33,7 @@ pub mod manifests;
 pub mod master_link;
 pub mod report;
 pub mod runtime;
+pub mod scratch;
 pub mod security;
 pub mod status_cmd;
 pub mod supervisor;
@@ -112,6 +114,7 @@ pub async fn run_with_ingress(
     };
     let supervisor = runtime.ok().map(|runtime| {
         let allocator = runtime.allocator.clone();
+        let compiler = runtime.modules.compiler().info.clone();
         let settings = SupervisorSettings {
             data_dir: config.data_dir.clone(),
             backoff: Backoff {
@@ -121,6 +124,7 @@ pub async fn run_with_ingress(
             },
             log_max_size: config.log_max_size.get(),
             default_memory_limit: config.default_memory_limit.get(),
+            default_ephemeral_storage: config.default_ephemeral_storage.get(),
             services: supervisor::ServiceSettings {
                 request_timeout: config.request_timeout.get(),
                 max_request_body: config.max_request_body.get() as usize,
@@ -128,15 +132,20 @@ pub async fn run_with_ingress(
                 concurrency: config.service_concurrency,
             },
         };
-        (Supervisor::new(runtime, settings, &node), allocator)
+        (Supervisor::new(runtime, settings, &node), (allocator, compiler))
     });
 
     let probe = Box::new(HostProbe::new(&config.data_dir));
     let mut settings = ReportSettings::from_config(&config);
     settings.name = Some(node.clone());
     let (mut reporter, reports) = Reporter::new(probe, settings, runtime_health, Clock::System);
-    if let Some((supervisor, allocator)) = &supervisor {
-        let info = NodeRuntime { allocator: allocator.kind.to_string(), allocator_reason: allocator.reason.clone() };
+    if let Some((supervisor, (allocator, compiler))) = &supervisor {
+        let info = NodeRuntime {
+            allocator: allocator.kind.to_string(),
+            allocator_reason: allocator.reason.clone(),
+            compiler: compiler.kind.to_string(),
+            compiler_reason: compiler.reason.clone(),
+        };
         reporter = reporter.with_supervisor(supervisor.clone(), info);
     }
     let supervisor = supervisor.map(|(s, _)| s);
@@ -144,6 +153,10 @@ pub async fn run_with_ingress(
 
     let stop = CancellationToken::new();
     let sampler = tokio::spawn(reporter.run(stop.clone().cancelled_owned()));
+    let storage = supervisor.clone().map(|supervisor| {
+        let interval = config.ephemeral_storage_check_interval.get().max(std::time::Duration::from_millis(10));
+        tokio::spawn(supervisor.enforce_ephemeral_storage(interval, stop.clone()))
+    });
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
             let watcher =
@@ -207,7 +220,7 @@ pub async fn run_with_ingress(
     if let Some(task) = ingress_task {
         let _ = task.await;
     }
-    for task in [manifests, link].into_iter().flatten() {
+    for task in [manifests, link, storage].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(supervisor) = &supervisor {

@@ -3,11 +3,18 @@ use wasmlet_agent::config::{Cli, Command};
 use wasmlet_config::daemon::{block_on, init_tracing, shutdown_signal};
 
 fn main() -> std::process::ExitCode {
-    let cli: Cli = wasmlet_config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let mut cli: Cli = wasmlet_config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if let Some(Command::Compile(args)) = &cli.command {
+        // The agent's compiler process: no logging, no async runtime, nothing but the compile.
+        return wasmlet_agent::runtime::compiler::child_main(args);
+    }
+    // This very binary, even if its file was replaced (an upgrade) since it started.
+    cli.agent.compiler = Some("/proc/self/exe".into());
     init_tracing(cli.agent.log_format);
     block_on(async move {
         match cli.command {
             Some(Command::Status { output }) => wasmlet_agent::status_cmd::execute(&cli.agent, output).await,
+            Some(Command::Compile(_)) => Ok(()),
             Some(Command::ConfigTemplate) => {
                 use clap::CommandFactory;
                 print!("{}", wasmlet_config::commented_template(&Cli::command()));

@@ -32,9 +32,10 @@ use crate::runtime::http::{HttpState, OutboundPolicy, ServeSpec};
 use crate::runtime::limits::{CpuMeter, Fence};
 use crate::runtime::module::CacheOutcome;
 use crate::runtime::module::{LoadedModule, Program};
-use crate::runtime::run::Usage;
-use crate::runtime::sandbox::Preopen;
+use crate::runtime::run::{Exit, Usage};
+use crate::runtime::sandbox::{GrantedDir, Preopen};
 use crate::runtime::{ExitReason, RunSpec, Runtime};
+use crate::scratch;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// An instance the agent should run, with everything needed to start it.
@@ -84,6 +85,8 @@ pub struct SupervisorSettings {
     pub services: ServiceSettings,
     /// Memory limit of instances whose workload sets none.
     pub default_memory_limit: u64,
+    /// Scratch dir limit of instances whose workload sets no `limits.ephemeralStorage`.
+    pub default_ephemeral_storage: u64,
 }
 
 /// Bounds of every service's requests, unless its manifest says otherwise.
@@ -176,11 +179,37 @@ struct Shared {
     log: InstanceLog,
     /// Set while a service instance takes requests.
     serving: Mutex<Option<Endpoint>>,
+    /// Most its scratch dirs may hold (`limits.ephemeralStorage` or the node's default).
+    ephemeral_limit: u64,
+    /// Whether it has scratch dirs at all (else there is nothing to measure).
+    has_scratch: bool,
+    /// What its scratch dirs held at the last measurement.
+    ephemeral_bytes: std::sync::atomic::AtomicU64,
+    /// Why the current run must end: its scratch dirs went over their limit.
+    eviction: Mutex<Option<String>>,
+    /// Wakes the instance's task when `eviction` is set.
+    evict: tokio::sync::Notify,
 }
 
 impl Shared {
     fn update(&self, change: impl FnOnce(&mut InstanceStatus)) {
         change(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Ends the current run (or service) for going over the scratch dir limit.
+    fn evict(&self, why: String) {
+        *self.eviction.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.evict.notify_one();
+    }
+
+    /// Waits until the instance is evicted, and says why.
+    async fn evicted(&self) -> String {
+        loop {
+            if let Some(why) = self.eviction.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return why;
+            }
+            self.evict.notified().await;
+        }
     }
 
     fn snapshot(&self) -> Instance {
@@ -294,6 +323,17 @@ impl Supervisor {
             cpu_before: Mutex::new(Duration::ZERO),
             log,
             serving: Mutex::new(None),
+            ephemeral_limit: desired
+                .workload
+                .spec
+                .resources
+                .limits
+                .ephemeral_storage
+                .map_or(self.settings.default_ephemeral_storage, |b| b.get()),
+            has_scratch: desired.workload.spec.dirs.iter().any(|d| d.host_path.is_none()),
+            ephemeral_bytes: Default::default(),
+            eviction: Mutex::new(None),
+            evict: tokio::sync::Notify::new(),
         });
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
@@ -303,7 +343,7 @@ impl Supervisor {
     }
 
     fn instance_dir(&self, name: &str) -> PathBuf {
-        self.settings.data_dir.join("instances").join(name)
+        scratch::instance_dir(&self.settings.data_dir, name)
     }
 
     fn log_dir(&self, name: &str) -> PathBuf {
@@ -311,16 +351,18 @@ impl Supervisor {
     }
 
     /// The run specification: the workload's args and env, its host grants and
-    /// a scratch directory per granted path without a host path.
-    fn run_spec(&self, d: &DesiredInstance) -> anyhow::Result<RunSpec> {
+    /// a scratch directory per granted path without a host path. Directories
+    /// are opened (scratch dirs created) at every start, not here.
+    fn run_spec(&self, d: &DesiredInstance) -> RunSpec {
         let spec = &d.workload.spec;
         let mut dirs = d.host_dirs.clone();
         for (i, grant) in spec.dirs.iter().enumerate().filter(|(_, g)| g.host_path.is_none()) {
-            let host = self.instance_dir(&d.name).join("scratch").join(i.to_string());
-            std::fs::create_dir_all(&host).map_err(|e| anyhow::anyhow!("cannot create the scratch dir {}: {e}", host.display()))?;
-            dirs.push(Preopen { host, guest: grant.path.clone(), read_only: grant.read_only });
+            let names = scratch::dir_names(&d.name, i);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let dir = GrantedDir::scratch(i, &grant.path, &self.settings.data_dir, &names);
+            dirs.push(Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
         }
-        Ok(RunSpec {
+        RunSpec {
             program: d.workload.metadata.name.clone(),
             args: spec.args.clone(),
             env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -328,7 +370,7 @@ impl Supervisor {
             memory_limit: Some(spec.resources.limits.memory.map_or(self.settings.default_memory_limit, |m| m.get())),
             cpu_time_limit: spec.resources.limits.cpu_time.map(|d| d.get()),
             fence: d.fence.clone(),
-        })
+        }
     }
 
     async fn supervise(self: Arc<Self>, desired: DesiredInstance, shared: Arc<Shared>, cancel: CancellationToken) {
@@ -344,10 +386,7 @@ impl Supervisor {
             self.events.record(EventType::Warning, "AdmissionFailed", "Instance", &name, why.clone());
             return self.finish(&shared, Phase::Failed, None, "AdmissionFailed", why);
         }
-        let spec = match self.run_spec(&desired) {
-            Ok(spec) => spec,
-            Err(e) => return self.finish(&shared, Phase::Failed, None, "StartError", &format!("{e:#}")),
-        };
+        let spec = self.run_spec(&desired);
         loop {
             if !self.wait_for_fence(&shared, &cancel).await {
                 return;
@@ -378,34 +417,47 @@ impl Supervisor {
                 }
             };
 
-            if workload.spec.kind == WorkloadType::Service {
-                return self.serve(&desired, &shared, &module, &cancel).await;
-            }
-
-            let usage = Arc::new(Usage { memory: Default::default(), cpu: Arc::new(CpuMeter::default()) });
-            *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
             let started_at = Utc::now();
             let started = Instant::now();
-            shared.update(|s| {
-                s.phase = Phase::Running;
-                s.started_at = Some(started_at);
-                s.reason = None;
-                s.message = None;
-            });
-            self.notify_change();
-            self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
-            log.agent_line("started");
-
-            let exit = tokio::select! {
-                exit = self.runtime.run(&module, &spec, &log, &usage) => exit,
-                _ = cancel.cancelled() => {
-                    log.flush_partial();
-                    log.agent_line("stopped by the agent");
-                    return;
+            let exit = if workload.spec.kind == WorkloadType::Service {
+                match self.serve(&desired, &shared, &module, &cancel).await {
+                    Some(exit) => exit,
+                    None => return,
                 }
+            } else {
+                let usage = Arc::new(Usage { memory: Default::default(), cpu: Arc::new(CpuMeter::default()) });
+                *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
+                shared.update(|s| {
+                    s.phase = Phase::Running;
+                    s.started_at = Some(started_at);
+                    s.reason = None;
+                    s.message = None;
+                });
+                self.notify_change();
+                self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
+                log.agent_line("started");
+
+                let exit = tokio::select! {
+                    exit = self.runtime.run(&module, &spec, &log, &usage) => exit,
+                    why = shared.evicted() => eviction(why),
+                    _ = cancel.cancelled() => {
+                        log.flush_partial();
+                        log.agent_line("stopped by the agent");
+                        return;
+                    }
+                };
+                log.flush_partial();
+                *shared.cpu_before.lock().unwrap_or_else(|p| p.into_inner()) += usage.cpu.used();
+                exit
             };
-            log.flush_partial();
-            *shared.cpu_before.lock().unwrap_or_else(|p| p.into_inner()) += usage.cpu.used();
+            if exit.reason == ExitReason::EphemeralStorageLimitExceeded {
+                // As the kubelet does with an evicted pod's emptyDir: the next run starts with empty scratch dirs.
+                self.events.record(EventType::Warning, "Evicted", "Instance", &name, exit.message.clone());
+                if let Err(e) = remove_dir_if_present(&self.instance_dir(&name).join("scratch")).await {
+                    tracing::warn!(instance = %name, error = %e, "cannot empty the scratch dirs of an evicted instance");
+                }
+                shared.ephemeral_bytes.store(0, Ordering::Relaxed);
+            }
             let first_line = exit.message.lines().next().unwrap_or_default().to_string();
             log.agent_line(&format!("exited: {}: {}", exit.reason.as_str(), exit.message));
             let termination = Termination {
@@ -459,6 +511,68 @@ impl Supervisor {
         }
     }
 
+    /// Measures the scratch dirs of every running instance every `interval`
+    /// and evicts those over their limit, until `stop`.
+    pub async fn enforce_ephemeral_storage(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let running: Vec<Arc<Shared>> = {
+                let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+                instances
+                    .values()
+                    .filter(|s| s.shared.has_scratch)
+                    .filter(|s| s.shared.status.lock().unwrap_or_else(|p| p.into_inner()).phase == Phase::Running)
+                    .map(|s| s.shared.clone())
+                    .collect()
+            };
+            if running.is_empty() {
+                continue;
+            }
+            let data_dir = self.settings.data_dir.clone();
+            let measured = tokio::task::spawn_blocking(move || {
+                running
+                    .into_iter()
+                    .map(|shared| {
+                        let measured = scratch::measure(&data_dir, &shared.name, shared.ephemeral_limit);
+                        (shared, measured)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            for (shared, measured) in measured.unwrap_or_default() {
+                let limit = wasmlet_api::Bytes::new(shared.ephemeral_limit).human();
+                let why = match measured {
+                    Ok(scratch::Measured::Within(bytes)) => {
+                        shared.ephemeral_bytes.store(bytes, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(scratch::Measured::Over(bytes)) => {
+                        shared.ephemeral_bytes.store(bytes, Ordering::Relaxed);
+                        format!(
+                            "its scratch dirs hold at least {}, over the limit of {limit} (limits.ephemeralStorage, else --default-ephemeral-storage)",
+                            wasmlet_api::Bytes::new(bytes).human()
+                        )
+                    }
+                    Ok(scratch::Measured::TooDeep) => format!(
+                        "its scratch dirs nest more than {} directories deep, which counts as over the limit of {limit}",
+                        scratch::MAX_DEPTH
+                    ),
+                    Err(e) => {
+                        tracing::warn!(instance = %shared.name, error = %e, "cannot measure the scratch dirs");
+                        continue;
+                    }
+                };
+                shared.log.agent_line(&format!("evicting: {why}"));
+                shared.evict(why);
+            }
+        }
+    }
+
     /// Stops these instances of `source` now, keeping their files (they may be
     /// assigned again).
     pub fn stop(&self, source: Source, names: &[String]) {
@@ -488,20 +602,25 @@ impl Supervisor {
     }
 
     /// A service instance: Running (taking requests through the ingress) from
-    /// when its component is loaded until it is stopped or fenced.
-    async fn serve(&self, desired: &DesiredInstance, shared: &Shared, module: &LoadedModule, cancel: &CancellationToken) {
+    /// when its component is loaded until it is stopped or fenced (None), or
+    /// until it cannot start or is evicted (the exit, restarted per policy).
+    async fn serve(&self, desired: &DesiredInstance, shared: &Shared, module: &LoadedModule, cancel: &CancellationToken) -> Option<Exit> {
         let name = &desired.name;
         let Program::Proxy(pre) = &module.program else {
             let why =
                 "a service must be a component exporting wasi:http/incoming-handler (built for wasm32-wasip2 with a wasi:http export)";
             self.events.record(EventType::Warning, "FailedToLoad", "Instance", name, why);
-            return self.finish(shared, Phase::Failed, None, "InvalidModule", why);
+            self.finish(shared, Phase::Failed, None, "InvalidModule", why);
+            return None;
         };
         let spec = &desired.workload.spec;
-        let run = match self.run_spec(desired) {
-            Ok(run) => run,
-            Err(e) => return self.finish(shared, Phase::Failed, None, "StartError", &format!("{e:#}")),
-        };
+        let run = self.run_spec(desired);
+        // Each request opens the grants anew; a grant that cannot be opened fails the start here already.
+        for dir in &run.dirs {
+            if let Err(e) = dir.dir.open() {
+                return Some(Exit::start_error(e));
+            }
+        }
         let defaults = self.settings.services;
         let mut env = run.env.clone();
         env.push(("WASMLET_NODE".to_string(), self.node.clone()));
@@ -577,6 +696,11 @@ impl Supervisor {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                why = shared.evicted() => {
+                    *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    shared.log.agent_line("stopped serving");
+                    return Some(eviction(why));
+                }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if desired.fence.expired() {
                         // Out of rotation while the master is silent; back once it is heard.
@@ -591,6 +715,7 @@ impl Supervisor {
         }
         *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
         shared.log.agent_line("stopped serving");
+        None
     }
 
     /// Asks the service for `path`; Ok on a 2xx answer.
@@ -720,7 +845,15 @@ impl Supervisor {
         let memory: Family<Labels, Gauge> = Family::default();
         let cpu: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
         let cache: Family<Labels, Gauge> = Family::default();
+        let scratch_bytes: Family<Labels, Gauge> = Family::default();
         let allocator: Family<Labels, Gauge> = Family::default();
+        {
+            let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+            for s in instances.values().filter(|s| s.shared.has_scratch) {
+                let labels = vec![("instance", s.shared.name.clone()), ("workload", s.shared.workload.clone())];
+                scratch_bytes.get_or_create(&labels).set(s.shared.ephemeral_bytes.load(Ordering::Relaxed) as i64);
+            }
+        }
         for instance in self.instances() {
             let labels = vec![("instance", instance.metadata.name.clone()), ("workload", instance.spec.workload.clone())];
             for p in Phase::ALL {
@@ -747,6 +880,11 @@ impl Supervisor {
         registry.register("wasmlet_instance_restarts", "Times the instance was restarted", restarts);
         registry.register("wasmlet_instance_memory_bytes", "Linear memory the instance holds", memory);
         registry.register("wasmlet_instance_cpu_seconds", "CPU time the instance used over all its runs", cpu);
+        registry.register(
+            "wasmlet_instance_ephemeral_storage_bytes",
+            "What the instance's scratch dirs held at the last measurement",
+            scratch_bytes,
+        );
         registry.register("wasmlet_module_loads", "Module loads by how the compile cache served them", cache);
         registry.register("wasmlet_runtime_allocator", "The instance allocator in use", allocator);
         let ingress = &self.ingress_metrics;
@@ -769,5 +907,18 @@ impl Supervisor {
         let mut out = String::new();
         let _ = encode(&mut out, &registry);
         out.trim_end().trim_end_matches("# EOF").to_string()
+    }
+}
+
+/// How a run that was evicted for its scratch dirs ends.
+fn eviction(why: String) -> Exit {
+    Exit { code: None, reason: ExitReason::EphemeralStorageLimitExceeded, message: format!("evicted: {why}; they are emptied") }
+}
+
+/// Removes a directory tree without following the links in it (as `remove_dir_all` does).
+async fn remove_dir_if_present(dir: &std::path::Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }

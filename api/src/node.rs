@@ -130,6 +130,12 @@ pub struct NodeRuntime {
     /// `pooling` or `on-demand`.
     pub allocator: String,
     pub allocator_reason: String,
+    /// Where modules are compiled: `process` (a child process per compile,
+    /// with a memory limit and a time budget) or `in-agent`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compiler: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compiler_reason: String,
 }
 
 /// Amounts of each resource a node has or offers.

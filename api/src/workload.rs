@@ -165,6 +165,10 @@ pub struct ResourceLimits {
     /// Wall time one request to a service may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Duration>,
+    /// What the instance's scratch dirs may hold together on the node's disk
+    /// (the node's `--default-ephemeral-storage` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +353,9 @@ impl Workload {
         {
             errors.push("spec.resources.requests.memory", format!("request {request} is above the limit {limit}"));
         }
+        if spec.resources.limits.ephemeral_storage.is_some_and(|b| b.get() == 0) {
+            errors.push("spec.resources.limits.ephemeralStorage", "must be more than 0 (leave it out for the node's default)");
+        }
         if spec.kind == WorkloadType::Job && spec.restart_policy == Some(RestartPolicy::Always) {
             errors.push("spec.restartPolicy", "a job runs to completion: use OnFailure or Never");
         }
@@ -430,11 +437,12 @@ mod tests {
     #[test]
     fn a_full_manifest_decodes() {
         let w: Workload = from_yaml(&manifest(
-            "  replicas: 2\n  args: [\"--interval\", \"1s\"]\n  env: {LEVEL: info}\n  dirs:\n  - path: /data\n  resources:\n    requests: {cpu: 100m, memory: 16Mi}\n    limits: {memory: 64Mi, cpuTime: 10s}\n  restartPolicy: OnFailure\n  disconnect: {lostAfter: 15s, stopOnAgentAfter: 10s}\n",
+            "  replicas: 2\n  args: [\"--interval\", \"1s\"]\n  env: {LEVEL: info}\n  dirs:\n  - path: /data\n  resources:\n    requests: {cpu: 100m, memory: 16Mi}\n    limits: {memory: 64Mi, cpuTime: 10s, ephemeralStorage: 1Gi}\n  restartPolicy: OnFailure\n  disconnect: {lostAfter: 15s, stopOnAgentAfter: 10s}\n",
         ))
         .unwrap();
         assert_eq!(w.spec.replicas, Some(2));
         assert_eq!(w.spec.resources.limits.memory, Some(Bytes::new(64 << 20)));
+        assert_eq!(w.spec.resources.limits.ephemeral_storage, Some(Bytes::new(1 << 30)));
         assert_eq!(w.spec.disconnect.stop_on_agent_after, Some(Duration::from_secs(10)));
         assert_eq!(w.restart_policy(), RestartPolicy::OnFailure);
     }
@@ -494,6 +502,15 @@ mod tests {
         }
         assert!(err.to_string().contains("limit of"), "{err}");
         assert!(err.to_string().len() < 8 << 10, "the error stays short: {} bytes", err.to_string().len());
+    }
+
+    #[test]
+    fn ephemeral_storage_is_a_positive_quantity() {
+        let err = from_yaml::<Workload>(&manifest("  resources:\n    limits: {ephemeralStorage: lots}\n")).unwrap_err().to_string();
+        assert!(err.contains("spec.resources.limits.ephemeralStorage"), "{err}");
+        let w: Workload = from_yaml(&manifest("  resources:\n    limits: {ephemeralStorage: 0}\n")).unwrap();
+        let err = w.validate().unwrap_err().to_string();
+        assert!(err.contains("spec.resources.limits.ephemeralStorage") && err.contains("more than 0"), "{err}");
     }
 
     #[test]

@@ -217,6 +217,9 @@ pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events:
     ];
     if let Some(runtime) = &node.status.runtime {
         facts.push(("Allocator", format!("{} ({})", runtime.allocator, runtime.allocator_reason)));
+        if !runtime.compiler.is_empty() {
+            facts.push(("Compiler", format!("{} ({})", runtime.compiler, runtime.compiler_reason)));
+        }
     }
     page.pairs(&facts);
 

@@ -2,7 +2,8 @@
 //! under Debian's `qemu-aarch64-static` (natively on an ARM machine), joins a master running natively,
 //! reports `arm64` with the machine's real facts, and runs the `hello` and
 //! `sensor` examples the master places on it (Cranelift compiles them to
-//! aarch64 code, which qemu runs).
+//! aarch64 code, which qemu runs; in the agent's own process, as the emulated
+//! agent cannot start its compiler process without binfmt support).
 
 use std::time::Duration;
 
@@ -53,6 +54,13 @@ fn the_arm64_agent_joins_a_native_master_and_runs_hello_and_sensor_under_emulati
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot_id");
     assert_eq!(info.boot_id, boot_id.trim());
     assert!(node.status.capacity.memory.get() > 0 && node.status.capacity.cpu.millis() > 0, "{:?}", node.status.capacity);
+    // Without binfmt support the emulated agent cannot start its compiler process: it compiles
+    // in its own process, and says so.
+    let runtime = node.status.runtime.clone().expect("status.runtime");
+    if std::env::consts::ARCH != "aarch64" && !std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        assert_eq!(runtime.compiler, "in-agent", "{runtime:?}");
+        assert!(runtime.compiler_reason.contains("cannot start the compiler process"), "{runtime:?}");
+    }
 
     let on_arm = "  nodeSelector: {wasmlet.io/arch: arm64}\n";
     create(&master, "hello", "hello", "job", &format!("  restartPolicy: Never\n{on_arm}"));

@@ -25,9 +25,17 @@ pub struct Thresholds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentHealth {
     /// Err says why the data dir cannot be written.
-    pub data_dir: Result<(), String>,
+    pub data_dir: Result<(), DataDirProblem>,
     /// Ok carries the runtime's description; Err why it did not start.
     pub runtime: Result<String, String>,
+}
+
+/// Why the data dir cannot take the agent's writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDirProblem {
+    /// `DataDirNotWritable` or `DataDirFull`: the Ready condition's reason.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// What one reading says about one condition.
@@ -53,9 +61,7 @@ pub fn observe(facts: &Facts, health: &AgentHealth, t: &Thresholds) -> Vec<Obser
     let mut out = Vec::with_capacity(ConditionType::ALL.len());
 
     out.push(match (&health.data_dir, &health.runtime) {
-        (Err(why), _) => {
-            Observation { kind: ConditionType::Ready, state: Observed::Bad, reason: "DataDirNotWritable", message: why.clone() }
-        }
+        (Err(why), _) => Observation { kind: ConditionType::Ready, state: Observed::Bad, reason: why.reason, message: why.message.clone() },
         (_, Err(why)) => Observation { kind: ConditionType::Ready, state: Observed::Bad, reason: "RuntimeNotReady", message: why.clone() },
         (Ok(()), Ok(runtime)) => Observation {
             kind: ConditionType::Ready,
@@ -317,7 +323,8 @@ mod tests {
         f.interfaces[0].up = false;
         assert_eq!(state(&observe(&f, &health(), &t), ConditionType::NetworkUnavailable), Observed::Bad);
 
-        let sick = AgentHealth { data_dir: Err("read-only filesystem".into()), runtime: Ok(String::new()) };
+        let problem = DataDirProblem { reason: "DataDirNotWritable", message: "read-only filesystem".into() };
+        let sick = AgentHealth { data_dir: Err(problem), runtime: Ok(String::new()) };
         let obs = observe(&f, &sick, &t);
         assert_eq!(state(&obs, ConditionType::Ready), Observed::Bad);
         assert_eq!(obs[0].reason, "DataDirNotWritable");

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use wasmlet_api::{AddressType, Bytes, Condition, Cpu, Node, NodeAddress, NodeRuntime, NodeStatus, NodeUsage, ResourceList};
 
-pub use conditions::{AgentHealth, ConditionTracker, Thresholds};
+pub use conditions::{AgentHealth, ConditionTracker, DataDirProblem, Thresholds};
 pub use probe::{Facts, HostProbe, Probe};
 
 use crate::config::AgentConfig;
@@ -346,17 +346,39 @@ fn addresses(facts: &Facts) -> Vec<NodeAddress> {
     out
 }
 
+/// Below this much free space the data dir counts as full: the agent's own
+/// writes (state, logs, compiled modules) would fail.
+pub const DATA_DIR_FULL_BELOW: u64 = 1 << 20;
+
 /// Whether the agent can write its data dir, without writing to it on every
-/// sample (flash storage on small boards wears out).
-pub fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+/// sample (flash storage on small boards wears out): it exists, is writable,
+/// is not on a read-only filesystem, and its filesystem has room (bytes and
+/// inodes) for what the agent writes.
+pub fn check_data_dir(dir: &std::path::Path) -> Result<(), DataDirProblem> {
     use rustix::fs::{Access, StatVfsMountFlags};
+    let not_writable = |message: String| DataDirProblem { reason: "DataDirNotWritable", message };
     if !dir.is_dir() {
-        return Err(format!("data dir {} does not exist or is not a directory", dir.display()));
+        return Err(not_writable(format!("data dir {} does not exist or is not a directory", dir.display())));
     }
-    rustix::fs::access(dir, Access::WRITE_OK).map_err(|e| format!("data dir {} is not writable: {e}", dir.display()))?;
-    let st = rustix::fs::statvfs(dir).map_err(|e| format!("data dir {}: {e}", dir.display()))?;
+    rustix::fs::access(dir, Access::WRITE_OK).map_err(|e| not_writable(format!("data dir {} is not writable: {e}", dir.display())))?;
+    let st = rustix::fs::statvfs(dir).map_err(|e| not_writable(format!("data dir {}: {e}", dir.display())))?;
     if st.f_flag.contains(StatVfsMountFlags::RDONLY) {
-        return Err(format!("data dir {} is on a read-only filesystem", dir.display()));
+        return Err(not_writable(format!("data dir {} is on a read-only filesystem", dir.display())));
+    }
+    // root may use the blocks and inodes a filesystem reserves for it.
+    let root = rustix::process::geteuid().is_root();
+    let (blocks, inodes) = if root { (st.f_bfree, st.f_ffree) } else { (st.f_bavail, st.f_favail) };
+    let free = blocks.saturating_mul(st.f_frsize);
+    // A filesystem without inode figures (f_files 0) has no inodes to run out of.
+    if free < DATA_DIR_FULL_BELOW || (st.f_files > 0 && inodes == 0) {
+        return Err(DataDirProblem {
+            reason: "DataDirFull",
+            message: format!(
+                "data dir {} is full: its filesystem has {} and {inodes} inodes free; free space there or move --data-dir",
+                dir.display(),
+                Bytes::new(free).human()
+            ),
+        });
     }
     Ok(())
 }

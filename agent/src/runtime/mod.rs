@@ -2,8 +2,14 @@
 //!
 //! - `module`: recognising what a module is, checking its digest, compiling
 //!   it once and caching the result in memory and on disk.
+//! - `precheck`: what a module may ask of the compiler, measured before it
+//!   is compiled; `compiler`: compiling in a child process with a memory
+//!   limit and a time budget (or in the agent where that cannot run);
+//!   `heap`: handing freed memory back after a compile in the agent.
 //! - `sandbox`: the WASI context a manifest grants (args, env, directories,
 //!   output to the instance's log; no sockets, no inherited anything).
+//! - `grants`: the granted directories, checked at admission and opened at
+//!   every start from a trusted root without following links.
 //! - `limits`: memory through a resource limiter, CPU through epochs.
 //! - `run`: instantiating a program in a fresh store, running it to its end,
 //!   and saying clearly how it ended.
@@ -13,9 +19,13 @@
 //! yields to the scheduler, so a spinning workload cannot starve the others or
 //! the agent, and its CPU time is checked against its limit.
 
+pub mod compiler;
+pub mod grants;
+mod heap;
 pub mod http;
 pub mod limits;
 pub mod module;
+pub mod precheck;
 pub mod run;
 pub mod sandbox;
 
@@ -44,6 +54,11 @@ pub struct RuntimeSettings {
     pub pool_instances: u32,
     /// Largest linear memory any instance may have (the pool's slot size).
     pub max_instance_memory: u64,
+    /// The binary that compiles in a child process (`wasmlet-agent compile`);
+    /// None compiles in the agent's process.
+    pub compiler: Option<PathBuf>,
+    /// What compiling one module may cost.
+    pub compile_budget: compiler::CompileBudget,
 }
 
 /// Which instance allocator the engine uses, and why.
@@ -89,23 +104,29 @@ impl Drop for TickerGuard {
     }
 }
 
-fn base_config(settings: &RuntimeSettings) -> Config {
+/// The engine's configuration but for the instance allocator: all that
+/// shapes compiled code, so the compiler process builds it too.
+fn base_config(memory_reservation: u64) -> Config {
     let mut config = Config::new();
     // Epochs rather than fuel: a load and compare at loop heads and calls,
     // not a counter per instruction.
     config.epoch_interruption(true);
     config.max_wasm_stack(1 << 20);
     config.async_stack_size(2 << 20);
-    // Without a pool, memories reserve only what they grow into plus a guard,
-    // so a thousand small instances stay cheap in address space too.
-    config.memory_reservation(settings.max_instance_memory.min(4 << 30));
+    config.memory_reservation(memory_reservation);
     config
+}
+
+/// Without a pool, memories reserve only what they grow into plus a guard, so
+/// a thousand small instances stay cheap in address space too.
+fn on_demand_reservation(settings: &RuntimeSettings) -> u64 {
+    settings.max_instance_memory.min(4 << 30)
 }
 
 impl Runtime {
     /// Starts the engine: pooling when the address space allows it, on-demand otherwise.
     pub fn new(settings: RuntimeSettings) -> anyhow::Result<Runtime> {
-        let (engine, allocator) = match Self::pooling_engine(&settings) {
+        let (engine, allocator, memory_reservation) = match Self::pooling_engine(&settings) {
             Ok(engine) => (
                 engine,
                 AllocatorInfo {
@@ -116,16 +137,19 @@ impl Runtime {
                         settings.max_instance_memory >> 20
                     ),
                 },
+                settings.max_instance_memory,
             ),
             Err(why) => {
-                let engine = Engine::new(&base_config(&settings))?;
+                let reservation = on_demand_reservation(&settings);
+                let engine = Engine::new(&base_config(reservation))?;
                 tracing::info!(reason = %why, "using the on-demand instance allocator");
-                (engine, AllocatorInfo { kind: "on-demand", reason: why })
+                (engine, AllocatorInfo { kind: "on-demand", reason: why }, reservation)
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, settings.epoch_tick, stop.clone());
-        let modules = Arc::new(ModuleCache::new(engine.clone(), settings.cache_dir.clone())?);
+        let compiler = compiler::Compiler::new(settings.compiler.as_deref(), &engine, memory_reservation, settings.compile_budget);
+        let modules = Arc::new(ModuleCache::new(engine.clone(), settings.cache_dir.clone(), compiler)?);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -154,8 +178,7 @@ impl Runtime {
             .max_memory_size(settings.max_instance_memory as usize)
             .max_core_instance_size(1 << 20)
             .table_elements(100_000);
-        let mut config = base_config(settings);
-        config.memory_reservation(settings.max_instance_memory);
+        let mut config = base_config(settings.max_instance_memory);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         Engine::new(&config)
             .map_err(|e| format!("the pooling allocator could not reserve its address space ({e}); instances are allocated on demand"))

@@ -6,6 +6,10 @@
 //! beside it, so an agent restart does not recompile. An entry is loaded only
 //! when its checksum matches and wasmtime accepts it for this engine;
 //! anything else is deleted and compiled afresh.
+//!
+//! A module not found in either is checked against the compile limits
+//! ([`super::precheck`]) and compiled by the [`Compiler`], once however many
+//! instances wait for it; when none waits any more, the compile is dropped.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -13,13 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared, WeakShared};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::OnceCell;
 use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use super::compiler::Compiler;
 use super::http::HttpState;
 use super::sandbox::{ComponentState, CoreState};
 
@@ -45,6 +51,9 @@ pub enum LoadError {
     Invalid(String),
     #[error("module refused: {0}")]
     Unsupported(String),
+    /// Compiling it would cost more than the agent's compile limits allow.
+    #[error("module refused: {0}")]
+    TooCostly(String),
 }
 
 /// How a load was served, for metrics and logs.
@@ -83,15 +92,39 @@ pub struct CacheStats {
 
 /// Compiled modules by digest.
 pub struct ModuleCache {
+    loader: Arc<Loader>,
+    loaded: Mutex<HashMap<String, Slot>>,
+    pub stats: Arc<CacheStats>,
+}
+
+/// A module in memory, or on its way there.
+enum Slot {
+    Ready(Arc<LoadedModule>),
+    /// Shared by every caller waiting for it; gone when none waits any more.
+    Loading(WeakShared<Loading>),
+}
+
+type Loading = BoxFuture<'static, Result<(Arc<LoadedModule>, CacheOutcome), LoadError>>;
+
+/// Everything a load needs, shared with the load futures.
+struct Loader {
     engine: Engine,
     dir: PathBuf,
     /// Hex hash of everything that makes compiled code fit this engine.
     engine_hash: String,
+    compiler: Compiler,
     core_linker: Linker<CoreState>,
     component_linker: ComponentLinker<ComponentState>,
     http_linker: ComponentLinker<HttpState>,
-    loaded: Mutex<HashMap<String, Arc<OnceCell<Arc<LoadedModule>>>>>,
-    pub stats: CacheStats,
+    stats: Arc<CacheStats>,
+}
+
+/// A hex hash of what makes compiled code fit `engine`: artefacts of engines
+/// with the same hash load into each other.
+pub fn engine_hash(engine: &Engine) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// Identifies the module format from its first eight bytes.
@@ -120,10 +153,8 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 impl ModuleCache {
-    pub fn new(engine: Engine, dir: PathBuf) -> anyhow::Result<ModuleCache> {
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_hash = format!("{:016x}", hasher.finish());
+    pub fn new(engine: Engine, dir: PathBuf, compiler: Compiler) -> anyhow::Result<ModuleCache> {
+        let engine_hash = engine_hash(&engine);
         let mut core_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, |s: &mut CoreState| &mut s.wasi)?;
         let mut component_linker = ComponentLinker::new(&engine);
@@ -131,42 +162,69 @@ impl ModuleCache {
         let mut http_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
-        Ok(ModuleCache {
-            engine,
-            dir,
-            engine_hash,
-            core_linker,
-            component_linker,
-            http_linker,
-            loaded: Mutex::new(HashMap::new()),
-            stats: CacheStats::default(),
-        })
+        let stats = Arc::new(CacheStats::default());
+        let loader = Loader { engine, dir, engine_hash, compiler, core_linker, component_linker, http_linker, stats: stats.clone() };
+        Ok(ModuleCache { loader: Arc::new(loader), loaded: Mutex::new(HashMap::new()), stats })
+    }
+
+    pub fn compiler(&self) -> &Compiler {
+        &self.loader.compiler
     }
 
     /// The module for `bytes`, which must hash to `digest`: from memory, from
     /// disk, or compiled now (once, however many callers ask at the same time).
+    /// Dropping the future gives up waiting; the last one to give up stops the compile.
     pub async fn load(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<(Arc<LoadedModule>, CacheOutcome), LoadError> {
         let actual = sha256_digest(&bytes);
         if actual != digest {
             return Err(LoadError::DigestMismatch { expected: digest.to_string(), actual });
         }
-        let cell = {
+        let (loading, first) = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-            loaded.entry(digest.to_string()).or_default().clone()
+            let joined = match loaded.get(digest) {
+                Some(Slot::Ready(module)) => {
+                    self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((module.clone(), CacheOutcome::MemoryHit));
+                }
+                Some(Slot::Loading(weak)) => weak.upgrade(),
+                None => None,
+            };
+            match joined {
+                Some(loading) => (loading, false),
+                None => {
+                    let loader = self.loader.clone();
+                    let owned = digest.to_string();
+                    let loading: Shared<Loading> = async move {
+                        let (module, how) = loader.load_uncached(&owned, bytes).await?;
+                        Ok((Arc::new(module), how))
+                    }
+                    .boxed()
+                    .shared();
+                    if let Some(weak) = loading.downgrade() {
+                        loaded.insert(digest.to_string(), Slot::Loading(weak));
+                    }
+                    (loading, true)
+                }
+            }
         };
-        if let Some(module) = cell.get() {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((module.clone(), CacheOutcome::MemoryHit));
+        let result = loading.await;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let (module, outcome) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                // The next caller tries again (after a fix of the cause, say more memory).
+                if matches!(loaded.get(digest), Some(Slot::Loading(_))) {
+                    loaded.remove(digest);
+                }
+                return Err(e);
+            }
+        };
+        if !matches!(loaded.get(digest), Some(Slot::Ready(_))) {
+            loaded.insert(digest.to_string(), Slot::Ready(module.clone()));
         }
-        let mut outcome = CacheOutcome::MemoryHit;
-        let module = cell
-            .get_or_try_init(|| async {
-                let (module, how) = self.load_uncached(digest, bytes).await?;
-                outcome = how;
-                Ok::<_, LoadError>(Arc::new(module))
-            })
-            .await?
-            .clone();
+        drop(loaded);
+        // Callers that joined a load under way count as served from memory.
+        let outcome = if first { outcome } else { CacheOutcome::MemoryHit };
         match outcome {
             CacheOutcome::MemoryHit => self.stats.memory_hits.fetch_add(1, Ordering::Relaxed),
             CacheOutcome::DiskHit => self.stats.disk_hits.fetch_add(1, Ordering::Relaxed),
@@ -174,7 +232,9 @@ impl ModuleCache {
         };
         Ok((module, outcome))
     }
+}
 
+impl Loader {
     async fn load_uncached(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<(LoadedModule, CacheOutcome), LoadError> {
         let kind = detect(&bytes)?;
         let artefact = self.artefact_path(digest);
@@ -192,10 +252,13 @@ impl ModuleCache {
                 if matches!(other, ArtefactLoad::Discarded) {
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 }
-                let path = artefact.clone();
-                let compiled = tokio::task::spawn_blocking(move || compile_and_store(&engine, &bytes, kind, &path))
+                let limits = self.compiler.budget.limits;
+                let checked = bytes.clone();
+                tokio::task::spawn_blocking(move || super::precheck::check(&checked, &limits))
                     .await
-                    .map_err(|e| LoadError::Invalid(format!("compilation failed: {e}")))??;
+                    .map_err(|e| LoadError::Invalid(format!("checking the module failed: {e}")))?
+                    .map_err(LoadError::TooCostly)?;
+                let compiled = self.compiler.compile(&engine, bytes, kind, &artefact).await?;
                 (compiled, CacheOutcome::Compiled)
             }
         };
@@ -253,7 +316,7 @@ fn import_error(e: &wasmtime::Error) -> String {
     if text.contains("unknown import") { format!("it imports something this agent does not provide: {text}") } else { text }
 }
 
-enum Compiled {
+pub(super) enum Compiled {
     Core(Module),
     Component(Component),
 }
@@ -288,12 +351,14 @@ fn load_artefact(engine: &Engine, path: &Path, kind: ModuleKind) -> ArtefactLoad
 }
 
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, bytes: &[u8], kind: ModuleKind) -> wasmtime::Result<Compiled> {
+pub(super) fn deserialize(engine: &Engine, bytes: &[u8], kind: ModuleKind) -> wasmtime::Result<Compiled> {
     // SAFETY: wasmtime runs deserialized code as is, so it must be code that
-    // this engine compiled. The artefact was written by `compile_and_store`
-    // into the agent's own cache directory, its SHA-256 was just checked
-    // against the sidecar written with it, and wasmtime itself refuses
-    // artefacts from another version or configuration.
+    // an engine of this configuration compiled. Artefacts come from two
+    // places: the agent's own cache directory, written by `store_artefact`
+    // with a SHA-256 sidecar that the caller checked just before; or the
+    // stdout of the agent's own binary run as `wasmlet-agent compile`, whose
+    // engine was checked at start to have this engine's compatibility hash.
+    // wasmtime itself refuses artefacts from another version or configuration.
     unsafe {
         match kind {
             ModuleKind::Core => Module::deserialize(engine, bytes).map(Compiled::Core),
@@ -302,7 +367,7 @@ fn deserialize(engine: &Engine, bytes: &[u8], kind: ModuleKind) -> wasmtime::Res
     }
 }
 
-fn compile_and_store(engine: &Engine, bytes: &[u8], kind: ModuleKind, path: &Path) -> Result<Compiled, LoadError> {
+pub(super) fn compile_and_store(engine: &Engine, bytes: &[u8], kind: ModuleKind, path: &Path) -> Result<Compiled, LoadError> {
     let (compiled, serialized) = match kind {
         ModuleKind::Core => {
             let module = Module::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
@@ -329,7 +394,7 @@ fn compile_and_store(engine: &Engine, bytes: &[u8], kind: ModuleKind, path: &Pat
 
 /// Writes the artefact and its checksum so that a crash leaves either both or
 /// an artefact without a matching checksum (which is discarded on load).
-fn store_artefact(path: &Path, artefact: &[u8]) -> std::io::Result<()> {
+pub(super) fn store_artefact(path: &Path, artefact: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -44,6 +44,8 @@ pub enum ExitReason {
     StartError,
     /// The master was silent past `stopOnAgentAfter`.
     StoppedOnDisconnect,
+    /// The scratch dirs held more than `limits.ephemeralStorage`: evicted.
+    EphemeralStorageLimitExceeded,
 }
 
 impl ExitReason {
@@ -56,6 +58,7 @@ impl ExitReason {
             ExitReason::CpuTimeLimitExceeded => "CPUTimeLimitExceeded",
             ExitReason::StartError => "StartError",
             ExitReason::StoppedOnDisconnect => "StoppedOnDisconnect",
+            ExitReason::EphemeralStorageLimitExceeded => "EphemeralStorageLimitExceeded",
         }
     }
 }
@@ -73,7 +76,7 @@ impl Exit {
         self.reason == ExitReason::Completed
     }
 
-    fn start_error(e: impl std::fmt::Display) -> Exit {
+    pub fn start_error(e: impl std::fmt::Display) -> Exit {
         Exit { code: None, reason: ExitReason::StartError, message: e.to_string() }
     }
 }

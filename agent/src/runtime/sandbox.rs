@@ -3,19 +3,18 @@
 //! stderr into the instance's log, only the granted directories, no sockets.
 //! Clocks and randomness are available.
 
-use std::path::PathBuf;
-
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+pub use super::grants::{GrantedDir, check_allow_list, resolve_host_grants};
 use super::limits::MemoryLimiter;
 use crate::logs::{InstanceLog, Stream};
 
-/// A directory opened for the guest.
+/// A directory granted to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preopen {
-    /// Already resolved and checked against the agent's allow-list.
-    pub host: PathBuf,
+    /// Checked against the agent's allow-list at admission; opened anew at every start.
+    pub dir: GrantedDir,
     pub guest: String,
     pub read_only: bool,
 }
@@ -39,7 +38,9 @@ impl WasiView for ComponentState {
     }
 }
 
-/// The WASI context for one run.
+/// The WASI context for one run. Every granted directory is opened now,
+/// from its root and without following links ([`GrantedDir::open`]); the
+/// error names the grant that could not be.
 pub fn wasi_builder(
     program: &str,
     args: &[String],
@@ -54,46 +55,86 @@ pub fn wasi_builder(
     builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     for dir in dirs {
         let perms = if dir.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        builder
-            .preopened_dir(&dir.host, &dir.guest, perms)
-            .map_err(|e| anyhow::anyhow!("cannot open {} for the guest at {}: {e:#}", dir.host.display(), dir.guest))?;
+        let opened = dir.dir.open()?;
+        // wasmtime-wasi takes a path: the magic link names the directory just
+        // opened, whatever the grant's path leads to by now. Our descriptor is
+        // closed once wasmtime holds its own.
+        builder.preopened_dir(opened.proc_path(), &dir.guest, perms).map_err(|e| {
+            anyhow::anyhow!("{}: cannot hand {} to the guest at {}: {e:#}", dir.dir.label(), dir.dir.path().display(), dir.guest)
+        })?;
+        drop(opened);
     }
     Ok(builder)
 }
 
-/// Resolves a workload's host directory grants against the agent's
-/// allow-list. Scratch grants (no host path) are left to the supervisor. The
-/// error names the field and the allowed directories. The allow-list is
-/// resolved here, at each admission, so a directory created after the agent
-/// started counts.
-pub fn resolve_host_grants(dirs: &[wasmlet_api::DirGrant], allowed: &[PathBuf]) -> Result<Vec<Preopen>, String> {
-    if dirs.iter().all(|d| d.host_path.is_none()) {
-        return Ok(Vec::new());
-    }
-    let allowed: Vec<PathBuf> = allowed.iter().filter_map(|p| p.canonicalize().ok()).collect();
-    let mut out = Vec::new();
-    for (i, grant) in dirs.iter().enumerate() {
-        let Some(host) = &grant.host_path else { continue };
-        let canonical = std::path::Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
-        if !allowed.iter().any(|a| canonical.starts_with(a)) {
-            let allowed = if allowed.is_empty() {
-                "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
-            } else {
-                let list: Vec<String> = allowed.iter().map(|p| p.display().to_string()).collect();
-                format!("allowed: {}", list.join(", "))
-            };
-            return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
-        }
-        out.push(Preopen { host: canonical, guest: grant.path.clone(), read_only: grant.read_only });
-    }
-    Ok(out)
-}
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
 
-/// Warns about allow-list entries that do not exist (yet): they count only once they do.
-pub fn check_allow_list(paths: &[PathBuf]) {
-    for path in paths {
-        if let Err(e) = path.canonicalize() {
-            tracing::warn!(path = %path.display(), error = %e, "an allowed host path cannot be resolved; it counts once it exists");
+    use wasmtime::{Engine, Linker, Module, Store};
+
+    use super::*;
+
+    /// Runs a WASI program that opens `name` in its first preopen and exits
+    /// with the errno (0: it could).
+    async fn open_in_guest(builder: &mut WasiCtxBuilder, name: &str) -> i32 {
+        let engine = Engine::new(&super::super::base_config(1 << 30)).unwrap();
+        let wat = format!(
+            r#"(module
+                (import "wasi_snapshot_preview1" "path_open"
+                    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+                (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+                (memory (export "memory") 1)
+                (data (i32.const 16) "{name}")
+                (func (export "_start")
+                    (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const {len})
+                        (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 0)))))"#,
+            len = name.len()
+        );
+        let module = Module::new(&engine, wat::parse_str(&wat).unwrap()).unwrap();
+        let mut linker = Linker::<CoreState>::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi).unwrap();
+        let state = CoreState { wasi: builder.build_p1(), limiter: MemoryLimiter::new(None, Default::default()) };
+        let mut store = Store::new(&engine, state);
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = linker.instantiate_async(&mut store, &module).await.unwrap();
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").unwrap();
+        let error = start.call_async(&mut store, ()).await.unwrap_err();
+        error.downcast_ref::<wasmtime_wasi::I32Exit>().expect("the guest exits").0
+    }
+
+    /// The grant's path is swapped for a link after the agent opened it and
+    /// before wasmtime opens the `/proc/self/fd` path it is handed: the guest
+    /// still gets the directory that was opened. At the next start, the swap
+    /// fails the start, naming the grant.
+    #[tokio::test]
+    async fn the_guest_gets_the_directory_that_was_opened_and_a_swap_fails_the_next_start() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("grant")).unwrap();
+        std::fs::write(root.path().join("grant/original"), b"o").unwrap();
+        std::fs::create_dir_all(root.path().join("elsewhere")).unwrap();
+        std::fs::write(root.path().join("elsewhere/elsewhere"), b"e").unwrap();
+        let host = root.path().join("grant").display().to_string();
+        let dir = GrantedDir::host(2, &host, root.path().to_path_buf(), Path::new("grant")).unwrap();
+        let preopen = Preopen { dir, guest: "/g".into(), read_only: true };
+
+        let (first, second) = (preopen.dir.open().unwrap(), preopen.dir.open().unwrap());
+        std::fs::rename(root.path().join("grant"), root.path().join("moved")).unwrap();
+        symlink("elsewhere", root.path().join("grant")).unwrap();
+        for (opened, name, errno) in [(first, "original", 0), (second, "elsewhere", 44)] {
+            let mut builder = WasiCtxBuilder::new();
+            builder.preopened_dir(opened.proc_path(), "/g", FsPerms::ReadOnly).unwrap();
+            drop(opened);
+            // 44 is WASI's ENOENT: nothing of the link's target is visible.
+            assert_eq!(open_in_guest(&mut builder, name).await, errno, "{name}: the guest sees the directory that was opened");
         }
+
+        let logs = tempfile::tempdir().unwrap();
+        let log = InstanceLog::open(logs.path(), 1 << 20).unwrap();
+        let err = wasi_builder("probe", &[], &[], std::slice::from_ref(&preopen), &log).err().expect("the next start fails");
+        let err = format!("{err:#}");
+        assert!(err.starts_with(&format!("spec.dirs[2].hostPath {host}: no longer resolves inside")), "{err}");
+        assert!(err.contains("is a symbolic link (to elsewhere)"), "{err}");
     }
 }

@@ -8,17 +8,22 @@
 //!   (taken as is, like `ln -s`), prints `symlink <link>: ok` or `symlink <link>: denied <error>`.
 //!   Rust std has no stable symlink call for WASI, so this calls WASI preview 1's `path_symlink`
 //!   itself, relative to the link's parent directory (which must be inside a preopen);
+//! * `--rename <from> <to>`: renames a file or directory, prints `rename <from>: ok` or
+//!   `rename <from>: denied <error>`;
+//! * `--fill <path>`: writes 1 MiB chunks to the file until a write fails, prints
+//!   `fill <path>: stopped after <N> bytes: <error>` (or runs until the guest is stopped);
 //! * `--env`: prints every environment variable as `env K=V`, sorted by key;
 //! * `--`: every later argument is a path.
 //!
-//! Always exits 0 (2 only for a malformed command line: `--write` without a path, `--symlink`
-//! without both paths).
+//! Always exits 0 (2 only for a malformed command line: `--write`, `--fill` without a path,
+//! `--symlink`, `--rename` without both paths).
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
-const USAGE: &str = "usage: fs-probe [--env] [--write <path>] [--symlink <target> <link>] [--] [<path>...]";
+const USAGE: &str =
+    "usage: fs-probe [--env] [--write <path>] [--symlink <target> <link>] [--rename <from> <to>] [--fill <path>] [--] [<path>...]";
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
 unsafe extern "C" {
@@ -57,6 +62,32 @@ fn probe_read(path: &str) -> io::Result<String> {
     }
 }
 
+/// Writes to `path` until a write fails; returns the bytes written and the failure.
+fn fill(path: &str) -> (u64, io::Error) {
+    let mut file = match fs::File::create(path) {
+        Ok(file) => file,
+        Err(e) => return (0, e),
+    };
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => return (written, io::Error::new(io::ErrorKind::WriteZero, "wrote nothing")),
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, e),
+        }
+    }
+}
+
+/// The next argument, or exit 2 naming the option that lacks it.
+fn operand(args: &mut impl Iterator<Item = String>, option: &str) -> String {
+    args.next().unwrap_or_else(|| {
+        let _ = io::stdout().flush();
+        eprintln!("fs-probe: {option} needs more paths\n{USAGE}");
+        std::process::exit(2);
+    })
+}
+
 fn main() {
     let mut out = io::stdout().lock();
     let mut args = std::env::args().skip(1);
@@ -81,6 +112,18 @@ fn main() {
                     Ok(()) => writeln!(out, "write {path}: ok"),
                     Err(e) => writeln!(out, "write {path}: denied {e}"),
                 };
+            }
+            "--rename" if !only_paths => {
+                let (from, to) = (operand(&mut args, "--rename"), operand(&mut args, "--rename"));
+                let _ = match fs::rename(&from, &to) {
+                    Ok(()) => writeln!(out, "rename {from}: ok"),
+                    Err(e) => writeln!(out, "rename {from}: denied {e}"),
+                };
+            }
+            "--fill" if !only_paths => {
+                let path = operand(&mut args, "--fill");
+                let (written, error) = fill(&path);
+                let _ = writeln!(out, "fill {path}: stopped after {written} bytes: {error}");
             }
             "--symlink" if !only_paths => {
                 let (Some(target), Some(link)) = (args.next(), args.next()) else {
