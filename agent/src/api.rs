@@ -39,6 +39,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Who may call what.
     pub auth: Arc<ApiAuth>,
+    /// What the API's and the ingress's listeners accepted, refused and closed.
+    pub connections: wasmlet_security::serve::ConnectionMetrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -128,15 +130,13 @@ async fn status(
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let report = state.reports.borrow().clone();
-    let body = match &state.supervisor {
-        // The node's part is pre-rendered; instances change too often for that.
-        Some(supervisor) => {
-            let node = std::str::from_utf8(&report.metrics).unwrap_or_default();
-            let node = node.trim_end().trim_end_matches("# EOF").trim_end();
-            bytes::Bytes::from(format!("{node}\n{}\n# EOF\n", supervisor.render_metrics().trim_end()))
-        }
-        None => report.metrics.clone(),
-    };
+    // The node's part is pre-rendered; instances and connections change too often for that.
+    let node = std::str::from_utf8(&report.metrics).unwrap_or_default();
+    let mut text = node.trim_end().trim_end_matches("# EOF").trim_end().to_string();
+    if let Some(supervisor) = &state.supervisor {
+        text = format!("{text}\n{}", supervisor.render_metrics().trim_end().trim_end_matches("# EOF").trim_end());
+    }
+    let body = bytes::Bytes::from(format!("{text}\n{}\n# EOF\n", state.connections.render("wasmlet_agent").trim_end()));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], body).into_response()
 }
 

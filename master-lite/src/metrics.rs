@@ -37,6 +37,8 @@ pub struct Metrics {
     pub scheduling_failures: Counter,
     pub hand_offs: Counter,
     pub http_requests: Family<RequestLabels, Counter>,
+    /// What the API's listener accepted, refused and closed.
+    pub connections: wasmlet_security::serve::ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,7 @@ impl Default for Metrics {
             scheduling_failures: Counter::default(),
             hand_offs: Counter::default(),
             http_requests: Family::default(),
+            connections: Default::default(),
         };
         registry.register("nodes", "Nodes by their Ready condition", m.nodes.clone());
         registry.register("instances", "Instances by phase", m.instances.clone());
@@ -57,6 +60,7 @@ impl Default for Metrics {
         registry.register("scheduling_failures", "Placements that found no node", m.scheduling_failures.clone());
         registry.register("hand_offs", "Instances of silent nodes replaced on healthy ones", m.hand_offs.clone());
         registry.register("http_requests", "API requests by method and status code", m.http_requests.clone());
+        m.connections.register(&mut registry);
         Metrics { registry, ..m }
     }
 }

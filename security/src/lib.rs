@@ -9,7 +9,8 @@
 //!   certificate, a client that trusts only the cluster CA, and the joining
 //!   client that trusts a chain only when it holds the CA the token names.
 //! - `serve`: one way to serve an axum router, over TLS or plain HTTP, with
-//!   graceful shutdown.
+//!   graceful shutdown, within a listener's connection limit and its header
+//!   and idle timeouts; the open-files limit the daemons size them from.
 //! - `files`: secrets written atomically, readable by their owner only.
 //!
 //! Every TLS configuration uses the `ring` provider explicitly.

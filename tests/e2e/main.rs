@@ -7,6 +7,7 @@ mod agent_report;
 mod arm64;
 mod cli;
 mod cluster;
+mod connections;
 mod install;
 mod packaging;
 mod runtime;
