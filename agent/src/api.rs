@@ -185,15 +185,6 @@ struct LogsQuery {
     follow: bool,
 }
 
-/// The cut-off a `since` parameter names.
-fn since_cutoff(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.with_timezone(&chrono::Utc));
-    }
-    let ago: wasmlet_api::Duration = text.parse().map_err(|e| format!("since: {e} (or an RFC 3339 time)"))?;
-    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago.get()).unwrap_or(chrono::Duration::MAX))
-}
-
 /// The instance's log lines; with `follow=true` the answer stays open and
 /// streams new lines until the instance is removed or the agent stops.
 async fn instance_logs(
@@ -205,9 +196,9 @@ async fn instance_logs(
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {}\n", e.body_text())).into_response(),
     };
-    let cutoff = match query.since.as_deref().map(since_cutoff).transpose() {
-        Ok(cutoff) => cutoff,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {e}\n")).into_response(),
+    let cutoff = match query.since.as_deref().map(str::parse::<wasmlet_api::Since>).transpose() {
+        Ok(since) => since.map(|s| s.cutoff(chrono::Utc::now())),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: since: {e}\n")).into_response(),
     };
     let Some(supervisor) = &state.supervisor else { return no_runtime() };
     let Some(log) = supervisor.log(&name) else { return no_instance(&name) };

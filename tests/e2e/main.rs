@@ -8,6 +8,7 @@ mod arm64;
 mod cli;
 mod cluster;
 mod connections;
+mod durations;
 mod install;
 mod packaging;
 mod runtime;
