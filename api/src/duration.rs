@@ -75,13 +75,22 @@ impl FromStr for Duration {
 }
 
 impl fmt::Display for Duration {
-    /// Compact form, exact to the millisecond: `1h30m`, `2s`, `500ms`, `1m2s500ms`.
+    /// Compact and exact, so it parses back to the same duration: `1h30m`,
+    /// `2s`, `500ms`, `1m2s500ms`, `15ms215us`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total_ms = self.0.as_millis();
-        if total_ms == 0 {
+        let nanos = self.0.subsec_nanos() % 1_000_000;
+        if self.0.is_zero() {
             return f.write_str("0s");
         }
-        let parts = [(total_ms / 3_600_000, "h"), (total_ms / 60_000 % 60, "m"), (total_ms / 1000 % 60, "s"), (total_ms % 1000, "ms")];
+        let parts = [
+            (total_ms / 3_600_000, "h"),
+            (total_ms / 60_000 % 60, "m"),
+            (total_ms / 1000 % 60, "s"),
+            (total_ms % 1000, "ms"),
+            (u128::from(nanos / 1000), "us"),
+            (u128::from(nanos % 1000), "ns"),
+        ];
         for (value, unit) in parts {
             if value != 0 {
                 write!(f, "{value}{unit}")?;
@@ -118,7 +127,7 @@ mod tests {
 
     #[test]
     fn prints_compactly_and_round_trips() {
-        for s in ["500ms", "2s", "1m", "1h30m", "1m2s500ms", "0s"] {
+        for s in ["500ms", "2s", "1m", "1h30m", "1m2s500ms", "0s", "15ms215us", "1ns", "876600h"] {
             assert_eq!(s.parse::<Duration>().unwrap().to_string(), s);
         }
     }
