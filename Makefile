@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt bench bench-deps clean-run deb debs deb-deps cross-deps
+.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt fuzz bench bench-deps clean-run deb debs deb-deps cross-deps
 
 all: build
 
@@ -86,6 +86,23 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Fuzzes the parsers of untrusted input (fuzz/src: manifests, quantities, durations, protocol messages,
+## join tokens) with libFuzzer, FUZZ_SECONDS each, niced, then minimises fuzz/corpus, which `make test` replays.
+## cargo-fuzz needs nightly features: the stable toolchain allows them with RUSTC_BOOTSTRAP=1.
+CARGO_FUZZ := /var/tmp/wasmlet-tools/bin/cargo-fuzz
+FUZZ_SECONDS ?= 120
+FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/fuzz nice $(CARGO_FUZZ)
+# No sanitizer (the targets are safe Rust); debug assertions on, so an overflow is a finding.
+FUZZ_FLAGS := --fuzz-dir libfuzzer --sanitizer none --debug-assertions
+fuzz:
+	@test -x $(CARGO_FUZZ) || $(CARGO) install cargo-fuzz --version 0.13.2 --locked --root /var/tmp/wasmlet-tools
+	@set -e; for target in $$($(FUZZ) list --fuzz-dir libfuzzer); do \
+		echo "fuzzing $$target for $(FUZZ_SECONDS) s"; \
+		mkdir -p fuzz/corpus/$$target; \
+		($(FUZZ) run $(FUZZ_FLAGS) $$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS)); \
+		($(FUZZ) cmin $(FUZZ_FLAGS) $$target corpus/$$target); \
+	done
 
 ## Tools the benchmarks compare against and drive load with.
 bench-deps:

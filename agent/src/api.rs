@@ -39,6 +39,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// Who may call what.
     pub auth: Arc<ApiAuth>,
+    /// What the API's and the ingress's listeners accepted, refused and closed.
+    pub connections: wasmlet_security::serve::ConnectionMetrics,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -128,15 +130,13 @@ async fn status(
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let report = state.reports.borrow().clone();
-    let body = match &state.supervisor {
-        // The node's part is pre-rendered; instances change too often for that.
-        Some(supervisor) => {
-            let node = std::str::from_utf8(&report.metrics).unwrap_or_default();
-            let node = node.trim_end().trim_end_matches("# EOF").trim_end();
-            bytes::Bytes::from(format!("{node}\n{}\n# EOF\n", supervisor.render_metrics().trim_end()))
-        }
-        None => report.metrics.clone(),
-    };
+    // The node's part is pre-rendered; instances and connections change too often for that.
+    let node = std::str::from_utf8(&report.metrics).unwrap_or_default();
+    let mut text = node.trim_end().trim_end_matches("# EOF").trim_end().to_string();
+    if let Some(supervisor) = &state.supervisor {
+        text = format!("{text}\n{}", supervisor.render_metrics().trim_end().trim_end_matches("# EOF").trim_end());
+    }
+    let body = bytes::Bytes::from(format!("{text}\n{}\n# EOF\n", state.connections.render("wasmlet_agent").trim_end()));
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))], body).into_response()
 }
 
@@ -185,15 +185,6 @@ struct LogsQuery {
     follow: bool,
 }
 
-/// The cut-off a `since` parameter names.
-fn since_cutoff(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.with_timezone(&chrono::Utc));
-    }
-    let ago: wasmlet_api::Duration = text.parse().map_err(|e| format!("since: {e} (or an RFC 3339 time)"))?;
-    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago.get()).unwrap_or(chrono::Duration::MAX))
-}
-
 /// The instance's log lines; with `follow=true` the answer stays open and
 /// streams new lines until the instance is removed or the agent stops.
 async fn instance_logs(
@@ -205,9 +196,9 @@ async fn instance_logs(
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {}\n", e.body_text())).into_response(),
     };
-    let cutoff = match query.since.as_deref().map(since_cutoff).transpose() {
-        Ok(cutoff) => cutoff,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: {e}\n")).into_response(),
+    let cutoff = match query.since.as_deref().map(str::parse::<wasmlet_api::Since>).transpose() {
+        Ok(since) => since.map(|s| s.cutoff(chrono::Utc::now())),
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad query: since: {e}\n")).into_response(),
     };
     let Some(supervisor) = &state.supervisor else { return no_runtime() };
     let Some(log) = supervisor.log(&name) else { return no_instance(&name) };

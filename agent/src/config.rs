@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wasmlet_api::{Bytes, Cpu, Duration, Taint, TaintEffect};
 pub use wasmlet_config::daemon::LogFormat;
+use wasmlet_security::serve::{ConnectionLimits, share_of_open_files};
 
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
@@ -50,6 +51,20 @@ pub mod defaults {
     pub const MAX_REQUEST_BODY: &str = "16Mi";
     pub const MAX_RESPONSE_BODY: &str = "64Mi";
     pub const SERVICE_CONCURRENCY: &str = "64";
+    pub const HEADER_READ_TIMEOUT: &str = "10s";
+    pub const IDLE_TIMEOUT: &str = "60s";
+    /// Shares (percent) of the open-files limit the ingress and the API may hold
+    /// when their `--…-max-connections` is not set. The other 70% stay for the
+    /// agent's own work: the master link, manifests, module files, logs, and a
+    /// connection to a peer ingress for each request forwarded.
+    pub const INGRESS_CONNECTIONS_PERCENT: u64 = 25;
+    pub const API_CONNECTIONS_PERCENT: u64 = 5;
+    /// At most this many, whatever the share: a held connection costs about
+    /// 12 KiB of memory (hyper's read buffer and the connection's task), and a
+    /// small board cannot give 16,384 of them (a quarter of the packaged unit's
+    /// `LimitNOFILE=65536`) 200 MiB.
+    pub const INGRESS_CONNECTIONS_MAX: usize = 4096;
+    pub const API_CONNECTIONS_MAX: usize = 1024;
 }
 
 /// `wasmlet-agent`: the wasmlet node agent.
@@ -148,6 +163,26 @@ pub struct AgentConfig {
     /// Requests one service instance serves at once; more wait their turn.
     #[arg(long, global = true, env = "WASMLET_SERVICE_CONCURRENCY", default_value = defaults::SERVICE_CONCURRENCY, value_name = "N")]
     pub service_concurrency: usize,
+
+    /// Most connections the ingress keeps open at once; more are closed as soon as they are
+    /// accepted. Default: 25% of the open-files limit (raised to its hard limit at start), at most 4096.
+    #[arg(long, global = true, env = "WASMLET_INGRESS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub ingress_max_connections: Option<u64>,
+
+    /// Most connections the agent's API keeps open at once; more are closed as soon as they are
+    /// accepted. Default: 5% of the open-files limit (raised to its hard limit at start), at most 1024.
+    #[arg(long, global = true, env = "WASMLET_API_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub api_max_connections: Option<u64>,
+
+    /// Time a client has to send a request's whole header (API and ingress), from the
+    /// connection's opening or from the request's first byte; then the connection is closed.
+    #[arg(long, global = true, env = "WASMLET_HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// Time a kept-alive connection (API and ingress) may wait for its next request
+    /// without receiving anything; then it is closed.
+    #[arg(long, global = true, env = "WASMLET_IDLE_TIMEOUT", default_value = defaults::IDLE_TIMEOUT, value_name = "DURATION")]
+    pub idle_timeout: Duration,
 
     /// Labels of this node, `key=value,key2=value2`.
     #[arg(long, global = true, env = "WASMLET_LABELS", value_parser = parse_label, value_delimiter = ',', value_name = "K=V,...")]
@@ -325,6 +360,21 @@ impl AgentConfig {
         }
     }
 
+    /// The limits of the API's and of the ingress's connections; those not
+    /// set are shares of `open_files`, the process's open-files limit.
+    pub fn connection_limits(&self, open_files: u64) -> (ConnectionLimits, ConnectionLimits) {
+        let limits = |max: Option<u64>, percent: u64, most: usize| ConnectionLimits {
+            max_connections: max
+                .map_or_else(|| share_of_open_files(open_files, percent).min(most), |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            header_read_timeout: self.header_read_timeout.get(),
+            idle_timeout: self.idle_timeout.get(),
+        };
+        (
+            limits(self.api_max_connections, defaults::API_CONNECTIONS_PERCENT, defaults::API_CONNECTIONS_MAX),
+            limits(self.ingress_max_connections, defaults::INGRESS_CONNECTIONS_PERCENT, defaults::INGRESS_CONNECTIONS_MAX),
+        )
+    }
+
     pub fn labels(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
@@ -378,6 +428,13 @@ mod tests {
         assert_eq!(cli.agent.pressure_transition_period, Duration::from_secs(30));
         assert_eq!(cli.agent.memory_available_min, Bytes::new(100 << 20));
         assert_eq!(cli.agent.max_instances, 1000);
+        let (api, ingress) = cli.agent.connection_limits(20_000);
+        assert_eq!((api.max_connections, ingress.max_connections), (1_000, 4_096));
+        let (api, ingress) = cli.agent.connection_limits(8_000);
+        assert_eq!((api.max_connections, ingress.max_connections), (400, 2_000));
+        assert_eq!((ingress.header_read_timeout, ingress.idle_timeout), (Duration::from_secs(10).get(), Duration::from_secs(60).get()));
+        let set: Cli = wasmlet_config::load(["wasmlet-agent", "--ingress-max-connections", "7"]).unwrap();
+        assert_eq!(set.agent.connection_limits(20_000).1.max_connections, 7);
     }
 
     #[test]

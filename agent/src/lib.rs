@@ -44,6 +44,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::NodeRuntime;
+use wasmlet_security::serve::Connections;
 
 pub use config::{AgentConfig, Cli};
 use report::{Clock, HostProbe, ReportSettings, Reporter};
@@ -194,12 +195,22 @@ pub async fn run_with_ingress(
         }
         _ => None,
     };
+    let open_files = wasmlet_security::serve::raise_open_files_limit();
+    let (api_limits, ingress_limits) = config.connection_limits(open_files);
+    let connections = wasmlet_security::serve::ConnectionMetrics::default();
+    tracing::info!(
+        open_files,
+        api_max_connections = api_limits.max_connections,
+        ingress_max_connections = ingress_limits.max_connections,
+        "connection limits"
+    );
     let app = api::router(api::ApiState {
         reports,
         watch_timeout: config.watch_timeout.get(),
         supervisor: supervisor.clone(),
         shutdown: stop.clone(),
         auth,
+        connections: connections.clone(),
     });
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -209,14 +220,18 @@ pub async fn run_with_ingress(
     });
     let ingress_task = supervisor.clone().map(|supervisor| {
         let app = ingress::router(supervisor, identity.clone());
+        let bounds = Connections { listener: "ingress", limits: ingress_limits, metrics: connections.clone() };
         let stop = stop.clone();
         match &identity {
             // Joined over TLS: the same port serves peers over mutual TLS.
-            Some(identity) => tokio::spawn(wasmlet_security::peering::serve_with_peers(ingress, app, identity.peer_server.clone(), stop)),
-            None => tokio::spawn(wasmlet_security::serve::serve(ingress, app, None, stop)),
+            Some(identity) => {
+                tokio::spawn(wasmlet_security::peering::serve_with_peers(ingress, app, identity.peer_server.clone(), bounds, stop))
+            }
+            None => tokio::spawn(wasmlet_security::serve::serve(ingress, app, None, bounds, stop)),
         }
     });
-    wasmlet_security::serve::serve(listener, app, tls, stop.clone()).await.context("serving the agent API")?;
+    let bounds = Connections { listener: "api", limits: api_limits, metrics: connections };
+    wasmlet_security::serve::serve(listener, app, tls, bounds, stop.clone()).await.context("serving the agent API")?;
     if let Some(task) = ingress_task {
         let _ = task.await;
     }

@@ -219,23 +219,7 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The Workload documents of one file: JSON, or YAML with `---` between documents.
+/// The Workload documents of one file: JSON (`.json`), or YAML with `---` between documents.
 pub fn parse_workloads(path: &Path, text: &str) -> Result<Vec<Workload>, String> {
-    if path.extension().and_then(|e| e.to_str()) == Some("json") {
-        return wasmlet_api::from_json::<Workload>(text.as_bytes()).map(|w| vec![w]).map_err(|e| e.to_string());
-    }
-    let mut out = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let workload: Workload = serde_path_to_error::deserialize(document).map_err(|e| {
-            let path = e.path().to_string();
-            let at = if path == "." { String::new() } else { format!("{path}: ") };
-            let doc = if i == 0 { String::new() } else { format!("document {}: ", i + 1) };
-            format!("{doc}{at}{}", e.into_inner())
-        })?;
-        out.push(workload);
-    }
-    if out.is_empty() {
-        return Err("no Workload documents in the file".into());
-    }
-    Ok(out)
+    wasmlet_api::decode::workloads(text, path.extension().and_then(|e| e.to_str()) == Some("json"))
 }

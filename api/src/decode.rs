@@ -24,6 +24,29 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, DecodeError> {
         .map_err(|e| DecodeError { path: e.path().to_string(), message: e.into_inner().to_string() })
 }
 
+/// The Workload documents of a manifest file: one JSON object when `json`,
+/// else YAML with `---` between documents. The error names the document
+/// (from the second on) and the field.
+pub fn workloads(text: &str, json: bool) -> Result<Vec<crate::Workload>, String> {
+    if json {
+        return from_json(text.as_bytes()).map(|w| vec![w]).map_err(|e| e.to_string());
+    }
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let workload = serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            let doc = if i == 0 { String::new() } else { format!("document {}: ", i + 1) };
+            format!("{doc}{at}{}", e.into_inner())
+        })?;
+        out.push(workload);
+    }
+    if out.is_empty() {
+        return Err("no Workload documents in the file".into());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
 //! - `decode`: JSON/YAML decoding whose errors name the offending field.
 //! - `selector`: label selectors, parsed once and matched by the master and the CLI.
+//! - `since`: where a log read starts, a duration ago or a time.
 //! - `validate`: rules serde cannot express; every problem is reported with its field.
 //! - `limits`: the most one object may ask for (replicas, sizes, counts, durations).
 //!
@@ -24,6 +25,7 @@ pub mod node;
 pub mod protocol;
 pub mod quantity;
 pub mod selector;
+pub mod since;
 pub mod validate;
 pub mod workload;
 
@@ -35,5 +37,6 @@ pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};
 pub use selector::Selector;
+pub use since::Since;
 pub use validate::{FieldError, ValidationError};
 pub use workload::*;

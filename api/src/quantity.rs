@@ -66,9 +66,10 @@ fn parse_milli(text: &str) -> Result<u128, QuantityError> {
         return Err(QuantityError::new(text, format!("malformed number `{number}` (more than one decimal point)")));
     }
 
-    // Value as mantissa / 10^scale.
+    // Value as mantissa / 10^scale; trailing zeros of the fraction change nothing.
+    let frac = frac.trim_end_matches('0');
     let digits = format!("{whole}{frac}");
-    let mut mantissa: u128 = digits.parse().map_err(|_| QuantityError::new(text, "number is too large"))?;
+    let mantissa: u128 = digits.parse().map_err(|_| QuantityError::new(text, "number is too large"))?;
     let mut scale = frac.len() as u32;
 
     let suffix = SUFFIXES.iter().find(|(name, _, _)| *name == rest);
@@ -86,19 +87,33 @@ fn parse_milli(text: &str) -> Result<u128, QuantityError> {
         return Err(QuantityError::new(text, format!("unknown suffix `{rest}` (expected one of {SUFFIX_LIST}, or none)")));
     };
 
-    // milli = mantissa * num * 1000 / (den * 10^scale); drop trailing zeros of
-    // the fraction first so large but exact values do not overflow.
-    while scale > 0 && mantissa.is_multiple_of(10) {
-        mantissa /= 10;
+    // milli = mantissa * num * 1000 / (den * 10^scale), exactly: the factors
+    // common to the multiplier and the divisor cancel before anything is
+    // multiplied, so only a value that is itself too large overflows.
+    let overflow = || QuantityError::new(text, "value is too large");
+    let precision = || QuantityError::new(text, "more precision than a thousandth of a unit");
+    let multiplier = num * 1000;
+    let shared = gcd(multiplier, den);
+    let (mut multiplier, den) = (multiplier / shared, den / shared);
+    while scale > 0 && multiplier.is_multiple_of(10) {
+        multiplier /= 10;
         scale -= 1;
     }
-    let overflow = || QuantityError::new(text, "value is too large");
-    let numerator = mantissa.checked_mul(num).and_then(|v| v.checked_mul(1000)).ok_or_else(overflow)?;
-    let denominator = den * 10u128.checked_pow(scale).ok_or_else(overflow)?;
-    if numerator % denominator != 0 {
-        return Err(QuantityError::new(text, "more precision than a thousandth of a unit"));
+    // A divisor beyond u128 exceeds the mantissa: what is left is a fraction of a thousandth.
+    let divisor = 10u128.checked_pow(scale).and_then(|p| p.checked_mul(den)).ok_or_else(precision)?;
+    let shared = gcd(multiplier, divisor);
+    let (multiplier, divisor) = (multiplier / shared, divisor / shared);
+    if !mantissa.is_multiple_of(divisor) {
+        return Err(precision());
     }
-    Ok(numerator / denominator)
+    (mantissa / divisor).checked_mul(multiplier).ok_or_else(overflow)
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// CPU in millicores: `1` core = `1000m`.
@@ -261,6 +276,17 @@ mod tests {
         assert_eq!("0.5".parse::<Cpu>().unwrap().millis(), 500);
         assert_eq!("1.25".parse::<Cpu>().unwrap().millis(), 1250);
         assert_eq!("1e3m".parse::<Cpu>().map(|c| c.millis()).ok(), None, "exponent and suffix do not mix");
+        assert_eq!("1.000000000000000000000000000000000000000000".parse::<Cpu>().unwrap().millis(), 1000, "trailing zeros are nothing");
+    }
+
+    #[test]
+    fn tiny_fractions_are_too_precise_whatever_their_length() {
+        // Found by fuzzing: the denominator 1000 * 10^37 overflowed (a panic, or a wrong value in release builds).
+        let tiny = format!(".{}m", "2".repeat(37));
+        let err = tiny.parse::<Cpu>().unwrap_err().to_string();
+        assert!(err.contains("more precision than a thousandth"), "{err}");
+        let err = format!("0.{}1", "0".repeat(40)).parse::<Bytes>().unwrap_err().to_string();
+        assert!(err.contains("more precision than a thousandth"), "{err}");
     }
 
     #[test]

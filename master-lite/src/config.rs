@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use wasmlet_api::{Bytes, Duration};
 pub use wasmlet_config::daemon::LogFormat;
+use wasmlet_security::serve::{ConnectionLimits, share_of_open_files};
 
 /// The built-in defaults, one place for all of them.
 pub mod defaults {
@@ -36,6 +37,13 @@ pub mod defaults {
     pub const CONTROLLER_BATCH: usize = 1000;
     /// How often the audit log records what it dropped, when it dropped anything.
     pub const AUDIT_DROP_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const HEADER_READ_TIMEOUT: &str = "10s";
+    pub const IDLE_TIMEOUT: &str = "60s";
+    /// Share (percent) of the open-files limit the API may hold when `--max-connections`
+    /// is not set: every agent keeps one or two connections open (its lease and its
+    /// assignment watch); the other 25% stay for the store, module files, the audit
+    /// log and the calls to agents.
+    pub const CONNECTIONS_PERCENT: u64 = 75;
     /// Events kept in the store; older ones are dropped.
     pub const MAX_EVENTS: usize = 10_000;
     /// Share of silent nodes (and count) above which hand-offs are held off.
@@ -185,6 +193,20 @@ pub struct MasterConfig {
     #[arg(long, global = true, env = "WASMLET_REFUSED_BURST", default_value = defaults::REFUSED_BURST, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub refused_burst: u32,
+    /// Most connections the API keeps open at once; more are closed as soon as they are
+    /// accepted. Default: 75% of the open-files limit (raised to its hard limit at start).
+    #[arg(long, global = true, env = "WASMLET_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// Time a client has to send a request's whole header, from the connection's opening
+    /// (TLS handshake included) or from the request's first byte; then the connection is closed.
+    #[arg(long, global = true, env = "WASMLET_HEADER_READ_TIMEOUT", default_value = defaults::HEADER_READ_TIMEOUT, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// Time a kept-alive connection may wait for its next request without receiving anything;
+    /// then it is closed.
+    #[arg(long, global = true, env = "WASMLET_IDLE_TIMEOUT", default_value = defaults::IDLE_TIMEOUT, value_name = "DURATION")]
+    pub idle_timeout: Duration,
 
     /// How nodes are scored after spreading: prefer the emptiest or the fullest.
     #[arg(long, global = true, env = "WASMLET_SCORING", value_enum, default_value_t = Scoring::LeastAllocated)]
@@ -240,6 +262,19 @@ impl MasterConfig {
             }
         }
         Ok(())
+    }
+
+    /// The API's connection limits; without `--max-connections`, a share of
+    /// `open_files`, the process's open-files limit.
+    pub fn connection_limits(&self, open_files: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.map_or_else(
+                || share_of_open_files(open_files, defaults::CONNECTIONS_PERCENT),
+                |n| usize::try_from(n).unwrap_or(usize::MAX),
+            ),
+            header_read_timeout: self.header_read_timeout.get(),
+            idle_timeout: self.idle_timeout.get(),
+        }
     }
 
     /// How often the controllers look at the cluster without being woken:
@@ -307,6 +342,9 @@ mod tests {
         assert_eq!(m.max_replicas, 10_000);
         assert_eq!((m.audit_log_max_size, m.audit_log_max_files), (Bytes::new(64 << 20), 4));
         assert_eq!((m.refused_per_second, m.refused_burst), (10, 50));
+        let limits = m.connection_limits(20_000);
+        assert_eq!(limits.max_connections, 15_000);
+        assert_eq!((limits.header_read_timeout.as_secs(), limits.idle_timeout.as_secs()), (10, 60));
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         not_acted_on = cluster.invalid.len(),
         "wasmlet master started"
     );
+    let open_files = wasmlet_security::serve::raise_open_files_limit();
+    let limits = config.connection_limits(open_files);
+    tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
     let stop = CancellationToken::new();
     let agents = cluster.agents();
     let cluster_tokens = cluster.tokens.clone();
@@ -157,7 +160,10 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         tracing::info!("shutting down");
         signal.cancel();
     });
-    wasmlet_security::serve::serve(listener, api::router(shared), secrets.tls, stop.clone()).await.context("serving the API")?;
+    let connections = wasmlet_security::serve::Connections { listener: "api", limits, metrics: shared.metrics.connections.clone() };
+    wasmlet_security::serve::serve(listener, api::router(shared), secrets.tls, connections, stop.clone())
+        .await
+        .context("serving the API")?;
     stop.cancel();
     controllers.await.context("the controllers failed")?;
     tracing::info!("master stopped");

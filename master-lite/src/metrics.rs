@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Stored objects the master keeps but does not act on.
     pub not_acted_on: Gauge,
+    /// What the API's listener accepted, refused and closed.
+    pub connections: wasmlet_security::serve::ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -59,6 +61,7 @@ impl Default for Metrics {
             audit_lines_dropped: Counter::default(),
             rate_limited: Counter::default(),
             not_acted_on: Gauge::default(),
+            connections: Default::default(),
         };
         registry.register("nodes", "Nodes by their Ready condition", m.nodes.clone());
         registry.register("instances", "Instances by phase", m.instances.clone());
@@ -77,6 +80,7 @@ impl Default for Metrics {
             "Stored objects the master cannot decode or act on (see the InvalidStoredObject events)",
             m.not_acted_on.clone(),
         );
+        m.connections.register(&mut registry);
         Metrics { registry, ..m }
     }
 }

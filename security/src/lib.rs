@@ -12,7 +12,8 @@
 //! - `peering`: an ingress port that serves the public over plain HTTP and
 //!   peers over mutual TLS, marking requests with the peer node.
 //! - `serve`: one way to serve an axum router, over TLS or plain HTTP, with
-//!   graceful shutdown.
+//!   graceful shutdown, within a listener's connection limit and its header
+//!   and idle timeouts; the open-files limit the daemons size them from.
 //! - `files`: secrets written atomically, readable by their owner only.
 //!
 //! Every TLS configuration uses the `ring` provider explicitly.

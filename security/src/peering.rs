@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::Router;
 use hyper::Request;
@@ -27,12 +26,13 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use axum_server::accept::Accept;
+
 use crate::pki::node_of_certificate;
+use crate::serve::{BoundedService, BoundedStream, Connections, Gate, bounded_server};
 
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
-/// Longest a connection may take to send its first byte, and a peer its handshake.
-const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(10);
 
 /// The node a request came from, set on requests that arrived over a peer
 /// connection authenticated with that node's certificate.
@@ -60,45 +60,46 @@ pub async fn serve_with_peers(
     listener: tokio::net::TcpListener,
     app: Router,
     peers: Arc<PeerServerSlot>,
+    connections: Connections,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        stopper.graceful_shutdown(None);
-    });
+    let (server, gate) = bounded_server(listener, connections, shutdown)?;
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum_server::from_tcp(listener.into_std()?)?.acceptor(PeerAcceptor { peers }).handle(handle).serve(service).await
+    server.acceptor(PeerAcceptor { gate, peers }).serve(service).await
 }
 
-/// Sorts connections into peers (TLS) and the public (anything else).
+/// Sorts connections the listener's gate let in into peers (TLS) and the
+/// public (anything else). The gate's timers bound the first byte and the
+/// handshake like any request header.
 #[derive(Clone)]
 struct PeerAcceptor {
+    gate: Gate,
     peers: Arc<PeerServerSlot>,
 }
 
-type Accepted<S> = std::io::Result<(Either<TlsStream<TcpStream>, TcpStream>, WithPeer<S>)>;
+type Accepted<S> = std::io::Result<(Either<TlsStream<BoundedStream>, BoundedStream>, WithPeer<BoundedService<S>>)>;
 
-impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for PeerAcceptor {
-    type Stream = Either<TlsStream<TcpStream>, TcpStream>;
-    type Service = WithPeer<S>;
+impl<S: Send + 'static> Accept<TcpStream, S> for PeerAcceptor {
+    type Stream = Either<TlsStream<BoundedStream>, BoundedStream>;
+    type Service = WithPeer<BoundedService<S>>;
     type Future = Pin<Box<dyn Future<Output = Accepted<S>> + Send>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let peers = self.peers.clone();
+        let within = self.gate.header_read_timeout();
+        let admitted = self.gate.accept(stream, service);
         Box::pin(async move {
+            let (stream, service) = admitted.await?;
+            let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} took over {within:?}"));
             let mut first = [0u8; 1];
-            let read = tokio::time::timeout(FIRST_BYTES_WITHIN, stream.peek(&mut first))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within 10 s"))??;
+            let read = tokio::time::timeout(within, stream.peek(&mut first)).await.map_err(|_| timed_out("the first byte"))??;
             if read == 0 || first[0] != TLS_HANDSHAKE {
                 return Ok((Either::Right(stream), WithPeer { inner: service, peer: None }));
             }
             let config = peers.get().ok_or_else(|| std::io::Error::other("a peer connection before this node has its certificate"))?;
-            let tls = tokio::time::timeout(FIRST_BYTES_WITHIN, tokio_rustls::TlsAcceptor::from(config).accept(stream))
+            let tls = tokio::time::timeout(within, tokio_rustls::TlsAcceptor::from(config).accept(stream))
                 .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer's TLS handshake took over 10 s"))??;
+                .map_err(|_| timed_out("the peer's TLS handshake"))??;
             // The handshake verified the chain to the node CA; the name is the node's.
             let node = tls
                 .get_ref()

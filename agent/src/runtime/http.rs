@@ -133,7 +133,7 @@ impl Runtime {
         };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        let deadline = Instant::now() + spec.request_timeout;
+        let deadline = wasmlet_api::duration::deadline(Instant::now(), spec.request_timeout);
         let fence = spec.fence.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {

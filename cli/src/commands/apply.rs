@@ -142,7 +142,7 @@ pub fn apply_one(client: &Client, workload: &Workload) -> Result<Outcome> {
 
 /// Polls until each workload has its desired instances Running (jobs: Running or Succeeded).
 fn wait_running(client: &Client, names: &[String], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = wasmlet_api::duration::deadline(Instant::now(), timeout);
     let mut last_line: Vec<String> = vec![String::new(); names.len()];
     loop {
         let instances: List<Instance> = client.list("/instances", None)?;

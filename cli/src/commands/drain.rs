@@ -57,7 +57,7 @@ impl Drain {
         let request = client
             .request(Method::POST, &format!("/nodes/{name}/drain"))
             .query(&[("timeoutSeconds", seconds.to_string())])
-            .timeout(Duration::from_secs(seconds + 30));
+            .timeout(Duration::from_secs(seconds.saturating_add(30)));
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(|| {

@@ -24,7 +24,7 @@ pub struct Logs {
     tail: Option<u64>,
     /// Only lines newer than this: a duration (`30s`, `5m`, `2h`) or an RFC 3339 time.
     #[arg(long)]
-    since: Option<String>,
+    since: Option<wasmlet_api::Since>,
 }
 
 impl Logs {
@@ -50,7 +50,7 @@ impl Logs {
             request = request.query(&[("tail", tail.to_string())]);
         }
         if let Some(since) = &self.since {
-            request = request.query(&[("since", since.as_str())]);
+            request = request.query(&[("since", since.to_string())]);
         }
         if self.follow {
             request = request.query(&[("follow", "true")]).timeout(std::time::Duration::from_secs(365 * 24 * 3600));

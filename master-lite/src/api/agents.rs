@@ -372,7 +372,7 @@ fn is_replaced_when_lost(workload: &wasmlet_api::Workload) -> bool {
 /// or shutdown. Only this node's assignment changes wake it.
 async fn wait_for_assignment(shared: &Shared, mut changes: watch::Receiver<u64>, since: u64, timeout: Option<Duration>) -> bool {
     let limit = shared.config.watch_timeout.get();
-    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(limit).min(limit);
+    let deadline = super::after(timeout.unwrap_or(limit).min(limit));
     loop {
         // Differs, not exceeds: a master whose store was reset counts from 1 again.
         if *changes.borrow_and_update() != since {

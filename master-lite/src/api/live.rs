@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 
 use super::Failure;
 use crate::Shared;
@@ -101,12 +103,30 @@ async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bo
     Ok(response)
 }
 
-/// `GET /instances/{name}/logs?tail=N&follow=true`
+/// The parameters of a log read, checked here so a bad one is the caller's
+/// `400` naming it, whatever the agent would make of it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Read by the agent; named here so that it is accepted and checked.
+    #[allow(dead_code)]
+    tail: Option<usize>,
+    since: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /instances/{name}/logs?tail=N&since=5m&follow=true`
 pub async fn instance_logs(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    params: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
+    let Query(params) = params.map_err(|e| Failure::invalid(format!("bad query: {}", e.body_text())))?;
+    if let Some(since) = &params.since {
+        since.parse::<wasmlet_api::Since>().map_err(|e| Failure::invalid(format!("since: {e}")))?;
+    }
     let node = {
         let cluster = shared.cluster();
         let instance = cluster.instances.get(&name).ok_or_else(|| Failure::not_found("instance", &name))?;
@@ -120,9 +140,8 @@ pub async fn instance_logs(
         ));
     }
     let query = query.unwrap_or_default();
-    let follow = query.split('&').any(|kv| kv == "follow=true" || kv == "follow=1");
     let suffix = if query.is_empty() { String::new() } else { format!("?{query}") };
-    forward(&shared, &node, format!("/instances/{name}/logs{suffix}"), follow).await
+    forward(&shared, &node, format!("/instances/{name}/logs{suffix}"), params.follow).await
 }
 
 /// `GET /nodes/{name}/live`: the node's report as its agent has it now.

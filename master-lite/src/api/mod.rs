@@ -154,7 +154,16 @@ impl ListParams {
                 "labelSelector" => params.selector = Selector::parse(value).map_err(|e| Failure::invalid(format!("labelSelector: {e}")))?,
                 "watch" => params.watch = matches!(value.as_str(), "true" | "1" | ""),
                 "since" => params.since = number("since")?,
-                "timeoutSeconds" => params.timeout = Some(Duration::from_secs(number("timeoutSeconds")?)),
+                "timeoutSeconds" => {
+                    let wait = Duration::from_secs(number("timeoutSeconds")?);
+                    if wait > wasmlet_api::Duration::MAX.get() {
+                        return Err(Failure::invalid(format!(
+                            "`timeoutSeconds={value}` is longer than {}, the longest wait wasmlet accepts",
+                            wasmlet_api::Duration::MAX
+                        )));
+                    }
+                    params.timeout = Some(wait);
+                }
                 _ => {}
             }
         }
@@ -166,7 +175,7 @@ impl ListParams {
 /// `--watch-timeout`). False on timeout or shutdown.
 pub async fn wait_for_change(shared: &Shared, since: u64, timeout: Option<Duration>, revision: impl Fn(&Cluster) -> u64) -> bool {
     let limit = shared.config.watch_timeout.get();
-    let deadline = tokio::time::Instant::now() + timeout.unwrap_or(limit).min(limit);
+    let deadline = after(timeout.unwrap_or(limit).min(limit));
     let mut changes = {
         let cluster = shared.cluster();
         if revision(&cluster) > since {
@@ -186,6 +195,11 @@ pub async fn wait_for_change(shared: &Shared, since: u64, timeout: Option<Durati
             return true;
         }
     }
+}
+
+/// The instant `wait` from now: a deadline that never overflows the clock.
+pub fn after(wait: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(wasmlet_api::duration::deadline(std::time::Instant::now(), wait))
 }
 
 /// The answer of a watch that saw no change.

@@ -121,7 +121,7 @@ pub async fn drain(
         cluster.commit(txn)?;
         draining
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = super::after(timeout);
     let remaining = |shared: &Shared| -> Vec<String> {
         let cluster = shared.cluster();
         draining.iter().filter(|(i, _)| cluster.instances.contains_key(i)).map(|(i, _)| i.clone()).collect()

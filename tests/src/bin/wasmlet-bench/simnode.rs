@@ -135,7 +135,9 @@ impl Fleet {
         }
         let client = client
             .pool_max_idle_per_host(usize::MAX)
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below the master's --idle-timeout (60 s): the pool lets a connection go
+            // before the master closes it, so no renewal is sent on one being closed.
+            .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
             .context("building the simulated nodes' HTTP client")?;
