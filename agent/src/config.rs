@@ -339,6 +339,11 @@ impl AgentConfig {
         cli.agent
     }
 
+    /// Which host directories workloads may be granted.
+    pub fn host_path_policy(&self) -> crate::runtime::sandbox::HostPathPolicy {
+        crate::runtime::sandbox::HostPathPolicy::new(&self.allowed_host_paths, &self.data_dir, self.manifests_dir.as_deref())
+    }
+
     pub fn runtime_settings(&self) -> crate::runtime::RuntimeSettings {
         crate::runtime::RuntimeSettings {
             cache_dir: self.data_dir.join("cache").join("compiled"),

@@ -104,7 +104,8 @@ pub async fn run_with_ingress(
     let tls = identity.as_ref().map(|s| wasmlet_security::tls::server_with_slot(s.slot.clone())).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let node = report::node_name(config.name.as_deref());
-    runtime::sandbox::check_allow_list(&config.allowed_host_paths);
+    let host_paths = config.host_path_policy();
+    host_paths.check_allow_list();
     let runtime = Runtime::new(config.runtime_settings());
     let runtime_health = match &runtime {
         Ok(r) => Ok(r.describe()),
@@ -161,7 +162,7 @@ pub async fn run_with_ingress(
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
             let watcher =
-                manifests::ManifestWatcher::new(dir.clone(), &config.allowed_host_paths, config.max_instances, supervisor.clone());
+                manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), config.max_instances, supervisor.clone());
             Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
         }
         (Some(dir), None) => {
@@ -179,7 +180,7 @@ pub async fn run_with_ingress(
                 node: node.clone(),
                 taints: config.taints.clone(),
                 data_dir: config.data_dir.clone(),
-                allowed_host_paths: config.allowed_host_paths.clone(),
+                host_paths: host_paths.clone(),
                 api_port: addr.port(),
                 ingress_port: ingress_addr.port(),
                 insecure_http: config.insecure_http,

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wasmlet_api::{EventType, Placement, Workload};
 
 use crate::runtime::module::{detect, sha256_digest};
-use crate::runtime::sandbox::{Preopen, resolve_host_grants};
+use crate::runtime::sandbox::{HostPathPolicy, Preopen};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// A workload admitted from a manifest, ready to become instances.
@@ -39,8 +39,8 @@ struct FileEntry {
 /// Watches a manifests directory and keeps the supervisor in step with it.
 pub struct ManifestWatcher {
     dir: PathBuf,
-    /// Host paths workloads may be granted.
-    allowed_host_paths: Vec<PathBuf>,
+    /// Host directories workloads may be granted.
+    host_paths: HostPathPolicy,
     files: BTreeMap<PathBuf, FileEntry>,
     /// Instances all manifests together may ask for (`--max-instances`).
     max_instances: u32,
@@ -48,9 +48,8 @@ pub struct ManifestWatcher {
 }
 
 impl ManifestWatcher {
-    pub fn new(dir: PathBuf, allowed_host_paths: &[PathBuf], max_instances: u32, supervisor: Arc<Supervisor>) -> Self {
-        let allowed_host_paths = allowed_host_paths.to_vec();
-        ManifestWatcher { dir, allowed_host_paths, files: BTreeMap::new(), max_instances, supervisor }
+    pub fn new(dir: PathBuf, host_paths: HostPathPolicy, max_instances: u32, supervisor: Arc<Supervisor>) -> Self {
+        ManifestWatcher { dir, host_paths, files: BTreeMap::new(), max_instances, supervisor }
     }
 
     /// Polls until `stop` is cancelled.
@@ -198,7 +197,7 @@ impl ManifestWatcher {
         }
         detect(&bytes).map_err(|e| format!("spec.module.source: {}: {e}", module_path.display()))?;
 
-        let host_dirs = resolve_host_grants(&spec.dirs, &self.allowed_host_paths)?;
+        let host_dirs = self.host_paths.resolve(&spec.dirs)?;
         let mut hasher = Sha256::new();
         hasher.update(serde_json::to_vec(&workload.spec).unwrap_or_default());
         hasher.update(serde_json::to_vec(&workload.metadata.labels).unwrap_or_default());

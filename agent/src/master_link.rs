@@ -51,7 +51,7 @@ use wasmlet_security::{Fingerprint, JoinToken};
 use crate::report::Report;
 use crate::runtime::limits::Fence;
 use crate::runtime::module::sha256_digest;
-use crate::runtime::sandbox::resolve_host_grants;
+use crate::runtime::sandbox::HostPathPolicy;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
@@ -67,7 +67,7 @@ pub struct LinkSettings {
     pub taints: Vec<Taint>,
     pub data_dir: PathBuf,
     /// Host directories workloads may be granted.
-    pub allowed_host_paths: Vec<PathBuf>,
+    pub host_paths: HostPathPolicy,
     /// The port the agent's API listens on, so the master can serve its logs and live usage.
     pub api_port: u16,
     /// The port of the agent's ingress, so peers can forward service requests to it.
@@ -622,7 +622,7 @@ impl MasterLink {
                     continue;
                 }
             };
-            let (host_dirs, refused) = match resolve_host_grants(&workload.spec.dirs, &self.settings.allowed_host_paths) {
+            let (host_dirs, refused) = match self.settings.host_paths.resolve(&workload.spec.dirs) {
                 Ok(dirs) => (dirs, None),
                 Err(why) => (Vec::new(), Some(why)),
             };

@@ -251,3 +251,62 @@ fn through_a_master_a_swapped_grant_fails_the_start_and_the_master_shows_why() {
     assert!(Path::new(&tree.path("a/b.orig")).is_dir());
     drop(agent);
 }
+
+/// The operator allows a directory that holds the agent's own (`/var/lib`
+/// holding `/var/lib/wasmlet`, say). A grant of the data dir, of a directory
+/// holding it or of one inside it would hand the guest the node's credential
+/// and API token, the compiled code the agent loads and runs natively, and the
+/// other workloads' scratch dirs and logs; a grant of the manifests dir, the
+/// workloads this agent runs. Each is refused by name; a grant beside them
+/// under the same allowed directory runs.
+#[test]
+fn the_agents_own_directories_are_never_granted_even_inside_an_allowed_one() {
+    let top = tempfile::Builder::new().prefix("wasmlet-own-").tempdir().expect("tempdir");
+    let data = tempfile::Builder::new().prefix("data-").tempdir_in(top.path()).expect("data dir");
+    let data_path = data.path().to_path_buf();
+    let manifests = top.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::create_dir_all(top.path().join("shared")).expect("mkdir");
+    std::fs::write(top.path().join("shared/ok.txt"), b"fine").expect("write");
+    let allowed = top.path().display().to_string();
+    let agent = Agent::start_in(
+        data,
+        &["--manifests-dir", manifests.to_str().expect("utf-8"), "--manifests-poll-interval", "100ms", "--allowed-host-paths", &allowed],
+    )
+    .expect("agent starts");
+    // Something compiled and cached, so that the cache dir exists to be asked for.
+    place_file(&manifests, "shared.yaml", &workload_manifest("shared", "fs-probe", "job", &format!(
+        "  args: [\"/s/ok.txt\"]\n  restartPolicy: Never\n  dirs:\n  - path: /s\n    hostPath: {}/shared\n    readOnly: true\n",
+        allowed
+    )));
+    agent.wait_phase("shared-0", Phase::Succeeded, WAIT);
+    assert!(agent.get_text("/instances/shared-0/logs").expect("logs").contains("/s/ok.txt: ok 4 bytes"));
+
+    let data_shown = data_path.canonicalize().expect("canonical").display().to_string();
+    let manifests_shown = manifests.canonicalize().expect("canonical").display().to_string();
+    let attempts = [
+        ("holder", allowed.clone(), "holds the agent's data dir", data_shown.clone(), true),
+        ("data", data_path.display().to_string(), "is the agent's data dir", data_shown.clone(), true),
+        ("cache", data_path.join("cache/compiled").display().to_string(), "lies inside the agent's data dir", data_shown.clone(), false),
+        ("slash", format!("{}//cache/", data_path.display()), "lies inside the agent's data dir", data_shown.clone(), false),
+        ("manifests", manifests.display().to_string(), "is the agent's manifests dir", manifests_shown.clone(), false),
+    ];
+    for (name, host, _, _, read_only) in &attempts {
+        // Were it granted: the agent's token read, a file planted where the agent loads compiled code.
+        let manifest = workload_manifest(name, "fs-probe", "job", &format!(
+            "  args: [\"/g/api.token\", \"--write\", \"/g/planted.cwasm\"]\n  restartPolicy: Never\n  dirs:\n  - path: /g\n    hostPath: {host:?}\n    readOnly: {read_only}\n"
+        ));
+        place_file(&manifests, &format!("{name}.yaml"), &manifest);
+    }
+    for (name, host, problem, dir, _) in &attempts {
+        let file = format!("{name}.yaml");
+        let event = wait_for(WAIT, &format!("{file} to be refused"), || {
+            let events: Vec<wasmlet_api::Event> = agent.get_json("/events").ok()?;
+            events.into_iter().find(|e| e.reason == "ManifestInvalid" && e.involved_object.name == file)
+        });
+        let expected = format!("spec.dirs[0].hostPath: {host} {problem} {dir}");
+        assert!(event.message.contains(&expected), "{file}: {} does not say `{expected}`", event.message);
+        assert!(agent.instance(&format!("{name}-0")).is_none(), "{name} never ran");
+    }
+    assert!(!data_path.join("cache/compiled/planted.cwasm").exists() && !data_path.join("planted.cwasm").exists());
+}

@@ -172,49 +172,109 @@ fn kind(file_type: FileType) -> &'static str {
     }
 }
 
-/// Resolves a workload's host directory grants against the agent's allow-list,
-/// at admission. Scratch grants (no host path) are left to the supervisor. The
-/// error names the field and the allowed directories. The allow-list is
-/// resolved here, at each admission, so a directory created after the agent
-/// started counts.
-///
-/// Each grant is remembered beneath the outermost allowed directory that holds
-/// it: a guest granted an outer directory can change what lies beneath it,
-/// including the path to an inner allowed directory.
-pub fn resolve_host_grants(dirs: &[wasmlet_api::DirGrant], allowed: &[PathBuf]) -> Result<Vec<super::sandbox::Preopen>, String> {
-    if dirs.iter().all(|d| d.host_path.is_none()) {
-        return Ok(Vec::new());
-    }
-    let allowed: Vec<PathBuf> = allowed.iter().filter_map(|p| p.canonicalize().ok()).collect();
-    let mut out = Vec::new();
-    for (i, grant) in dirs.iter().enumerate() {
-        let Some(host) = &grant.host_path else { continue };
-        let canonical = Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
-        // Every allowed directory holding the grant lies on one chain; the shortest is the outermost.
-        let root = allowed.iter().filter(|a| canonical.starts_with(a)).min_by_key(|a| a.components().count());
-        let Some(root) = root else {
-            let allowed = if allowed.is_empty() {
-                "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
-            } else {
-                let list: Vec<String> = allowed.iter().map(|p| p.display().to_string()).collect();
-                format!("allowed: {}", list.join(", "))
-            };
-            return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
-        };
-        let beneath = canonical.strip_prefix(root).unwrap_or(Path::new(""));
-        let dir = GrantedDir::host(i, host, root.clone(), beneath)?;
-        out.push(super::sandbox::Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
-    }
-    Ok(out)
+/// Which host directories workloads may be granted: those inside the
+/// agent's `--allowed-host-paths`, except the agent's own directories, any
+/// directory holding one of them and any directory inside one. An allowed
+/// directory may well hold the agent's (`/var/lib` holds `/var/lib/wasmlet`);
+/// a grant of the data dir would hand a guest the node's credential, the
+/// compiled code the agent runs natively and the other workloads' files, a
+/// grant of the manifests dir the workloads the agent runs.
+#[derive(Debug, Clone, Default)]
+pub struct HostPathPolicy {
+    /// `--allowed-host-paths`, as configured (resolved at each admission).
+    pub allowed: Vec<PathBuf>,
+    /// The agent's own directories, each with what it is for messages: never granted.
+    pub own: Vec<(&'static str, PathBuf)>,
 }
 
-/// Warns about allow-list entries that do not exist (yet): they count only once they do.
-pub fn check_allow_list(paths: &[PathBuf]) {
-    for path in paths {
-        if let Err(e) = path.canonicalize() {
-            tracing::warn!(path = %path.display(), error = %e, "an allowed host path cannot be resolved; it counts once it exists");
+impl HostPathPolicy {
+    /// The policy of an agent with `allowed` host paths, its data dir and its manifests dir, if any.
+    pub fn new(allowed: &[PathBuf], data_dir: &Path, manifests_dir: Option<&Path>) -> HostPathPolicy {
+        let mut own = vec![("the agent's data dir", data_dir.to_path_buf())];
+        own.extend(manifests_dir.map(|dir| ("the agent's manifests dir", dir.to_path_buf())));
+        HostPathPolicy { allowed: allowed.to_vec(), own }
+    }
+
+    /// Resolves a workload's host directory grants against the policy, at
+    /// admission. Scratch grants (no host path) are left to the supervisor.
+    /// The error names the field and the allowed directories, or the agent's
+    /// directory the grant touches. The allow-list is resolved here, at each
+    /// admission, so a directory created after the agent started counts.
+    ///
+    /// Each grant is remembered beneath the outermost allowed directory that
+    /// holds it: a guest granted an outer directory can change what lies
+    /// beneath it, including the path to an inner allowed directory.
+    pub fn resolve(&self, dirs: &[wasmlet_api::DirGrant]) -> Result<Vec<super::sandbox::Preopen>, String> {
+        if dirs.iter().all(|d| d.host_path.is_none()) {
+            return Ok(Vec::new());
+        }
+        let allowed: Vec<PathBuf> = self.allowed.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        let own: Vec<(&str, PathBuf)> = self.own.iter().map(|(what, dir)| (*what, resolved(dir))).collect();
+        let mut out = Vec::new();
+        for (i, grant) in dirs.iter().enumerate() {
+            let Some(host) = &grant.host_path else { continue };
+            let canonical = Path::new(host).canonicalize().map_err(|e| format!("spec.dirs[{i}].hostPath: {host}: {e}"))?;
+            // Every allowed directory holding the grant lies on one chain; the shortest is the outermost.
+            let root = allowed.iter().filter(|a| canonical.starts_with(a)).min_by_key(|a| a.components().count());
+            let Some(root) = root else {
+                let allowed = if allowed.is_empty() {
+                    "none are allowed; the agent's --allowed-host-paths lists the directories workloads may be granted".to_string()
+                } else {
+                    let list: Vec<String> = allowed.iter().map(|p| p.display().to_string()).collect();
+                    format!("allowed: {}", list.join(", "))
+                };
+                return Err(format!("spec.dirs[{i}].hostPath: {host} is outside the agent's allowed host paths ({allowed})"));
+            };
+            for (what, dir) in &own {
+                let relation = if &canonical == dir {
+                    "is"
+                } else if dir.starts_with(&canonical) {
+                    "holds"
+                } else if canonical.starts_with(dir) {
+                    "lies inside"
+                } else {
+                    continue;
+                };
+                return Err(format!(
+                    "spec.dirs[{i}].hostPath: {host} {relation} {what} {}, which is never granted (nor a directory holding it or inside it); \
+                     grant a directory apart from it",
+                    dir.display()
+                ));
+            }
+            let beneath = canonical.strip_prefix(root).unwrap_or(Path::new(""));
+            let dir = GrantedDir::host(i, host, root.clone(), beneath)?;
+            out.push(super::sandbox::Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
+        }
+        Ok(out)
+    }
+
+    /// Warns about allow-list entries that do not exist (yet): they count only
+    /// once they do; and about those that hold or lie inside the agent's own
+    /// directories, of which only the parts apart from them can be granted.
+    pub fn check_allow_list(&self) {
+        for path in &self.allowed {
+            let Ok(canonical) = path.canonicalize() else {
+                tracing::warn!(path = %path.display(), "an allowed host path cannot be resolved; it counts once it exists");
+                continue;
+            };
+            for (what, dir) in &self.own {
+                let dir = resolved(dir);
+                if dir.starts_with(&canonical) || canonical.starts_with(&dir) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        own = %dir.display(),
+                        "an allowed host path overlaps {what}: grants of it, or of a directory holding it or inside it, are refused"
+                    );
+                }
+            }
         }
     }
+}
+
+/// A directory of the agent's, resolved like the grants compared with it; as
+/// given (made absolute) while it does not exist.
+fn resolved(dir: &Path) -> PathBuf {
+    dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 #[cfg(test)]
@@ -316,7 +376,7 @@ mod tests {
         let allowed = [outer.join("inner"), outer.clone()];
         let dirs =
             [wasmlet_api::DirGrant { path: "/g".into(), host_path: Some(outer.join("inner/dir").display().to_string()), read_only: false }];
-        let preopens = resolve_host_grants(&dirs, &allowed).unwrap();
+        let preopens = HostPathPolicy { allowed: allowed.to_vec(), own: Vec::new() }.resolve(&dirs).unwrap();
         let outer = outer.canonicalize().unwrap();
         assert_eq!(preopens[0].dir.root, outer);
         assert_eq!(preopens[0].dir.beneath, [OsString::from("inner"), OsString::from("dir")]);

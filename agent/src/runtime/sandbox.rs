@@ -6,7 +6,7 @@
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-pub use super::grants::{GrantedDir, check_allow_list, resolve_host_grants};
+pub use super::grants::{GrantedDir, HostPathPolicy};
 use super::limits::MemoryLimiter;
 use crate::logs::{InstanceLog, Stream};
 
