@@ -132,3 +132,79 @@ fn a_master_with_a_new_node_ca_gives_running_agents_new_certificates() {
     wait_ready(&master, "newcomer");
     drop(newcomer);
 }
+
+/// `POST /nodes/{node}/credential` with `token`: the status and the new credential, if any.
+fn renew(master: &Master, token: &str, node: &str) -> (StatusCode, Option<String>) {
+    let client = master.client_with(token).build().expect("client");
+    let response = client.post(master.api(&format!("/nodes/{node}/credential"))).json(&serde_json::json!({})).send().expect("answer");
+    let status = response.status();
+    let body: serde_json::Value = response.json().unwrap_or_default();
+    (status, body["credential"].as_str().map(str::to_string))
+}
+
+/// Whether `token` still authenticates (as any role: a lease renewal of `node`).
+fn lease(master: &Master, token: &str, node: &str) -> StatusCode {
+    let client = master.client_with(token).build().expect("client");
+    client.put(master.api(&format!("/nodes/{node}/lease"))).json(&serde_json::json!({})).send().expect("answer").status()
+}
+
+/// The token records the master keeps for `node`: (valid, all).
+fn credentials_of(master: &Master, node: &str) -> (usize, usize) {
+    let list: serde_json::Value = master.get_json("/tokens").expect("tokens");
+    let role = format!("node:{node}");
+    let records: Vec<&serde_json::Value> =
+        list["items"].as_array().expect("items").iter().filter(|r| r["role"].as_str() == Some(role.as_str())).collect();
+    (records.iter().filter(|r| r.get("revoked").is_none()).count(), records.len())
+}
+
+#[test]
+fn renewals_in_a_loop_lost_or_racing_leave_a_node_two_credentials_and_lock_no_one_out() {
+    let master = Master::start(&[]).expect("master starts");
+    let body = serde_json::json!({"name": "looper", "status": {}, "protocolVersion": 2});
+    let (status, answer) = register(&master, &master.join_token, body);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let first = answer["credential"].as_str().expect("a credential").to_string();
+
+    // A node (or a thief of its credential) renews in a loop and every answer is lost:
+    // the master keeps the credential presented and the newest one, not one per renewal.
+    let lost: Vec<String> = (0..30).map(|_| renew(&master, &first, "looper").1.expect("renewed")).collect();
+    let (valid, all) = credentials_of(&master, "looper");
+    assert!(valid <= 2 && all <= 3, "{valid} valid of {all} credentials kept after 30 renewals");
+    for (i, token) in lost[..29].iter().enumerate() {
+        assert_eq!(lease(&master, token, "looper"), StatusCode::UNAUTHORIZED, "lost answer {i} is no credential");
+    }
+    // The node is not locked out: the credential it holds still renews, and the answer it gets works.
+    let (status, second) = renew(&master, &first, "looper");
+    assert_eq!(status, StatusCode::OK);
+    let second = second.expect("renewed");
+    assert_eq!(lease(&master, &second, "looper"), StatusCode::OK);
+    // First use of the new one retires the old one, which then neither leases nor renews.
+    assert_eq!(lease(&master, &first, "looper"), StatusCode::UNAUTHORIZED);
+    assert_eq!(renew(&master, &first, "looper").0, StatusCode::UNAUTHORIZED);
+
+    // Two renewals racing with one credential: both answer, the one committed last is the node's.
+    let racing: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2).map(|_| s.spawn(|| renew(&master, &second, "looper").1.expect("renewed"))).collect();
+        runs.into_iter().map(|r| r.join().expect("thread")).collect()
+    });
+    let working: Vec<&String> = racing.iter().filter(|t| lease(&master, t, "looper") == StatusCode::OK).collect();
+    assert_eq!(working.len(), 1, "exactly one of two racing renewals stands");
+    let third = working[0].clone();
+    let (valid, all) = credentials_of(&master, "looper");
+    assert!(valid <= 1 && all <= 3, "{valid} valid of {all} credentials kept after the race");
+
+    // Nobody else renews a node's credential: not another node, nor a viewer, a join token or an admin.
+    let (_, other) = register(&master, &master.join_token, serde_json::json!({"name": "other", "status": {}, "protocolVersion": 2}));
+    let other = other["credential"].as_str().expect("a credential").to_string();
+    let out = master.command(&["token", "create", "--role", "viewer"]);
+    let viewer = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string();
+    for (who, token) in [("another node", other.as_str()), ("a viewer", &viewer), ("a join token", &master.join_token), ("the admin", &master.admin_token)] {
+        assert_eq!(renew(&master, token, "looper").0, StatusCode::FORBIDDEN, "{who}");
+    }
+
+    // Deleting the node ends every credential it has, and renewing brings none back.
+    let deleted = master.client().delete(master.api("/nodes/looper")).send().expect("delete");
+    assert_eq!(deleted.status(), StatusCode::OK);
+    assert_eq!(renew(&master, &third, "looper").0, StatusCode::UNAUTHORIZED);
+    assert_eq!(credentials_of(&master, "looper").0, 0);
+}
