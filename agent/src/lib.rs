@@ -161,8 +161,7 @@ pub async fn run_with_ingress(
     });
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
-            let watcher =
-                manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), config.max_instances, supervisor.clone());
+            let watcher = manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), config.max_instances, supervisor.clone());
             Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
         }
         (Some(dir), None) => {

@@ -482,7 +482,7 @@ mod tests {
         w.spec.node_selector = (0..MAX_LABELS + 1).map(|i| (format!("k{i}"), "v".into())).collect();
         w.metadata.labels = (0..MAX_LABELS + 1).map(|i| (format!("k{i}"), "v".into())).collect();
         w.metadata.annotations = [("note".to_string(), "x".repeat(MAX_ANNOTATIONS_BYTES))].into();
-        w.spec.disconnect.lost_after = Some("300000y".parse().unwrap());
+        w.spec.disconnect.lost_after = Some("10000h".parse().unwrap());
         w.spec.module.source = "m".repeat(MAX_PATH_BYTES + 1);
         let err = w.validate().unwrap_err();
         let fields: Vec<&str> = err.errors.iter().map(|e| e.field.as_str()).collect();

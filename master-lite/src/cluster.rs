@@ -8,7 +8,7 @@
 //! memory. This module also owns the revisions watchers wait on: one per
 //! collection, and one per node for its assignment.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use chrono::Utc;
@@ -65,6 +65,8 @@ impl AgentViews {
 pub struct Txn {
     changes: Vec<Change>,
     epoch: u64,
+    /// Names of the instances this transaction puts.
+    instances: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -92,7 +94,20 @@ impl Txn {
     }
 
     pub fn put_instance(&mut self, placed: Placed) {
+        self.instances.insert(placed.instance.metadata.name.clone());
         self.changes.push(Change::Instance(Box::new(placed)));
+    }
+
+    /// A name for a new instance of `workload` that neither `cluster` nor
+    /// this transaction holds: random names collide (one in five workloads
+    /// of 2,500 replicas would otherwise replace one of its own instances).
+    pub fn new_instance_name(&self, cluster: &Cluster, workload: &str) -> String {
+        loop {
+            let name = instance_name(workload);
+            if !cluster.instances.contains_key(&name) && !self.instances.contains(&name) {
+                return name;
+            }
+        }
     }
 
     pub fn put_credential(&mut self, node: &str, credential: String) {
@@ -235,7 +250,7 @@ impl Cluster {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { changes: Vec::new(), epoch: self.epoch }
+        Txn { changes: Vec::new(), epoch: self.epoch, instances: HashSet::new() }
     }
 
     /// Receives the global revision after every commit.
@@ -549,4 +564,31 @@ pub fn instance_name(workload: &str) -> String {
     fill_random(&mut bytes);
     let suffix: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
     format!("{workload}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 30,000 random names of five letters out of 27 collide all but surely
+    /// (the chance of none is about e^-31): the names a transaction hands out
+    /// never do, with each other or with the cluster's instances.
+    #[test]
+    fn new_instance_names_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::load(Arc::new(crate::store::RedbStore::open(dir.path()).unwrap())).unwrap();
+        let mut txn = cluster.txn();
+        let workload: Workload = serde_json::from_value(serde_json::json!({
+            "apiVersion": wasmlet_api::API_VERSION, "kind": "Workload", "metadata": {"name": "w"},
+            "spec": {"type": "daemon", "module": {"source": "w.wasm", "digest": format!("sha256:{}", "0".repeat(64))}}
+        }))
+        .unwrap();
+        let mut seen = HashSet::new();
+        for _ in 0..30_000 {
+            let name = txn.new_instance_name(&cluster, "w");
+            assert!(seen.insert(name.clone()), "{name} handed out twice");
+            let spec = wasmlet_api::InstanceSpec { workload: "w".into(), node: "n".into(), epoch: 1 };
+            txn.put_instance(Placed { instance: Instance::new(name, spec), workload: workload.clone() });
+        }
+    }
 }

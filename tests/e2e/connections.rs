@@ -375,3 +375,48 @@ fn idle_connections_do_not_stop_the_masters_heartbeats() {
     });
     drop(agent);
 }
+
+/// A joined node's ingress serves the public over plain HTTP and its peers
+/// over mutual TLS on one port: both kinds of connection are held to the
+/// same timers and the same limit. A slowloris, a client that starts a TLS
+/// handshake and stops, and more connections than the limit, while a real
+/// peer's request still goes through once the limit frees.
+#[test]
+fn a_joined_nodes_ingress_bounds_peers_and_the_public_alike() {
+    let master = Master::start(&[]).expect("master starts");
+    let bounds = ["--header-read-timeout", "1s", "--idle-timeout", "2s", "--ingress-max-connections", "16"];
+    let agent = crate::identity::join(&master, "bounded", &master.join_token, &bounds);
+    crate::identity::wait_ready(&master, "bounded");
+    let ingress = socket_of(&agent.ingress);
+
+    let slowloris = std::thread::spawn(move || trickle(ingress, ""));
+    // The first bytes of a TLS handshake record, then nothing: the peer path waits for the rest.
+    let stalled_handshake = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(ingress).expect("connect");
+        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).expect("a handshake's first bytes");
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let started = Instant::now();
+        let closed = stream.read(&mut [0u8; 64]);
+        assert!(matches!(closed, Ok(0) | Err(_)), "a stalled handshake got an answer: {closed:?}");
+        started.elapsed()
+    });
+    let t = slowloris.join().expect("the trickle ran");
+    assert!(t.lines_sent < 60 && t.took >= Duration::from_secs(1), "the slowloris held on for {:?}", t.took);
+    let took = stalled_handshake.join().expect("the stalled handshake ran");
+    assert!(took >= Duration::from_secs(1) && took < WAIT, "a stalled peer handshake was closed after {took:?}");
+
+    // More silent connections than the limit: those beyond it are closed at once.
+    let held: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(ingress).expect("connect")).collect();
+    let refused = wait_for(WAIT, "the ingress to refuse connections beyond its limit", || {
+        let n = agent.metric("wasmlet_agent_connections_refused_total{listener=\"ingress\"}")?;
+        (n >= 20.0).then_some(n)
+    });
+    assert!(refused <= 24.0, "{refused} refused of 40 with a limit of 16");
+    drop(held);
+    // Once they are gone the ingress serves again.
+    let client = Client::builder().timeout(WAIT).build().expect("client");
+    // (No service is called `bounded.invalid`: any HTTP answer shows the ingress serving.)
+    wait_for(WAIT, "the ingress to answer again", || client.get(&agent.ingress).header("host", "bounded.invalid").send().ok());
+    let timed_out = agent.metric("wasmlet_agent_connections_timed_out_total{listener=\"ingress\",phase=\"header\"}").unwrap_or(0.0);
+    assert!(timed_out >= 2.0, "the ingress counted {timed_out} header timeouts");
+}

@@ -77,7 +77,7 @@ fn an_object_asking_for_too_much_is_refused_naming_the_field_and_the_limit() {
         ),
         (
             "a year-long deadline",
-            with(&|w| w["spec"]["disconnect"] = json!({"stopOnAgentAfter": "300000y"})),
+            with(&|w| w["spec"]["disconnect"] = json!({"stopOnAgentAfter": "10000h"})),
             ["spec.disconnect.stopOnAgentAfter", "8784h"],
         ),
         (

@@ -275,10 +275,19 @@ fn the_agents_own_directories_are_never_granted_even_inside_an_allowed_one() {
     )
     .expect("agent starts");
     // Something compiled and cached, so that the cache dir exists to be asked for.
-    place_file(&manifests, "shared.yaml", &workload_manifest("shared", "fs-probe", "job", &format!(
-        "  args: [\"/s/ok.txt\"]\n  restartPolicy: Never\n  dirs:\n  - path: /s\n    hostPath: {}/shared\n    readOnly: true\n",
-        allowed
-    )));
+    place_file(
+        &manifests,
+        "shared.yaml",
+        &workload_manifest(
+            "shared",
+            "fs-probe",
+            "job",
+            &format!(
+                "  args: [\"/s/ok.txt\"]\n  restartPolicy: Never\n  dirs:\n  - path: /s\n    hostPath: {}/shared\n    readOnly: true\n",
+                allowed
+            ),
+        ),
+    );
     agent.wait_phase("shared-0", Phase::Succeeded, WAIT);
     assert!(agent.get_text("/instances/shared-0/logs").expect("logs").contains("/s/ok.txt: ok 4 bytes"));
 
@@ -293,9 +302,14 @@ fn the_agents_own_directories_are_never_granted_even_inside_an_allowed_one() {
     ];
     for (name, host, _, _, read_only) in &attempts {
         // Were it granted: the agent's token read, a file planted where the agent loads compiled code.
-        let manifest = workload_manifest(name, "fs-probe", "job", &format!(
-            "  args: [\"/g/api.token\", \"--write\", \"/g/planted.cwasm\"]\n  restartPolicy: Never\n  dirs:\n  - path: /g\n    hostPath: {host:?}\n    readOnly: {read_only}\n"
-        ));
+        let manifest = workload_manifest(
+            name,
+            "fs-probe",
+            "job",
+            &format!(
+                "  args: [\"/g/api.token\", \"--write\", \"/g/planted.cwasm\"]\n  restartPolicy: Never\n  dirs:\n  - path: /g\n    hostPath: {host:?}\n    readOnly: {read_only}\n"
+            ),
+        );
         place_file(&manifests, &format!("{name}.yaml"), &manifest);
     }
     for (name, host, problem, dir, _) in &attempts {

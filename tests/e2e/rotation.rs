@@ -145,7 +145,12 @@ fn renew(master: &Master, token: &str, node: &str) -> (StatusCode, Option<String
 /// Whether `token` still authenticates (as any role: a lease renewal of `node`).
 fn lease(master: &Master, token: &str, node: &str) -> StatusCode {
     let client = master.client_with(token).build().expect("client");
-    client.put(master.api(&format!("/nodes/{node}/lease"))).json(&serde_json::json!({})).send().expect("answer").status()
+    client
+        .put(master.api(&format!("/nodes/{node}/lease")))
+        .json(&serde_json::json!({"assignmentRevision": 0}))
+        .send()
+        .expect("answer")
+        .status()
 }
 
 /// The token records the master keeps for `node`: (valid, all).
@@ -198,7 +203,9 @@ fn renewals_in_a_loop_lost_or_racing_leave_a_node_two_credentials_and_lock_no_on
     let other = other["credential"].as_str().expect("a credential").to_string();
     let out = master.command(&["token", "create", "--role", "viewer"]);
     let viewer = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string();
-    for (who, token) in [("another node", other.as_str()), ("a viewer", &viewer), ("a join token", &master.join_token), ("the admin", &master.admin_token)] {
+    for (who, token) in
+        [("another node", other.as_str()), ("a viewer", &viewer), ("a join token", &master.join_token), ("the admin", &master.admin_token)]
+    {
         assert_eq!(renew(&master, token, "looper").0, StatusCode::FORBIDDEN, "{who}");
     }
 

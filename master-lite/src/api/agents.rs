@@ -207,8 +207,10 @@ pub async fn register(
 }
 
 /// `POST /nodes/{name}/credential`: the node, with its current credential,
-/// gets a new one and a new certificate. The older credentials are cut short
-/// to a third of a lifetime, and revoked when the node first uses the new one.
+/// gets a new one and a new certificate. The one presented is cut short to a
+/// third of a lifetime, and revoked when the node first uses the new one;
+/// older ones are revoked, and those issued after it (renewals whose answer
+/// was lost) forgotten: a node holds at most two valid credentials.
 pub async fn renew_credential(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -232,11 +234,23 @@ pub async fn renew_credential(
         let overlap = chrono::Duration::from_std(shared.config.node_credential_ttl.get() / 3).map_err(internal)?;
         let cut_off = now.checked_add_signed(overlap).unwrap_or(now);
         let mut txn = cluster.txn();
-        for mut old in shared.tokens.unrevoked(&caller.role) {
-            // Bounded even if the master restarts before the new one is used.
-            if old.expires.is_none_or(|e| e > cut_off) {
-                old.expires = Some(cut_off);
-                txn.put_token(old);
+        let presented_at = shared.tokens.get(&caller.token_id).map(|r| r.created);
+        for mut other in shared.tokens.unrevoked(&caller.role) {
+            if other.id == caller.token_id {
+                // Bounded even if the master restarts before the new one is used.
+                if other.expires.is_none_or(|e| e > cut_off) {
+                    other.expires = Some(cut_off);
+                    txn.put_token(other);
+                }
+            } else if presented_at.is_some_and(|at| other.created > at) {
+                // Issued by an earlier renewal whose answer the node never
+                // used (lost, or taken by whoever renews with a stolen
+                // credential): forgotten, so renewals never pile up credentials.
+                txn.delete(crate::store::Kind::Token, &other.id);
+            } else {
+                // Older than the one presented, which the node holds.
+                other.revoked = Some(now);
+                txn.put_token(other);
             }
         }
         txn.put_token(record.clone());

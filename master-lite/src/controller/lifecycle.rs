@@ -244,7 +244,7 @@ impl LifecycleController {
             metrics.scheduling_attempts.inc();
             match placement.place(workload, |n| n.metadata.name != *node) {
                 Ok(target) => {
-                    let replacement = new_instance(workload, &target, txn.next_epoch());
+                    let replacement = new_instance(cluster, txn, workload, &target);
                     metrics.hand_offs.inc();
                     txn.event(
                         EventType::Normal,

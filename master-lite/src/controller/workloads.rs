@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use wasmlet_api::{EventType, Instance, InstanceSpec, Phase, Placement as EveryNode, Workload, WorkloadType};
 
-use crate::cluster::{Cluster, Placed, Txn, instance_name};
+use crate::cluster::{Cluster, Placed, Txn};
 use crate::config::{MasterConfig, defaults};
 use crate::metrics::Metrics;
 use crate::scheduler::Placement;
@@ -402,16 +402,17 @@ impl Plan<'_, '_> {
     }
 
     fn put(&mut self, target: &str) {
-        let placed = new_instance(self.workload, target, self.txn.next_epoch());
+        let placed = new_instance(self.placement.cluster, self.txn, self.workload, target);
         tracing::debug!(instance = %placed.instance.metadata.name, node = %target, "placed");
         self.txn.put_instance(placed);
     }
 }
 
-/// A new instance of `workload` on `node` under `epoch`.
-pub fn new_instance(workload: &Workload, node: &str, epoch: u64) -> Placed {
+/// A new instance of `workload` on `node`, named and fenced (its epoch) by `txn`.
+pub fn new_instance(cluster: &Cluster, txn: &mut Txn, workload: &Workload, node: &str) -> Placed {
     let name = &workload.metadata.name;
-    let mut instance = Instance::new(instance_name(name), InstanceSpec { workload: name.clone(), node: node.to_string(), epoch });
+    let spec = InstanceSpec { workload: name.clone(), node: node.to_string(), epoch: txn.next_epoch() };
+    let mut instance = Instance::new(txn.new_instance_name(cluster, name), spec);
     instance.metadata.labels = workload.metadata.labels.clone();
     instance.metadata.labels.insert(WORKLOAD_LABEL.to_string(), name.clone());
     let mut workload = workload.clone();
