@@ -51,7 +51,8 @@ fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>> {
     Ok(Arc::new(CertifiedKey::new(chain, key)))
 }
 
-/// A server presenting `identity`, speaking HTTP/1.1 and HTTP/2.
+/// A server presenting `identity`, speaking HTTP/1.1 (the only protocol
+/// [`crate::serve`] serves: its header and idle timers are HTTP/1.1's).
 pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>> {
     let slot = Arc::new(CertSlot::default());
     slot.set(identity)?;
@@ -65,7 +66,8 @@ pub fn server_with_slot(slot: Arc<CertSlot>) -> Result<Arc<ServerConfig>> {
         .map_err(tls_error("choosing TLS versions"))?
         .with_no_client_auth()
         .with_cert_resolver(slot);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Offering h2 would have clients such as curl speak it to a server that answers only HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
