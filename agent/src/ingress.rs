@@ -33,7 +33,7 @@ use wasmlet_api::Route;
 use wasmlet_api::protocol::IngressEndpoint;
 use wasmlet_security::peering::PeerNode;
 
-use crate::runtime::http::plain;
+use crate::executor::plain;
 use crate::security::NodeIdentity;
 use crate::supervisor::Supervisor;
 
@@ -136,7 +136,7 @@ async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<
         let endpoint = endpoints.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % endpoints.len());
         // Waiting for a permit is the back-pressure when the instance is busy.
         match endpoint.permits.clone().acquire_owned().await {
-            Ok(_permit) => ingress.supervisor.runtime().serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await,
+            Ok(_permit) => endpoint.service.handle(request).await,
             Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
         }
     } else if forwarded {

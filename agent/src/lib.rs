@@ -6,6 +6,9 @@
 //! - `report`: what the machine is and how it is doing. A probe reads the
 //!   facts, thresholds turn them into conditions, and the reporter publishes
 //!   a Node object (with its JSON and metrics pre-rendered) on a timer.
+//! - `executor`: the seam through which instances are run (prepare a module,
+//!   run an instance, serve a request, report usage), whatever runs them;
+//!   `executor::in_process` runs them on the agent's own engine.
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
 //!   workload runs with.
 //! - `supervisor`: keeps the desired instances running, with restart policies
@@ -27,6 +30,7 @@
 pub mod api;
 pub mod config;
 pub mod events;
+pub mod executor;
 pub mod ingress;
 pub mod logs;
 pub mod manifests;
@@ -43,7 +47,6 @@ use std::future::Future;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wasmlet_api::NodeRuntime;
 use wasmlet_security::serve::Connections;
 
 pub use config::{AgentConfig, Cli};
@@ -115,8 +118,7 @@ pub async fn run_with_ingress(
         }
     };
     let supervisor = runtime.ok().map(|runtime| {
-        let allocator = runtime.allocator.clone();
-        let compiler = runtime.modules.compiler().info.clone();
+        let executor = std::sync::Arc::new(executor::in_process::InProcess::new(runtime));
         let settings = SupervisorSettings {
             data_dir: config.data_dir.clone(),
             backoff: Backoff {
@@ -134,21 +136,16 @@ pub async fn run_with_ingress(
                 concurrency: config.service_concurrency,
             },
         };
-        (Supervisor::new(runtime, settings, &node), (allocator, compiler))
+        let node_runtime = executor::Executor::node_runtime(&*executor);
+        (Supervisor::new(executor, settings, &node), node_runtime)
     });
 
     let probe = Box::new(HostProbe::new(&config.data_dir));
     let mut settings = ReportSettings::from_config(&config);
     settings.name = Some(node.clone());
     let (mut reporter, reports) = Reporter::new(probe, settings, runtime_health, Clock::System);
-    if let Some((supervisor, (allocator, compiler))) = &supervisor {
-        let info = NodeRuntime {
-            allocator: allocator.kind.to_string(),
-            allocator_reason: allocator.reason.clone(),
-            compiler: compiler.kind.to_string(),
-            compiler_reason: compiler.reason.clone(),
-        };
-        reporter = reporter.with_supervisor(supervisor.clone(), info);
+    if let Some((supervisor, node_runtime)) = &supervisor {
+        reporter = reporter.with_supervisor(supervisor.clone(), node_runtime.clone());
     }
     let supervisor = supervisor.map(|(s, _)| s);
     tracing::info!(%node, api = %format!("{scheme}://{addr}"), ingress = %format!("http://{ingress_addr}"), data_dir = %config.data_dir.display(), "wasmlet agent started");

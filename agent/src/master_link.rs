@@ -48,8 +48,8 @@ use wasmlet_api::protocol::{
 use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
 
+use crate::executor::Fence;
 use crate::report::Report;
-use crate::runtime::limits::Fence;
 use crate::runtime::module::sha256_digest;
 use crate::runtime::sandbox::HostPathPolicy;
 use crate::security::{ApiAuth, Credential, NodeIdentity};

@@ -27,16 +27,10 @@ use wasmlet_api::{
 };
 
 use crate::events::EventLog;
+use crate::executor::{Entry, Executor, Exit, ExitReason, Fence, OutboundPolicy, Program, RunSpec, ServeSpec, Service, Usage};
 use crate::logs::InstanceLog;
-use crate::runtime::http::{HttpState, OutboundPolicy, ServeSpec};
-use crate::runtime::limits::{CpuMeter, Fence};
-use crate::runtime::module::CacheOutcome;
-use crate::runtime::module::{LoadedModule, Program};
-use crate::runtime::run::{Exit, Usage};
 use crate::runtime::sandbox::{GrantedDir, Preopen};
-use crate::runtime::{ExitReason, RunSpec, Runtime};
 use crate::scratch;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// An instance the agent should run, with everything needed to start it.
 #[derive(Clone)]
@@ -107,9 +101,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Endpoint {
     pub instance: String,
     pub workload: Arc<Workload>,
-    pub pre: ProxyPre<HttpState>,
-    pub spec: Arc<ServeSpec>,
-    pub log: InstanceLog,
+    pub service: Arc<dyn Service>,
     /// Bounds concurrent requests; waiting for a permit is the back-pressure.
     pub permits: Arc<tokio::sync::Semaphore>,
 }
@@ -146,7 +138,7 @@ pub struct Supervisor {
     pub ingress_metrics: IngressMetrics,
     /// Every service's ingress endpoints across the cluster, from the master.
     pub remote_endpoints: std::sync::RwLock<Vec<wasmlet_api::protocol::ServiceEndpoints>>,
-    runtime: Runtime,
+    executor: Arc<dyn Executor>,
     settings: SupervisorSettings,
     node: String,
     pub events: Arc<EventLog>,
@@ -234,11 +226,11 @@ impl Shared {
 }
 
 impl Supervisor {
-    pub fn new(runtime: Runtime, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
+    pub fn new(executor: Arc<dyn Executor>, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             ingress_metrics: IngressMetrics::default(),
             remote_endpoints: Default::default(),
-            runtime,
+            executor,
             settings,
             node: node.to_string(),
             events: Arc::new(EventLog::new(node)),
@@ -338,7 +330,7 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
         let workload = desired.workload.clone();
-        let task = self.runtime.spawn(self.clone().supervise(desired, shared.clone(), cancel.clone()));
+        let task = self.executor.spawn(Box::pin(self.clone().supervise(desired, shared.clone(), cancel.clone())));
         Ok(Supervised { source, generation, workload, shared, cancel, task })
     }
 
@@ -397,35 +389,30 @@ impl Supervisor {
                 s.message = None;
             });
             self.notify_change();
-            let loaded = tokio::select! {
-                loaded = self.runtime.modules.load(&digest, desired.module.clone()) => loaded,
+            let prepared = tokio::select! {
+                prepared = self.executor.prepare(&digest, desired.module.clone()) => prepared,
                 _ = cancel.cancelled() => return,
             };
-            let module = match loaded {
-                Ok((module, outcome)) => {
-                    let how = match outcome {
-                        CacheOutcome::MemoryHit => "compile cache hit (memory)",
-                        CacheOutcome::DiskHit => "compile cache hit (disk)",
-                        CacheOutcome::Compiled => "compiled",
-                    };
-                    log.agent_line(&format!("module {digest}: {how}"));
-                    module
+            let program = match prepared {
+                Ok(prepared) => {
+                    log.agent_line(&format!("module {digest}: {}", prepared.how));
+                    prepared.program
                 }
                 Err(e) => {
-                    self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.to_string());
-                    return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e.to_string());
+                    self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.clone());
+                    return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e);
                 }
             };
 
             let started_at = Utc::now();
             let started = Instant::now();
             let exit = if workload.spec.kind == WorkloadType::Service {
-                match self.serve(&desired, &shared, &module, &cancel).await {
+                match self.serve(&desired, &shared, &program, &cancel).await {
                     Some(exit) => exit,
                     None => return,
                 }
             } else {
-                let usage = Arc::new(Usage { memory: Default::default(), cpu: Arc::new(CpuMeter::default()) });
+                let usage = Arc::new(Usage::default());
                 *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
                 shared.update(|s| {
                     s.phase = Phase::Running;
@@ -438,7 +425,7 @@ impl Supervisor {
                 log.agent_line("started");
 
                 let exit = tokio::select! {
-                    exit = self.runtime.run(&module, &spec, &log, &usage) => exit,
+                    exit = program.clone().run(spec.clone(), log.clone(), usage.clone()) => exit,
                     why = shared.evicted() => eviction(why),
                     _ = cancel.cancelled() => {
                         log.flush_partial();
@@ -602,17 +589,24 @@ impl Supervisor {
     }
 
     /// A service instance: Running (taking requests through the ingress) from
-    /// when its component is loaded until it is stopped or fenced (None), or
-    /// until it cannot start or is evicted (the exit, restarted per policy).
-    async fn serve(&self, desired: &DesiredInstance, shared: &Shared, module: &LoadedModule, cancel: &CancellationToken) -> Option<Exit> {
+    /// when its program is ready until it is stopped (None), or until it
+    /// cannot start, fails its liveness probe, is fenced or is evicted (the
+    /// exit, restarted per policy and back-off like any other).
+    async fn serve(
+        &self,
+        desired: &DesiredInstance,
+        shared: &Shared,
+        program: &Arc<dyn Program>,
+        cancel: &CancellationToken,
+    ) -> Option<Exit> {
         let name = &desired.name;
-        let Program::Proxy(pre) = &module.program else {
+        if program.entry() != Entry::Serve {
             let why =
                 "a service must be a component exporting wasi:http/incoming-handler (built for wasm32-wasip2 with a wasi:http export)";
             self.events.record(EventType::Warning, "FailedToLoad", "Instance", name, why);
             self.finish(shared, Phase::Failed, None, "InvalidModule", why);
             return None;
-        };
+        }
         let spec = &desired.workload.spec;
         let run = self.run_spec(desired);
         // Each request opens the grants anew; a grant that cannot be opened fails the start here already.
@@ -635,12 +629,14 @@ impl Supervisor {
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
             fence: desired.fence.clone(),
         };
+        let service = match program.clone().serve(serve, shared.log.clone()) {
+            Ok(service) => service,
+            Err(why) => return Some(Exit::start_error(why)),
+        };
         let endpoint = Endpoint {
             instance: name.clone(),
             workload: desired.workload.clone(),
-            pre: pre.clone(),
-            spec: Arc::new(serve),
-            log: shared.log.clone(),
+            service,
             permits: Arc::new(tokio::sync::Semaphore::new(defaults.concurrency.max(1))),
         };
         shared.update(|s| {
@@ -649,9 +645,14 @@ impl Supervisor {
             s.reason = None;
             s.message = None;
         });
+        self.notify_change();
         self.events.record(EventType::Normal, "Started", "Instance", name, format!("serving {}", desired.workload.metadata.name));
         shared.log.agent_line("serving");
-        // In rotation once instantiable and, with a readinessPath, once it answers 2xx.
+        let out_of_rotation = |why: &str| {
+            *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            shared.log.agent_line(why);
+        };
+        // In rotation once it can serve and, with a readinessPath, once it answers 2xx.
         let mut in_rotation = false;
         let mut next_probe = tokio::time::Instant::now();
         loop {
@@ -659,17 +660,16 @@ impl Supervisor {
                 next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
                 let ready = match &spec.readiness_path {
                     None => Ok(()),
-                    Some(path) => self.probe(&endpoint, path).await,
+                    Some(path) => probe(&endpoint, path).await,
                 };
                 if let Some(path) = &spec.liveness_path
-                    && let Err(why) = self.probe(&endpoint, path).await
+                    && let Err(why) = probe(&endpoint, path).await
                 {
                     self.events.record(EventType::Warning, "Unhealthy", "Instance", name, format!("liveness probe failed: {why}"));
-                    shared.log.agent_line(&format!("liveness probe failed, restarting: {why}"));
-                    shared.update(|s| s.restarts += 1);
-                    *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    out_of_rotation("stopped serving: the liveness probe failed");
                     self.notify_change();
-                    return Box::pin(self.serve(desired, shared, module, cancel)).await;
+                    let message = format!("liveness probe failed: {why}");
+                    return Some(Exit { code: None, reason: ExitReason::LivenessProbeFailed, message });
                 }
                 match ready {
                     Ok(()) if !in_rotation => {
@@ -697,36 +697,21 @@ impl Supervisor {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 why = shared.evicted() => {
-                    *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    shared.log.agent_line("stopped serving");
+                    out_of_rotation("stopped serving");
                     return Some(eviction(why));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if desired.fence.expired() {
-                        // Out of rotation while the master is silent; back once it is heard.
-                        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        if !self.wait_for_fence(shared, cancel).await {
-                            break;
-                        }
-                        return Box::pin(self.serve(desired, shared, module, cancel)).await;
+                        // Out of rotation while the master is silent; served again once it is heard.
+                        let why = "stopped serving: the master has been silent longer than stopOnAgentAfter";
+                        out_of_rotation(why);
+                        return Some(Exit { code: None, reason: ExitReason::StoppedOnDisconnect, message: why.into() });
                     }
                 }
             }
         }
-        *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        shared.log.agent_line("stopped serving");
+        out_of_rotation("stopped serving");
         None
-    }
-
-    /// Asks the service for `path`; Ok on a 2xx answer.
-    async fn probe(&self, endpoint: &Endpoint, path: &str) -> Result<(), String> {
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, "localhost")
-            .header(hyper::header::USER_AGENT, "wasmlet-probe")
-            .body(axum::body::Body::empty())
-            .map_err(|e| format!("bad probe path `{path}`: {e}"))?;
-        let response = self.runtime.serve(&endpoint.pre, &endpoint.spec, &endpoint.log, request).await;
-        if response.status().is_success() { Ok(()) } else { Err(format!("GET {path} answered {}", response.status())) }
     }
 
     /// The service workloads this node has instances of, whatever their phase (for routing).
@@ -747,10 +732,6 @@ impl Supervisor {
 
     pub fn service_settings(&self) -> ServiceSettings {
         self.settings.services
-    }
-
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
     }
 
     /// The Running service instances, for the ingress.
@@ -844,9 +825,7 @@ impl Supervisor {
         let restarts: Family<Labels, Gauge> = Family::default();
         let memory: Family<Labels, Gauge> = Family::default();
         let cpu: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
-        let cache: Family<Labels, Gauge> = Family::default();
         let scratch_bytes: Family<Labels, Gauge> = Family::default();
-        let allocator: Family<Labels, Gauge> = Family::default();
         {
             let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
             for s in instances.values().filter(|s| s.shared.has_scratch) {
@@ -866,16 +845,6 @@ impl Supervisor {
             memory.get_or_create(&labels).set(usage.memory_bytes as i64);
             cpu.get_or_create(&labels).set(usage.cpu_seconds);
         }
-        let stats = &self.runtime.modules.stats;
-        for (result, counter) in [
-            ("memory_hit", &stats.memory_hits),
-            ("disk_hit", &stats.disk_hits),
-            ("compiled", &stats.compiled),
-            ("discarded", &stats.discarded),
-        ] {
-            cache.get_or_create(&vec![("result", result.to_string())]).set(counter.load(Ordering::Relaxed) as i64);
-        }
-        allocator.get_or_create(&vec![("allocator", self.runtime.allocator.kind.to_string())]).set(1);
         registry.register("wasmlet_instance_phase", "Instance phase: 1 for the phase the instance is in", phase);
         registry.register("wasmlet_instance_restarts", "Times the instance was restarted", restarts);
         registry.register("wasmlet_instance_memory_bytes", "Linear memory the instance holds", memory);
@@ -885,8 +854,7 @@ impl Supervisor {
             "What the instance's scratch dirs held at the last measurement",
             scratch_bytes,
         );
-        registry.register("wasmlet_module_loads", "Module loads by how the compile cache served them", cache);
-        registry.register("wasmlet_runtime_allocator", "The instance allocator in use", allocator);
+        self.executor.register_metrics(&mut registry);
         let ingress = &self.ingress_metrics;
         registry.register(
             "wasmlet_ingress_requests",
@@ -910,6 +878,17 @@ impl Supervisor {
     }
 }
 
+/// Asks the service for `path`; Ok on a 2xx answer.
+async fn probe(endpoint: &Endpoint, path: &str) -> Result<(), String> {
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::USER_AGENT, "wasmlet-probe")
+        .body(axum::body::Body::empty())
+        .map_err(|e| format!("bad probe path `{path}`: {e}"))?;
+    let response = endpoint.service.clone().handle(request).await;
+    if response.status().is_success() { Ok(()) } else { Err(format!("GET {path} answered {}", response.status())) }
+}
+
 /// How a run that was evicted for its scratch dirs ends.
 fn eviction(why: String) -> Exit {
     Exit { code: None, reason: ExitReason::EphemeralStorageLimitExceeded, message: format!("evicted: {why}; they are emptied") }
@@ -920,5 +899,270 @@ async fn remove_dir_if_present(dir: &std::path::Path) -> std::io::Result<()> {
     match tokio::fs::remove_dir_all(dir).await {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+/// The supervisor against a fake executor on paused time: what it decides
+/// (when to restart, when to wait for the master, when a probe restarts a
+/// service), apart from how instances run.
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, VecDeque};
+
+    use futures::future::BoxFuture;
+    use hyper::StatusCode;
+    use prometheus_client::registry::Registry;
+    use wasmlet_api::NodeRuntime;
+
+    use super::*;
+    use crate::executor::{Prepared, plain};
+
+    /// What one run of the fake program does.
+    #[derive(Clone)]
+    enum Step {
+        /// Ends after this long with this reason.
+        ExitAfter(Duration, ExitReason),
+        /// Runs until its fence expires, as a guest stopped at an epoch tick would.
+        UntilFenced,
+    }
+
+    /// A program that records when it was started and follows a script; its
+    /// last step repeats. As a service it answers each path with the status
+    /// set for it (200 when none is).
+    struct FakeProgram {
+        entry: Entry,
+        script: Mutex<VecDeque<Step>>,
+        starts: Mutex<Vec<Instant>>,
+        answers: Mutex<HashMap<String, u16>>,
+    }
+
+    impl FakeProgram {
+        fn new(entry: Entry, script: impl IntoIterator<Item = Step>) -> Arc<FakeProgram> {
+            Arc::new(FakeProgram {
+                entry,
+                script: Mutex::new(script.into_iter().collect()),
+                starts: Mutex::default(),
+                answers: Mutex::default(),
+            })
+        }
+
+        fn starts(&self) -> Vec<Instant> {
+            self.starts.lock().unwrap().clone()
+        }
+
+        fn answer(&self, path: &str, status: u16) {
+            self.answers.lock().unwrap().insert(path.to_string(), status);
+        }
+
+        /// The gaps between starts, in whole milliseconds.
+        fn gaps_ms(&self) -> Vec<u128> {
+            self.starts().windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
+        }
+    }
+
+    impl Program for FakeProgram {
+        fn entry(&self) -> Entry {
+            self.entry
+        }
+
+        fn run(self: Arc<Self>, spec: RunSpec, _log: InstanceLog, _usage: Arc<Usage>) -> BoxFuture<'static, Exit> {
+            self.starts.lock().unwrap().push(Instant::now());
+            let step = {
+                let mut script = self.script.lock().unwrap();
+                if script.len() > 1 { script.pop_front() } else { script.front().cloned() }
+            };
+            Box::pin(async move {
+                match step {
+                    Some(Step::ExitAfter(after, reason)) => {
+                        tokio::time::sleep(after).await;
+                        let code = (reason == ExitReason::Error).then_some(1);
+                        Exit { code, reason, message: "scripted".into() }
+                    }
+                    Some(Step::UntilFenced) | None => {
+                        while !spec.fence.expired() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Exit { code: None, reason: ExitReason::StoppedOnDisconnect, message: "fenced".into() }
+                    }
+                }
+            })
+        }
+
+        fn serve(self: Arc<Self>, _spec: ServeSpec, _log: InstanceLog) -> Result<Arc<dyn Service>, String> {
+            self.starts.lock().unwrap().push(Instant::now());
+            Ok(Arc::new(FakeService(self)))
+        }
+    }
+
+    struct FakeService(Arc<FakeProgram>);
+
+    impl Service for FakeService {
+        fn handle(self: Arc<Self>, request: hyper::Request<axum::body::Body>) -> BoxFuture<'static, hyper::Response<axum::body::Body>> {
+            let status = self.0.answers.lock().unwrap().get(request.uri().path()).copied().unwrap_or(200);
+            Box::pin(async move { plain(StatusCode::from_u16(status).unwrap(), "fake") })
+        }
+    }
+
+    struct FakeExecutor(Arc<FakeProgram>);
+
+    impl Executor for FakeExecutor {
+        fn prepare(&self, _digest: &str, _bytes: Arc<Vec<u8>>) -> BoxFuture<'static, Result<Prepared, String>> {
+            let program = self.0.clone();
+            Box::pin(async move { Ok(Prepared { program, how: "fake" }) })
+        }
+
+        fn spawn(&self, task: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()> {
+            tokio::spawn(task)
+        }
+
+        fn node_runtime(&self) -> NodeRuntime {
+            NodeRuntime::default()
+        }
+
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+
+        fn register_metrics(&self, _registry: &mut Registry) {}
+    }
+
+    const BACKOFF: Backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(8), reset: Duration::from_secs(60) };
+
+    fn supervisor(program: &Arc<FakeProgram>, data_dir: &std::path::Path) -> Arc<Supervisor> {
+        let settings = SupervisorSettings {
+            data_dir: data_dir.to_path_buf(),
+            backoff: BACKOFF,
+            log_max_size: 1 << 20,
+            services: ServiceSettings {
+                request_timeout: Duration::from_secs(10),
+                max_request_body: 1 << 20,
+                max_response_body: 1 << 20,
+                concurrency: 4,
+            },
+            default_memory_limit: 64 << 20,
+            default_ephemeral_storage: 64 << 20,
+        };
+        Supervisor::new(Arc::new(FakeExecutor(program.clone())), settings, "fake-node")
+    }
+
+    fn desired(kind: &str, extra: serde_json::Value, fence: &Fence) -> DesiredInstance {
+        let mut spec = serde_json::json!({
+            "type": kind, "module": {"source": "w.wasm", "digest": format!("sha256:{}", "0".repeat(64))}
+        });
+        if let (Some(spec), serde_json::Value::Object(extra)) = (spec.as_object_mut(), extra) {
+            spec.extend(extra);
+        }
+        let workload: Workload = serde_json::from_value(serde_json::json!({
+            "apiVersion": wasmlet_api::API_VERSION, "kind": "Workload", "metadata": {"name": "w"}, "spec": spec
+        }))
+        .unwrap();
+        DesiredInstance {
+            name: "w-0".into(),
+            workload: Arc::new(workload),
+            module: Arc::new(Vec::new()),
+            host_dirs: Vec::new(),
+            generation: "1".into(),
+            epoch: 0,
+            refused: None,
+            fence: fence.clone(),
+        }
+    }
+
+    /// Waits (in paused time) until `check` holds, for at most `within`.
+    async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !check() {
+            assert!(Instant::now() < deadline, "{what} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn status(supervisor: &Supervisor) -> InstanceStatus {
+        supervisor.instance("w-0").expect("the instance").status
+    }
+
+    /// Whether every gap is within 100 ms above what was expected (paused time: exact but for polling).
+    fn close(gaps: &[u128], expected: &[u128]) -> bool {
+        gaps.len() == expected.len() && gaps.iter().zip(expected).all(|(g, e)| *g >= *e && *g < *e + 100)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_back_off_doubling_to_the_maximum_and_start_over_after_a_long_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Step::ExitAfter(Duration::ZERO, ExitReason::Error);
+        let long = Step::ExitAfter(Duration::from_secs(61), ExitReason::Error);
+        let program = FakeProgram::new(Entry::Run, [fail.clone(), fail.clone(), fail.clone(), fail.clone(), fail.clone(), long, fail]);
+        let supervisor = supervisor(&program, dir.path());
+        supervisor.reconcile(Source::Manifests, vec![desired("daemon", serde_json::json!({}), &Fence::default())]);
+
+        until(Duration::from_secs(300), "eight starts", || program.starts().len() >= 8).await;
+        // 1, 2, 4, 8, then 8 (the maximum); a run of 61 s (past the reset of 60 s)
+        // brings the delay back to 1 s, then it doubles again.
+        let gaps = program.gaps_ms();
+        assert!(close(&gaps[..7], &[1000, 2000, 4000, 8000, 8000, 62_000, 2000]), "{gaps:?}");
+        let s = status(&supervisor);
+        assert!(s.restarts >= 7, "{s:?}");
+        supervisor.stop_all().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_liveness_probe_restarts_the_service_with_the_same_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = FakeProgram::new(Entry::Serve, []);
+        program.answer("/live", 500);
+        let supervisor = supervisor(&program, dir.path());
+        supervisor.reconcile(Source::Manifests, vec![desired("service", serde_json::json!({"livenessPath": "/live"}), &Fence::default())]);
+
+        until(Duration::from_secs(60), "four starts", || program.starts().len() >= 4).await;
+        let gaps = program.gaps_ms();
+        assert!(close(&gaps[..3], &[1000, 2000, 4000]), "liveness restarts back off: {gaps:?}");
+        let s = status(&supervisor);
+        assert_eq!(s.reason.as_deref(), Some("CrashLoopBackOff"), "{s:?}");
+        assert_eq!(s.last_termination.as_ref().map(|t| t.reason.as_str()), Some("LivenessProbeFailed"));
+        assert!(supervisor.endpoints().is_empty(), "out of rotation while backing off");
+
+        // Healthy again: it serves, and stays up.
+        program.answer("/live", 200);
+        until(Duration::from_secs(60), "the service in rotation", || !supervisor.endpoints().is_empty()).await;
+        let (starts, restarts) = (program.starts().len(), status(&supervisor).restarts);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!((program.starts().len(), status(&supervisor).restarts), (starts, restarts));
+        assert_eq!(status(&supervisor).phase, Phase::Running);
+        supervisor.stop_all().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_fence_holds_the_instance_until_the_master_is_heard_without_counting_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = FakeProgram::new(Entry::Run, [Step::UntilFenced]);
+        let supervisor = supervisor(&program, dir.path());
+        let fence = Fence::default();
+        fence.set_deadline(0);
+        supervisor.reconcile(Source::Master, vec![desired("daemon", serde_json::json!({}), &fence)]);
+
+        // Past its deadline from the start: never started, and says why.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(program.starts().is_empty());
+        let s = status(&supervisor);
+        assert_eq!((s.phase, s.reason.as_deref()), (Phase::Pending, Some("StoppedOnDisconnect")), "{s:?}");
+
+        // The master is heard: it runs.
+        let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
+        fence.set_deadline(far);
+        until(Duration::from_secs(5), "the first start", || status(&supervisor).phase == Phase::Running).await;
+        assert_eq!(program.starts().len(), 1);
+
+        // Silent again while it runs: it stops and waits, and the snapshot never shows it Running meanwhile.
+        fence.set_deadline(0);
+        assert_eq!(status(&supervisor).phase, Phase::Pending, "a fenced instance is not reported Running");
+        until(Duration::from_secs(5), "the run to stop", || status(&supervisor).reason.as_deref() == Some("StoppedOnDisconnect")).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(program.starts().len(), 1, "not started again while fenced");
+
+        fence.set_deadline(far);
+        until(Duration::from_secs(5), "the second start", || program.starts().len() == 2).await;
+        until(Duration::from_secs(5), "running again", || status(&supervisor).phase == Phase::Running).await;
+        assert_eq!(status(&supervisor).restarts, 0, "waiting for the master is no restart");
+        supervisor.stop_all().await;
     }
 }

@@ -148,3 +148,39 @@ fn readiness_probes_decide_who_takes_traffic() {
     let refused = http.get(format!("{}/never", agent.ingress)).send().expect("request");
     assert_eq!(refused.status().as_u16(), 503, "a service that is not ready takes no traffic");
 }
+
+/// A service whose `livenessPath` fails is restarted with the same back-off
+/// as a crashing program: a handful of restarts in seconds, not one per
+/// probe (and never a restart loop without a pause).
+#[test]
+fn a_failing_liveness_probe_restarts_with_back_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // http-slow answers 400 to `?ms=abc`: never alive.
+    place_file(
+        dir.path(),
+        "dying.yaml",
+        &workload_manifest("dying", "http-slow", "service", "  route: {pathPrefix: /dying}\n  livenessPath: \"/?ms=abc\"\n"),
+    );
+    let agent = Agent::start(&[
+        "--manifests-dir",
+        dir.path().to_str().expect("utf-8"),
+        "--manifests-poll-interval",
+        "100ms",
+        "--restart-backoff-initial",
+        "500ms",
+        "--restart-backoff-max",
+        "10s",
+    ])
+    .expect("agent starts");
+    let first =
+        wasmlet_tests::wait_for(WAIT, "the first liveness restart", || agent.instance("dying-0").filter(|i| i.status.restarts >= 1));
+    let termination = first.status.last_termination.expect("a last termination");
+    assert_eq!(termination.reason, "LivenessProbeFailed");
+    assert!(termination.message.contains("400"), "{}", termination.message);
+    // Back-off of 0.5 s, 1 s, 2 s, 4 s: within 5 s of the first restart, at most four more.
+    std::thread::sleep(Duration::from_secs(5));
+    let restarts = agent.instance("dying-0").expect("the instance").status.restarts;
+    assert!((2..=5).contains(&restarts), "{restarts} restarts in about 5 s");
+    let events: Vec<wasmlet_api::Event> = agent.get_json("/events").expect("events");
+    assert!(events.iter().any(|e| e.reason == "BackOff" && e.involved_object.name == "dying-0"), "a BackOff event");
+}

@@ -152,7 +152,7 @@ impl Reporter {
             tracker: ConditionTracker::new(transition),
             clock,
             runtime,
-            versions: (env!("CARGO_PKG_VERSION").to_string(), crate::runtime::WASMTIME_VERSION.to_string()),
+            versions: (env!("CARGO_PKG_VERSION").to_string(), crate::executor::RUNTIME_VERSION.to_string()),
             run_id,
             metrics: NodeMetrics::new(),
             tx,

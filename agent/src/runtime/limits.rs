@@ -1,12 +1,10 @@
-//! What one instance may use: memory through a [`ResourceLimiter`], CPU time
-//! through a [`CpuMeter`] checked at every epoch tick.
+//! What one instance may use: memory through a [`ResourceLimiter`]; CPU time
+//! (a [`crate::executor::CpuMeter`]) and the fence are checked at every epoch
+//! tick, and end the run with these errors.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
 
@@ -57,83 +55,6 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// CPU time a guest has spent running: the time its future spends being
-/// polled. Time asleep in WASI calls is not counted.
-#[derive(Debug)]
-pub struct CpuMeter {
-    base: Instant,
-    /// Nanoseconds in finished polls.
-    total: AtomicU64,
-    /// Start of the poll under way, in nanoseconds after `base` plus one; 0 when none.
-    entered: AtomicU64,
-}
-
-impl Default for CpuMeter {
-    fn default() -> Self {
-        CpuMeter { base: Instant::now(), total: AtomicU64::new(0), entered: AtomicU64::new(0) }
-    }
-}
-
-impl CpuMeter {
-    pub fn used(&self) -> Duration {
-        let mut ns = self.total.load(Ordering::Relaxed);
-        let entered = self.entered.load(Ordering::Relaxed);
-        if entered != 0 {
-            ns += (self.base.elapsed().as_nanos() as u64 + 1).saturating_sub(entered);
-        }
-        Duration::from_nanos(ns)
-    }
-
-    /// Wraps a guest's future so the time spent polling it is counted.
-    pub fn meter<F: Future>(self: Arc<Self>, inner: F) -> Metered<F> {
-        Metered { inner: Box::pin(inner), meter: self }
-    }
-}
-
-/// A future whose poll time is added to a [`CpuMeter`].
-pub struct Metered<F> {
-    inner: Pin<Box<F>>,
-    meter: Arc<CpuMeter>,
-}
-
-impl<F: Future> Future for Metered<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = self.meter.base.elapsed().as_nanos() as u64 + 1;
-        self.meter.entered.store(start, Ordering::Relaxed);
-        let result = self.inner.as_mut().poll(cx);
-        let end = self.meter.base.elapsed().as_nanos() as u64 + 1;
-        self.meter.entered.store(0, Ordering::Relaxed);
-        self.meter.total.fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-        result
-    }
-}
-
-/// A deadline after which an instance must not run: the master has been
-/// silent for the workload's `stopOnAgentAfter`, and may be handing the
-/// instance to another node. Checked at every epoch tick, so a guest stops
-/// within a tick of the deadline even if the whole agent was frozen past it.
-#[derive(Debug, Clone)]
-pub struct Fence(Arc<std::sync::atomic::AtomicI64>);
-
-impl Default for Fence {
-    fn default() -> Self {
-        Fence(Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)))
-    }
-}
-
-impl Fence {
-    /// Sets the deadline (milliseconds since the Unix epoch).
-    pub fn set_deadline(&self, unix_ms: i64) {
-        self.0.store(unix_ms, Ordering::Relaxed);
-    }
-
-    pub fn expired(&self) -> bool {
-        chrono::Utc::now().timestamp_millis() >= self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// The error an epoch callback raises when the instance's fence has expired.
 #[derive(Debug, thiserror::Error)]
 #[error("stopped: the master has been silent longer than the workload's stopOnAgentAfter")]
@@ -160,24 +81,5 @@ mod tests {
         assert!(!limiter.memory_growing(2 << 20, 3 << 20, None).unwrap());
         assert!(limiter.refused);
         assert_eq!(in_use.load(Ordering::Relaxed), 2 << 20);
-    }
-
-    #[tokio::test]
-    async fn the_meter_counts_poll_time_not_sleep() {
-        let meter = Arc::new(CpuMeter::default());
-        let started = Instant::now();
-        meter
-            .clone()
-            .meter(async {
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_millis(30) {
-                    std::hint::black_box(0);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            })
-            .await;
-        let used = meter.used();
-        assert!(used >= Duration::from_millis(30), "{used:?}");
-        assert!(used + Duration::from_millis(100) <= started.elapsed(), "the sleep is not counted: {used:?}");
     }
 }

@@ -38,7 +38,6 @@ use serde::Serialize;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use module::{LoadError, LoadedModule, ModuleCache, ModuleKind};
-pub use run::{Exit, ExitReason, RunSpec};
 
 /// The wasmtime version this agent is built with.
 pub const WASMTIME_VERSION: &str = wasmtime_environ::VERSION;

@@ -2,93 +2,17 @@
 //! program's entry point, and a clear account of how it ended.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use serde::Serialize;
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{I32Exit, ResourceTable};
 
 use super::Runtime;
-use super::limits::{CpuMeter, CpuTimeLimitExceeded, Fence, Fenced, MemoryLimiter};
+use super::limits::{CpuTimeLimitExceeded, Fenced, MemoryLimiter};
 use super::module::{LoadedModule, Program};
-use super::sandbox::{ComponentState, CoreState, Preopen, wasi_builder};
+use super::sandbox::{ComponentState, CoreState, wasi_builder};
+use crate::executor::{CpuMeter, Exit, ExitReason, Fence, RunSpec, Usage};
 use crate::logs::InstanceLog;
-
-/// What one run is given.
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    /// argv[0] as the guest sees it.
-    pub program: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub dirs: Vec<Preopen>,
-    pub memory_limit: Option<u64>,
-    pub cpu_time_limit: Option<Duration>,
-    /// Past its deadline the guest is stopped at the next epoch tick.
-    pub fence: Fence,
-}
-
-/// Why a run ended, in the words the instance status uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ExitReason {
-    /// Exit code 0.
-    Completed,
-    /// A non-zero exit code.
-    Error,
-    Trap,
-    MemoryLimitExceeded,
-    #[serde(rename = "CPUTimeLimitExceeded")]
-    CpuTimeLimitExceeded,
-    /// The sandbox could not be set up or the module not instantiated.
-    StartError,
-    /// The master was silent past `stopOnAgentAfter`.
-    StoppedOnDisconnect,
-    /// The scratch dirs held more than `limits.ephemeralStorage`: evicted.
-    EphemeralStorageLimitExceeded,
-}
-
-impl ExitReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::Completed => "Completed",
-            ExitReason::Error => "Error",
-            ExitReason::Trap => "Trap",
-            ExitReason::MemoryLimitExceeded => "MemoryLimitExceeded",
-            ExitReason::CpuTimeLimitExceeded => "CPUTimeLimitExceeded",
-            ExitReason::StartError => "StartError",
-            ExitReason::StoppedOnDisconnect => "StoppedOnDisconnect",
-            ExitReason::EphemeralStorageLimitExceeded => "EphemeralStorageLimitExceeded",
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Exit {
-    pub code: Option<i32>,
-    pub reason: ExitReason,
-    pub message: String,
-}
-
-impl Exit {
-    pub fn succeeded(&self) -> bool {
-        self.reason == ExitReason::Completed
-    }
-
-    pub fn start_error(e: impl std::fmt::Display) -> Exit {
-        Exit { code: None, reason: ExitReason::StartError, message: e.to_string() }
-    }
-}
-
-/// Live figures of one instance, read by metrics while it runs.
-#[derive(Debug, Default)]
-pub struct Usage {
-    /// Linear memory held now, in bytes.
-    pub memory: Arc<AtomicU64>,
-    /// CPU time of the current run.
-    pub cpu: Arc<CpuMeter>,
-}
 
 impl Runtime {
     /// Runs the program to its end. Dropping the returned future stops the

@@ -1,0 +1,92 @@
+//! The executor seam: how instances are run, whatever runs them.
+//!
+//! The supervisor, the ingress and the report know instances only through
+//! these traits: an [`Executor`] prepares a module (checked, compiled or
+//! taken from a cache) into a [`Program`]; a program runs an instance to its
+//! end, or becomes a [`Service`] that answers requests. Each isolation mode
+//! is one implementation: [`in_process::InProcess`] runs every instance on
+//! the agent's own wasmtime engine.
+//!
+//! The words they share are executor-neutral: what a run is given
+//! ([`RunSpec`], [`ServeSpec`]), how it ended ([`Exit`]), what it uses while
+//! it runs ([`Usage`]) and the deadline past which it must not run
+//! ([`Fence`]).
+
+pub mod fence;
+pub mod in_process;
+pub mod run;
+pub mod service;
+pub mod usage;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use wasmlet_api::NodeRuntime;
+
+pub use fence::Fence;
+pub use run::{Exit, ExitReason, RunSpec};
+pub use service::{OutboundPolicy, ServeSpec, plain};
+pub use usage::{CpuMeter, Usage};
+
+use crate::logs::InstanceLog;
+
+/// The WebAssembly runtime every executor runs instances on, and its version.
+pub const RUNTIME_VERSION: &str = crate::runtime::WASMTIME_VERSION;
+
+/// Prepares modules into programs, and drives the instances that run them.
+pub trait Executor: Send + Sync + 'static {
+    /// Makes `bytes` (whose digest the manifest names as `digest`) ready to
+    /// run. The error says what is wrong with the module, in words for its
+    /// instance's status.
+    fn prepare(&self, digest: &str, bytes: Arc<Vec<u8>>) -> BoxFuture<'static, Result<Prepared, String>>;
+
+    /// Drives one instance's supervision (its runs and probes) to its end.
+    fn spawn(&self, task: BoxFuture<'static, ()>) -> tokio::task::JoinHandle<()>;
+
+    /// What runs instances on this node, for its status.
+    fn node_runtime(&self) -> NodeRuntime;
+
+    /// One line for the Ready condition.
+    fn describe(&self) -> String;
+
+    /// Adds the executor's own figures (module loads, allocator) to `registry`.
+    fn register_metrics(&self, registry: &mut Registry);
+}
+
+/// A module made ready to run.
+pub struct Prepared {
+    pub program: Arc<dyn Program>,
+    /// How it was made ready, for the instance's log (`compiled`, `compile cache hit (memory)`, …).
+    pub how: &'static str,
+}
+
+/// What a program offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A command, run to its end (`_start`, `wasi:cli/run`).
+    Run,
+    /// An HTTP handler (`wasi:http/incoming-handler`), instantiated per request.
+    Serve,
+}
+
+/// A prepared module: runs instances of itself.
+pub trait Program: Send + Sync {
+    fn entry(&self) -> Entry;
+
+    /// Runs one instance to its end. Dropping the future stops the guest.
+    /// The executor keeps `usage` current while it runs.
+    fn run(self: Arc<Self>, spec: RunSpec, log: InstanceLog, usage: Arc<Usage>) -> BoxFuture<'static, Exit>;
+
+    /// A service answering requests with this program (an [`Entry::Serve`]
+    /// one). The error says why it cannot serve, in words for the status.
+    fn serve(self: Arc<Self>, spec: ServeSpec, log: InstanceLog) -> Result<Arc<dyn Service>, String>;
+}
+
+/// A running service instance, as the ingress and the probes call it.
+pub trait Service: Send + Sync {
+    /// Answers one request. Failures of the guest are answers too (`502`,
+    /// `504`), in the agent's own words.
+    fn handle(self: Arc<Self>, request: hyper::Request<Body>) -> BoxFuture<'static, hyper::Response<Body>>;
+}
