@@ -340,8 +340,8 @@ impl AgentConfig {
     }
 
     /// Which host directories workloads may be granted.
-    pub fn host_path_policy(&self) -> crate::runtime::sandbox::HostPathPolicy {
-        crate::runtime::sandbox::HostPathPolicy::new(&self.allowed_host_paths, &self.data_dir, self.manifests_dir.as_deref())
+    pub fn host_path_policy(&self) -> crate::grants::HostPathPolicy {
+        crate::grants::HostPathPolicy::new(&self.allowed_host_paths, &self.data_dir, self.manifests_dir.as_deref())
     }
 
     pub fn runtime_settings(&self) -> crate::runtime::RuntimeSettings {

@@ -8,7 +8,9 @@
 //!   a Node object (with its JSON and metrics pre-rendered) on a timer.
 //! - `executor`: the seam through which instances are run (prepare a module,
 //!   run an instance, serve a request, report usage), whatever runs them;
-//!   `executor::in_process` runs them on the agent's own engine.
+//!   `in_process` runs them on the agent's own engine.
+//! - `grants`: the host directories a workload is granted, checked at
+//!   admission and opened at every start without following links.
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
 //!   workload runs with.
 //! - `supervisor`: keeps the desired instances running, with restart policies
@@ -31,6 +33,8 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod grants;
+pub mod in_process;
 pub mod ingress;
 pub mod logs;
 pub mod manifests;
@@ -118,7 +122,7 @@ pub async fn run_with_ingress(
         }
     };
     let supervisor = runtime.ok().map(|runtime| {
-        let executor = std::sync::Arc::new(executor::in_process::InProcess::new(runtime));
+        let executor = std::sync::Arc::new(in_process::InProcess::new(runtime));
         let settings = SupervisorSettings {
             data_dir: config.data_dir.clone(),
             backoff: Backoff {

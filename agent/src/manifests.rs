@@ -16,8 +16,8 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::{EventType, Placement, Workload};
 
+use crate::grants::{HostPathPolicy, Preopen};
 use crate::runtime::module::{detect, sha256_digest};
-use crate::runtime::sandbox::{HostPathPolicy, Preopen};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
 /// A workload admitted from a manifest, ready to become instances.

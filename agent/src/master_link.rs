@@ -49,9 +49,9 @@ use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
 
 use crate::executor::Fence;
+use crate::grants::HostPathPolicy;
 use crate::report::Report;
 use crate::runtime::module::sha256_digest;
-use crate::runtime::sandbox::HostPathPolicy;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 

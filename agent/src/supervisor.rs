@@ -28,8 +28,8 @@ use wasmlet_api::{
 
 use crate::events::EventLog;
 use crate::executor::{Entry, Executor, Exit, ExitReason, Fence, OutboundPolicy, Program, RunSpec, ServeSpec, Service, Usage};
+use crate::grants::{GrantedDir, Preopen};
 use crate::logs::InstanceLog;
-use crate::runtime::sandbox::{GrantedDir, Preopen};
 use crate::scratch;
 
 /// An instance the agent should run, with everything needed to start it.

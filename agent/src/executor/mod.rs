@@ -4,8 +4,8 @@
 //! these traits: an [`Executor`] prepares a module (checked, compiled or
 //! taken from a cache) into a [`Program`]; a program runs an instance to its
 //! end, or becomes a [`Service`] that answers requests. Each isolation mode
-//! is one implementation: [`in_process::InProcess`] runs every instance on
-//! the agent's own wasmtime engine.
+//! is one implementation: [`crate::in_process::InProcess`] runs every
+//! instance on the agent's own wasmtime engine.
 //!
 //! The words they share are executor-neutral: what a run is given
 //! ([`RunSpec`], [`ServeSpec`]), how it ended ([`Exit`]), what it uses while
@@ -13,7 +13,6 @@
 //! ([`Fence`]).
 
 pub mod fence;
-pub mod in_process;
 pub mod run;
 pub mod service;
 pub mod usage;
@@ -32,8 +31,8 @@ pub use usage::{CpuMeter, Usage};
 
 use crate::logs::InstanceLog;
 
-/// The WebAssembly runtime every executor runs instances on, and its version.
-pub const RUNTIME_VERSION: &str = crate::runtime::WASMTIME_VERSION;
+/// The version of wasmtime, which every executor runs instances on.
+pub const RUNTIME_VERSION: &str = wasmtime_environ::VERSION;
 
 /// Prepares modules into programs, and drives the instances that run them.
 pub trait Executor: Send + Sync + 'static {

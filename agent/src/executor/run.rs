@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Fence;
-use crate::runtime::sandbox::Preopen;
+use crate::grants::Preopen;
 
 /// What one run is given.
 #[derive(Debug, Clone)]

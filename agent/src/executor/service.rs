@@ -7,7 +7,7 @@ use axum::body::Body;
 use hyper::StatusCode;
 
 use super::Fence;
-use crate::runtime::sandbox::Preopen;
+use crate::grants::Preopen;
 
 /// Which hosts a service may call: `name` (any port) or `name:port`; none by default.
 #[derive(Debug, Clone, Default)]

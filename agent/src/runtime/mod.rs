@@ -8,8 +8,6 @@
 //!   `heap`: handing freed memory back after a compile in the agent.
 //! - `sandbox`: the WASI context a manifest grants (args, env, directories,
 //!   output to the instance's log; no sockets, no inherited anything).
-//! - `grants`: the granted directories, checked at admission and opened at
-//!   every start from a trusted root without following links.
 //! - `limits`: memory through a resource limiter, CPU through epochs.
 //! - `run`: instantiating a program in a fresh store, running it to its end,
 //!   and saying clearly how it ended.
@@ -20,7 +18,6 @@
 //! the agent, and its CPU time is checked against its limit.
 
 pub mod compiler;
-pub mod grants;
 mod heap;
 pub mod http;
 pub mod limits;
@@ -38,9 +35,6 @@ use serde::Serialize;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use module::{LoadError, LoadedModule, ModuleCache, ModuleKind};
-
-/// The wasmtime version this agent is built with.
-pub const WASMTIME_VERSION: &str = wasmtime_environ::VERSION;
 
 /// How the runtime is set up.
 #[derive(Debug, Clone)]
@@ -201,7 +195,7 @@ impl Runtime {
 
     /// One line for the Ready condition.
     pub fn describe(&self) -> String {
-        format!("runtime wasmtime {WASMTIME_VERSION} initialised ({} allocator)", self.allocator.kind)
+        format!("runtime wasmtime {} initialised ({} allocator)", crate::executor::RUNTIME_VERSION, self.allocator.kind)
     }
 }
 

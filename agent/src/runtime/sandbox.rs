@@ -6,18 +6,9 @@
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-pub use super::grants::{GrantedDir, HostPathPolicy};
 use super::limits::MemoryLimiter;
+use crate::grants::Preopen;
 use crate::logs::{InstanceLog, Stream};
-
-/// A directory granted to the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preopen {
-    /// Checked against the agent's allow-list at admission; opened anew at every start.
-    pub dir: GrantedDir,
-    pub guest: String,
-    pub read_only: bool,
-}
 
 /// Store data of a WASI preview 1 core module.
 pub struct CoreState {
@@ -75,6 +66,7 @@ mod tests {
     use wasmtime::{Engine, Linker, Module, Store};
 
     use super::*;
+    use crate::grants::GrantedDir;
 
     /// Runs a WASI program that opens `name` in its first preopen and exits
     /// with the errno (0: it could).

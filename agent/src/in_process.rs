@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use wasmlet_api::NodeRuntime;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::{Entry, Executor, Exit, Prepared, Program, RunSpec, ServeSpec, Service, Usage};
+use crate::executor::{Entry, Executor, Exit, Prepared, Program, RunSpec, ServeSpec, Service, Usage};
 use crate::logs::InstanceLog;
 use crate::runtime::Runtime;
 use crate::runtime::http::HttpState;

@@ -27,6 +27,14 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+/// A directory granted to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// Checked against the agent's allow-list at admission; opened anew at every start.
+    pub dir: GrantedDir,
+    pub guest: String,
+    pub read_only: bool,
+}
 /// A directory beneath a trusted root, opened anew for every run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantedDir {
@@ -204,7 +212,7 @@ impl HostPathPolicy {
     /// Each grant is remembered beneath the outermost allowed directory that
     /// holds it: a guest granted an outer directory can change what lies
     /// beneath it, including the path to an inner allowed directory.
-    pub fn resolve(&self, dirs: &[wasmlet_api::DirGrant]) -> Result<Vec<super::sandbox::Preopen>, String> {
+    pub fn resolve(&self, dirs: &[wasmlet_api::DirGrant]) -> Result<Vec<Preopen>, String> {
         if dirs.iter().all(|d| d.host_path.is_none()) {
             return Ok(Vec::new());
         }
@@ -243,7 +251,7 @@ impl HostPathPolicy {
             }
             let beneath = canonical.strip_prefix(root).unwrap_or(Path::new(""));
             let dir = GrantedDir::host(i, host, root.clone(), beneath)?;
-            out.push(super::sandbox::Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
+            out.push(Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
         }
         Ok(out)
     }
