@@ -37,6 +37,9 @@ pub mod defaults {
     pub const POOL_INSTANCES: &str = "1000";
     pub const MAX_INSTANCE_MEMORY: &str = "4Gi";
     pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+    pub const DEFAULT_ISOLATION: &str = "in-process";
+    pub const PROCESS_MEMORY_OVERHEAD: &str = "8Mi";
+    pub const PROCESS_PIDS_MAX: &str = "32";
     pub const DEFAULT_EPHEMERAL_STORAGE: &str = "1Gi";
     pub const MAX_MODULE_SIZE: &str = "64Mi";
     pub const MAX_MODULE_FUNCTIONS: &str = "100000";
@@ -98,6 +101,9 @@ pub enum Command {
     /// Compile one module for the agent (the agent runs this itself; not for people).
     #[command(hide = true)]
     Compile(crate::runtime::compiler::CompileArgs),
+    /// Run one process-isolated instance (the agent runs this itself; not for people).
+    #[command(hide = true)]
+    Instance(crate::process::child::InstanceArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -276,6 +282,21 @@ pub struct AgentConfig {
     /// so no workload can take the agent's memory by omission.
     #[arg(long, global = true, env = "WASMLET_DEFAULT_MEMORY_LIMIT", default_value = defaults::DEFAULT_MEMORY_LIMIT, value_name = "BYTES")]
     pub default_memory_limit: Bytes,
+
+    /// How instances whose workload names no `isolation` run: `in-process`
+    /// (inside the agent, dense and fast) or `process` (a process and a cgroup
+    /// each, with hard CPU and memory limits).
+    #[arg(long, global = true, env = "WASMLET_DEFAULT_ISOLATION", default_value = defaults::DEFAULT_ISOLATION, value_name = "MODE")]
+    pub default_isolation: wasmlet_api::Isolation,
+
+    /// Memory a process-isolated instance's cgroup gets beyond its
+    /// `limits.memory`: the process itself (runtime, threads, stacks, page tables).
+    #[arg(long, global = true, env = "WASMLET_PROCESS_MEMORY_OVERHEAD", default_value = defaults::PROCESS_MEMORY_OVERHEAD, value_name = "BYTES")]
+    pub process_memory_overhead: Bytes,
+
+    /// Tasks (threads) a process-isolated instance's process may have (its cgroup's `pids.max`).
+    #[arg(long, global = true, env = "WASMLET_PROCESS_PIDS_MAX", default_value = defaults::PROCESS_PIDS_MAX, value_name = "N")]
+    pub process_pids_max: u64,
 
     /// What an instance's scratch dirs may hold when its workload sets no
     /// `resources.limits.ephemeralStorage`; past it the instance is evicted.

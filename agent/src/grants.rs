@@ -28,15 +28,16 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 /// A directory granted to the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Preopen {
     /// Checked against the agent's allow-list at admission; opened anew at every start.
     pub dir: GrantedDir,
     pub guest: String,
     pub read_only: bool,
 }
-/// A directory beneath a trusted root, opened anew for every run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A directory beneath a trusted root, opened anew for every run (also by
+/// an instance's own process, which gets it from the agent in its spec file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantedDir {
     /// Trusted: an allowed host path of the agent's configuration, or its data dir.
     root: PathBuf,

@@ -56,6 +56,7 @@ impl Executor for InProcess {
             allocator_reason: self.runtime.allocator.reason.clone(),
             compiler: compiler.kind.to_string(),
             compiler_reason: compiler.reason.clone(),
+            ..NodeRuntime::default()
         }
     }
 
@@ -99,11 +100,17 @@ impl Program for InProcessProgram {
         Box::pin(async move { self.runtime.run(&self.module, &spec, &log, &usage).await })
     }
 
-    fn serve(self: Arc<Self>, spec: ServeSpec, log: InstanceLog) -> Result<Arc<dyn Service>, String> {
+    fn serve(
+        self: Arc<Self>,
+        spec: ServeSpec,
+        log: InstanceLog,
+        _usage: Arc<Usage>,
+    ) -> BoxFuture<'static, Result<Arc<dyn Service>, String>> {
         let Compiled::Proxy(pre) = &self.module.program else {
-            return Err("the module exports no wasi:http/incoming-handler".to_string());
+            return Box::pin(std::future::ready(Err("the module exports no wasi:http/incoming-handler".to_string())));
         };
-        Ok(Arc::new(InProcessService { runtime: self.runtime.clone(), pre: pre.clone(), spec, log }))
+        let service: Arc<dyn Service> = Arc::new(InProcessService { runtime: self.runtime.clone(), pre: pre.clone(), spec, log });
+        Box::pin(std::future::ready(Ok(service)))
     }
 }
 

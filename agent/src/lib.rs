@@ -9,6 +9,8 @@
 //! - `executor`: the seam through which instances are run (prepare a module,
 //!   run an instance, serve a request, report usage), whatever runs them;
 //!   `in_process` runs them on the agent's own engine.
+//! - `process`: instances in processes of their own; `process::cgroup`
+//!   owns their cgroups (limits, counters, kill, removal).
 //! - `grants`: the host directories a workload is granted, checked at
 //!   admission and opened at every start without following links.
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
@@ -39,6 +41,7 @@ pub mod ingress;
 pub mod logs;
 pub mod manifests;
 pub mod master_link;
+pub mod process;
 pub mod report;
 pub mod runtime;
 pub mod scratch;
@@ -122,6 +125,20 @@ pub async fn run_with_ingress(
         }
     };
     let supervisor = runtime.ok().map(|runtime| {
+        let process = process::Process::new(
+            runtime.clone(),
+            process::ProcessSettings {
+                exe: config.compiler.clone().unwrap_or_else(|| "/proc/self/exe".into()),
+                data_dir: config.data_dir.clone(),
+                log_max_size: config.log_max_size.get(),
+                memory_overhead: config.process_memory_overhead.get(),
+                pids_max: config.process_pids_max,
+            },
+        );
+        if let Err(why) = &process {
+            tracing::info!(reason = %why, "process isolation is not offered");
+        }
+        let cgroups = process.as_ref().map(process::Process::cgroups).unwrap_or_default();
         let executor = std::sync::Arc::new(in_process::InProcess::new(runtime));
         let settings = SupervisorSettings {
             data_dir: config.data_dir.clone(),
@@ -140,8 +157,17 @@ pub async fn run_with_ingress(
                 concurrency: config.service_concurrency,
             },
         };
-        let node_runtime = executor::Executor::node_runtime(&*executor);
-        (Supervisor::new(executor, settings, &node), node_runtime)
+        let executors = executor::Executors {
+            in_process: executor.clone(),
+            process: process.map(|p| std::sync::Arc::new(p) as std::sync::Arc<dyn executor::Executor>),
+            default: config.default_isolation,
+        };
+        let mut node_runtime = executor::Executor::node_runtime(&*executor);
+        node_runtime.isolation = executors.offered();
+        node_runtime.isolation_reason = executors.process.as_ref().err().cloned().unwrap_or_default();
+        node_runtime.default_isolation = executors.default.as_str().to_string();
+        node_runtime.cgroups = cgroups;
+        (Supervisor::new(executors, settings, &node), node_runtime)
     });
 
     let probe = Box::new(HostProbe::new(&config.data_dir));

@@ -36,11 +36,17 @@ impl Stream {
 }
 
 /// The log of one instance, shared by its two streams and by readers.
+///
+/// A process-isolated instance's process writes the same files itself; while
+/// it does, [`InstanceLog::follow_file`] feeds followers from the file, and
+/// both writers notice when the other rotated it.
 #[derive(Clone)]
 pub struct InstanceLog {
     inner: Arc<Mutex<LogFile>>,
     /// Lines as they are written, for `follow` readers.
     lines: broadcast::Sender<Arc<str>>,
+    /// Tailers feeding `lines` from the file: then the agent's own lines reach followers through it.
+    tailers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct LogFile {
@@ -64,7 +70,13 @@ impl InstanceLog {
         Ok(InstanceLog {
             inner: Arc::new(Mutex::new(LogFile { path, file: Some(file), size, max_size, partial: [Vec::new(), Vec::new()] })),
             lines,
+            tailers: Default::default(),
         })
+    }
+
+    /// The directory the log's files are in.
+    pub fn dir(&self) -> PathBuf {
+        self.lock().path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     /// A sink for one of the guest's output streams.
@@ -124,7 +136,59 @@ impl InstanceLog {
         let mut guard = self.lock();
         guard.append(entry.as_bytes());
         drop(guard);
-        let _ = self.lines.send(Arc::from(entry.trim_end_matches('\n')));
+        if self.tailers.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            let _ = self.lines.send(Arc::from(entry.trim_end_matches('\n')));
+        }
+    }
+
+    /// Feeds followers from the file, which another process writes too,
+    /// until `stop`: every line appended after now, across rotations.
+    pub async fn follow_file(&self, stop: tokio_util::sync::CancellationToken) {
+        use std::io::{Read as _, Seek as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.lock().path.clone();
+        let open = |path: &Path| -> Option<(File, u64)> {
+            let file = File::open(path).ok()?;
+            let inode = file.metadata().ok()?.ino();
+            Some((file, inode))
+        };
+        self.tailers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut current = open(&path).and_then(|(mut file, inode)| {
+            file.seek(std::io::SeekFrom::End(0)).ok()?;
+            Some((file, inode))
+        });
+        let mut pending = Vec::new();
+        let send = |pending: &mut Vec<u8>, lines: &broadcast::Sender<Arc<str>>| {
+            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                let _ = lines.send(Arc::from(String::from_utf8_lossy(&line[..line.len() - 1]).as_ref()));
+            }
+        };
+        loop {
+            if let Some((file, inode)) = &mut current {
+                let _ = file.read_to_end(&mut pending);
+                send(&mut pending, &self.lines);
+                let rotated = std::fs::metadata(&path).map(|m| m.ino() != *inode).unwrap_or(true);
+                if rotated {
+                    // Finish the old file (now `.1`, still open here), then start the new one from its start.
+                    let _ = file.read_to_end(&mut pending);
+                    send(&mut pending, &self.lines);
+                    pending.clear();
+                    current = open(&path);
+                }
+            } else {
+                current = open(&path);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+        if let Some((file, _)) = &mut current {
+            let _ = file.read_to_end(&mut pending);
+            send(&mut pending, &self.lines);
+        }
+        self.tailers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
@@ -146,6 +210,7 @@ impl InstanceLog {
 
 impl LogFile {
     fn append(&mut self, entry: &[u8]) {
+        self.reopen_if_rotated();
         if self.size + entry.len() as u64 > self.max_size && self.size > 0 {
             self.rotate();
         }
@@ -153,6 +218,21 @@ impl LogFile {
             && file.write_all(entry).is_ok()
         {
             self.size += entry.len() as u64;
+        }
+    }
+
+    /// Another writer (an instance's own process) may have rotated the file:
+    /// then write to the new one, and count its size.
+    fn reopen_if_rotated(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(file) = &self.file else { return };
+        let ours = file.metadata().map(|m| m.ino()).ok();
+        let now = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
+        if ours != now
+            && let Ok(file) = OpenOptions::new().create(true).append(true).open(&self.path)
+        {
+            self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.file = Some(file);
         }
     }
 
@@ -256,6 +336,38 @@ mod tests {
         assert!(current <= 1000 && rotated <= 1000, "{current} {rotated}");
         let tail = log.tail(Some(3));
         assert!(tail[2].contains("line 099"), "{tail:?}");
+    }
+
+    #[tokio::test]
+    async fn followers_get_what_another_process_writes_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        // 20 lines of about 43 bytes: the process rotates the file once.
+        let agent = InstanceLog::open(dir.path(), 600).unwrap();
+        let mut followed = agent.subscribe();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tailer = tokio::spawn({
+            let (agent, stop) = (agent.clone(), stop.clone());
+            async move { agent.follow_file(stop).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The instance's own process: the same files, its own handle.
+        let process = InstanceLog::open(dir.path(), 600).unwrap();
+        for i in 0..20 {
+            process.write(Stream::Stdout, format!("line {i:02}\n").as_bytes());
+        }
+        agent.agent_line("from the agent");
+        let mut seen = Vec::new();
+        while seen.len() < 21 {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(5), followed.recv()).await.expect("a line").expect("open");
+            seen.push(line.to_string());
+        }
+        stop.cancel();
+        tailer.await.unwrap();
+        for i in 0..20 {
+            assert!(seen.iter().filter(|l| l.ends_with(&format!("stdout line {i:02}"))).count() == 1, "line {i} once: {seen:#?}");
+        }
+        assert!(seen.iter().any(|l| l.ends_with("[wasmlet] from the agent")), "{seen:#?}");
+        assert!(dir.path().join("current.log.1").exists(), "the process rotated the file");
     }
 
     #[test]

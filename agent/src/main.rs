@@ -8,13 +8,17 @@ fn main() -> std::process::ExitCode {
         // The agent's compiler process: no logging, no async runtime, nothing but the compile.
         return wasmlet_agent::runtime::compiler::child_main(args);
     }
+    if let Some(Command::Instance(args)) = &cli.command {
+        // A process-isolated instance: its own scheduler, its log its own file.
+        return wasmlet_agent::process::child::child_main(args);
+    }
     // This very binary, even if its file was replaced (an upgrade) since it started.
     cli.agent.compiler = Some("/proc/self/exe".into());
     init_tracing(cli.agent.log_format);
     block_on(async move {
         match cli.command {
             Some(Command::Status { output }) => wasmlet_agent::status_cmd::execute(&cli.agent, output).await,
-            Some(Command::Compile(_)) => Ok(()),
+            Some(Command::Compile(_) | Command::Instance(_)) => Ok(()),
             Some(Command::ConfigTemplate) => {
                 use clap::CommandFactory;
                 print!("{}", wasmlet_config::commented_template(&Cli::command()));

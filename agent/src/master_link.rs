@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::protocol::{
-    ApiError, Assignment, CredentialRenewal, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse, PROTOCOL_VERSION,
-    RegisterRequest, RegisterResponse, RenewedCredential,
+    ApiError, Assignment, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse,
+    PROTOCOL_VERSION, RegisterRequest, RegisterResponse, RenewedCredential, instance_status_for_master, node_status_for_master,
 };
 use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
@@ -124,8 +124,11 @@ struct LinkState {
     modules: HashMap<String, Arc<Vec<u8>>>,
     /// When to renew the credential and the certificate (None: the master does not renew them).
     renew_at: Option<tokio::time::Instant>,
-    /// The master refused a registration of protocol version 2: it is older; speak version 1.
-    legacy_master: bool,
+    /// The protocol the master speaks, as far as the agent knows: this
+    /// build's until a registration is refused for a field the master does
+    /// not know, or the master names an older one. What the agent sends
+    /// follows it (`node_status_for_master`, `instance_status_for_master`).
+    master_protocol: u32,
 }
 
 /// Why a request failed: the master answered with an error, or did not answer.
@@ -206,7 +209,7 @@ impl MasterLink {
                 fences: HashMap::new(),
                 modules: HashMap::new(),
                 renew_at: None,
-                legacy_master: false,
+                master_protocol: PROTOCOL_VERSION,
             }),
             fetch_now: Notify::new(),
             persist: tokio::sync::Mutex::new(()),
@@ -299,36 +302,53 @@ impl MasterLink {
     async fn register(&self) -> Result<Timings, LinkError> {
         let report = self.reports.borrow().clone();
         let serving_csr = self.signing_request()?;
-        let mut request = RegisterRequest {
-            name: self.settings.node.clone(),
-            // The report's labels: the configured ones and the node's own (arch, os, hostname).
-            labels: report.node.metadata.labels.clone(),
-            taints: self.settings.taints.clone(),
-            status: report.node.status.clone(),
-            protocol_version: (!self.lock().legacy_master).then_some(PROTOCOL_VERSION),
-            serving_csr,
-            api_port: Some(self.settings.api_port),
-            api_url: None,
-            ingress_port: Some(self.settings.ingress_port),
-        };
         let bearer = match (&self.lock().credential, &self.settings.join) {
             (Some(credential), _) => credential.token.clone(),
             (None, Some(join)) => join.token.to_string(),
             (None, None) => String::new(),
         };
-        let register = |request: &RegisterRequest| self.http.post(self.url("/nodes/register")).bearer_auth(&bearer).json(request);
-        let response: RegisterResponse = match self.send(register(&request)).await {
-            // A master of protocol version 1 refuses the fields it does not know: speak its version.
-            Err(LinkError::Refused { status: 400, message }) if request.protocol_version.is_some() && message.contains("unknown field") => {
-                tracing::warn!(master = %self.settings.master, "the master is of an older version: no renewals and no TLS between ingresses until it is upgraded");
-                self.lock().legacy_master = true;
-                request.protocol_version = None;
-                self.send(register(&request)).await?
+        let mut speaks = self.lock().master_protocol;
+        let response: RegisterResponse = loop {
+            let request = RegisterRequest {
+                name: self.settings.node.clone(),
+                // The report's labels: the configured ones and the node's own (arch, os, hostname).
+                labels: report.node.metadata.labels.clone(),
+                taints: self.settings.taints.clone(),
+                status: node_status_for_master(report.node.status.clone(), speaks),
+                protocol_version: (speaks >= 2).then_some(PROTOCOL_VERSION),
+                serving_csr: serving_csr.clone(),
+                api_port: Some(self.settings.api_port),
+                api_url: None,
+                ingress_port: Some(self.settings.ingress_port),
+            };
+            match self.send(self.http.post(self.url("/nodes/register")).bearer_auth(&bearer).json(&request)).await {
+                // An older master refuses the fields it does not know: speak its version, one step down at a time.
+                Err(LinkError::Refused { status: 400, message }) if speaks > 1 && message.contains("unknown field") => {
+                    speaks -= 1;
+                    tracing::warn!(master = %self.settings.master, protocol = speaks, "{}", older_master(speaks));
+                }
+                answer => break answer?,
             }
-            answer => answer?,
         };
         self.accept_registration(&response).map_err(|e| LinkError::Local(format!("{e:#}")))?;
+        self.lock().master_protocol = master_protocol(speaks, response.protocol_version);
         Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
+    }
+
+    /// A master of version 3 or newer names its protocol in every lease
+    /// answer to an agent of version 3 or newer; one that names none is older.
+    /// So a master upgraded, or rolled back, under a running agent is noticed
+    /// at the next heartbeat, and the agent sends what its version reads from then on.
+    fn learn_master_protocol(&self, named: Option<u32>) {
+        let (before, speaks) = {
+            let mut state = self.lock();
+            let speaks = master_protocol(state.master_protocol, named);
+            (std::mem::replace(&mut state.master_protocol, speaks), speaks)
+        };
+        if before != speaks {
+            tracing::info!(master = %self.settings.master, protocol = speaks, was = before, "the master speaks another protocol version now");
+            self.report_all.notify_one();
+        }
     }
 
     /// A signing request for the node's key (None without TLS).
@@ -494,6 +514,7 @@ impl MasterLink {
                         tracing::info!("the master answers again");
                     }
                     self.contact(sent_at);
+                    self.learn_master_protocol(response.protocol_version);
                     if response.assignment_revision == revision {
                         self.extend_fences(sent_at);
                     } else {
@@ -526,14 +547,16 @@ impl MasterLink {
         let mut last_sent: Option<(String, tokio::time::Instant)> = None;
         loop {
             let report = reports.borrow_and_update().clone();
-            let fingerprint = significant(&report.node.status);
+            let master = self.lock().master_protocol;
+            let status = node_status_for_master(report.node.status.clone(), master);
+            let fingerprint = significant(&status);
             let due = match &last_sent {
                 None => true,
                 Some((sent, at)) => *sent != fingerprint || at.elapsed() >= timings.status_report,
             };
             if due {
                 let sent_at = Utc::now();
-                match self.send::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&report.node.status)).await {
+                match self.send::<serde_json::Value>(self.authorized(self.http.put(self.url(&path))).json(&status)).await {
                     Ok(_) => {
                         self.contact(sent_at);
                         last_sent = Some((fingerprint, tokio::time::Instant::now()));
@@ -738,12 +761,17 @@ impl MasterLink {
         let mut changes = self.supervisor.changed.subscribe();
         let mut sent: HashMap<String, InstanceStatus> = HashMap::new();
         loop {
+            let master = self.lock().master_protocol;
             let updates: Vec<InstanceStatusUpdate> = self
                 .supervisor
                 .instances_of(Source::Master)
                 .into_iter()
                 .filter(|i| sent.get(&i.metadata.name).is_none_or(|s| reportable(s) != reportable(&i.status)))
-                .map(|i| InstanceStatusUpdate { name: i.metadata.name.clone(), epoch: i.spec.epoch, status: i.status })
+                .map(|i| InstanceStatusUpdate {
+                    name: i.metadata.name.clone(),
+                    epoch: i.spec.epoch,
+                    status: instance_status_for_master(i.status, master),
+                })
                 .collect();
             // Forget what was sent for instances that are gone: a name assigned
             // again (a node back from silence) must be reported afresh.
@@ -854,6 +882,26 @@ impl MasterLink {
     }
 }
 
+/// What an agent that spoke protocol `spoken` to a master may send it after an
+/// answer (registration or lease) naming `named`: a master that names none
+/// speaks version 2 or older.
+fn master_protocol(spoken: u32, named: Option<u32>) -> u32 {
+    match named {
+        Some(version) => version.min(PROTOCOL_VERSION),
+        None => spoken.min(ISOLATION_VERSION - 1),
+    }
+}
+
+/// What the agent gives up while the master speaks an older protocol.
+fn older_master(speaks: u32) -> &'static str {
+    match speaks {
+        0 | 1 => "the master is of an older version: no renewals and no TLS between ingresses until it is upgraded",
+        _ => {
+            "the master is of an older version: it is not told this node's isolation modes nor its instances' cgroup figures (and places no workload that needs process isolation here) until it is upgraded"
+        }
+    }
+}
+
 /// What of an instance status is worth telling the master (not live usage).
 fn reportable(s: &InstanceStatus) -> (wasmlet_api::Phase, u32, Option<i32>, Option<String>) {
     (s.phase, s.restarts, s.exit_code, s.reason.clone())
@@ -929,5 +977,24 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_master_protocol_is_what_the_master_names_or_at_most_version_2() {
+        // A master of version 3 or newer names its own; the agent speaks at most its own.
+        assert_eq!(master_protocol(PROTOCOL_VERSION, Some(3)), 3);
+        assert_eq!(master_protocol(PROTOCOL_VERSION, Some(PROTOCOL_VERSION + 5)), PROTOCOL_VERSION);
+        // An older master names none: version 2, or 1 when it refused version 2's fields.
+        assert_eq!(master_protocol(PROTOCOL_VERSION, None), 2);
+        assert_eq!(master_protocol(1, None), 1);
+        // Rolled back under a running agent, it names none any more; upgraded again, it names its own.
+        assert_eq!(master_protocol(3, None), 2);
+        assert_eq!(master_protocol(2, Some(3)), 3);
+        assert!(older_master(2).contains("isolation") && older_master(1).contains("renewals"));
     }
 }

@@ -27,7 +27,7 @@ use wasmlet_api::{
 };
 
 use crate::events::EventLog;
-use crate::executor::{Entry, Executor, Exit, ExitReason, Fence, OutboundPolicy, Program, RunSpec, ServeSpec, Service, Usage};
+use crate::executor::{Entry, Executors, Exit, ExitReason, Fence, OutboundPolicy, Program, RunSpec, ServeSpec, Service, Usage};
 use crate::grants::{GrantedDir, Preopen};
 use crate::logs::InstanceLog;
 use crate::scratch;
@@ -138,7 +138,7 @@ pub struct Supervisor {
     pub ingress_metrics: IngressMetrics,
     /// Every service's ingress endpoints across the cluster, from the master.
     pub remote_endpoints: std::sync::RwLock<Vec<wasmlet_api::protocol::ServiceEndpoints>>,
-    executor: Arc<dyn Executor>,
+    executors: Executors,
     settings: SupervisorSettings,
     node: String,
     pub events: Arc<EventLog>,
@@ -163,6 +163,8 @@ struct Shared {
     workload: String,
     epoch: u64,
     fence: Fence,
+    /// How its runs are isolated (the workload's `isolation`, else the node's default).
+    isolation: wasmlet_api::Isolation,
     status: Mutex<InstanceStatus>,
     /// Memory now and CPU of the current run.
     usage: Mutex<Arc<Usage>>,
@@ -214,10 +216,32 @@ impl Shared {
             status.reason = Some("StoppedOnDisconnect".into());
         }
         let running = status.phase == Phase::Running;
-        status.usage = Some(InstanceUsage {
+        let mut figures = InstanceUsage {
             memory_bytes: if running { usage.memory.load(Ordering::Relaxed) } else { 0 },
-            cpu_seconds: (before + if running { usage.cpu.used() } else { Duration::ZERO }).as_secs_f64(),
-        });
+            cpu_seconds: (before + if running { usage.cpu_used() } else { Duration::ZERO }).as_secs_f64(),
+            isolation: Some(self.isolation.as_str().to_string()),
+            ..InstanceUsage::default()
+        };
+        if let Some(cgroup) = usage.cgroup().filter(|_| running) {
+            let stats = &cgroup.stats;
+            let pressure = |p: Option<crate::process::cgroup::Pressure>| {
+                p.map(|p| wasmlet_api::PressureFigures {
+                    some_avg10: p.some_avg10,
+                    full_avg10: p.full_avg10,
+                    some_seconds: p.some_total.as_secs_f64(),
+                    full_seconds: p.full_total.as_secs_f64(),
+                })
+            };
+            figures.cpu_limit_millis = cgroup.cpu_limit_millis;
+            figures.memory_limit_bytes = stats.memory_max;
+            figures.cpu_periods = Some(stats.cpu_periods);
+            figures.cpu_throttled_periods = Some(stats.cpu_throttled_periods);
+            figures.cpu_throttled_seconds = Some(stats.cpu_throttled.as_secs_f64());
+            figures.oom_kills = Some(stats.oom_kills);
+            figures.cpu_pressure = pressure(stats.cpu_pressure);
+            figures.memory_pressure = pressure(stats.memory_pressure);
+        }
+        status.usage = Some(figures);
         let mut instance =
             Instance::new(&self.name, InstanceSpec { workload: self.workload.clone(), node: String::new(), epoch: self.epoch });
         instance.status = status;
@@ -226,11 +250,11 @@ impl Shared {
 }
 
 impl Supervisor {
-    pub fn new(executor: Arc<dyn Executor>, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
+    pub fn new(executors: Executors, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             ingress_metrics: IngressMetrics::default(),
             remote_endpoints: Default::default(),
-            executor,
+            executors,
             settings,
             node: node.to_string(),
             events: Arc::new(EventLog::new(node)),
@@ -310,6 +334,7 @@ impl Supervisor {
             workload: desired.workload.metadata.name.clone(),
             epoch: desired.epoch,
             fence: desired.fence.clone(),
+            isolation: self.executors.isolation(&desired.workload),
             status: Mutex::new(InstanceStatus::default()),
             usage: Mutex::new(Arc::new(Usage::default())),
             cpu_before: Mutex::new(Duration::ZERO),
@@ -330,7 +355,7 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
         let workload = desired.workload.clone();
-        let task = self.executor.spawn(Box::pin(self.clone().supervise(desired, shared.clone(), cancel.clone())));
+        let task = self.executors.in_process.spawn(Box::pin(self.clone().supervise(desired, shared.clone(), cancel.clone())));
         Ok(Supervised { source, generation, workload, shared, cancel, task })
     }
 
@@ -355,12 +380,14 @@ impl Supervisor {
             dirs.push(Preopen { dir, guest: grant.path.clone(), read_only: grant.read_only });
         }
         RunSpec {
+            instance: d.name.clone(),
             program: d.workload.metadata.name.clone(),
             args: spec.args.clone(),
             env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             dirs,
             memory_limit: Some(spec.resources.limits.memory.map_or(self.settings.default_memory_limit, |m| m.get())),
             cpu_time_limit: spec.resources.limits.cpu_time.map(|d| d.get()),
+            cpu_limit_millis: spec.resources.limits.cpu.map(|c| c.millis()),
             fence: d.fence.clone(),
         }
     }
@@ -378,6 +405,14 @@ impl Supervisor {
             self.events.record(EventType::Warning, "AdmissionFailed", "Instance", &name, why.clone());
             return self.finish(&shared, Phase::Failed, None, "AdmissionFailed", why);
         }
+        let executor = match self.executors.for_workload(&workload) {
+            Ok(executor) => executor.clone(),
+            Err(why) => {
+                self.events.record(EventType::Warning, "IsolationUnavailable", "Instance", &name, why.clone());
+                log.agent_line(&format!("not started: {why}"));
+                return self.finish(&shared, Phase::Failed, None, "IsolationUnavailable", &why);
+            }
+        };
         let spec = self.run_spec(&desired);
         loop {
             if !self.wait_for_fence(&shared, &cancel).await {
@@ -390,7 +425,7 @@ impl Supervisor {
             });
             self.notify_change();
             let prepared = tokio::select! {
-                prepared = self.executor.prepare(&digest, desired.module.clone()) => prepared,
+                prepared = executor.prepare(&digest, desired.module.clone()) => prepared,
                 _ = cancel.cancelled() => return,
             };
             let program = match prepared {
@@ -434,7 +469,7 @@ impl Supervisor {
                     }
                 };
                 log.flush_partial();
-                *shared.cpu_before.lock().unwrap_or_else(|p| p.into_inner()) += usage.cpu.used();
+                *shared.cpu_before.lock().unwrap_or_else(|p| p.into_inner()) += usage.cpu_used();
                 exit
             };
             if exit.reason == ExitReason::EphemeralStorageLimitExceeded {
@@ -586,6 +621,7 @@ impl Supervisor {
         for s in stopped {
             let _ = s.task.await;
         }
+        self.executors.shutdown().await;
     }
 
     /// A service instance: Running (taking requests through the ingress) from
@@ -619,6 +655,7 @@ impl Supervisor {
         let mut env = run.env.clone();
         env.push(("WASMLET_NODE".to_string(), self.node.clone()));
         let serve = ServeSpec {
+            instance: name.clone(),
             program: run.program,
             env,
             dirs: run.dirs,
@@ -627,12 +664,20 @@ impl Supervisor {
             max_request_body: defaults.max_request_body,
             max_response_body: defaults.max_response_body,
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            cpu_limit_millis: run.cpu_limit_millis,
             fence: desired.fence.clone(),
         };
-        let service = match program.clone().serve(serve, shared.log.clone()) {
-            Ok(service) => service,
-            Err(why) => return Some(Exit::start_error(why)),
+        let usage = Arc::new(Usage::default());
+        *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
+        let service = tokio::select! {
+            service = program.clone().serve(serve, shared.log.clone(), usage.clone()) => match service {
+                Ok(service) => service,
+                Err(why) => return Some(Exit::start_error(why)),
+            },
+            _ = cancel.cancelled() => return None,
         };
+        let ended = service.ended();
+        tokio::pin!(ended);
         let endpoint = Endpoint {
             instance: name.clone(),
             workload: desired.workload.clone(),
@@ -696,6 +741,11 @@ impl Supervisor {
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                exit = &mut ended => {
+                    out_of_rotation("stopped serving: its process ended");
+                    self.notify_change();
+                    return Some(exit);
+                }
                 why = shared.evicted() => {
                     out_of_rotation("stopped serving");
                     return Some(eviction(why));
@@ -826,6 +876,13 @@ impl Supervisor {
         let memory: Family<Labels, Gauge> = Family::default();
         let cpu: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
         let scratch_bytes: Family<Labels, Gauge> = Family::default();
+        let periods: Family<Labels, Gauge> = Family::default();
+        let throttled_periods: Family<Labels, Gauge> = Family::default();
+        let throttled_seconds: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        let oom_kills: Family<Labels, Gauge> = Family::default();
+        let memory_limit: Family<Labels, Gauge> = Family::default();
+        let pressure: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        let pressure_ratio: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
         {
             let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
             for s in instances.values().filter(|s| s.shared.has_scratch) {
@@ -844,17 +901,62 @@ impl Supervisor {
             let usage = instance.status.usage.unwrap_or_default();
             memory.get_or_create(&labels).set(usage.memory_bytes as i64);
             cpu.get_or_create(&labels).set(usage.cpu_seconds);
+            // The kernel's own figures of a process-isolated run's cgroup.
+            if let Some(n) = usage.cpu_periods {
+                periods.get_or_create(&labels).set(n as i64);
+            }
+            if let Some(n) = usage.cpu_throttled_periods {
+                throttled_periods.get_or_create(&labels).set(n as i64);
+            }
+            if let Some(s) = usage.cpu_throttled_seconds {
+                throttled_seconds.get_or_create(&labels).set(s);
+            }
+            if let Some(n) = usage.oom_kills {
+                oom_kills.get_or_create(&labels).set(n as i64);
+            }
+            if let Some(n) = usage.memory_limit_bytes {
+                memory_limit.get_or_create(&labels).set(n as i64);
+            }
+            for (resource, figures) in [("cpu", usage.cpu_pressure), ("memory", usage.memory_pressure)] {
+                let Some(p) = figures else { continue };
+                for (kind, seconds, ratio) in [("some", p.some_seconds, p.some_avg10), ("full", p.full_seconds, p.full_avg10)] {
+                    let mut l = labels.clone();
+                    l.extend([("resource", resource.to_string()), ("kind", kind.to_string())]);
+                    pressure.get_or_create(&l).set(seconds);
+                    l.push(("window", "10s".to_string()));
+                    pressure_ratio.get_or_create(&l).set(ratio / 100.0);
+                }
+            }
         }
         registry.register("wasmlet_instance_phase", "Instance phase: 1 for the phase the instance is in", phase);
         registry.register("wasmlet_instance_restarts", "Times the instance was restarted", restarts);
         registry.register("wasmlet_instance_memory_bytes", "Linear memory the instance holds", memory);
         registry.register("wasmlet_instance_cpu_seconds", "CPU time the instance used over all its runs", cpu);
+        registry.register("wasmlet_instance_cpu_periods", "CPU quota periods of a process-isolated run (its cgroup's nr_periods)", periods);
+        registry.register(
+            "wasmlet_instance_cpu_throttled_periods",
+            "Periods in which a process-isolated run used its whole CPU quota and was throttled (its cgroup's nr_throttled)",
+            throttled_periods,
+        );
+        registry.register("wasmlet_instance_cpu_throttled_seconds", "Time a process-isolated run spent throttled", throttled_seconds);
+        registry.register("wasmlet_instance_oom_kills", "Kills by the kernel's OOM killer in a process-isolated run's cgroup", oom_kills);
+        registry.register("wasmlet_instance_memory_limit_bytes", "The memory limit of a process-isolated run's cgroup", memory_limit);
+        registry.register(
+            "wasmlet_instance_pressure_seconds",
+            "Time a process-isolated run's tasks stalled for CPU or memory (PSI totals of its cgroup)",
+            pressure,
+        );
+        registry.register(
+            "wasmlet_instance_pressure_ratio",
+            "Share of the last 10 s a process-isolated run's tasks stalled for CPU or memory (PSI avg10 of its cgroup)",
+            pressure_ratio,
+        );
         registry.register(
             "wasmlet_instance_ephemeral_storage_bytes",
             "What the instance's scratch dirs held at the last measurement",
             scratch_bytes,
         );
-        self.executor.register_metrics(&mut registry);
+        self.executors.in_process.register_metrics(&mut registry);
         let ingress = &self.ingress_metrics;
         registry.register(
             "wasmlet_ingress_requests",
@@ -915,7 +1017,7 @@ mod tests {
     use wasmlet_api::NodeRuntime;
 
     use super::*;
-    use crate::executor::{Prepared, plain};
+    use crate::executor::{Executor, Prepared, plain};
 
     /// What one run of the fake program does.
     #[derive(Clone)]
@@ -988,9 +1090,15 @@ mod tests {
             })
         }
 
-        fn serve(self: Arc<Self>, _spec: ServeSpec, _log: InstanceLog) -> Result<Arc<dyn Service>, String> {
+        fn serve(
+            self: Arc<Self>,
+            _spec: ServeSpec,
+            _log: InstanceLog,
+            _usage: Arc<Usage>,
+        ) -> BoxFuture<'static, Result<Arc<dyn Service>, String>> {
             self.starts.lock().unwrap().push(Instant::now());
-            Ok(Arc::new(FakeService(self)))
+            let service: Arc<dyn Service> = Arc::new(FakeService(self));
+            Box::pin(async move { Ok(service) })
         }
     }
 
@@ -1042,7 +1150,7 @@ mod tests {
             default_memory_limit: 64 << 20,
             default_ephemeral_storage: 64 << 20,
         };
-        Supervisor::new(Arc::new(FakeExecutor(program.clone())), settings, "fake-node")
+        Supervisor::new(Executors::in_process(Arc::new(FakeExecutor(program.clone())), "fake"), settings, "fake-node")
     }
 
     fn desired(kind: &str, extra: serde_json::Value, fence: &Fence) -> DesiredInstance {

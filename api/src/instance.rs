@@ -69,13 +69,55 @@ pub struct Termination {
     pub finished_at: DateTime<Utc>,
 }
 
-/// What an instance uses now.
+/// What an instance uses now. Extended in protocol version 3, it tolerates
+/// fields it does not know: those of newer agents. The figures after
+/// `cpuSeconds` come from the instance's cgroup, in process isolation only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceUsage {
     pub memory_bytes: u64,
     /// CPU time over all runs of the instance.
     pub cpu_seconds: f64,
+    /// How the instance runs: `in-process` or `process` (absent from agents older than isolation modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    /// The cgroup's CPU quota (`limits.cpu`), in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_millis: Option<u64>,
+    /// The cgroup's memory limit: `limits.memory` plus what the process itself costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU quota periods the instance ran in, since its cgroup was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_periods: Option<u64>,
+    /// Of those, the periods in which it used up its quota and had to wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_periods: Option<u64>,
+    /// How long it waited, throttled, in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_seconds: Option<f64>,
+    /// Times the kernel's OOM killer ended a process of the instance, since its cgroup was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// The instance's own CPU pressure (where the kernel gives it per cgroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pressure: Option<PressureFigures>,
+    /// The instance's own memory pressure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pressure: Option<PressureFigures>,
+}
+
+/// Pressure stall information of one cgroup and one resource (`cpu.pressure`,
+/// `memory.pressure`): shares of the last 10 s in percent, and totals since the cgroup was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PressureFigures {
+    /// Share of time some of its tasks were stalled, 0–100.
+    pub some_avg10: f64,
+    /// Share of time all of its tasks were stalled at once, 0–100.
+    pub full_avg10: f64,
+    pub some_seconds: f64,
+    pub full_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

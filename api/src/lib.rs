@@ -32,7 +32,7 @@ pub mod workload;
 pub use decode::{DecodeError, from_json, from_yaml};
 pub use duration::Duration;
 pub use event::{Event, EventType, ObjectReference};
-pub use instance::{Instance, InstanceSpec, InstanceStatus, InstanceUsage, Phase, Termination};
+pub use instance::{Instance, InstanceSpec, InstanceStatus, InstanceUsage, Phase, PressureFigures, Termination};
 pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::quantity::Cpu;
+
 /// Replicas of one workload.
 pub const MAX_REPLICAS: u32 = 100_000;
 /// Labels of one object; also entries of a node selector.
@@ -38,3 +40,8 @@ pub const MAX_URL_PATH_BYTES: usize = 1024;
 /// Any duration a workload sets (timeouts, CPU time, disconnect deadlines):
 /// far beyond any sensible value, and far from where clock arithmetic overflows.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The smallest `limits.cpu`: the kernel refuses a CPU quota under 1 ms per
+/// period, and the period is 100 ms.
+pub const MIN_CPU_LIMIT: Cpu = Cpu::from_millis(10);
+/// The largest `limits.cpu`: as many CPUs as the largest machines have.
+pub const MAX_CPU_LIMIT: Cpu = Cpu::from_cores(1024);

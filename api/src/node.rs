@@ -9,6 +9,7 @@ use crate::instance::Phase;
 use crate::meta::{ObjectMeta, api_version, validate_type};
 use crate::quantity::{Bytes, Cpu};
 use crate::validate::{Errors, ValidationError, is_label_key};
+use crate::workload::Isolation;
 
 pub const NODE_KIND: &str = "Node";
 
@@ -123,9 +124,10 @@ pub struct NodeStatus {
     pub insecure_http: bool,
 }
 
-/// How the node's WASM runtime is set up.
+/// How the node's WASM runtime is set up. Extended in protocol version 3, it
+/// tolerates fields it does not know: those of newer agents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeRuntime {
     /// `pooling` or `on-demand`.
     pub allocator: String,
@@ -136,6 +138,29 @@ pub struct NodeRuntime {
     pub compiler: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub compiler_reason: String,
+    /// The isolation modes the node runs instances in (`in-process`,
+    /// `process`). Empty from an agent older than isolation modes: in-process only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolation: Vec<String>,
+    /// Why `process` is not among them, when it is not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub isolation_reason: String,
+    /// The mode of workloads that set no `isolation` (the agent's `--default-isolation`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub default_isolation: String,
+    /// The cgroup layout process isolation uses, in one line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroups: String,
+}
+
+impl NodeRuntime {
+    /// Whether the node runs instances in `mode`.
+    pub fn offers(&self, mode: Isolation) -> bool {
+        match self.isolation.is_empty() {
+            true => mode == Isolation::InProcess,
+            false => self.isolation.iter().any(|offered| offered == mode.as_str()),
+        }
+    }
 }
 
 /// Amounts of each resource a node has or offers.
@@ -352,6 +377,32 @@ mod tests {
         for t in ConditionType::ALL {
             assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
         }
+    }
+
+    #[test]
+    fn a_node_offers_the_isolation_modes_it_lists_and_an_older_one_in_process_only() {
+        let older: NodeRuntime = serde_json::from_str(r#"{"allocator":"pooling","allocatorReason":"fits"}"#).unwrap();
+        assert!(older.offers(Isolation::InProcess) && !older.offers(Isolation::Process));
+        let both = NodeRuntime { isolation: vec!["in-process".into(), "process".into()], ..older.clone() };
+        assert!(both.offers(Isolation::InProcess) && both.offers(Isolation::Process));
+        let only = NodeRuntime { isolation: vec!["process".into()], ..older };
+        assert!(!only.offers(Isolation::InProcess) && only.offers(Isolation::Process));
+    }
+
+    #[test]
+    fn the_runtime_tolerates_fields_of_newer_agents_and_keeps_its_own() {
+        let runtime: NodeRuntime = serde_json::from_str(
+            r#"{"allocator":"pooling","allocatorReason":"fits","isolation":["in-process"],"isolationReason":"no cgroup",
+                "defaultIsolation":"in-process","cgroups":"v2 at /sys/fs/cgroup","sandboxes":"gvisor"}"#,
+        )
+        .unwrap();
+        assert_eq!(runtime.isolation_reason, "no cgroup");
+        let json = serde_json::to_value(&runtime).unwrap();
+        assert_eq!(json["defaultIsolation"], "in-process");
+        assert_eq!(json["cgroups"], "v2 at /sys/fs/cgroup");
+        assert!(json.get("sandboxes").is_none());
+        let bare = serde_json::to_string(&NodeRuntime::default()).unwrap();
+        assert!(!bare.contains("isolation") && !bare.contains("cgroups"), "{bare}");
     }
 
     #[test]

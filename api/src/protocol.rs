@@ -20,7 +20,12 @@
 //! Versions: an agent says which protocol it speaks ([`PROTOCOL_VERSION`]);
 //! the master sends the fields of a newer version only to agents that speak
 //! it, since agents of version 1 refuse fields they do not know. The messages
-//! new in version 2, and those it extends, tolerate unknown fields.
+//! new in version 2 or 3, and those they extend, tolerate unknown fields.
+//! From version 3 the master says which version it speaks too
+//! ([`RegisterResponse::protocol_version`], [`LeaseResponse::protocol_version`]),
+//! and an agent sends a master of version 2 or older only what that version
+//! reads ([`node_status_for_master`], [`instance_status_for_master`]); the
+//! master does the same for older agents ([`assigned_for_agent`]).
 //!
 //! Every request carries `Authorization: Bearer <token>`: the first
 //! registration a join token's `<id>.<secret>`, everything after it the node
@@ -35,13 +40,26 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::instance::{Instance, InstanceStatus};
 use crate::node::{Node, NodeStatus, Taint};
-use crate::workload::Workload;
+use crate::workload::{Isolation, Workload};
 
-/// The protocol this build speaks. Version 2 adds the node CA, the renewal
-/// of credentials and node certificates (`POST /nodes/{name}/credential`)
-/// and the peer side of ingresses (mutual TLS between nodes, `peerUrl`).
-/// An agent that sends no version speaks version 1.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The protocol this build speaks. An agent that sends no version speaks version 1.
+///
+/// - Version 2 adds the node CA, the renewal of credentials and node
+///   certificates (`POST /nodes/{name}/credential`) and the peer side of
+///   ingresses (mutual TLS between nodes, `peerUrl`).
+/// - Version 3 adds isolation modes: a workload's `isolation` and
+///   `resources.limits.cpu`; the modes a node offers in its
+///   `status.runtime` (`isolation`, `isolationReason`, `defaultIsolation`,
+///   `cgroups`); an instance's cgroup figures in `status.usage`
+///   (`isolation`, `cpuLimitMillis`, `memoryLimitBytes`, `cpuPeriods`,
+///   `cpuThrottledPeriods`, `cpuThrottledSeconds`, `oomKills`,
+///   `cpuPressure`, `memoryPressure`); and the master's own version in
+///   [`RegisterResponse`] and [`LeaseResponse`].
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The first version with isolation modes: older agents refuse a workload
+/// that names one, older masters a status that reports one.
+pub const ISOLATION_VERSION: u32 = 3;
 
 /// A node joining (or re-joining after a restart) the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +148,9 @@ pub struct RegisterResponse {
     /// (`POST /nodes/{name}/credential`), counted from this answer. Version 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_after: Option<Duration>,
+    /// The protocol the master speaks; absent: version 2 or older. Version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
 }
 
 /// A node renewing its credential and its certificate, with its current credential.
@@ -166,11 +187,17 @@ pub struct LeaseRenewal {
     pub assignment_revision: u64,
 }
 
+/// Extended in version 3, it tolerates fields it does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LeaseResponse {
     /// The node's current assignment revision: fetch the assignment when it differs.
     pub assignment_revision: u64,
+    /// The protocol the master speaks, to agents of version 3 or newer (older
+    /// ones refuse the field), so an agent learns of a master upgraded under it.
+    /// Version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u32>,
 }
 
 /// The authoritative list of what a node must run. The agent runs exactly
@@ -226,3 +253,168 @@ pub struct List<T> {
 
 /// Convenience for [`Node`]-returning endpoints.
 pub type NodeList = List<Node>;
+
+/// The node status an agent sends a master of protocol `master`: without the
+/// fields of newer versions, which a master of version 2 or older refuses
+/// (and with them the whole report).
+pub fn node_status_for_master(mut status: NodeStatus, master: u32) -> NodeStatus {
+    if master < ISOLATION_VERSION
+        && let Some(runtime) = &mut status.runtime
+    {
+        runtime.isolation = Vec::new();
+        runtime.isolation_reason = String::new();
+        runtime.default_isolation = String::new();
+        runtime.cgroups = String::new();
+    }
+    status
+}
+
+/// An instance's status as an agent sends it to a master of protocol `master`:
+/// without the cgroup figures when the master is older than isolation modes.
+pub fn instance_status_for_master(mut status: InstanceStatus, master: u32) -> InstanceStatus {
+    if master < ISOLATION_VERSION
+        && let Some(usage) = &mut status.usage
+    {
+        *usage = crate::InstanceUsage { memory_bytes: usage.memory_bytes, cpu_seconds: usage.cpu_seconds, ..Default::default() };
+    }
+    status
+}
+
+/// An assigned instance as the master sends it to an agent of protocol
+/// `agent`, or None when that agent cannot run it as asked. An agent older
+/// than isolation modes refuses an assignment naming one (all of it, not the
+/// one instance): `isolation: in-process`, how it runs anyway, is left out,
+/// and an instance that needs `process` is withheld (the scheduler places
+/// none there; this holds also for instances placed before the agent was
+/// downgraded, or by a node that claims more than its version can do).
+pub fn assigned_for_agent(mut assigned: AssignedInstance, agent: u32) -> Option<AssignedInstance> {
+    if agent < ISOLATION_VERSION {
+        let spec = &mut assigned.workload.spec;
+        if spec.isolation == Some(Isolation::Process) {
+            return None;
+        }
+        spec.isolation = None;
+        // Valid only with `isolation: process`; cleared all the same, as the agent would refuse it.
+        spec.resources.limits.cpu = None;
+    }
+    Some(assigned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{InstanceSpec, InstanceUsage, PressureFigures};
+    use crate::node::NodeRuntime;
+
+    /// Keys new in version 3 in the messages an agent sends, anywhere in their JSON.
+    const VERSION_3_KEYS: [&str; 12] = [
+        "isolation",
+        "isolationReason",
+        "defaultIsolation",
+        "cgroups",
+        "cpuLimitMillis",
+        "memoryLimitBytes",
+        "cpuPeriods",
+        "cpuThrottledPeriods",
+        "cpuThrottledSeconds",
+        "oomKills",
+        "cpuPressure",
+        "memoryPressure",
+    ];
+
+    fn keys(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    out.push(key.clone());
+                    keys(value, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    fn version_3_keys(message: &impl Serialize) -> Vec<String> {
+        let mut found = Vec::new();
+        keys(&serde_json::to_value(message).unwrap(), &mut found);
+        found.retain(|k| VERSION_3_KEYS.contains(&k.as_str()));
+        found
+    }
+
+    fn figures() -> PressureFigures {
+        PressureFigures { some_avg10: 1.5, full_avg10: 0.5, some_seconds: 12.0, full_seconds: 3.0 }
+    }
+
+    #[test]
+    fn an_older_master_gets_no_field_of_version_3_and_a_newer_one_all() {
+        let mut status = NodeStatus {
+            runtime: Some(NodeRuntime {
+                allocator: "pooling".into(),
+                allocator_reason: "fits".into(),
+                compiler: "process".into(),
+                compiler_reason: String::new(),
+                isolation: vec!["in-process".into(), "process".into()],
+                isolation_reason: "why not".into(),
+                default_isolation: "in-process".into(),
+                cgroups: "v2 at /sys/fs/cgroup".into(),
+            }),
+            ..Default::default()
+        };
+        status.runtime.as_mut().unwrap().compiler_reason = "kept".into();
+        assert_eq!(version_3_keys(&status).len(), 4);
+        let older = node_status_for_master(status.clone(), 2);
+        assert_eq!(version_3_keys(&older), Vec::<String>::new());
+        let runtime = older.runtime.unwrap();
+        assert_eq!((runtime.allocator.as_str(), runtime.compiler_reason.as_str()), ("pooling", "kept"), "version 2 fields stay");
+        assert_eq!(node_status_for_master(status.clone(), PROTOCOL_VERSION), status);
+
+        let usage = InstanceUsage {
+            memory_bytes: 3 << 20,
+            cpu_seconds: 1.25,
+            isolation: Some("process".into()),
+            cpu_limit_millis: Some(200),
+            memory_limit_bytes: Some(40 << 20),
+            cpu_periods: Some(100),
+            cpu_throttled_periods: Some(40),
+            cpu_throttled_seconds: Some(2.5),
+            oom_kills: Some(1),
+            cpu_pressure: Some(figures()),
+            memory_pressure: Some(figures()),
+        };
+        let status = InstanceStatus { usage: Some(usage), reason: Some("OOMKilled".into()), ..Default::default() };
+        assert_eq!(version_3_keys(&status).len(), 9);
+        let older = instance_status_for_master(status.clone(), 2);
+        assert_eq!(version_3_keys(&older), Vec::<String>::new());
+        assert_eq!(older.usage.as_ref().map(|u| (u.memory_bytes, u.cpu_seconds)), Some((3 << 20, 1.25)));
+        assert_eq!(older.reason.as_deref(), Some("OOMKilled"), "reasons are words, in every version");
+        assert_eq!(instance_status_for_master(status.clone(), 3), status);
+    }
+
+    #[test]
+    fn an_older_agent_gets_no_isolation_and_no_instance_that_needs_process() {
+        let text = |isolation: &str| {
+            format!(
+                "metadata: {{name: w}}\nspec:\n  type: daemon\n  module: {{source: m.wasm, digest: \"sha256:{}\"}}\n{isolation}",
+                "0".repeat(64)
+            )
+        };
+        let assigned = |isolation: &str| AssignedInstance {
+            instance: Instance::new("w-1", InstanceSpec { workload: "w".into(), node: "n".into(), epoch: 1 }),
+            workload: crate::from_yaml(&text(isolation)).unwrap(),
+        };
+        let in_process = assigned("  isolation: in-process\n");
+        let sent = assigned_for_agent(in_process.clone(), 2).unwrap();
+        assert_eq!(version_3_keys(&sent), Vec::<String>::new());
+        assert_eq!(sent, assigned(""), "the same workload as one that names no mode");
+        assert_eq!(assigned_for_agent(in_process.clone(), 3), Some(in_process));
+
+        let process = assigned("  isolation: process\n  resources:\n    limits: {cpu: 200m}\n");
+        assert_eq!(assigned_for_agent(process.clone(), 2), None);
+        assert_eq!(assigned_for_agent(process.clone(), 1), None);
+        assert_eq!(assigned_for_agent(process.clone(), 3), Some(process));
+
+        let plain = assigned("");
+        assert_eq!(assigned_for_agent(plain.clone(), 1), Some(plain));
+    }
+}

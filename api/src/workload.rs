@@ -2,6 +2,8 @@
 //! One kind covers what Kubernetes splits into Deployment, DaemonSet and Job.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,10 @@ pub struct WorkloadSpec {
     pub allowed_outbound_hosts: Vec<String>,
     #[serde(default)]
     pub resources: Resources,
+    /// How each instance runs on its node; the node's default (its agent's
+    /// `--default-isolation`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +165,9 @@ pub struct ResourceLimits {
     /// Linear memories and tables together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Bytes>,
+    /// A hard CPU limit enforced by the kernel (a cgroup CPU quota); needs `isolation: process`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
     /// CPU time one run of a job or daemon may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_time: Option<Duration>,
@@ -169,6 +178,48 @@ pub struct ResourceLimits {
     /// (the node's `--default-ephemeral-storage` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<Bytes>,
+}
+
+/// How an instance runs on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Inside the agent's own process: dense and fast; wasmtime enforces the limits.
+    InProcess,
+    /// In a child process of the agent with a cgroup of its own: the kernel
+    /// enforces the CPU and memory limits, and the instance outlives a restart of the agent.
+    Process,
+}
+
+impl Isolation {
+    pub const ALL: [Isolation; 2] = [Isolation::InProcess, Isolation::Process];
+
+    /// The spelling of manifests, flags and node status: `in-process`, `process`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that names no isolation mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an isolation mode: use `in-process` or `process`")]
+pub struct UnknownIsolation(pub String);
+
+impl FromStr for Isolation {
+    type Err = UnknownIsolation;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Isolation::ALL.into_iter().find(|mode| mode.as_str() == s).ok_or_else(|| UnknownIsolation(shorten(s).into_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +404,29 @@ impl Workload {
         {
             errors.push("spec.resources.requests.memory", format!("request {request} is above the limit {limit}"));
         }
+        if let Some(cpu) = spec.resources.limits.cpu {
+            let field = "spec.resources.limits.cpu";
+            if cpu < MIN_CPU_LIMIT {
+                errors.push(
+                    field,
+                    format!("{cpu} is less than {MIN_CPU_LIMIT}, the smallest CPU quota the kernel enforces (1 ms per 100 ms period)"),
+                );
+            }
+            if cpu > MAX_CPU_LIMIT {
+                errors.push(field, format!("{cpu} is more than the limit of {MAX_CPU_LIMIT}"));
+            }
+            if spec.isolation != Some(Isolation::Process) {
+                errors.push(
+                    field,
+                    "is enforced only in process isolation (a cgroup CPU quota): set `isolation: process`, or leave the limit out",
+                );
+            }
+            if let Some(request) = spec.resources.requests.cpu
+                && request > cpu
+            {
+                errors.push("spec.resources.requests.cpu", format!("request {request} is above the limit {cpu}"));
+            }
+        }
         if spec.resources.limits.ephemeral_storage.is_some_and(|b| b.get() == 0) {
             errors.push("spec.resources.limits.ephemeralStorage", "must be more than 0 (leave it out for the node's default)");
         }
@@ -511,6 +585,61 @@ mod tests {
         let w: Workload = from_yaml(&manifest("  resources:\n    limits: {ephemeralStorage: 0}\n")).unwrap();
         let err = w.validate().unwrap_err().to_string();
         assert!(err.contains("spec.resources.limits.ephemeralStorage") && err.contains("more than 0"), "{err}");
+    }
+
+    #[test]
+    fn isolation_is_spelled_as_in_manifests_and_flags() {
+        for mode in Isolation::ALL {
+            assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{mode}\""));
+            assert_eq!(mode.as_str().parse::<Isolation>(), Ok(mode));
+        }
+        assert_eq!("in-process".parse::<Isolation>(), Ok(Isolation::InProcess));
+        let err = "InProcess".parse::<Isolation>().unwrap_err().to_string();
+        assert!(err.contains("`InProcess`") && err.contains("`in-process` or `process`"), "{err}");
+        let err = from_yaml::<Workload>(&manifest("  isolation: container\n")).unwrap_err().to_string();
+        assert!(err.contains("spec.isolation") && err.contains("container"), "{err}");
+        let w: Workload = from_yaml(&manifest("  isolation: process\n")).unwrap();
+        assert_eq!(w.spec.isolation, Some(Isolation::Process));
+        w.validate().unwrap();
+    }
+
+    #[test]
+    fn a_workload_without_isolation_serializes_as_before() {
+        // Agents key an instance's generation on the spec's JSON: a spec that
+        // sets neither field must not change it, or every instance would restart.
+        let w: Workload = from_yaml(&manifest("  resources:\n    limits: {memory: 16Mi}\n")).unwrap();
+        let json = serde_json::to_string(&w.spec).unwrap();
+        assert!(!json.contains("isolation") && !json.contains("\"cpu\""), "{json}");
+    }
+
+    #[test]
+    fn a_cpu_limit_is_a_kernel_quota_and_needs_process_isolation() {
+        let w: Workload = from_yaml(&manifest("  isolation: process\n  resources:\n    limits: {cpu: 250m}\n")).unwrap();
+        assert_eq!(w.spec.resources.limits.cpu, Some(Cpu::from_millis(250)));
+        w.validate().unwrap();
+
+        let err = from_yaml::<Workload>(&manifest("  resources:\n    limits: {cpu: 1.0001}\n")).unwrap_err().to_string();
+        assert!(err.contains("spec.resources.limits.cpu") && err.contains("precision"), "{err}");
+
+        for (isolation, cpu, problems) in [
+            ("", "250m", vec!["enforced only in process isolation", "set `isolation: process`"]),
+            ("  isolation: in-process\n", "1", vec!["enforced only in process isolation"]),
+            ("  isolation: process\n", "9m", vec!["9m is less than 10m", "the kernel"]),
+            ("  isolation: process\n", "0", vec!["0 is less than 10m"]),
+            ("  isolation: process\n", "1025", vec!["1025 is more than the limit of 1024"]),
+        ] {
+            let w: Workload = from_yaml(&manifest(&format!("{isolation}  resources:\n    limits: {{cpu: \"{cpu}\"}}\n"))).unwrap();
+            let err = w.validate().unwrap_err();
+            assert!(err.errors.iter().all(|e| e.field == "spec.resources.limits.cpu"), "{err}");
+            for problem in problems {
+                assert!(err.to_string().contains(problem), "{cpu} with `{isolation}`: {err}");
+            }
+        }
+
+        let w: Workload =
+            from_yaml(&manifest("  isolation: process\n  resources:\n    requests: {cpu: 500m}\n    limits: {cpu: 200m}\n")).unwrap();
+        let err = w.validate().unwrap_err().to_string();
+        assert!(err.contains("spec.resources.requests.cpu: request 500m is above the limit 200m"), "{err}");
     }
 
     #[test]

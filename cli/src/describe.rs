@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use wasmlet_api::{Bytes, ConditionType, Cpu, Event, Instance, Node, Phase, Pressure, ResourcePressure, Workload, WorkloadType};
+use wasmlet_api::{
+    Bytes, ConditionType, Cpu, Event, Instance, InstanceUsage, Node, NodeRuntime, Phase, Pressure, ResourcePressure, Workload, WorkloadType,
+};
 
 use crate::age;
 use crate::style::Style;
@@ -130,6 +132,27 @@ fn pressure_section(page: &mut Page, pressure: Option<&Pressure>) {
     page.table(&table);
 }
 
+/// The isolation modes a node offers, its default marked, why process
+/// isolation is missing, and the cgroup layout; nothing from an agent older than isolation modes.
+fn isolation_facts(runtime: &NodeRuntime) -> Vec<(&'static str, String)> {
+    let mut facts = Vec::new();
+    if !runtime.isolation.is_empty() {
+        let modes: Vec<String> = runtime
+            .isolation
+            .iter()
+            .map(|mode| if *mode == runtime.default_isolation { format!("{mode} (default)") } else { mode.clone() })
+            .collect();
+        facts.push(("Isolation", modes.join(", ")));
+    }
+    if !runtime.isolation_reason.is_empty() {
+        facts.push(("Process Isolation", format!("not offered: {}", runtime.isolation_reason)));
+    }
+    if !runtime.cgroups.is_empty() {
+        facts.push(("Cgroups", runtime.cgroups.clone()));
+    }
+    facts
+}
+
 /// `describe node`: `instances` and `workloads` are the cluster's (the page picks the node's),
 /// `events` all events (the page picks those about the node).
 pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events: &[Event], now: DateTime<Utc>) -> String {
@@ -220,6 +243,7 @@ pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events:
         if !runtime.compiler.is_empty() {
             facts.push(("Compiler", format!("{} ({})", runtime.compiler, runtime.compiler_reason)));
         }
+        facts.extend(isolation_facts(runtime));
     }
     page.pairs(&facts);
 
@@ -229,16 +253,19 @@ pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events:
     let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.spec.node == *name && holds_resources(i.status.phase)).collect();
     mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let allocatable = &node.status.allocatable;
-    let (mut cpu, mut memory, mut memory_limits) = (Cpu::ZERO, Bytes::ZERO, Bytes::ZERO);
+    let (mut cpu, mut cpu_limits, mut memory, mut memory_limits) = (Cpu::ZERO, Cpu::ZERO, Bytes::ZERO, Bytes::ZERO);
     let _ = writeln!(page.0, "Non-terminated Instances:  ({} in total)", mine.len());
     if !mine.is_empty() {
-        let mut table = Table::new(["Name", "Workload", "Phase", "CPU Requests", "Memory Requests", "Memory Limits", "Age"]).underlined();
+        let mut table =
+            Table::new(["Name", "Workload", "Phase", "CPU Requests", "CPU Limits", "Memory Requests", "Memory Limits", "Age"]).underlined();
         for i in &mine {
             let resources = by_name.get(i.spec.workload.as_str()).map(|w| w.spec.resources.clone()).unwrap_or_default();
             let r_cpu = resources.requests.cpu.unwrap_or(Cpu::ZERO);
+            let l_cpu = resources.limits.cpu.unwrap_or(Cpu::ZERO);
             let r_mem = resources.requests.memory.unwrap_or(Bytes::ZERO);
             let l_mem = resources.limits.memory.unwrap_or(Bytes::ZERO);
             cpu = cpu.saturating_add(r_cpu);
+            cpu_limits = cpu_limits.saturating_add(l_cpu);
             memory = memory.saturating_add(r_mem);
             memory_limits = memory_limits.saturating_add(l_mem);
             table.push([
@@ -246,6 +273,7 @@ pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events:
                 i.spec.workload.clone(),
                 i.status.phase.to_string(),
                 format!("{r_cpu} ({})", share(r_cpu.millis(), allocatable.cpu.millis())),
+                format!("{l_cpu} ({})", share(l_cpu.millis(), allocatable.cpu.millis())),
                 format!("{r_mem} ({})", share(r_mem.get(), allocatable.memory.get())),
                 format!("{l_mem} ({})", share(l_mem.get(), allocatable.memory.get())),
                 age::since(now, i.metadata.creation_timestamp),
@@ -256,7 +284,11 @@ pub fn node(node: &Node, instances: &[Instance], workloads: &[Workload], events:
     page.heading("Allocated resources");
     let _ = writeln!(page.0, "  (Total limits may be over 100 percent, i.e., overcommitted.)");
     let mut table = Table::new(["Resource", "Requests", "Limits"]).underlined();
-    table.push(["cpu".into(), format!("{cpu} ({})", share(cpu.millis(), allocatable.cpu.millis())), "0 (0%)".into()]);
+    table.push([
+        "cpu".into(),
+        format!("{cpu} ({})", share(cpu.millis(), allocatable.cpu.millis())),
+        format!("{cpu_limits} ({})", share(cpu_limits.millis(), allocatable.cpu.millis())),
+    ]);
     table.push([
         "memory".into(),
         format!("{memory} ({})", share(memory.get(), allocatable.memory.get())),
@@ -295,6 +327,7 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
     page.field("Digest", &spec.module.digest);
     let placement = if spec.placement.is_some() { "every node".to_string() } else { format!("{} replica(s)", spec.replicas.unwrap_or(1)) };
     page.field("Placement", placement);
+    page.field("Isolation", spec.isolation.map_or("<node default>", |mode| mode.as_str()));
     if let Some(s) = &w.status {
         page.field(
             "Replicas",
@@ -342,6 +375,7 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
     ]);
     page.heading("Limits");
     page.pairs(&[
+        ("cpu", r.limits.cpu.map(|c| c.to_string()).unwrap_or_else(|| "<none>".into())),
         ("memory", r.limits.memory.map(|m| m.to_string()).unwrap_or_else(|| "<none>".into())),
         ("cpuTime", r.limits.cpu_time.map(|d| d.to_string()).unwrap_or_else(|| "<none>".into())),
     ]);
@@ -378,6 +412,47 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
     page.0
 }
 
+/// An instance's usage, with every figure its cgroup gave (process isolation) in the order of `top`.
+fn usage_pairs(u: &InstanceUsage) -> Vec<(&'static str, String)> {
+    let mut pairs = Vec::new();
+    if let Some(isolation) = &u.isolation {
+        pairs.push(("isolation", isolation.clone()));
+    }
+    pairs.push(("cpu", format!("{:.3}s", u.cpu_seconds)));
+    if let Some(millis) = u.cpu_limit_millis {
+        pairs.push(("cpu limit", Cpu::from_millis(millis).to_string()));
+    }
+    if let Some(periods) = u.cpu_periods {
+        let mut line = format!("{periods}");
+        if let Some(throttled) = u.cpu_throttled_periods {
+            let _ = write!(line, ", throttled in {throttled} ({})", share(throttled, periods));
+        }
+        if let Some(seconds) = u.cpu_throttled_seconds {
+            let _ = write!(line, " for {seconds:.3}s");
+        }
+        pairs.push(("cpu periods", line));
+    }
+    pairs.push(("memory", Bytes::new(u.memory_bytes).human()));
+    if let Some(limit) = u.memory_limit_bytes {
+        pairs.push(("memory limit", Bytes::new(limit).human()));
+    }
+    if let Some(kills) = u.oom_kills {
+        pairs.push(("oom kills", kills.to_string()));
+    }
+    for (key, pressure) in [("cpu pressure", &u.cpu_pressure), ("memory pressure", &u.memory_pressure)] {
+        if let Some(p) = pressure {
+            pairs.push((
+                key,
+                format!(
+                    "some {:.2}% full {:.2}% (avg10), some {:.3}s full {:.3}s (total)",
+                    p.some_avg10, p.full_avg10, p.some_seconds, p.full_seconds
+                ),
+            ));
+        }
+    }
+    pairs
+}
+
 /// `describe instance`: where it runs, how it is doing, how its last run ended, its events.
 pub fn instance(i: &Instance, events: &[Event], now: DateTime<Utc>) -> String {
     let mut page = Page(String::new());
@@ -412,7 +487,7 @@ pub fn instance(i: &Instance, events: &[Event], now: DateTime<Utc>) -> String {
         None => page.field("Usage", "<none>"),
         Some(u) => {
             page.heading("Usage");
-            page.pairs(&[("cpu", format!("{:.3}s", u.cpu_seconds)), ("memory", Bytes::new(u.memory_bytes).human())]);
+            page.pairs(&usage_pairs(u));
         }
     }
     events_section(&mut page, &events_of(events, "Instance", &i.metadata.name), now);

@@ -2,7 +2,7 @@
 //! from the object. Pure functions of the objects and `now`.
 
 use chrono::{DateTime, Utc};
-use wasmlet_api::{AddressType, ConditionStatus, ConditionType, Event, EventType, Instance, Node, Phase, Workload};
+use wasmlet_api::{AddressType, Bytes, ConditionStatus, ConditionType, Cpu, Event, EventType, Instance, Node, Phase, Workload};
 
 use crate::age;
 use crate::style::Tone;
@@ -118,6 +118,45 @@ pub fn instances(instances: &[Instance], wide: bool, now: DateTime<Utc>) -> Tabl
             row.extend([plain(i.spec.epoch.to_string()), plain(i.status.reason.clone().unwrap_or_else(|| "<none>".into()))]);
         }
         table.push_toned(row);
+    }
+    table
+}
+
+/// `wasmlet top instances`: each instance (with the node it runs on) and what
+/// it uses. MEMORY is `used/limit` where the instance's cgroup has a limit;
+/// CPU-LIMIT and THROTTLED (the share of CPU quota periods in which it had
+/// to wait) appear when some instance has a CPU limit, so a table of
+/// in-process instances stays as narrow as ever.
+pub fn top_instances(instances: &[(String, Instance)]) -> Table {
+    let limited = instances.iter().any(|(_, i)| i.status.usage.as_ref().is_some_and(|u| u.cpu_limit_millis.is_some()));
+    let mut headers = vec!["NAME", "WORKLOAD", "NODE", "CPU(seconds)"];
+    if limited {
+        headers.extend(["CPU-LIMIT", "THROTTLED"]);
+    }
+    headers.push("MEMORY");
+    let mut table = Table::new(headers);
+    for (node, i) in instances {
+        let mut row = vec![i.metadata.name.clone(), i.spec.workload.clone(), node.clone()];
+        let Some(u) = &i.status.usage else {
+            row.extend(std::iter::repeat_n("<unknown>".to_string(), if limited { 4 } else { 2 }));
+            table.push(row);
+            continue;
+        };
+        row.push(format!("{:.2}", u.cpu_seconds));
+        if limited {
+            row.push(u.cpu_limit_millis.map_or_else(|| "<none>".into(), |m| Cpu::from_millis(m).to_string()));
+            row.push(match (u.cpu_throttled_periods, u.cpu_periods) {
+                (Some(_), Some(0)) => "0%".into(),
+                (Some(throttled), Some(periods)) => percent(throttled as f64, periods as f64),
+                _ => "<none>".into(),
+            });
+        }
+        let used = Bytes::new(u.memory_bytes).human();
+        row.push(match u.memory_limit_bytes {
+            Some(limit) => format!("{used}/{}", Bytes::new(limit).human()),
+            None => used,
+        });
+        table.push(row);
     }
     table
 }

@@ -90,6 +90,16 @@ fn node(name: &str, ready: ConditionStatus, age: i64) -> Node {
 
 fn fleet() -> Vec<Node> {
     let mut a = node("edge-a", ConditionStatus::True, 3 * 86400);
+    a.status.runtime = Some(NodeRuntime {
+        allocator: "pooling".into(),
+        allocator_reason: "128 instances of up to 4Gi fit the address space".into(),
+        compiler: "process".into(),
+        compiler_reason: "a child process per compile".into(),
+        isolation: vec!["in-process".into(), "process".into()],
+        isolation_reason: String::new(),
+        default_isolation: "in-process".into(),
+        cgroups: "hybrid: v1 cpu,cpuacct,memory,pids; v2 core at /sys/fs/cgroup/unified".into(),
+    });
     a.metadata.labels.insert("node-role.wasmlet.io/edge".into(), "".into());
     a.metadata.labels.insert("zone".into(), "lab".into());
     let mut b = node("edge-b", ConditionStatus::True, 45);
@@ -107,6 +117,32 @@ fn workload(name: &str, cpu: u64, memory_mi: u64, limit_mi: u64) -> Workload {
         "a".repeat(64)
     );
     from_yaml(&text).expect("a valid workload")
+}
+
+/// A workload in process isolation with a kernel CPU limit.
+fn isolated_workload(name: &str) -> Workload {
+    let mut w = workload(name, 100, 16, 32);
+    w.spec.isolation = Some(Isolation::Process);
+    w.spec.resources.limits.cpu = Some(Cpu::from_millis(200));
+    w.validate().expect("a valid workload");
+    w
+}
+
+/// What the agent reports of an instance in process isolation: every cgroup figure.
+fn cgroup_usage() -> InstanceUsage {
+    InstanceUsage {
+        memory_bytes: 13 << 20,
+        cpu_seconds: 12.3456,
+        isolation: Some("process".into()),
+        cpu_limit_millis: Some(200),
+        memory_limit_bytes: Some(40 << 20),
+        cpu_periods: Some(1200),
+        cpu_throttled_periods: Some(342),
+        cpu_throttled_seconds: Some(4.25),
+        oom_kills: Some(1),
+        cpu_pressure: Some(PressureFigures { some_avg10: 37.5, full_avg10: 12.25, some_seconds: 4.5, full_seconds: 1.5 }),
+        memory_pressure: Some(PressureFigures { some_avg10: 0.0, full_avg10: 0.0, some_seconds: 0.125, full_seconds: 0.0 }),
+    }
 }
 
 fn instance(name: &str, workload: &str, node: &str, phase: Phase, restarts: u32, age: i64) -> Instance {
@@ -146,7 +182,10 @@ fn get_instances() {
 
 #[test]
 fn describe_node() {
-    let workloads = [workload("sensor", 100, 16, 64), workload("api", 250, 128, 256)];
+    let mut sensor = workload("sensor", 100, 16, 64);
+    sensor.spec.isolation = Some(Isolation::Process);
+    sensor.spec.resources.limits.cpu = Some(Cpu::from_millis(500));
+    let workloads = [sensor, workload("api", 250, 128, 256)];
     let mut event = Event::new(
         "edge-a.1",
         EventType::Normal,
@@ -176,4 +215,92 @@ fn describe_node_without_psi() {
     assert!(page.contains("Pressure:           unavailable: /proc/pressure is missing"), "{page}");
     assert!(page.contains("Non-terminated Instances:  (0 in total)"), "{page}");
     assert!(page.contains("Events:             <none>"), "{page}");
+}
+
+#[test]
+fn describe_node_without_process_isolation_says_why() {
+    let mut n = fleet().remove(0);
+    if let Some(runtime) = &mut n.status.runtime {
+        runtime.isolation = vec!["in-process".into()];
+        runtime.isolation_reason = "cannot create /sys/fs/cgroup/cpu/wasmlet-3f2a (Read-only file system)".into();
+        runtime.cgroups = String::new();
+    }
+    let page = describe::node(&n, &[], &[], &[], now());
+    assert!(page.contains("  Isolation:          in-process (default)\n"), "{page}");
+    assert!(
+        page.contains("  Process Isolation:  not offered: cannot create /sys/fs/cgroup/cpu/wasmlet-3f2a (Read-only file system)\n"),
+        "{page}"
+    );
+    assert!(!page.contains("Cgroups:"), "{page}");
+
+    // An agent older than isolation modes says nothing about them.
+    let mut older = fleet().remove(0);
+    if let Some(runtime) = &mut older.status.runtime {
+        *runtime =
+            NodeRuntime { allocator: runtime.allocator.clone(), allocator_reason: runtime.allocator_reason.clone(), ..Default::default() };
+    }
+    let page = describe::node(&older, &[], &[], &[], now());
+    assert!(!page.contains("Isolation") && !page.contains("Cgroups"), "{page}");
+}
+
+/// An instance in process isolation that the kernel's OOM killer ended once, waiting to restart.
+fn oom_killed_instance() -> Instance {
+    let mut i = instance("memhog-4x7kq", "memhog", "edge-a", Phase::Pending, 1, 95);
+    i.status.started_at = Some(ago(94));
+    i.status.reason = Some("CrashLoopBackOff".into());
+    i.status.message = Some("restarting in 200ms".into());
+    i.status.last_termination = Some(Termination {
+        exit_code: None,
+        reason: "OOMKilled".into(),
+        message:
+            "killed by the kernel's OOM killer: the instance's cgroup reached memory.max = 40Mi (limits.memory 32Mi + process overhead 8Mi)"
+                .into(),
+        started_at: ago(94),
+        finished_at: ago(2),
+    });
+    i.status.usage = Some(cgroup_usage());
+    i
+}
+
+#[test]
+fn describe_instance_in_process_isolation() {
+    check("describe-instance", &describe::instance(&oom_killed_instance(), &[], now()));
+}
+
+#[test]
+fn describe_instance_in_process_shows_only_what_it_has() {
+    let mut i = instance("sensor-7k2pq", "sensor", "edge-a", Phase::Running, 0, 310);
+    i.status.usage =
+        Some(InstanceUsage { memory_bytes: 3 << 20, cpu_seconds: 0.5, isolation: Some("in-process".into()), ..Default::default() });
+    let page = describe::instance(&i, &[], now());
+    assert!(page.contains("Usage:\n  isolation:  in-process\n  cpu:        0.500s\n  memory:     3Mi\n"), "{page}");
+}
+
+#[test]
+fn describe_workload_in_process_isolation() {
+    let mut w = isolated_workload("spin");
+    w.metadata.creation_timestamp = Some(ago(600));
+    let mut i = instance("spin-8m2zt", "spin", "edge-a", Phase::Failed, 0, 300);
+    i.status.reason = Some("IsolationUnavailable".into());
+    check("describe-workload", &describe::workload(&w, &[i], &[], now()));
+}
+
+#[test]
+fn top_instances() {
+    let mut isolated = oom_killed_instance();
+    isolated.status.phase = Phase::Running;
+    let mut quiet = instance("spin-8m2zt", "spin", "edge-b", Phase::Running, 0, 300);
+    quiet.status.usage = Some(InstanceUsage { cpu_throttled_periods: Some(0), cpu_periods: Some(0), ..cgroup_usage() });
+    let mut in_process = instance("sensor-7k2pq", "sensor", "edge-a", Phase::Running, 0, 310);
+    in_process.status.usage = Some(InstanceUsage { memory_bytes: 3 << 20, cpu_seconds: 0.52, ..Default::default() });
+    let unknown = instance("api-x9d1f", "api", "edge-a", Phase::Running, 2, 600);
+    let rows: Vec<(String, Instance)> = [("edge-a", in_process.clone()), ("edge-a", unknown), ("edge-a", isolated), ("edge-b", quiet)]
+        .into_iter()
+        .map(|(node, i)| (node.to_string(), i))
+        .collect();
+    check("top-instances", &view::top_instances(&rows).render(Style::PLAIN, ""));
+
+    // In-process instances only: the table of before, no limit columns.
+    let table = view::top_instances(&[("edge-a".to_string(), in_process)]).render(Style::PLAIN, "");
+    assert_eq!(table, "NAME           WORKLOAD   NODE     CPU(seconds)   MEMORY\nsensor-7k2pq   sensor     edge-a   0.52           3Mi\n");
 }

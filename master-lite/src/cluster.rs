@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, Workload};
 
+use crate::api::live::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
@@ -38,6 +39,16 @@ pub struct AgentView {
     pub assignment: watch::Sender<u64>,
     /// Whether the node carries the unreachable taint.
     pub unreachable: bool,
+    /// The protocol version the node's agent registered with.
+    pub protocol: u32,
+}
+
+/// What a lease renewal needs to know about one node (see [`AgentView`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentState {
+    pub assignment: u64,
+    pub unreachable: bool,
+    pub protocol: u32,
 }
 
 /// Per registered node: its [`AgentView`]. Updated by every commit that changes it.
@@ -49,9 +60,9 @@ impl AgentViews {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `(assignment revision, unreachable)` of a registered node.
-    pub fn get(&self, node: &str) -> Option<(u64, bool)> {
-        self.read().get(node).map(|v| (*v.assignment.borrow(), v.unreachable))
+    /// The assignment revision, taint and protocol of a registered node.
+    pub fn get(&self, node: &str) -> Option<AgentState> {
+        self.read().get(node).map(|v| AgentState { assignment: *v.assignment.borrow(), unreachable: v.unreachable, protocol: v.protocol })
     }
 
     /// A receiver of the node's assignment revision.
@@ -456,12 +467,14 @@ impl Cluster {
             match self.nodes.get(&name) {
                 Some(node) => {
                     let unreachable = is_unreachable(node);
+                    let protocol = agent_protocol(node);
                     match views.get_mut(&name) {
                         Some(view) => {
                             view.unreachable = unreachable;
+                            view.protocol = protocol;
                             view.assignment.send_if_modified(|r| std::mem::replace(r, assignment) != assignment);
                         }
-                        None => drop(views.insert(name, AgentView { assignment: watch::Sender::new(assignment), unreachable })),
+                        None => drop(views.insert(name, AgentView { assignment: watch::Sender::new(assignment), unreachable, protocol })),
                     }
                 }
                 None => {
@@ -524,6 +537,7 @@ fn placeholder(name: &str, raw: &[u8]) -> Workload {
             dirs: Vec::new(),
             allowed_outbound_hosts: Vec::new(),
             resources: Default::default(),
+            isolation: None,
             restart_policy: None,
             route: None,
             readiness_path: None,

@@ -4,7 +4,9 @@
 //! place the same way, and tests need no server.
 //!
 //! Filter (first failing reason per node is counted): Ready, schedulable,
-//! taints tolerated, node selector, no DiskPressure/PIDPressure (nor
+//! taints tolerated, node selector, the isolation mode the workload names
+//! offered (`status.runtime.isolation`, by an agent of a protocol version
+//! that knows isolation modes), no DiskPressure/PIDPressure (nor
 //! MemoryPressure when memory is requested), instance count below capacity,
 //! requests fit allocatable minus what is placed there. Score: fewest
 //! instances of the same workload first (spread), then least allocated (or
@@ -14,8 +16,10 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 
-use wasmlet_api::{ConditionStatus, ConditionType, Node, Phase, Taint, TaintEffect, Toleration, TolerationOperator, Workload};
+use wasmlet_api::protocol::ISOLATION_VERSION;
+use wasmlet_api::{ConditionStatus, ConditionType, Isolation, Node, Phase, Taint, TaintEffect, Toleration, TolerationOperator, Workload};
 
+use crate::api::live::agent_protocol;
 use crate::cluster::Cluster;
 use crate::config::Scoring;
 
@@ -284,6 +288,13 @@ impl NodeLoad {
         if spec.node_selector.iter().any(|(k, v)| node.metadata.labels.get(k) != Some(v)) {
             return Err("node selector mismatch");
         }
+        // Without `isolation` an instance runs in the node's default mode, which every node offers.
+        // An agent older than isolation modes cannot be sent one, whatever its status claims.
+        if spec.isolation == Some(Isolation::Process)
+            && !(node.status.runtime.as_ref().is_some_and(|r| r.offers(Isolation::Process)) && agent_protocol(node) >= ISOLATION_VERSION)
+        {
+            return Err("process isolation not offered");
+        }
         let pressure = |kind| node.condition(kind).is_some_and(|c| c.status == ConditionStatus::True);
         if pressure(ConditionType::DiskPressure) {
             return Err("disk pressure");
@@ -437,6 +448,47 @@ mod tests {
             effect: None,
         });
         assert_eq!(p.place(&w, |_| true).unwrap(), "tainted");
+    }
+
+    #[test]
+    fn process_isolation_goes_only_to_nodes_that_offer_it() {
+        let node = |name: &str, memory: u64, protocol: u32, modes: &[&str]| {
+            let mut node = ready_node(name, 1000, memory);
+            node.metadata.annotations.insert(crate::api::live::AGENT_PROTOCOL.into(), protocol.to_string());
+            node.status.runtime = Some(wasmlet_api::NodeRuntime {
+                allocator: "pooling".into(),
+                isolation: modes.iter().map(|m| m.to_string()).collect(),
+                ..Default::default()
+            });
+            node
+        };
+        let mut older = node("older", 1 << 30, 2, &[]);
+        older.status.runtime = None;
+        let mut refused = node("refused", 1 << 30, 3, &["in-process"]);
+        refused.status.runtime.as_mut().unwrap().isolation_reason =
+            "cannot create /sys/fs/cgroup/cpu/wasmlet (Read-only file system)".into();
+        // A node of version 2 whose status claims process isolation: it could not be sent such an instance.
+        let claims = node("claims", 1 << 30, 2, &["in-process", "process"]);
+        let small = node("small", 1 << 20, 3, &["in-process", "process"]);
+        let mut p = placement(vec![older.clone(), refused.clone(), claims.clone(), small], Scoring::LeastAllocated);
+        let mut w = workload("isolated");
+        w.spec.isolation = Some(Isolation::Process);
+        w.spec.resources.requests.memory = Some(Bytes::new(1 << 25));
+        let err = p.place(&w, |_| true).unwrap_err();
+        assert_eq!(err.to_string(), "0/4 nodes available: 3 process isolation not offered, 1 insufficient memory");
+        assert_eq!(p.placer(&w, |_| true).place().unwrap_err(), err, "the placer filters alike");
+
+        let able = node("able", 1 << 30, 3, &["in-process", "process"]);
+        let mut p = placement(vec![older.clone(), refused.clone(), claims.clone(), able], Scoring::LeastAllocated);
+        let placed: Vec<String> = (0..3).map(|_| p.place(&w, |_| true).unwrap()).collect();
+        assert_eq!(placed, ["able", "able", "able"], "never on a node without process isolation, however full");
+
+        // Without `isolation`, or in-process, a workload fits every node.
+        let mut p = placement(vec![older, refused, claims], Scoring::LeastAllocated);
+        for isolation in [None, Some(Isolation::InProcess)] {
+            w.spec.isolation = isolation;
+            assert!(p.place(&w, |_| true).is_ok(), "{isolation:?}");
+        }
     }
 
     #[test]

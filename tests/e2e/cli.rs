@@ -233,6 +233,17 @@ fn bad_manifests_and_an_unreachable_master_fail_in_one_line() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.starts_with(&format!("error: {}: document 2: spec.replicas: ", file.display())), "{err}");
+
+    // A kernel CPU limit without process isolation is refused before any request too, saying what to set.
+    let capped = sensor_manifest(dir.path(), "capped", "  resources:\n    limits: {cpu: 200m}\n");
+    let o = wasmlet_at(&nowhere, &["apply", "-f", &capped]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("spec.resources.limits.cpu: is enforced only in process isolation") && err.contains("set `isolation: process`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -267,7 +278,7 @@ fn drain_moves_every_instance_and_reports_it() {
 #[test]
 fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
     let master = Master::start(&[]).expect("master starts");
-    let _agent = join(&master, "cli-logs");
+    let mut agent = join(&master, "cli-logs");
     wait_ready(&master, 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = sensor_manifest(dir.path(), "sensor", "");
@@ -304,4 +315,16 @@ fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
 
     let top = ok(&master, &["top", "instances"]);
     assert!(top.lines().any(|l| l.contains("sensor") && l.contains("cli-logs")), "{top}");
+
+    // describe instance shows the usage the agent has now; without the agent, the last reported, saying so.
+    let name = master.instances().into_iter().find(|i| i.spec.workload == "sensor").expect("the sensor instance").metadata.name;
+    let live = wasmlet(&master, &["describe", "instance", &name]);
+    assert!(live.status.success() && stderr(&live).is_empty(), "{}", stderr(&live));
+    assert!(stdout(&live).contains("\nUsage:\n") && stdout(&live).contains("  cpu:"), "{}", stdout(&live));
+    agent.kill();
+    let stored = wasmlet(&master, &["describe", "instance", &name]);
+    assert!(stored.status.success(), "{}", stderr(&stored));
+    assert!(stderr(&stored).contains(&format!("instance/{name}: no live usage")), "{}", stderr(&stored));
+    assert!(stderr(&stored).contains("showing its last reported usage"), "{}", stderr(&stored));
+    assert!(stdout(&stored).contains(&format!("Name:               {name}")), "{}", stdout(&stored));
 }

@@ -221,6 +221,14 @@ impl Agent {
         Ok(std::mem::replace(&mut self.data_dir, dir))
     }
 
+    /// `kill -9` of the agent alone, handing back its data dir: what it
+    /// started in processes of its own keeps running.
+    pub fn kill_keep_data(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.kill();
+        let dir = tempfile::Builder::new().prefix("wasmlet-empty-").tempdir()?;
+        Ok(std::mem::replace(&mut self.data_dir, dir))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -310,6 +318,73 @@ impl Drop for Agent {
         signal(self.pid(), rustix::process::Signal::CONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Process-isolated instances live in sessions of their own and outlive
+        // a killed agent: stop them, and remove the cgroups they leave.
+        reap_instances(self.data_dir.path());
+    }
+}
+
+/// The processes of the process-isolated instances of the agent whose data
+/// dir is `data_dir`, with the instance each runs.
+pub fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
+    let instances = data_dir.join("instances");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1).map(String::as_str) != Some("instance") {
+            continue;
+        }
+        let Some(spec) = args.iter().skip_while(|a| *a != "--spec").nth(1) else { continue };
+        if let Ok(rest) = std::path::Path::new(spec).strip_prefix(&instances)
+            && let Some(name) = rest.components().next()
+        {
+            found.push((pid, name.as_os_str().to_string_lossy().into_owned()));
+        }
+    }
+    found
+}
+
+/// The cgroup directories a process is in, one per hierarchy (from `/proc/PID/cgroup` and the mounts).
+pub fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return Vec::new() };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let mount = mounts.lines().find_map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            let (point, kind, options) = (*f.get(1)?, *f.get(2)?, *f.get(3)?);
+            let matches = if controllers.is_empty() {
+                kind == "cgroup2"
+            } else {
+                kind == "cgroup" && controllers.split(',').all(|c| options.split(',').any(|o| o == c))
+            };
+            matches.then(|| PathBuf::from(point))
+        });
+        if let Some(mount) = mount {
+            dirs.push(mount.join(path.trim_start_matches('/')));
+        }
+    }
+    dirs
+}
+
+/// Kills every process-isolated instance of the agent of `data_dir` and
+/// removes the cgroups they were in.
+pub fn reap_instances(data_dir: &std::path::Path) {
+    for (pid, _) in instance_processes(data_dir) {
+        let dirs = cgroup_dirs(pid);
+        signal(pid, rustix::process::Signal::KILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for dir in dirs.iter().filter(|d| d.to_string_lossy().contains("/instances/")) {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

@@ -22,6 +22,11 @@ impl Fence {
         self.0.store(unix_ms, Ordering::Relaxed);
     }
 
+    /// The deadline (milliseconds since the Unix epoch; `i64::MAX`: none).
+    pub fn deadline(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
     pub fn expired(&self) -> bool {
         chrono::Utc::now().timestamp_millis() >= self.0.load(Ordering::Relaxed)
     }

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
-use wasmlet_api::NodeRuntime;
+use wasmlet_api::{Isolation, NodeRuntime, Workload};
 
 pub use fence::Fence;
 pub use run::{Exit, ExitReason, RunSpec};
 pub use service::{OutboundPolicy, ServeSpec, plain};
-pub use usage::{CpuMeter, Usage};
+pub use usage::{CgroupUsage, CpuMeter, Usage};
 
 use crate::logs::InstanceLog;
 
@@ -52,6 +52,58 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Adds the executor's own figures (module loads, allocator) to `registry`.
     fn register_metrics(&self, registry: &mut Registry);
+
+    /// Waits until every instance it stopped has ended (the agent is shutting down).
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The ways this node runs instances, and which one each workload gets.
+#[derive(Clone)]
+pub struct Executors {
+    pub in_process: Arc<dyn Executor>,
+    /// Process isolation, or why this node cannot offer it.
+    pub process: Result<Arc<dyn Executor>, String>,
+    /// What a workload that names no `isolation` gets (`--default-isolation`).
+    pub default: Isolation,
+}
+
+impl Executors {
+    /// Only in-process runs (process isolation is not offered: `why`).
+    pub fn in_process(executor: Arc<dyn Executor>, why: &str) -> Executors {
+        Executors { in_process: executor, process: Err(why.to_string()), default: Isolation::InProcess }
+    }
+
+    /// The isolation a workload runs in here: its own, else the node's default.
+    pub fn isolation(&self, workload: &Workload) -> Isolation {
+        workload.spec.isolation.unwrap_or(self.default)
+    }
+
+    /// The executor for `workload`; the error says why this node cannot run it.
+    pub fn for_workload(&self, workload: &Workload) -> Result<&Arc<dyn Executor>, String> {
+        match self.isolation(workload) {
+            Isolation::InProcess => Ok(&self.in_process),
+            Isolation::Process => self.process.as_ref().map_err(|why| format!("isolation: process is not offered by this node: {why}")),
+        }
+    }
+
+    /// The modes offered, as the node's status lists them.
+    pub fn offered(&self) -> Vec<String> {
+        let mut modes = vec![Isolation::InProcess.as_str().to_string()];
+        if self.process.is_ok() {
+            modes.push(Isolation::Process.as_str().to_string());
+        }
+        modes
+    }
+
+    /// Waits until every stopped instance has ended (the agent is shutting down).
+    pub async fn shutdown(&self) {
+        self.in_process.shutdown().await;
+        if let Ok(process) = &self.process {
+            process.shutdown().await;
+        }
+    }
 }
 
 /// A module made ready to run.
@@ -79,8 +131,10 @@ pub trait Program: Send + Sync {
     fn run(self: Arc<Self>, spec: RunSpec, log: InstanceLog, usage: Arc<Usage>) -> BoxFuture<'static, Exit>;
 
     /// A service answering requests with this program (an [`Entry::Serve`]
-    /// one). The error says why it cannot serve, in words for the status.
-    fn serve(self: Arc<Self>, spec: ServeSpec, log: InstanceLog) -> Result<Arc<dyn Service>, String>;
+    /// one), once it can. The error says why it cannot serve, in words for
+    /// the status. Dropping the service stops it.
+    fn serve(self: Arc<Self>, spec: ServeSpec, log: InstanceLog, usage: Arc<Usage>)
+    -> BoxFuture<'static, Result<Arc<dyn Service>, String>>;
 }
 
 /// A running service instance, as the ingress and the probes call it.
@@ -88,4 +142,10 @@ pub trait Service: Send + Sync {
     /// Answers one request. Failures of the guest are answers too (`502`,
     /// `504`), in the agent's own words.
     fn handle(self: Arc<Self>, request: hyper::Request<Body>) -> BoxFuture<'static, hyper::Response<Body>>;
+
+    /// Resolves when the service ended by itself (its process died, say),
+    /// with how; a service that cannot end by itself never resolves.
+    fn ended(&self) -> BoxFuture<'static, Exit> {
+        Box::pin(std::future::pending())
+    }
 }

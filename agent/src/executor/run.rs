@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Fence;
 use crate::grants::Preopen;
@@ -11,6 +11,8 @@ use crate::grants::Preopen;
 /// What one run is given.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
+    /// The instance's name: where an executor keeps what belongs to this instance.
+    pub instance: String,
     /// argv[0] as the guest sees it.
     pub program: String,
     pub args: Vec<String>,
@@ -18,12 +20,14 @@ pub struct RunSpec {
     pub dirs: Vec<Preopen>,
     pub memory_limit: Option<u64>,
     pub cpu_time_limit: Option<Duration>,
+    /// A hard CPU limit (`limits.cpu`, millicores), enforced by executors that can.
+    pub cpu_limit_millis: Option<u64>,
     /// Past its deadline the guest is stopped at the next epoch tick.
     pub fence: Fence,
 }
 
 /// Why a run ended, in the words the instance status uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitReason {
     /// Exit code 0.
     Completed,
@@ -41,6 +45,9 @@ pub enum ExitReason {
     EphemeralStorageLimitExceeded,
     /// A service's `livenessPath` did not answer 2xx: restarted.
     LivenessProbeFailed,
+    /// The kernel's OOM killer ended it: its cgroup reached its memory limit.
+    #[serde(rename = "OOMKilled")]
+    OomKilled,
 }
 
 impl ExitReason {
@@ -55,12 +62,13 @@ impl ExitReason {
             ExitReason::StoppedOnDisconnect => "StoppedOnDisconnect",
             ExitReason::EphemeralStorageLimitExceeded => "EphemeralStorageLimitExceeded",
             ExitReason::LivenessProbeFailed => "LivenessProbeFailed",
+            ExitReason::OomKilled => "OOMKilled",
         }
     }
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Exit {
     pub code: Option<i32>,
     pub reason: ExitReason,

@@ -16,6 +16,11 @@ pub struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
+    /// The hosts allowed, as given.
+    pub fn hosts(&self) -> Vec<String> {
+        self.allowed.to_vec()
+    }
+
     pub fn new(allowed: &[String]) -> Self {
         OutboundPolicy { allowed: allowed.iter().map(|h| h.to_ascii_lowercase()).collect() }
     }
@@ -34,6 +39,8 @@ impl OutboundPolicy {
 /// What one service instance serves with.
 #[derive(Debug, Clone)]
 pub struct ServeSpec {
+    /// The instance's name: where an executor keeps what belongs to this instance.
+    pub instance: String,
     pub program: String,
     pub env: Vec<(String, String)>,
     pub dirs: Vec<Preopen>,
@@ -42,6 +49,8 @@ pub struct ServeSpec {
     pub max_request_body: usize,
     pub max_response_body: usize,
     pub outbound: OutboundPolicy,
+    /// A hard CPU limit (`limits.cpu`, millicores), enforced by executors that can.
+    pub cpu_limit_millis: Option<u64>,
     pub fence: Fence,
 }
 

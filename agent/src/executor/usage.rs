@@ -14,6 +14,31 @@ pub struct Usage {
     pub memory: Arc<AtomicU64>,
     /// CPU time of the current run.
     pub cpu: Arc<CpuMeter>,
+    /// What the kernel counts for the current run, when it runs in a cgroup of
+    /// its own (process isolation); then it is the truth for CPU and memory.
+    pub cgroup: std::sync::Mutex<Option<CgroupUsage>>,
+}
+
+/// An instance's own cgroup, as last read, with the limits it was given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CgroupUsage {
+    pub stats: crate::process::cgroup::CgroupStats,
+    pub cpu_limit_millis: Option<u64>,
+}
+
+impl Usage {
+    /// CPU time of the current run: the kernel's count where there is one.
+    pub fn cpu_used(&self) -> Duration {
+        match &*self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(cgroup) => cgroup.stats.cpu_usage,
+            None => self.cpu.used(),
+        }
+    }
+
+    /// The cgroup figures of the current run, if it has a cgroup.
+    pub fn cgroup(&self) -> Option<CgroupUsage> {
+        self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// CPU time a guest has spent running: the time its future spends being

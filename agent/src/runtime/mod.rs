@@ -69,6 +69,10 @@ pub struct Runtime {
     engine: Engine,
     pub modules: Arc<ModuleCache>,
     pub allocator: AllocatorInfo,
+    /// The engine's memory reservation: with the epoch tick, what another
+    /// process needs to build an engine that runs this one's compiled code.
+    pub memory_reservation: u64,
+    pub epoch_tick: Duration,
     /// Guests run on their own scheduler, apart from the agent's API and
     /// reporter, and it checks timers on every scheduling tick: a guest that
     /// yields after a 10 ms slice would otherwise let timers wait for dozens
@@ -150,7 +154,42 @@ impl Runtime {
             .event_interval(1)
             .enable_all()
             .build()?;
-        Ok(Runtime { engine, modules, allocator, guests: Arc::new(GuestThreads(Some(guests))), _ticker: Arc::new(TickerGuard(stop)) })
+        Ok(Runtime {
+            engine,
+            modules,
+            allocator,
+            memory_reservation,
+            epoch_tick: settings.epoch_tick,
+            guests: Arc::new(GuestThreads(Some(guests))),
+            _ticker: Arc::new(TickerGuard(stop)),
+        })
+    }
+
+    /// The runtime of one process-isolated instance: an engine like the
+    /// agent's (so the agent's compiled artefacts load into it), allocating
+    /// on demand (a pool would reserve its whole address space in every
+    /// process), guests on the caller's tokio runtime, nothing compiled.
+    pub fn for_instance(cache_dir: PathBuf, memory_reservation: u64, epoch_tick: Duration) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&base_config(memory_reservation))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(&engine, epoch_tick, stop.clone());
+        // Nothing is compiled here: the agent compiled and cached the module before it started this process.
+        let nothing = compiler::CompileBudget {
+            limits: precheck::CompileLimits { module_size: 0, functions: 0, function_size: 0, nesting: 0, locals: 0 },
+            memory: 0,
+            timeout: Duration::ZERO,
+        };
+        let compiler = compiler::Compiler::new(None, &engine, memory_reservation, nothing);
+        let modules = Arc::new(ModuleCache::new(engine.clone(), cache_dir, compiler)?);
+        Ok(Runtime {
+            engine,
+            modules,
+            allocator: AllocatorInfo { kind: "on-demand", reason: "one instance in its own process".to_string() },
+            memory_reservation,
+            epoch_tick,
+            guests: Arc::new(GuestThreads(None)),
+            _ticker: Arc::new(TickerGuard(stop)),
+        })
     }
 
     fn pooling_engine(settings: &RuntimeSettings) -> Result<Engine, String> {

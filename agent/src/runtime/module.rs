@@ -167,6 +167,11 @@ impl ModuleCache {
         Ok(ModuleCache { loader: Arc::new(loader), loaded: Mutex::new(HashMap::new()), stats })
     }
 
+    /// Where compiled artefacts are cached.
+    pub fn dir(&self) -> &Path {
+        &self.loader.dir
+    }
+
     pub fn compiler(&self) -> &Compiler {
         &self.loader.compiler
     }
@@ -231,6 +236,65 @@ impl ModuleCache {
             CacheOutcome::Compiled => self.stats.compiled.fetch_add(1, Ordering::Relaxed),
         };
         Ok((module, outcome))
+    }
+}
+
+impl ModuleCache {
+    /// The compiled artefact of `digest` in the disk cache, mapped rather
+    /// than read: every process that opens the same file shares its pages.
+    /// For a process that runs what the agent compiled and cached; a missing
+    /// or corrupt artefact is an error here, not a compile.
+    pub fn open_artefact(&self, digest: &str, kind: ModuleKind) -> Result<Arc<LoadedModule>, LoadError> {
+        let path = self.loader.artefact_path(digest);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| LoadError::Invalid(format!("the compiled module {} cannot be opened: {e}", path.display())))?;
+        let expected = std::fs::read_to_string(checksum_path(&path)).unwrap_or_default();
+        let actual = sha256_file(&file).map_err(|e| LoadError::Invalid(format!("reading {}: {e}", path.display())))?;
+        if expected.trim() != actual {
+            return Err(LoadError::Invalid(format!("the compiled module {} does not match its checksum", path.display())));
+        }
+        let compiled = deserialize_open_file(&self.loader.engine, file, kind)
+            .map_err(|e| LoadError::Invalid(format!("the compiled module {} cannot be loaded: {e:#}", path.display())))?;
+        let program = self.loader.link(compiled)?;
+        Ok(Arc::new(LoadedModule { digest: digest.to_string(), kind, program }))
+    }
+}
+
+fn sha256_file(file: &std::fs::File) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut hasher = Sha256::new();
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{:x}", hasher.finalize()))
+}
+
+#[allow(unsafe_code)]
+fn deserialize_open_file(engine: &Engine, file: std::fs::File, kind: ModuleKind) -> wasmtime::Result<Compiled> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: as in `deserialize`, the artefact is this engine's own code,
+    // checked against its sidecar checksum just before, from the same open
+    // file. wasmtime maps the file and requires that it does not change while
+    // mapped: the cache never writes an artefact in place (`store_artefact`
+    // renames a new file over it; discarding unlinks it), so the inode this
+    // descriptor names is never modified.
+    unsafe {
+        match kind {
+            ModuleKind::Core => Module::deserialize_open_file(engine, file).map(Compiled::Core),
+            ModuleKind::Component => {
+                // Components have no open-file variant: the magic link names this very inode.
+                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let component = Component::deserialize_file(engine, &path);
+                drop(file);
+                component.map(Compiled::Component)
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use wasmlet_api::protocol::List;
 use wasmlet_api::{Event, Instance, Node, Workload};
 
-use super::{Session, print};
+use super::{Session, note, print};
 use crate::{Result, describe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,7 +45,18 @@ impl Describe {
                 describe::workload(&workload, &instances.items, &events.items, now)
             }
             Kind::Instance => {
-                let instance: Instance = client.get(&format!("/instances/{name}"))?;
+                let mut instance: Instance = client.get(&format!("/instances/{name}"))?;
+                // The master keeps usage as of the instance's last change of phase; its agent has it as of now.
+                let node = instance.spec.node.clone();
+                if !node.is_empty() {
+                    match super::top::live_instances(&client, &node) {
+                        Ok(live) => match live.into_iter().find(|i| i.metadata.name == *name) {
+                            Some(current) => instance.status.usage = current.status.usage,
+                            None => note(&format!("instance/{name}: node/{node} does not run it now; showing its last reported usage")),
+                        },
+                        Err(e) => note(&format!("instance/{name}: no live usage ({e}); showing its last reported usage")),
+                    }
+                }
                 describe::instance(&instance, &events.items, now)
             }
         };

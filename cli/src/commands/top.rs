@@ -6,6 +6,7 @@ use wasmlet_api::protocol::List;
 use wasmlet_api::{Bytes, Instance, Node, Phase};
 
 use super::{Session, note, print};
+use crate::client::Client;
 use crate::table::Table;
 use crate::{Result, view};
 
@@ -36,6 +37,13 @@ enum Instances {
     Listed(List<Instance>),
 }
 
+/// The instances of `node` with their usage now, as its agent has them (through the master).
+pub(crate) fn live_instances(client: &Client, node: &str) -> Result<Vec<Instance>> {
+    match client.get::<Instances>(&format!("/nodes/{node}/instances/live"))? {
+        Instances::Bare(items) | Instances::Listed(List { items, .. }) => Ok(items),
+    }
+}
+
 impl Top {
     pub fn execute(self, session: &Session) -> Result<()> {
         let client = session.client()?;
@@ -61,29 +69,20 @@ impl Top {
                 }
             }
             What::Instances => {
-                table = Table::new(["NAME", "WORKLOAD", "NODE", "CPU(seconds)", "MEMORY"]);
                 let mut rows = Vec::new();
                 for node in &nodes.items {
                     let name = &node.metadata.name;
-                    let instances = match client.get::<Instances>(&format!("/nodes/{name}/instances/live")) {
-                        Ok(Instances::Bare(items)) | Ok(Instances::Listed(List { items, .. })) => items,
+                    let instances = match live_instances(&client, name) {
+                        Ok(items) => items,
                         Err(e) => {
                             note(&format!("node/{name}: no live usage ({e})"));
                             continue;
                         }
                     };
-                    for i in instances.into_iter().filter(occupies) {
-                        let (cpu, memory) = match &i.status.usage {
-                            Some(u) => (format!("{:.2}", u.cpu_seconds), Bytes::new(u.memory_bytes).human()),
-                            None => ("<unknown>".into(), "<unknown>".into()),
-                        };
-                        rows.push([i.metadata.name.clone(), i.spec.workload.clone(), name.clone(), cpu, memory]);
-                    }
+                    rows.extend(instances.into_iter().filter(occupies).map(|i| (name.clone(), i)));
                 }
-                rows.sort();
-                for row in rows {
-                    table.push(row);
-                }
+                rows.sort_by(|(a_node, a), (b_node, b)| a.metadata.name.cmp(&b.metadata.name).then(a_node.cmp(b_node)));
+                table = view::top_instances(&rows);
             }
         }
         if table.is_empty() {

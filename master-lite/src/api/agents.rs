@@ -24,12 +24,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use wasmlet_api::protocol::{
-    AssignedInstance, Assignment, CredentialRenewal, InstanceStatusBatch, LeaseRenewal, LeaseResponse, RegisterRequest, RegisterResponse,
-    RenewedCredential,
+    AssignedInstance, Assignment, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, LeaseRenewal, LeaseResponse, PROTOCOL_VERSION,
+    RegisterRequest, RegisterResponse, RenewedCredential, assigned_for_agent,
 };
 use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
-use super::live::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA};
+use super::live::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA, agent_protocol};
 use super::{Failure, ListParams, decode, not_modified};
 use crate::Shared;
 use crate::auth::{Caller, Role, TokenRecord};
@@ -202,6 +202,7 @@ pub async fn register(
         // Version 1 agents refuse fields they do not know.
         nodes_ca_certificate: (tls && version >= 2).then(|| shared.pki.nodes().ca_pem().to_string()),
         renew_after: (version >= 2).then(|| renew_after(&shared, held.as_ref(), now)),
+        protocol_version: (version >= 2).then_some(PROTOCOL_VERSION),
     })
     .into_response())
 }
@@ -325,13 +326,18 @@ pub async fn renew_lease(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
-    let (revision, unreachable) = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
+    let agent = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
     retire_older_credentials(&shared, &name, &caller.token_id);
     shared.leases().renew(&name, tokio::time::Instant::now());
-    if unreachable {
+    if agent.unreachable {
         shared.wake.notify_one();
     }
-    Ok(Json(LeaseResponse { assignment_revision: revision }).into_response())
+    Ok(Json(LeaseResponse {
+        assignment_revision: agent.assignment,
+        // Agents of version 2 or older refuse the field.
+        protocol_version: (agent.protocol >= ISOLATION_VERSION).then_some(PROTOCOL_VERSION),
+    })
+    .into_response())
 }
 
 pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
@@ -365,13 +371,24 @@ pub async fn assignment(
         return Ok(not_modified());
     }
     let cluster = shared.cluster();
+    let agent = cluster.nodes.get(&name).map_or(1, agent_protocol);
     let instances = cluster
         .instances_on(&name)
         // A Lost instance that was replaced elsewhere must stop here (fencing);
         // one that is not replaced (`replace: false`, everyNode) stays, so the
         // returning node keeps running it rather than restarting it.
         .filter(|p| p.instance.status.phase != Phase::Lost || !is_replaced_when_lost(&p.workload))
-        .map(|p| AssignedInstance { instance: p.instance.clone(), workload: p.workload.clone() })
+        .filter_map(|p| {
+            let assigned = AssignedInstance { instance: p.instance.clone(), workload: p.workload.clone() };
+            let sent = assigned_for_agent(assigned, agent);
+            if sent.is_none() {
+                tracing::warn!(
+                    instance = %p.instance.metadata.name, node = %name, protocol = agent,
+                    "withholding an instance that needs process isolation from an agent too old to run it"
+                );
+            }
+            sent
+        })
         .collect();
     Ok(Json(Assignment { revision: cluster.assignment_revision(&name), instances }).into_response())
 }

@@ -30,6 +30,11 @@ pub const AGENT_INGRESS_PEER: &str = "wasmlet.io/ingress-peer";
 /// Node annotation holding the protocol version the node's agent speaks (absent: 1).
 pub const AGENT_PROTOCOL: &str = "wasmlet.io/agent-protocol";
 
+/// The protocol version the node's agent registered with: what the master may send it.
+pub fn agent_protocol(node: &wasmlet_api::Node) -> u32 {
+    node.metadata.annotations.get(AGENT_PROTOCOL).and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
 /// Node annotation holding the fingerprint of the node CA that signed the node's certificate.
 pub const NODE_CA: &str = "wasmlet.io/node-ca";
 

@@ -62,12 +62,7 @@ pub async fn list_endpoints(
 ) -> Result<Response, Failure> {
     list(&shared, &query, Kind::Instance, |c, _| {
         let peer_urls = match &caller.role {
-            Role::Node(own) => c
-                .nodes
-                .get(own)
-                .and_then(|n| n.metadata.annotations.get(super::live::AGENT_PROTOCOL))
-                .and_then(|v| v.parse::<u32>().ok())
-                .is_some_and(|v| v >= 2),
+            Role::Node(own) => c.nodes.get(own).is_some_and(|n| super::live::agent_protocol(n) >= 2),
             _ => true,
         };
         c.workloads

@@ -1,0 +1,259 @@
+//! `wasmlet-agent instance`: the process of one process-isolated run.
+//!
+//! The agent writes a spec file and starts this process inside the run's
+//! cgroup. It builds an engine like the agent's, maps the module the agent
+//! compiled and cached (so every process running it shares its code pages),
+//! and runs it in the same sandbox as in the agent: a program to its end, or
+//! a service answering on a Unix socket. While it runs it needs nothing from
+//! the agent: it writes the instance's log itself, reads its fence deadline
+//! from a file, and leaves how the run ended in an exit file, so an agent
+//! that is restarted meanwhile loses nothing.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::executor::{Exit, ExitReason, Fence, OutboundPolicy, RunSpec, ServeSpec, Usage};
+use crate::grants::Preopen;
+use crate::logs::InstanceLog;
+use crate::runtime::module::{Program, engine_hash};
+use crate::runtime::{ModuleKind, Runtime};
+
+/// `wasmlet-agent instance`: what the agent runs for each process-isolated run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstanceArgs {
+    /// The spec file the agent wrote for this run.
+    #[arg(long)]
+    pub spec: PathBuf,
+}
+
+/// Everything one run needs, written by the agent into the instance's
+/// directory (mode 0600, never on a command line: the env may hold secrets).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildSpec {
+    /// Names this run: its exit file must carry it.
+    pub run_id: String,
+    pub engine_hash: String,
+    pub memory_reservation: u64,
+    pub epoch_tick_ms: u64,
+    /// The compile cache holding the module's artefact.
+    pub cache_dir: PathBuf,
+    pub digest: String,
+    pub component: bool,
+    pub log_dir: PathBuf,
+    pub log_max_size: u64,
+    /// Holds the fence deadline (milliseconds since the Unix epoch); the agent rewrites it.
+    pub fence_path: PathBuf,
+    pub exit_path: PathBuf,
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<Preopen>,
+    pub cpu_time_limit_ms: Option<u64>,
+    /// Present for a service.
+    pub serve: Option<ServeChild>,
+}
+
+/// What a service's process serves with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServeChild {
+    pub socket: PathBuf,
+    /// The per-request memory limit, as in the agent.
+    pub memory_limit: Option<u64>,
+    pub request_timeout_ms: u64,
+    pub max_request_body: usize,
+    pub max_response_body: usize,
+    pub outbound: Vec<String>,
+}
+
+/// How a run ended, as its process leaves it for the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub run_id: String,
+    pub exit: Exit,
+}
+
+/// How often the process rereads its fence deadline.
+const FENCE_POLL: Duration = Duration::from_millis(250);
+
+/// Runs one instance's process. Exit codes: 0 when the run ended, however
+/// it ended (the exit file says how); 2 when not even that could be written.
+pub fn child_main(args: &InstanceArgs) -> ExitCode {
+    let spec: ChildSpec =
+        match std::fs::read(&args.spec).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            Ok(spec) => spec,
+            Err(e) => {
+                eprintln!("cannot read the instance spec {}: {e}", args.spec.display());
+                return ExitCode::from(2);
+            }
+        };
+    // Under memory pressure of the whole machine, instances go before the agent.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "500");
+    let exit = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build() {
+        Ok(threads) => threads.block_on(run(&spec)),
+        Err(e) => Exit::start_error(format!("cannot start the instance's scheduler: {e}")),
+    };
+    match write_exit(&spec.exit_path, &ExitRecord { run_id: spec.run_id.clone(), exit }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the exit file {}: {e}", spec.exit_path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes the exit file whole or not at all.
+fn write_exit(path: &Path, record: &ExitRecord) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a fence file: the deadline in milliseconds since the Unix epoch.
+pub fn read_fence(path: &Path) -> Option<i64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+async fn run(spec: &ChildSpec) -> Exit {
+    let runtime = match Runtime::for_instance(spec.cache_dir.clone(), spec.memory_reservation, Duration::from_millis(spec.epoch_tick_ms)) {
+        Ok(runtime) => runtime,
+        Err(e) => return Exit::start_error(format!("cannot start the instance's engine: {e:#}")),
+    };
+    let hash = engine_hash(runtime.engine());
+    if hash != spec.engine_hash {
+        return Exit::start_error(format!(
+            "this agent binary builds a different engine ({hash}) than the agent that started the instance ({}): was it upgraded in between?",
+            spec.engine_hash
+        ));
+    }
+    let kind = if spec.component { ModuleKind::Component } else { ModuleKind::Core };
+    let module = match runtime.modules.open_artefact(&spec.digest, kind) {
+        Ok(module) => module,
+        Err(e) => return Exit::start_error(e),
+    };
+    let log = match InstanceLog::open(&spec.log_dir, spec.log_max_size) {
+        Ok(log) => log,
+        Err(e) => return Exit::start_error(format!("cannot open the instance's log in {}: {e}", spec.log_dir.display())),
+    };
+    let fence = Fence::default();
+    if let Some(deadline) = read_fence(&spec.fence_path) {
+        fence.set_deadline(deadline);
+    }
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => return Exit::start_error(format!("cannot handle SIGTERM: {e}")),
+    };
+    let watched = {
+        let fence = fence.clone();
+        let path = spec.fence_path.clone();
+        async move {
+            loop {
+                tokio::time::sleep(FENCE_POLL).await;
+                if let Some(deadline) = read_fence(&path) {
+                    fence.set_deadline(deadline);
+                }
+            }
+        }
+    };
+    let stopped = || Exit { code: None, reason: ExitReason::Error, message: "stopped by the agent".to_string() };
+    let exit = match &spec.serve {
+        None => {
+            let run = RunSpec {
+                instance: String::new(),
+                program: spec.program.clone(),
+                args: spec.args.clone(),
+                env: spec.env.clone(),
+                dirs: spec.dirs.clone(),
+                // The kernel enforces the memory limit on the whole process (its cgroup).
+                memory_limit: None,
+                cpu_time_limit: spec.cpu_time_limit_ms.map(Duration::from_millis),
+                cpu_limit_millis: None,
+                fence: fence.clone(),
+            };
+            let usage = Usage::default();
+            tokio::select! {
+                exit = runtime.run(&module, &run, &log, &usage) => exit,
+                _ = terminate.recv() => stopped(),
+                () = watched => stopped(),
+            }
+        }
+        Some(serve) => tokio::select! {
+            exit = serve_socket(&runtime, &module.program, spec, serve, &log, &fence) => exit,
+            _ = terminate.recv() => stopped(),
+            () = watched => stopped(),
+        },
+    };
+    log.flush_partial();
+    exit
+}
+
+/// Serves requests on the instance's socket until the fence expires.
+async fn serve_socket(
+    runtime: &Runtime,
+    program: &Program,
+    spec: &ChildSpec,
+    serve: &ServeChild,
+    log: &InstanceLog,
+    fence: &Fence,
+) -> Exit {
+    let Program::Proxy(pre) = program else {
+        return Exit::start_error("the module exports no wasi:http/incoming-handler");
+    };
+    let _ = std::fs::remove_file(&serve.socket);
+    let listener = match tokio::net::UnixListener::bind(&serve.socket) {
+        Ok(l) => l,
+        Err(e) => return Exit::start_error(format!("cannot listen on {}: {e}", serve.socket.display())),
+    };
+    let serve_spec = Arc::new(ServeSpec {
+        instance: String::new(),
+        program: spec.program.clone(),
+        env: spec.env.clone(),
+        dirs: spec.dirs.clone(),
+        memory_limit: serve.memory_limit,
+        request_timeout: Duration::from_millis(serve.request_timeout_ms),
+        max_request_body: serve.max_request_body,
+        max_response_body: serve.max_response_body,
+        outbound: OutboundPolicy::new(&serve.outbound),
+        cpu_limit_millis: None,
+        fence: fence.clone(),
+    });
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let runtime = runtime.clone();
+                let pre = pre.clone();
+                let spec = serve_spec.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (runtime, pre, spec, log) = (runtime.clone(), pre.clone(), spec.clone(), log.clone());
+                        async move { Ok::<_, Infallible>(runtime.serve(&pre, &spec, &log, request.map(Body::new)).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if fence.expired() {
+                    let _ = std::fs::remove_file(&serve.socket);
+                    return Exit {
+                        code: None,
+                        reason: ExitReason::StoppedOnDisconnect,
+                        message: "stopped serving: the master has been silent longer than stopOnAgentAfter".to_string(),
+                    };
+                }
+            }
+        }
+    }
+}
