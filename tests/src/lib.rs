@@ -386,6 +386,16 @@ pub fn reap_instances(data_dir: &std::path::Path) {
             let _ = std::fs::remove_dir(dir);
         }
     }
+    // The agent's own cgroups (`wasmlet-<first 12 hex of sha256 of its data dir>`),
+    // beneath this process's cgroup in each hierarchy, as an agent started by a test has them.
+    let Ok(canonical) = std::fs::canonicalize(data_dir) else { return };
+    let hash = sha256(canonical.as_os_str().as_encoded_bytes());
+    let name = format!("wasmlet-{}", &hash.trim_start_matches("sha256:")[..12]);
+    for own in cgroup_dirs(std::process::id()) {
+        let root = own.join(&name);
+        let _ = std::fs::remove_dir(root.join("instances"));
+        let _ = std::fs::remove_dir(&root);
+    }
 }
 
 /// A free TCP port on loopback (bound and released: a tiny race, fine for tests).

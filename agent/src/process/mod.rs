@@ -133,9 +133,16 @@ impl Executor for Process {
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         let keepers = self.inner.keepers.clone();
+        let cgroups = self.inner.cgroups.clone();
         Box::pin(async move {
             keepers.close();
             keepers.wait().await;
+            // Every run has ended: what discovery made goes too.
+            match tokio::task::spawn_blocking(move || cgroups.release()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the agent's cgroups"),
+                Err(e) => tracing::warn!(error = %e, "removing the agent's cgroups panicked"),
+            }
         })
     }
 }
