@@ -17,7 +17,7 @@ use crate::executor::{Entry, Executor, Exit, Prepared, Program, RunSpec, ServeSp
 use crate::logs::InstanceLog;
 use crate::runtime::Runtime;
 use crate::runtime::http::HttpState;
-use crate::runtime::module::{CacheOutcome, LoadedModule, Program as Compiled};
+use crate::runtime::module::{LoadedModule, Program as Compiled};
 
 /// Runs instances inside the agent, on `runtime`.
 pub struct InProcess {
@@ -36,12 +36,7 @@ impl Executor for InProcess {
         let digest = digest.to_string();
         Box::pin(async move {
             let (module, outcome) = runtime.modules.load(&digest, bytes).await.map_err(|e| e.to_string())?;
-            let how = match outcome {
-                CacheOutcome::MemoryHit => "compile cache hit (memory)",
-                CacheOutcome::DiskHit => "compile cache hit (disk)",
-                CacheOutcome::Compiled => "compiled",
-            };
-            Ok(Prepared { program: Arc::new(InProcessProgram { runtime, module }), how })
+            Ok(Prepared { program: Arc::new(InProcessProgram { runtime, module }), how: outcome.describe() })
         })
     }
 

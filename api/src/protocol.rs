@@ -61,6 +61,40 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// that names one, older masters a status that reports one.
 pub const ISOLATION_VERSION: u32 = 3;
 
+/// The JSON keys new in protocol version 3: a message for a peer of an older
+/// version carries none of them (what the downgrades below guarantee).
+pub const VERSION_3_KEYS: [&str; 12] = [
+    "isolation",
+    "isolationReason",
+    "defaultIsolation",
+    "cgroups",
+    "cpuLimitMillis",
+    "memoryLimitBytes",
+    "cpuPeriods",
+    "cpuThrottledPeriods",
+    "cpuThrottledSeconds",
+    "oomKills",
+    "cpuPressure",
+    "memoryPressure",
+];
+
+/// The keys of [`VERSION_3_KEYS`] found anywhere in `message`, each once, sorted.
+pub fn version_3_keys(message: &serde_json::Value) -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut stack = vec![message];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                found.extend(map.keys().filter(|k| VERSION_3_KEYS.contains(&k.as_str())).cloned());
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    found.into_iter().collect()
+}
+
 /// A node joining (or re-joining after a restart) the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -306,40 +340,8 @@ mod tests {
     use crate::instance::{InstanceSpec, InstanceUsage, PressureFigures};
     use crate::node::NodeRuntime;
 
-    /// Keys new in version 3 in the messages an agent sends, anywhere in their JSON.
-    const VERSION_3_KEYS: [&str; 12] = [
-        "isolation",
-        "isolationReason",
-        "defaultIsolation",
-        "cgroups",
-        "cpuLimitMillis",
-        "memoryLimitBytes",
-        "cpuPeriods",
-        "cpuThrottledPeriods",
-        "cpuThrottledSeconds",
-        "oomKills",
-        "cpuPressure",
-        "memoryPressure",
-    ];
-
-    fn keys(value: &serde_json::Value, out: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, value) in map {
-                    out.push(key.clone());
-                    keys(value, out);
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
-            _ => {}
-        }
-    }
-
     fn version_3_keys(message: &impl Serialize) -> Vec<String> {
-        let mut found = Vec::new();
-        keys(&serde_json::to_value(message).unwrap(), &mut found);
-        found.retain(|k| VERSION_3_KEYS.contains(&k.as_str()));
-        found
+        super::version_3_keys(&serde_json::to_value(message).unwrap())
     }
 
     fn figures() -> PressureFigures {

@@ -7,7 +7,6 @@
 //! fields likewise: the real agent is pointed at a master that speaks version
 //! 1 or 2 and refuses, as those do, every field newer than its version.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,48 +16,11 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use reqwest::Method as HttpMethod;
 use serde_json::{Value, json};
-use wasmlet_api::protocol::{AssignedInstance, Assignment};
+use wasmlet_api::protocol::{AssignedInstance, Assignment, version_3_keys};
 use wasmlet_api::{Instance, InstanceSpec, Workload};
 use wasmlet_tests::{Agent, Master, bin, example, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Keys new in protocol version 3, anywhere in a message.
-const VERSION_3_KEYS: [&str; 12] = [
-    "isolation",
-    "isolationReason",
-    "defaultIsolation",
-    "cgroups",
-    "cpuLimitMillis",
-    "memoryLimitBytes",
-    "cpuPeriods",
-    "cpuThrottledPeriods",
-    "cpuThrottledSeconds",
-    "oomKills",
-    "cpuPressure",
-    "memoryPressure",
-];
-
-/// Every key of a JSON document, at any depth.
-fn keys(value: &Value) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![value];
-    while let Some(value) = stack.pop() {
-        match value {
-            Value::Object(map) => {
-                out.extend(map.keys().cloned());
-                stack.extend(map.values());
-            }
-            Value::Array(items) => stack.extend(items),
-            _ => {}
-        }
-    }
-    out
-}
-
-fn version_3_keys(value: &Value) -> Vec<String> {
-    keys(value).into_iter().filter(|k| VERSION_3_KEYS.contains(&k.as_str())).collect()
-}
 
 /// A node status as an agent reports it: Ready, room for instances, and
 /// `runtime` as given.

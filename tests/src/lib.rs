@@ -126,6 +126,8 @@ pub struct Agent {
     /// `http://127.0.0.1:PORT` of the ingress.
     pub ingress: String,
     pub data_dir: tempfile::TempDir,
+    /// The data dir the agent runs on: `data_dir` unless the test passed its own `--data-dir`.
+    effective_data_dir: std::path::PathBuf,
     /// Everything the agent wrote to stderr so far.
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -183,7 +185,15 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child, api: String::new(), ingress: String::new(), data_dir, logs };
+        // The last `--data-dir` wins, as for any repeated flag.
+        let effective_data_dir = extra_args
+            .windows(2)
+            .filter(|pair| pair[0] == "--data-dir")
+            .map(|pair| std::path::PathBuf::from(pair[1]))
+            .chain(extra_args.iter().filter_map(|a| a.strip_prefix("--data-dir=")).map(std::path::PathBuf::from))
+            .last()
+            .unwrap_or_else(|| data_dir.path().to_path_buf());
+        let mut agent = Agent { child, api: String::new(), ingress: String::new(), data_dir, effective_data_dir, logs };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok((api, ingress)) => (agent.api, agent.ingress) = (api, ingress),
             Err(_) => bail!("the agent did not report its API address; its log:\n{}", agent.log_text()),
@@ -217,16 +227,21 @@ impl Agent {
     /// Stops the agent with SIGTERM and hands back its data dir, for a restart on the same state.
     pub fn stop_keep_data(mut self) -> anyhow::Result<tempfile::TempDir> {
         self.terminate(Duration::from_secs(20))?;
-        let dir = tempfile::Builder::new().prefix("wasmlet-empty-").tempdir()?;
-        Ok(std::mem::replace(&mut self.data_dir, dir))
+        self.hand_over_data_dir()
     }
 
     /// `kill -9` of the agent alone, handing back its data dir: what it
     /// started in processes of its own keeps running.
     pub fn kill_keep_data(mut self) -> anyhow::Result<tempfile::TempDir> {
         self.kill();
-        let dir = tempfile::Builder::new().prefix("wasmlet-empty-").tempdir()?;
-        Ok(std::mem::replace(&mut self.data_dir, dir))
+        self.hand_over_data_dir()
+    }
+
+    /// The data dir, for the next agent: this one's drop then reaps nothing of it.
+    fn hand_over_data_dir(&mut self) -> anyhow::Result<tempfile::TempDir> {
+        let empty = tempfile::Builder::new().prefix("wasmlet-empty-").tempdir()?;
+        self.effective_data_dir = empty.path().to_path_buf();
+        Ok(std::mem::replace(&mut self.data_dir, empty))
     }
 
     pub fn pid(&self) -> u32 {
@@ -320,7 +335,7 @@ impl Drop for Agent {
         let _ = self.child.wait();
         // Process-isolated instances live in sessions of their own and outlive
         // a killed agent: stop them, and remove the cgroups they leave.
-        reap_instances(self.data_dir.path());
+        reap_instances(&self.effective_data_dir);
     }
 }
 

@@ -108,12 +108,7 @@ impl Executor for Process {
             // Compiled and cached by the agent, as for in-process runs; loading
             // it here also checks it links before any process starts.
             let (module, outcome) = inner.runtime.modules.load(&digest, bytes).await.map_err(|e| e.to_string())?;
-            let how = match outcome {
-                crate::runtime::module::CacheOutcome::MemoryHit => "compile cache hit (memory)",
-                crate::runtime::module::CacheOutcome::DiskHit => "compile cache hit (disk)",
-                crate::runtime::module::CacheOutcome::Compiled => "compiled",
-            };
-            Ok(Prepared { program: Arc::new(ProcessProgram { inner, module }), how })
+            Ok(Prepared { program: Arc::new(ProcessProgram { inner, module }), how: outcome.describe() })
         })
     }
 

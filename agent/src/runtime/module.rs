@@ -64,6 +64,17 @@ pub enum CacheOutcome {
     Compiled,
 }
 
+impl CacheOutcome {
+    /// How the module was had, in the words of the instance's event.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CacheOutcome::MemoryHit => "compile cache hit (memory)",
+            CacheOutcome::DiskHit => "compile cache hit (disk)",
+            CacheOutcome::Compiled => "compiled",
+        }
+    }
+}
+
 /// A module ready to instantiate: imports resolved once, shared by every instance.
 pub struct LoadedModule {
     pub digest: String,
