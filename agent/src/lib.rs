@@ -35,6 +35,7 @@ pub mod api;
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod files;
 pub mod grants;
 pub mod in_process;
 pub mod ingress;
@@ -150,6 +151,13 @@ pub async fn run_with_ingress(
             log_max_size: config.log_max_size.get(),
             default_memory_limit: config.default_memory_limit.get(),
             default_ephemeral_storage: config.default_ephemeral_storage.get(),
+            sources: [
+                (config.master.is_some(), supervisor::Source::Master),
+                (config.manifests_dir.is_some(), supervisor::Source::Manifests),
+            ]
+            .into_iter()
+            .filter_map(|(configured, source)| configured.then_some(source))
+            .collect(),
             services: supervisor::ServiceSettings {
                 request_timeout: config.request_timeout.get(),
                 max_request_body: config.max_request_body.get() as usize,

@@ -55,8 +55,10 @@ impl ManifestWatcher {
     /// Polls until `stop` is cancelled.
     pub async fn run(mut self, poll: Duration, stop: CancellationToken) {
         tracing::info!(dir = %self.dir.display(), "watching static manifests");
+        let mut first = true;
         loop {
-            if self.scan() {
+            // The first scan is reconciled even when the dir is empty: it says what this source wants.
+            if self.scan() || std::mem::take(&mut first) {
                 self.supervisor.reconcile(Source::Manifests, self.desired());
             }
             tokio::select! {

@@ -942,9 +942,8 @@ async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await?;
     }
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+    let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+    tokio::task::spawn_blocking(move || crate::files::write_atomically(&path, &bytes, 0o644)).await.map_err(std::io::Error::other)?
 }
 
 /// `base` ± `fraction`, so a fleet does not beat in step.

@@ -81,6 +81,9 @@ pub struct SupervisorSettings {
     pub default_memory_limit: u64,
     /// Scratch dir limit of instances whose workload sets no `limits.ephemeralStorage`.
     pub default_ephemeral_storage: u64,
+    /// Where this agent's instances come from. Once each has said what it
+    /// wants, runs a previous agent left for any other instance are ended.
+    pub sources: Vec<Source>,
 }
 
 /// Bounds of every service's requests, unless its manifest says otherwise.
@@ -146,7 +149,22 @@ pub struct Supervisor {
     instances: Mutex<BTreeMap<String, Supervised>>,
     /// Bumped on every phase change; the reporter and the master link watch it.
     pub changed: watch::Sender<u64>,
+    /// The sources that have not reconciled yet since the agent started.
+    unsettled: Mutex<Vec<Source>>,
+    /// Set when the agent stops.
+    detaching: std::sync::atomic::AtomicBool,
 }
+
+/// What is kept of a status that can outlive the agent (`<instance dir>/status.json`):
+/// a run the next agent adopts keeps its restarts and last termination.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeptStatus {
+    generation: String,
+    status: InstanceStatus,
+}
+
+const KEPT_STATUS: &str = "status.json";
 
 struct Supervised {
     source: Source,
@@ -251,15 +269,21 @@ impl Shared {
 
 impl Supervisor {
     pub fn new(executors: Executors, settings: SupervisorSettings, node: &str) -> Arc<Supervisor> {
+        if settings.sources.is_empty() {
+            // Nothing will ever ask for an instance here.
+            executors.settle(&[]);
+        }
         Arc::new(Supervisor {
             ingress_metrics: IngressMetrics::default(),
             remote_endpoints: Default::default(),
+            unsettled: Mutex::new(settings.sources.clone()),
             executors,
             settings,
             node: node.to_string(),
             events: Arc::new(EventLog::new(node)),
             instances: Mutex::new(BTreeMap::new()),
             changed: watch::Sender::new(0),
+            detaching: Default::default(),
         })
     }
 
@@ -323,19 +347,43 @@ impl Supervisor {
                 Err(e) => self.events.record(EventType::Warning, "FailedToStart", "Instance", &name, format!("{e:#}")),
             }
         }
+        let mut unsettled = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        if !unsettled.is_empty() {
+            unsettled.retain(|s| *s != source);
+            if unsettled.is_empty() {
+                // Every source has said what it wants: what a previous agent left for others goes.
+                let wanted: Vec<String> = instances.keys().cloned().collect();
+                self.executors.settle(&wanted);
+            }
+        }
+        drop(unsettled);
         drop(instances);
         self.notify_change();
     }
 
     fn start(self: &Arc<Self>, source: Source, desired: DesiredInstance) -> anyhow::Result<Supervised> {
         let log = InstanceLog::open(&self.log_dir(&desired.name), self.settings.log_max_size)?;
+        // A run a previous agent left running goes on with the status it had.
+        let resumed = self.executors.left_running(&desired.workload, &desired.name).map(|started_at| {
+            let kept = std::fs::read(self.instance_dir(&desired.name).join(KEPT_STATUS))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<KeptStatus>(&bytes).ok())
+                .filter(|kept| kept.generation == desired.generation);
+            let mut status = kept.map(|k| k.status).unwrap_or_default();
+            status.phase = Phase::Running;
+            status.started_at = Some(started_at);
+            status.reason = None;
+            status.message = None;
+            status.usage = None;
+            status
+        });
         let shared = Arc::new(Shared {
             name: desired.name.clone(),
             workload: desired.workload.metadata.name.clone(),
             epoch: desired.epoch,
             fence: desired.fence.clone(),
             isolation: self.executors.isolation(&desired.workload),
-            status: Mutex::new(InstanceStatus::default()),
+            status: Mutex::new(resumed.clone().unwrap_or_default()),
             usage: Mutex::new(Arc::new(Usage::default())),
             cpu_before: Mutex::new(Duration::ZERO),
             log,
@@ -355,7 +403,8 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let generation = desired.generation.clone();
         let workload = desired.workload.clone();
-        let task = self.executors.in_process.spawn(Box::pin(self.clone().supervise(desired, shared.clone(), cancel.clone())));
+        let resumed = resumed.is_some();
+        let task = self.executors.in_process.spawn(Box::pin(self.clone().supervise(desired, shared.clone(), cancel.clone(), resumed)));
         Ok(Supervised { source, generation, workload, shared, cancel, task })
     }
 
@@ -392,7 +441,9 @@ impl Supervisor {
         }
     }
 
-    async fn supervise(self: Arc<Self>, desired: DesiredInstance, shared: Arc<Shared>, cancel: CancellationToken) {
+    /// Keeps one instance running. `resumed`: its first run is one a previous
+    /// agent left running, which the executor adopts.
+    async fn supervise(self: Arc<Self>, desired: DesiredInstance, shared: Arc<Shared>, cancel: CancellationToken, mut resumed: bool) {
         let name = desired.name.clone();
         let log = shared.log.clone();
         let workload = desired.workload.clone();
@@ -418,12 +469,14 @@ impl Supervisor {
             if !self.wait_for_fence(&shared, &cancel).await {
                 return;
             }
-            shared.update(|s| {
-                s.phase = Phase::Starting;
-                s.reason = None;
-                s.message = None;
-            });
-            self.notify_change();
+            if !resumed {
+                shared.update(|s| {
+                    s.phase = Phase::Starting;
+                    s.reason = None;
+                    s.message = None;
+                });
+                self.notify_change();
+            }
             let prepared = tokio::select! {
                 prepared = executor.prepare(&digest, desired.module.clone()) => prepared,
                 _ = cancel.cancelled() => return,
@@ -439,32 +492,33 @@ impl Supervisor {
                 }
             };
 
-            let started_at = Utc::now();
+            let started_at = match shared.status.lock().unwrap_or_else(|p| p.into_inner()).started_at {
+                Some(at) if resumed => at,
+                _ => Utc::now(),
+            };
             let started = Instant::now();
             let exit = if workload.spec.kind == WorkloadType::Service {
-                match self.serve(&desired, &shared, &program, &cancel).await {
+                match self.serve(&desired, &shared, &program, &cancel, resumed).await {
                     Some(exit) => exit,
                     None => return,
                 }
             } else {
                 let usage = Arc::new(Usage::default());
                 *shared.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage.clone();
-                shared.update(|s| {
-                    s.phase = Phase::Running;
-                    s.started_at = Some(started_at);
-                    s.reason = None;
-                    s.message = None;
-                });
-                self.notify_change();
-                self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
-                log.agent_line("started");
+                self.running(&shared, started_at, &desired.generation, executor.outlives_agent());
+                if resumed {
+                    self.events.record(EventType::Normal, "Adopted", "Instance", &name, "its run goes on under the restarted agent");
+                } else {
+                    self.events.record(EventType::Normal, "Started", "Instance", &name, format!("started {}", workload.metadata.name));
+                    log.agent_line("started");
+                }
 
                 let exit = tokio::select! {
                     exit = program.clone().run(spec.clone(), log.clone(), usage.clone()) => exit,
                     why = shared.evicted() => eviction(why),
                     _ = cancel.cancelled() => {
                         log.flush_partial();
-                        log.agent_line("stopped by the agent");
+                        log.agent_line(self.stopped_by_agent(&*executor));
                         return;
                     }
                 };
@@ -493,6 +547,7 @@ impl Supervisor {
             if exit.reason == ExitReason::StoppedOnDisconnect {
                 self.events.record(EventType::Warning, "StoppedOnDisconnect", "Instance", &name, exit.message.clone());
                 shared.update(|s| s.last_termination = Some(termination));
+                resumed = false;
                 // It runs again once the master is heard from and still assigns it.
                 continue;
             }
@@ -509,6 +564,7 @@ impl Supervisor {
                 return self.finish(&shared, phase, exit.code, exit.reason.as_str(), &exit.message);
             }
 
+            resumed = false;
             if started.elapsed() >= backoff.reset {
                 delay = backoff.initial;
             }
@@ -613,6 +669,9 @@ impl Supervisor {
     /// Stops every instance and waits for their tasks (the agent is shutting down).
     /// Their files stay: after a restart the agent runs them again.
     pub async fn stop_all(&self) {
+        // Runs that can outlive the agent are left running for the next one.
+        self.detaching.store(true, Ordering::Relaxed);
+        self.executors.detach();
         let stopped: Vec<Supervised> =
             std::mem::take(&mut *self.instances.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect();
         for s in &stopped {
@@ -634,6 +693,7 @@ impl Supervisor {
         shared: &Shared,
         program: &Arc<dyn Program>,
         cancel: &CancellationToken,
+        resumed: bool,
     ) -> Option<Exit> {
         let name = &desired.name;
         if program.entry() != Entry::Serve {
@@ -684,15 +744,17 @@ impl Supervisor {
             service,
             permits: Arc::new(tokio::sync::Semaphore::new(defaults.concurrency.max(1))),
         };
-        shared.update(|s| {
-            s.phase = Phase::Running;
-            s.started_at = Some(Utc::now());
-            s.reason = None;
-            s.message = None;
-        });
-        self.notify_change();
-        self.events.record(EventType::Normal, "Started", "Instance", name, format!("serving {}", desired.workload.metadata.name));
-        shared.log.agent_line("serving");
+        let started_at = match shared.status.lock().unwrap_or_else(|p| p.into_inner()).started_at {
+            Some(at) if resumed => at,
+            _ => Utc::now(),
+        };
+        self.running(shared, started_at, &desired.generation, endpoint.service.outlives_agent());
+        if resumed {
+            self.events.record(EventType::Normal, "Adopted", "Instance", name, "its process goes on serving under the restarted agent");
+        } else {
+            self.events.record(EventType::Normal, "Started", "Instance", name, format!("serving {}", desired.workload.metadata.name));
+            shared.log.agent_line("serving");
+        }
         let out_of_rotation = |why: &str| {
             *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
             shared.log.agent_line(why);
@@ -760,8 +822,45 @@ impl Supervisor {
                 }
             }
         }
-        out_of_rotation("stopped serving");
+        if self.detaching.load(Ordering::Relaxed) && endpoint.service.outlives_agent() {
+            *shared.serving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            shared.log.agent_line("the agent stops: its process goes on serving, for the next agent to adopt");
+        } else {
+            out_of_rotation("stopped serving");
+        }
         None
+    }
+
+    /// Marks a run Running since `started_at`; where it can outlive the agent,
+    /// keeps the status for the next agent.
+    fn running(&self, shared: &Shared, started_at: chrono::DateTime<Utc>, generation: &str, outlives_agent: bool) {
+        shared.update(|s| {
+            s.phase = Phase::Running;
+            s.started_at = Some(started_at);
+            s.reason = None;
+            s.message = None;
+        });
+        self.notify_change();
+        if outlives_agent {
+            let kept =
+                KeptStatus { generation: generation.to_string(), status: shared.status.lock().unwrap_or_else(|p| p.into_inner()).clone() };
+            let dir = self.instance_dir(&shared.name);
+            let written = std::fs::create_dir_all(&dir)
+                .and_then(|()| serde_json::to_vec(&kept).map_err(std::io::Error::other))
+                .and_then(|bytes| crate::files::write_atomically(&dir.join(KEPT_STATUS), &bytes, 0o600));
+            if let Err(e) = written {
+                tracing::warn!(instance = %shared.name, error = %e, "cannot keep the instance's status for the next agent");
+            }
+        }
+    }
+
+    /// The instance log's last line for a run the agent stopped.
+    fn stopped_by_agent(&self, executor: &dyn crate::executor::Executor) -> &'static str {
+        if self.detaching.load(Ordering::Relaxed) && executor.outlives_agent() {
+            "the agent stops: the run goes on in its own process, for the next agent to adopt"
+        } else {
+            "stopped by the agent"
+        }
     }
 
     /// The service workloads this node has instances of, whatever their phase (for routing).
@@ -1149,6 +1248,7 @@ mod tests {
             },
             default_memory_limit: 64 << 20,
             default_ephemeral_storage: 64 << 20,
+            sources: vec![Source::Manifests, Source::Master],
         };
         Supervisor::new(Executors::in_process(Arc::new(FakeExecutor(program.clone())), "fake"), settings, "fake-node")
     }

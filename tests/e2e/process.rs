@@ -3,11 +3,14 @@
 //! (the run's cgroup), found through `/proc/PID/cgroup` of the run's process,
 //! never from wall-clock speed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmlet_api::Phase;
-use wasmlet_tests::{Agent, cgroup_dirs, instance_processes, place_file, wait_for, workload_manifest};
+use wasmlet_api::{Phase, Workload};
+use wasmlet_tests::{Agent, Master, cgroup_dirs, instance_processes, place_file, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -254,19 +257,183 @@ fn a_node_without_writable_cgroups_refuses_process_instances_and_runs_the_rest()
     assert!(instance_processes(agent.data_dir.path()).is_empty());
 }
 
+/// Answers `GET path` over a service instance's own socket, as the agent's ingress would ask it.
+fn ask_socket(socket: &Path, path: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: instance\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
+    if answer.starts_with("HTTP/1.1 200") { Ok(answer) } else { Err(answer) }
+}
+
+/// The `seq` numbers of the sensor's lines in an instance log, in order.
+fn sensor_seqs(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.split("\"seq\":").nth(1)?.split(',').next()?.parse().ok()).collect()
+}
+
+/// What the master says of each instance: phase and restarts, by name.
+fn master_view(master: &Master) -> BTreeMap<String, (Phase, u32)> {
+    master.instances().into_iter().map(|i| (i.metadata.name, (i.status.phase, i.status.restarts))).collect()
+}
+
 #[test]
-fn a_restarted_agent_ends_the_runs_a_killed_one_left_and_starts_its_own() {
+fn a_restarted_agent_adopts_the_runs_it_left_and_nobody_notices() {
+    let master = Master::start(&[]).expect("master starts");
+    let args = [
+        "--master",
+        master.url.as_str(),
+        "--join-token",
+        master.join_token.as_str(),
+        "--name",
+        "edge",
+        "--sample-interval",
+        "500ms",
+        "--restart-backoff-initial",
+        "100ms",
+    ];
+    let agent = Agent::start(&args).expect("agent starts");
+    for example in ["sensor", "http-hello"] {
+        master.upload_example(example).expect("upload");
+    }
+    let sensor = "  isolation: process\n  args: [\"--interval\", \"100\"]\n";
+    for (name, module, kind, extra) in [
+        ("sensor-a", "sensor", "daemon", sensor),
+        ("sensor-b", "sensor", "daemon", sensor),
+        ("hello", "http-hello", "service", "  isolation: process\n  route: {pathPrefix: /hello}\n"),
+    ] {
+        let workload: Workload = wasmlet_api::from_yaml(&workload_manifest(name, module, kind, extra)).expect("manifest");
+        let (status, body) = master.send_json(reqwest::Method::POST, "/workloads", &workload).expect("POST /workloads");
+        assert!(status == 201 || status == 200, "{status}: {body}");
+    }
+    let running = |view: &BTreeMap<String, (Phase, u32)>| view.len() == 3 && view.values().all(|(phase, _)| *phase == Phase::Running);
+    let view = wait_for(WAIT, "three instances Running on the master", || Some(master_view(&master)).filter(running));
+    let name_of = |workload: &str| view.keys().find(|n| n.starts_with(workload)).cloned().expect("an instance of each workload");
+    let (a, b, hello) = (name_of("sensor-a"), name_of("sensor-b"), name_of("hello"));
+
+    // One restart before, so that "unchanged" is not merely zero.
+    let first = process_of(&agent, &a);
+    wasmlet_tests::signal(first, rustix::process::Signal::KILL);
+    wait_for(WAIT, "sensor-a restarted", || agent.instance(&a).filter(|i| i.status.restarts == 1 && i.status.phase == Phase::Running));
+    let before = wait_for(WAIT, "the master to see the restart", || Some(master_view(&master)).filter(|v| running(v) && v[&a].1 == 1));
+    let pids: Vec<u32> = [&a, &b, &hello].iter().map(|name| process_of(&agent, name)).collect();
+    let socket = agent.data_dir.path().join("run").join(format!("{hello}.sock"));
+    ask_socket(&socket, "/hello").expect("the service answers on its socket");
+
+    // Sampled throughout: the service on its own socket, and the master's view.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (stop, socket) = (stop.clone(), socket.clone());
+        std::thread::spawn(move || {
+            let (mut answered, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match ask_socket(&socket, "/hello") {
+                    Ok(_) => answered += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (answered, failed)
+        })
+    };
+    let watcher = {
+        let (stop, url, client) = (stop.clone(), master.api("/instances"), master.client());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = client.get(&url).send()
+                    && let Ok(list) = r.json::<wasmlet_api::protocol::List<wasmlet_api::Instance>>()
+                {
+                    seen.push(list.items.into_iter().map(|i| (i.metadata.name, (i.status.phase, i.status.restarts))).collect());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+
+    // kill -9, as a crash of the agent alone; then SIGTERM, as an upgrade does.
+    let data = agent.kill_keep_data().expect("kill -9");
+    assert!(pids.iter().all(|pid| alive(*pid)), "every run outlives a killed agent");
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start_in(data, &args).expect("agent restarts");
+    let adopted = |agent: &Agent| {
+        wait_for(WAIT, "the runs adopted", || {
+            let instances: Vec<wasmlet_api::Instance> = agent.get_json("/instances").ok()?;
+            (instances.len() == 3 && instances.iter().all(|i| i.status.phase == Phase::Running)).then_some(instances)
+        })
+    };
+    adopted(&agent);
+    let data = agent.stop_keep_data().expect("SIGTERM");
+    assert!(pids.iter().all(|pid| alive(*pid)), "every run outlives a stopped agent");
+    let agent = Agent::start_in(data, &args).expect("agent restarts");
+    let instances = adopted(&agent);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failed) = sampler.join().expect("sampler");
+    let seen: Vec<BTreeMap<String, (Phase, u32)>> = watcher.join().expect("watcher");
+
+    // The same processes, the same restart counts, here and on the master.
+    let now: Vec<u32> = [&a, &b, &hello].iter().map(|name| process_of(&agent, name)).collect();
+    assert_eq!(now, pids, "the runs the first agent started still run, and no other");
+    for instance in &instances {
+        assert_eq!(instance.status.restarts, before[&instance.metadata.name].1, "{:?}", instance.status);
+    }
+    assert!(failed.is_empty() && answered > 20, "the service answered throughout: {answered} answers, failures {failed:?}");
+    assert!(seen.len() > 10, "the master was sampled: {}", seen.len());
+    for view in &seen {
+        assert_eq!(view, &before, "the master saw no change of phase or restarts");
+    }
+    // Through the new agent's ingress, and its logs continue the old ones line by line.
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let body = wait_for(WAIT, "the ingress to route to the adopted service", || {
+        http.get(format!("{}/hello", agent.ingress)).send().ok().filter(|r| r.status().is_success()).map(|r| r.text().unwrap_or_default())
+    });
+    assert!(body.contains("hello"), "{body}");
+    let log = agent.get_text(&format!("/instances/{b}/logs")).expect("logs");
+    let seqs = sensor_seqs(&log);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "no line lost or repeated across two restarts: {seqs:?}");
+    let adoption = format!("adopted its process {}", pids[1]);
+    assert_eq!(log.matches(&adoption).count(), 2, "{log}");
+    let (before_first, _) = log.split_once(&adoption).expect("adopted");
+    let (_, after_second) = log.rsplit_once(&adoption).expect("adopted");
+    assert!(sensor_seqs(before_first).len() > 3 && sensor_seqs(after_second).len() > 3, "lines before and after: {log}");
+    let events: Vec<wasmlet_api::Event> = agent.get_json("/events").expect("events");
+    assert!(events.iter().any(|e| e.reason == "Adopted" && e.involved_object.name == b), "{events:?}");
+    assert!(!events.iter().any(|e| e.reason == "Started"), "nothing started anew: {events:?}");
+}
+
+#[test]
+fn a_restarted_agent_ends_the_runs_it_is_no_longer_asked_for_and_restarts_changed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
-    place_file(dir.path(), "sensor.yaml", &workload_manifest("sensor", "sensor", "daemon", "  isolation: process\n"));
+    let manifest = |name: &str, interval: u32| {
+        workload_manifest(name, "sensor", "daemon", &format!("  isolation: process\n  args: [\"--interval\", \"{interval}\"]\n"))
+    };
+    for name in ["kept", "changed", "removed"] {
+        place_file(dir.path(), &format!("{name}.yaml"), &manifest(name, 100));
+    }
     let args = ["--manifests-dir", dir.path().to_str().expect("utf-8"), "--manifests-poll-interval", "100ms"];
     let agent = Agent::start(&args).expect("agent starts");
-    agent.wait_phase("sensor-0", Phase::Running, WAIT);
-    let old = process_of(&agent, "sensor-0");
+    let old: Vec<u32> = ["kept-0", "changed-0", "removed-0"]
+        .iter()
+        .map(|name| {
+            agent.wait_phase(name, Phase::Running, WAIT);
+            process_of(&agent, name)
+        })
+        .collect();
     let data = agent.kill_keep_data().expect("kill -9");
-    assert!(alive(old), "the run outlives a killed agent");
+    assert!(old.iter().all(|pid| alive(*pid)), "the runs outlive a killed agent");
+    // While the agent is away: one manifest changes, one goes.
+    place_file(dir.path(), "changed.yaml", &manifest("changed", 150));
+    std::fs::remove_file(dir.path().join("removed.yaml")).expect("remove");
     let agent = Agent::start_in(data, &args).expect("agent restarts");
-    agent.wait_phase("sensor-0", Phase::Running, WAIT);
-    wait_for(WAIT, "the left run to end", || (!alive(old)).then_some(()));
-    let new = process_of(&agent, "sensor-0");
-    assert_ne!(new, old, "one process runs the instance: the new agent's");
+    agent.wait_phase("kept-0", Phase::Running, WAIT);
+    agent.wait_phase("changed-0", Phase::Running, WAIT);
+    wait_for(WAIT, "the unwanted and the changed runs to end", || (!alive(old[1]) && !alive(old[2])).then_some(()));
+    assert_eq!(process_of(&agent, "kept-0"), old[0], "the unchanged run is adopted");
+    assert_ne!(process_of(&agent, "changed-0"), old[1], "the changed one runs anew");
+    assert!(agent.instance("removed-0").is_none());
+    let log = agent.get_text("/instances/changed-0/logs").expect("logs");
+    assert!(log.contains("the instance's spec changed since"), "{log}");
 }

@@ -20,6 +20,7 @@ pub mod usage;
 use std::sync::Arc;
 
 use axum::body::Body;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use wasmlet_api::{Isolation, NodeRuntime, Workload};
@@ -52,6 +53,26 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Adds the executor's own figures (module loads, allocator) to `registry`.
     fn register_metrics(&self, registry: &mut Registry);
+
+    /// Whether its runs go on while the agent stops or restarts.
+    fn outlives_agent(&self) -> bool {
+        false
+    }
+
+    /// When the run of `instance` that a previous agent left running started,
+    /// if there is one: the next run of that instance adopts it if its spec
+    /// is the same. Runs of executors inside the agent never outlive it.
+    fn left_running(&self, _instance: &str) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    /// Every source of instances has said what it wants: runs a previous
+    /// agent left for any other instance are ended.
+    fn settle(&self, _wanted: &[String]) {}
+
+    /// The agent is about to stop: from now on, stopping a run that can
+    /// outlive the agent leaves it running for the next agent to adopt.
+    fn detach(&self) {}
 
     /// Waits until every instance it stopped has ended (the agent is shutting down).
     fn shutdown(&self) -> BoxFuture<'static, ()> {
@@ -95,6 +116,29 @@ impl Executors {
             modes.push(Isolation::Process.as_str().to_string());
         }
         modes
+    }
+
+    /// When the run of `instance` a previous agent left running started, if
+    /// the executor `workload` runs in has one.
+    pub fn left_running(&self, workload: &Workload, instance: &str) -> Option<DateTime<Utc>> {
+        self.for_workload(workload).ok()?.left_running(instance)
+    }
+
+    /// See [`Executor::settle`].
+    pub fn settle(&self, wanted: &[String]) {
+        self.each(|executor| executor.settle(wanted));
+    }
+
+    /// See [`Executor::detach`].
+    pub fn detach(&self) {
+        self.each(|executor| executor.detach());
+    }
+
+    fn each(&self, mut f: impl FnMut(&dyn Executor)) {
+        f(&*self.in_process);
+        if let Ok(process) = &self.process {
+            f(&**process);
+        }
     }
 
     /// Waits until every stopped instance has ended (the agent is shutting down).
@@ -147,5 +191,10 @@ pub trait Service: Send + Sync {
     /// with how; a service that cannot end by itself never resolves.
     fn ended(&self) -> BoxFuture<'static, Exit> {
         Box::pin(std::future::pending())
+    }
+
+    /// Whether it goes on serving while the agent stops or restarts.
+    fn outlives_agent(&self) -> bool {
+        false
     }
 }

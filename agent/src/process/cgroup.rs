@@ -921,7 +921,7 @@ fn parse_pressure(text: &str) -> Option<Pressure> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     // ---- parsers ----
@@ -1206,9 +1206,9 @@ garbage
     // ---- the real cgroups of this machine (root only) ----
 
     /// Removes everything a test made under its own root, also when it fails.
-    struct Cleanup {
-        cgroups: Cgroups,
-        _data_dir: tempfile::TempDir,
+    pub(crate) struct Cleanup {
+        pub(crate) cgroups: Cgroups,
+        pub(crate) data_dir: tempfile::TempDir,
     }
 
     impl Drop for Cleanup {
@@ -1227,19 +1227,19 @@ garbage
 
     /// Discovers this machine's cgroups for a fresh data dir; None (with the
     /// reason printed) when not root, as only root may create cgroups here.
-    fn real_cgroups(test: &str) -> Option<Cleanup> {
+    pub(crate) fn real_cgroups(test: &str) -> Option<Cleanup> {
         if !rustix::process::geteuid().is_root() {
             eprintln!("{test}: skipped: creating cgroups needs root");
             return None;
         }
         let data_dir = tempfile::tempdir().unwrap();
         let cgroups = Cgroups::discover(data_dir.path()).unwrap_or_else(|e| panic!("discover: {e}"));
-        Some(Cleanup { cgroups, _data_dir: data_dir })
+        Some(Cleanup { cgroups, data_dir })
     }
 
     /// Starts `program` placed in `cgroup` before exec, as the process executor does.
     #[allow(unsafe_code)]
-    fn spawn_in(cgroup: &InstanceCgroup, program: &str, args: &[&str]) -> std::process::Child {
+    pub(crate) fn spawn_in(cgroup: &InstanceCgroup, program: &str, args: &[&str]) -> std::process::Child {
         use std::os::unix::process::CommandExt as _;
         let files = cgroup.procs_files().unwrap();
         let mut command = std::process::Command::new(program);

@@ -113,9 +113,7 @@ pub fn child_main(args: &InstanceArgs) -> ExitCode {
 
 /// Writes the exit file whole or not at all.
 fn write_exit(path: &Path, record: &ExitRecord) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(record)?)?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomically(path, &serde_json::to_vec(record)?, 0o600)
 }
 
 /// Reads a fence file: the deadline in milliseconds since the Unix epoch.

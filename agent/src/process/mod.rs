@@ -9,18 +9,26 @@
 //! The agent compiles and caches the module as for in-process runs; the
 //! child maps the cached artefact. A run's cgroup is created before its
 //! process and removed after it: nothing outlives a run but its log.
+//!
+//! Runs outlive the agent ([`adopt`]): it leaves them running when it stops
+//! or is killed, and the next agent of the same data dir adopts each one
+//! whose instance it is asked to run with the same spec, and ends the rest.
 
+pub mod adopt;
 pub mod cgroup;
 pub mod child;
 mod service;
 
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -28,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wasmlet_api::NodeRuntime;
 
+use self::adopt::{Orphan, ProcessId, RunState};
 use self::cgroup::{Cgroups, InstanceCgroup, Limits};
 use self::child::{ChildSpec, ExitRecord, ServeChild};
 use crate::executor::{CgroupUsage, Entry, Executor, Exit, ExitReason, Fence, Prepared, Program, RunSpec, ServeSpec, Service, Usage};
@@ -69,6 +78,22 @@ struct Inner {
     /// Every run's keeper, so that shutdown can wait until each stopped.
     keepers: TaskTracker,
     runs: AtomicU64,
+    /// Runs a previous agent left running, by instance, until one of this
+    /// agent's runs of that instance adopts it or it is ended.
+    orphans: Mutex<BTreeMap<String, Orphan>>,
+    /// Set when the agent stops: keepers then leave their runs running.
+    detached: CancellationToken,
+}
+
+impl Inner {
+    fn orphans(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Orphan>> {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where a process-isolated instance's run files are: `<instance dir>/process`.
+pub(crate) fn run_dir(data_dir: &Path, instance: &str) -> PathBuf {
+    crate::scratch::instance_dir(data_dir, instance).join("process")
 }
 
 impl Process {
@@ -76,21 +101,19 @@ impl Process {
     /// writable cgroup hierarchy, …).
     pub fn new(runtime: Runtime, settings: ProcessSettings) -> Result<Process, String> {
         let cgroups = Cgroups::discover(&settings.data_dir)?;
-        // Runs a previous agent of this data dir left (it was killed, not
-        // stopped) are not adopted yet: they are ended, since this agent
-        // starts its instances afresh and two processes must not run one.
-        for name in cgroups.instances() {
-            if let Some(left) = cgroups.open(&name) {
-                tracing::warn!(cgroup = %name, "ending a run a previous agent left behind");
-                let _ = left.kill();
-                if let Err(e) = left.remove() {
-                    tracing::warn!(cgroup = %name, error = %e, "cannot remove a cgroup a previous agent left behind");
-                }
-            }
-        }
+        let orphans = adopt::find(&cgroups, &settings.data_dir).into_iter().map(|o| (o.instance.clone(), o)).collect();
         let engine_hash = engine_hash(runtime.engine());
         Ok(Process {
-            inner: Arc::new(Inner { runtime, cgroups, settings, engine_hash, keepers: TaskTracker::new(), runs: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                runtime,
+                cgroups,
+                settings,
+                engine_hash,
+                keepers: TaskTracker::new(),
+                runs: AtomicU64::new(0),
+                orphans: Mutex::new(orphans),
+                detached: CancellationToken::new(),
+            }),
         })
     }
 
@@ -126,13 +149,49 @@ impl Executor for Process {
 
     fn register_metrics(&self, _registry: &mut Registry) {}
 
+    fn outlives_agent(&self) -> bool {
+        true
+    }
+
+    fn left_running(&self, instance: &str) -> Option<DateTime<Utc>> {
+        self.inner.orphans().get(instance).map(|orphan| orphan.state.started_at)
+    }
+
+    fn settle(&self, wanted: &[String]) {
+        let unwanted: Vec<Orphan> = {
+            let mut orphans = self.inner.orphans();
+            let names: Vec<String> = orphans.keys().filter(|name| !wanted.contains(name)).cloned().collect();
+            names.iter().filter_map(|name| orphans.remove(name)).collect()
+        };
+        if unwanted.is_empty() {
+            return;
+        }
+        let data_dir = self.inner.settings.data_dir.clone();
+        self.inner.keepers.spawn_blocking(move || {
+            for orphan in unwanted {
+                tracing::warn!(instance = %orphan.instance, pid = orphan.state.process.pid, "ending a run a previous agent left: its instance is not wanted here any more");
+                let dir = run_dir(&data_dir, &orphan.instance);
+                orphan.end(&dir);
+            }
+        });
+    }
+
+    fn detach(&self) {
+        self.inner.detached.cancel();
+    }
+
     fn shutdown(&self) -> BoxFuture<'static, ()> {
-        let keepers = self.inner.keepers.clone();
-        let cgroups = self.inner.cgroups.clone();
+        let inner = self.inner.clone();
         Box::pin(async move {
-            keepers.close();
-            keepers.wait().await;
-            // Every run has ended: what discovery made goes too.
+            inner.keepers.close();
+            inner.keepers.wait().await;
+            // Runs left running keep their cgroups for the next agent; if none is, what discovery made goes too.
+            let left = inner.cgroups.instances().len();
+            if left > 0 {
+                tracing::info!(runs = left, "leaving process-isolated runs running: the next agent of this data dir adopts them");
+                return;
+            }
+            let cgroups = inner.cgroups.clone();
             match tokio::task::spawn_blocking(move || cgroups.release()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the agent's cgroups"),
@@ -230,16 +289,101 @@ impl ProcessProgram {
     ) -> Result<RunHandle, Exit> {
         let inner = &self.inner;
         let settings = &inner.settings;
-        let run_id = format!("{}.{}", std::process::id(), inner.runs.fetch_add(1, Ordering::Relaxed));
-        let dir = crate::scratch::instance_dir(&settings.data_dir, instance).join("process");
-        let files = RunFiles::new(&dir);
+        let run_id = format!("{}-{}", std::process::id(), inner.runs.fetch_add(1, Ordering::Relaxed));
+        let files = RunFiles::new(&run_dir(&settings.data_dir, instance));
         let socket = match &launch {
             Launch::Serve(_, socket) => Some(socket.clone()),
             Launch::Run(_) => None,
         };
-        files.prepare(fence).map_err(|e| Exit::start_error(format!("cannot prepare {}: {e}", dir.display())))?;
-        let spec = ChildSpec {
+        let spec = self.child_spec(run_id.clone(), launch, &files, log);
+        let memory_max = memory_limit.map(|l| l.saturating_add(settings.memory_overhead));
+        let limits = Limits { cpu_millis: cpu_limit_millis, memory_max, pids_max: Some(settings.pids_max) };
+        let detached = inner.detached.clone();
+        let keeper = move |watched, cgroup, run_id, files| {
+            let (tail, tailer) = follow(log);
+            Keeper {
+                watched,
+                cgroup,
+                files,
+                socket,
+                tail,
+                tailer,
+                run_id,
+                fence: fence.clone(),
+                usage,
+                cpu_limit_millis,
+                memory_max,
+                stop: CancellationToken::new(),
+                detached,
+                done: watch::channel(None).0,
+            }
+        };
+
+        // A run a previous agent left running is watched as if this agent had started it.
+        if let Some(orphan) = inner.orphans().remove(instance) {
+            if !orphan.runs(&spec, &limits) {
+                log.agent_line("ending the process a previous agent left running: the instance's spec changed since");
+                // Rare, and bounded by the cgroup's removal wait: the agent's thread waits.
+                orphan.end(&files.dir);
+            } else {
+                match orphan.watch() {
+                    Ok(adopted) => {
+                        log.agent_line(&format!("adopted its process {}, left running by the previous agent", adopted.pid));
+                        let keeper = keeper(Watched::Adopted(adopted.pidfd), adopted.cgroup, adopted.run_id, files);
+                        if let Err(e) = write_fence(&keeper.files.fence, keeper.fence.deadline()) {
+                            tracing::warn!(file = %keeper.files.fence.display(), error = %e, "cannot pass the fence deadline to an instance's process");
+                        }
+                        keeper.sample();
+                        return Ok(self.keep(keeper));
+                    }
+                    Err((orphan, e)) => {
+                        // Never expected (a pidfd is pollable since Linux 5.3): the run is ended, not left unwatched.
+                        tracing::warn!(instance, error = %e, "cannot watch the process a previous agent left running");
+                        orphan.end(&files.dir);
+                    }
+                }
+            }
+        }
+
+        files.prepare(fence).map_err(|e| Exit::start_error(format!("cannot prepare {}: {e}", files.dir.display())))?;
+        files.write_spec(&spec).map_err(|e| Exit::start_error(format!("cannot write {}: {e}", files.spec.display())))?;
+        let cgroup_name = format!("{instance}.{run_id}");
+        let cgroup = inner.cgroups.create(&cgroup_name, &limits).map_err(Exit::start_error)?;
+        let child = match spawn_child(&settings.exe, &files, &cgroup) {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(Exit::start_error(format!("cannot start the instance's process: {e}")));
+            }
+        };
+        // What the next agent adopts the run by, should this one stop first.
+        let state = child.id().ok_or_else(|| "the process ended at once".to_string()).and_then(ProcessId::of).map(|process| RunState {
             run_id: run_id.clone(),
+            process,
+            cgroup: cgroup_name,
+            started_at: Utc::now(),
+            cpu_limit_millis,
+            memory_max,
+            pids_max: limits.pids_max,
+        });
+        if let Err(e) = state.map_err(std::io::Error::other).and_then(|state| adopt::write_state(&files.dir, &state)) {
+            tracing::warn!(instance, error = %e, "cannot record the run's state: an agent restart will end it");
+        }
+        Ok(self.keep(keeper(Watched::Child(child), cgroup, run_id, files)))
+    }
+
+    fn keep(&self, keeper: Keeper) -> RunHandle {
+        let ended = keeper.done.subscribe();
+        let stop = keeper.stop.clone();
+        self.inner.keepers.spawn(keeper.keep());
+        RunHandle { ended, _stop: stop.drop_guard() }
+    }
+
+    /// The spec file of a run.
+    fn child_spec(&self, run_id: String, launch: Launch<'_>, files: &RunFiles, log: &InstanceLog) -> ChildSpec {
+        let inner = &self.inner;
+        let spec = ChildSpec {
+            run_id,
             engine_hash: inner.engine_hash.clone(),
             memory_reservation: inner.runtime.memory_reservation,
             epoch_tick_ms: inner.runtime.epoch_tick.as_millis() as u64,
@@ -247,7 +391,7 @@ impl ProcessProgram {
             digest: self.module.digest.clone(),
             component: self.module.kind == ModuleKind::Component,
             log_dir: log.dir(),
-            log_max_size: settings.log_max_size,
+            log_max_size: inner.settings.log_max_size,
             fence_path: files.fence.clone(),
             exit_path: files.exit.clone(),
             program: String::new(),
@@ -257,7 +401,7 @@ impl ProcessProgram {
             cpu_time_limit_ms: None,
             serve: None,
         };
-        let spec = match launch {
+        match launch {
             Launch::Run(run) => ChildSpec {
                 program: run.program.clone(),
                 args: run.args.clone(),
@@ -280,47 +424,18 @@ impl ProcessProgram {
                 }),
                 ..spec
             },
-        };
-        files.write_spec(&spec).map_err(|e| Exit::start_error(format!("cannot write {}: {e}", files.spec.display())))?;
-
-        let memory_max = memory_limit.map(|l| l.saturating_add(settings.memory_overhead));
-        let limits = Limits { cpu_millis: cpu_limit_millis, memory_max, pids_max: Some(settings.pids_max) };
-        let cgroup_name = format!("{instance}.{}", run_id.rsplit('.').next().unwrap_or_default());
-        let cgroup = inner.cgroups.create(&cgroup_name, &limits).map_err(Exit::start_error)?;
-        // Followers of the log get what the process writes to it, from the file.
-        let tail = CancellationToken::new();
-        let tailer = {
-            let (log, tail) = (log.clone(), tail.clone());
-            tokio::spawn(async move { log.follow_file(tail).await })
-        };
-        let child = match spawn_child(&settings.exe, &files, &cgroup) {
-            Ok(child) => child,
-            Err(e) => {
-                tail.cancel();
-                let _ = cgroup.remove();
-                return Err(Exit::start_error(format!("cannot start the instance's process: {e}")));
-            }
-        };
-        let (done, ended) = watch::channel(None);
-        let stop = CancellationToken::new();
-        let keeper = Keeper {
-            child,
-            cgroup,
-            files,
-            socket,
-            tail,
-            tailer,
-            run_id,
-            fence: fence.clone(),
-            usage,
-            cpu_limit_millis,
-            memory_max,
-            stop: stop.clone(),
-            done,
-        };
-        inner.keepers.spawn(keeper.keep());
-        Ok(RunHandle { ended, _stop: stop.drop_guard() })
+        }
     }
+}
+
+/// Feeds the log's followers from its file, until the token is cancelled.
+fn follow(log: &InstanceLog) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let tail = CancellationToken::new();
+    let tailer = {
+        let (log, tail) = (log.clone(), tail.clone());
+        tokio::spawn(async move { log.follow_file(tail).await })
+    };
+    (tail, tailer)
 }
 
 /// A run under way. Dropping it stops the run's process.
@@ -376,12 +491,7 @@ impl RunFiles {
     }
 
     fn write_spec(&self, spec: &ChildSpec) -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let tmp = self.spec.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-        file.write_all(&serde_json::to_vec(spec)?)?;
-        std::fs::rename(&tmp, &self.spec)
+        crate::files::write_atomically(&self.spec, &serde_json::to_vec(spec)?, 0o600)
     }
 
     /// The exit file of run `run_id`, if that run wrote one.
@@ -399,9 +509,7 @@ impl RunFiles {
 }
 
 fn write_fence(path: &Path, deadline: i64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, deadline.to_string())?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomically(path, deadline.to_string().as_bytes(), 0o600)
 }
 
 /// Starts `<exe> instance --spec <spec>` in its own session, placed in
@@ -451,10 +559,42 @@ fn place_before_exec(command: &mut tokio::process::Command, procs: &[std::fs::Fi
     }
 }
 
+/// The process of a run, as its keeper waits for it.
+enum Watched {
+    /// Started by this agent: its exit status is known.
+    Child(tokio::process::Child),
+    /// Left running by a previous agent: a pidfd, readable once it ended.
+    Adopted(tokio::io::unix::AsyncFd<OwnedFd>),
+}
+
+impl Watched {
+    /// Waits for the end; the status only where it can be known (a child's).
+    async fn wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            Watched::Child(child) => child.wait().await.map(Some),
+            Watched::Adopted(pidfd) => pidfd.readable().await.map(|_| None),
+        }
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        match self {
+            Watched::Child(child) => {
+                if let Some(pid) = child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+                    let _ = rustix::process::kill_process(pid, signal);
+                }
+            }
+            Watched::Adopted(pidfd) => {
+                let _ = rustix::process::pidfd_send_signal(pidfd.get_ref(), signal);
+            }
+        }
+    }
+}
+
 /// Watches one run's process: keeps its usage and fence file current, stops
-/// it when asked, says how it ended, and removes its cgroup.
+/// it when asked, says how it ended, and removes its cgroup. When the agent
+/// stops, it leaves the run running for the next agent instead.
 struct Keeper {
-    child: tokio::process::Child,
+    watched: Watched,
     cgroup: InstanceCgroup,
     files: RunFiles,
     /// A service's socket, removed when its process ends.
@@ -468,6 +608,8 @@ struct Keeper {
     cpu_limit_millis: Option<u64>,
     memory_max: Option<u64>,
     stop: CancellationToken,
+    /// The agent is stopping: a stop then leaves the run running.
+    detached: CancellationToken,
     done: watch::Sender<Option<Exit>>,
 }
 
@@ -481,12 +623,16 @@ impl Keeper {
         let mut sampled = tokio::time::Instant::now();
         let status = loop {
             tokio::select! {
-                status = self.child.wait() => break status,
+                status = self.watched.wait() => break status,
                 _ = self.stop.cancelled(), if stopping.is_none() => {
-                    stopping = Some(tokio::time::Instant::now() + STOP_GRACE);
-                    if let Some(pid) = self.child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    if self.detached.is_cancelled() {
+                        // Its files, socket and cgroup stay: the next agent adopts it by them.
+                        self.tail.cancel();
+                        let _ = (&mut self.tailer).await;
+                        return;
                     }
+                    stopping = Some(tokio::time::Instant::now() + STOP_GRACE);
+                    self.watched.signal(rustix::process::Signal::TERM);
                 }
                 _ = ticks.tick() => {
                     let now_fence = self.fence.deadline();
@@ -515,6 +661,7 @@ impl Keeper {
         if let Some(socket) = &self.socket {
             let _ = std::fs::remove_file(socket);
         }
+        let _ = std::fs::remove_file(self.files.dir.join(adopt::STATE_FILE));
         self.tail.cancel();
         let _ = (&mut self.tailer).await;
         // Anything it started is gone with it; then the cgroup can go.
@@ -536,20 +683,27 @@ impl Keeper {
 
     /// How the run ended: its exit file when it wrote one; else what the
     /// kernel says (the OOM killer's counter in its cgroup, the signal).
-    fn account(&self, status: ExitStatus) -> Exit {
+    fn account(&self, status: Option<ExitStatus>) -> Exit {
         if let Some(exit) = self.files.exit_of(&self.run_id) {
             return exit;
         }
         let oom_kills = self.cgroup.oom_kills();
+        let Some(status) = status else {
+            // Adopted: its parent was the previous agent, so its status went elsewhere.
+            return if oom_kills > 0 {
+                self.oom_killed()
+            } else if self.stop.is_cancelled() {
+                Exit { code: None, reason: ExitReason::Error, message: "stopped by the agent".to_string() }
+            } else {
+                Exit {
+                    code: None,
+                    reason: ExitReason::Error,
+                    message: "the instance's process ended without saying how (it was adopted after an agent restart, so its exit status is not known)".to_string(),
+                }
+            };
+        };
         match status.signal() {
-            Some(libc::SIGKILL) if oom_kills > 0 => Exit {
-                code: None,
-                reason: ExitReason::OomKilled,
-                message: format!(
-                    "killed by the kernel's OOM killer: the instance's cgroup reached its memory limit of {} (limits.memory plus the process's own overhead)",
-                    self.memory_max.map_or_else(|| "the node's".to_string(), |m| wasmlet_api::Bytes::new(m).human())
-                ),
-            },
+            Some(libc::SIGKILL) if oom_kills > 0 => self.oom_killed(),
             Some(signal) if self.stop.is_cancelled() => {
                 Exit { code: None, reason: ExitReason::Error, message: format!("stopped by the agent (signal {signal})") }
             }
@@ -565,6 +719,17 @@ impl Keeper {
                     format!("the instance's process exited with code {code}: {said}")
                 })
             }
+        }
+    }
+
+    fn oom_killed(&self) -> Exit {
+        Exit {
+            code: None,
+            reason: ExitReason::OomKilled,
+            message: format!(
+                "killed by the kernel's OOM killer: the instance's cgroup reached its memory limit of {} (limits.memory plus the process's own overhead)",
+                self.memory_max.map_or_else(|| "the node's".to_string(), |m| wasmlet_api::Bytes::new(m).human())
+            ),
         }
     }
 }

@@ -71,4 +71,8 @@ impl Service for ProcessService {
     fn ended(&self) -> BoxFuture<'static, Exit> {
         self.run.ended()
     }
+
+    fn outlives_agent(&self) -> bool {
+        true
+    }
 }
