@@ -243,8 +243,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tricky = dir.path().join("a) b (c");
         std::fs::copy("/bin/sleep", &tricky).unwrap();
-        let mut plain = std::process::Command::new("/bin/sleep").arg("5").spawn().unwrap();
-        let mut child = std::process::Command::new(&tricky).arg("5").spawn().unwrap();
+        let plain = std::process::Command::new("/bin/sleep").arg("5").spawn().unwrap();
+        let child = std::process::Command::new(&tricky).arg("5").spawn().unwrap();
         // A plain name splits naively; field 22 is the 22nd word.
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", plain.id())).unwrap();
         let plain_start: u64 = stat.split_ascii_whitespace().nth(21).unwrap().parse().unwrap();
