@@ -340,26 +340,41 @@ impl Drop for Agent {
 }
 
 /// The processes of the process-isolated instances of the agent whose data
-/// dir is `data_dir`, with the instance each runs.
+/// dir is `data_dir`, with the instance each runs: those started for a run
+/// (their `--spec` names the instance), and spares a run claimed (the run's
+/// state file names the process, which must still be an instance process in
+/// the run's cgroup).
 pub fn instance_processes(data_dir: &std::path::Path) -> Vec<(u32, String)> {
     let instances = data_dir.join("instances");
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut found = Vec::new();
+    let instance_args = |pid: u32| -> Option<Vec<String>> {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        (args.get(1).map(String::as_str) == Some("instance")).then_some(args)
+    };
+    let mut found = std::collections::BTreeMap::new();
     for entry in entries.filter_map(|e| e.ok()) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.get(1).map(String::as_str) != Some("instance") {
-            continue;
-        }
+        let Some(args) = instance_args(pid) else { continue };
         let Some(spec) = args.iter().skip_while(|a| *a != "--spec").nth(1) else { continue };
         if let Ok(rest) = std::path::Path::new(spec).strip_prefix(&instances)
             && let Some(name) = rest.components().next()
         {
-            found.push((pid, name.as_os_str().to_string_lossy().into_owned()));
+            found.insert(pid, name.as_os_str().to_string_lossy().into_owned());
         }
     }
-    found
+    for entry in std::fs::read_dir(&instances).into_iter().flatten().filter_map(|e| e.ok()) {
+        let Ok(state) = std::fs::read(entry.path().join("process").join("run.json")) else { continue };
+        let Ok(state) = serde_json::from_slice::<serde_json::Value>(&state) else { continue };
+        let (Some(pid), Some(cgroup)) = (state["process"]["pid"].as_u64(), state["cgroup"].as_str()) else { continue };
+        let Ok(pid) = u32::try_from(pid) else { continue };
+        let in_its_cgroup =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&format!("/instances/{cgroup}\n")));
+        if in_its_cgroup && instance_args(pid).is_some() {
+            found.insert(pid, entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.into_iter().collect()
 }
 
 /// The cgroup directories a process is in, one per hierarchy (from `/proc/PID/cgroup` and the mounts).
@@ -402,12 +417,31 @@ pub fn reap_instances(data_dir: &std::path::Path) {
         }
     }
     // The agent's own cgroups (`wasmlet-<first 12 hex of sha256 of its data dir>`),
-    // beneath this process's cgroup in each hierarchy, as an agent started by a test has them.
+    // beneath this process's cgroup in each hierarchy, as an agent started by a test has them:
+    // whatever still runs in one (a spare process, say) is killed, then every directory goes.
     let Ok(canonical) = std::fs::canonicalize(data_dir) else { return };
     let hash = sha256(canonical.as_os_str().as_encoded_bytes());
     let name = format!("wasmlet-{}", &hash.trim_start_matches("sha256:")[..12]);
-    for own in cgroup_dirs(std::process::id()) {
-        let root = own.join(&name);
+    let roots: Vec<PathBuf> = cgroup_dirs(std::process::id()).into_iter().map(|own| own.join(&name)).collect();
+    let cgroups: Vec<PathBuf> = roots
+        .iter()
+        .flat_map(|root| std::fs::read_dir(root.join("instances")).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path()))
+        .filter(|path| path.is_dir())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for cgroup in &cgroups {
+        loop {
+            let pids = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<u32> = pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            pids.into_iter().for_each(|pid| signal(pid, rustix::process::Signal::KILL));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(cgroup);
+    }
+    for root in roots {
         let _ = std::fs::remove_dir(root.join("instances"));
         let _ = std::fs::remove_dir(&root);
     }

@@ -489,6 +489,15 @@ impl InstanceCgroup {
         Ok(())
     }
 
+    /// Sets the limits of a cgroup that exists (a spare's, when a run claims
+    /// it); `None` is no limit. The memory limit must hold what it uses now.
+    pub fn limit(&self, limits: &Limits) -> Result<(), String> {
+        let quota = cpu_quota_us(limits.cpu_millis)?;
+        let memory_max = limit_i64("memory", limits.memory_max)?;
+        let pids_max = limit_i64("pids", limits.pids_max)?;
+        self.set_limits(quota, memory_max, pids_max)
+    }
+
     /// Writes all three limits; `None` writes "no limit", so a reused cgroup
     /// never keeps an earlier run's.
     fn set_limits(&self, quota_us: Option<i64>, memory_max: Option<i64>, pids_max: Option<i64>) -> Result<(), String> {

@@ -29,8 +29,12 @@ use crate::runtime::{ModuleKind, Runtime};
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstanceArgs {
     /// The spec file the agent wrote for this run.
-    #[arg(long)]
-    pub spec: PathBuf,
+    #[arg(long, required_unless_present = "spare")]
+    pub spec: Option<PathBuf>,
+    /// Started ahead of a run, already in a cgroup of its own: waits for the
+    /// spec file's path on stdin, then runs as with `--spec`.
+    #[arg(long, conflicts_with = "spec")]
+    pub spare: bool,
 }
 
 /// Everything one run needs, written by the agent into the instance's
@@ -88,16 +92,29 @@ const FENCE_POLL: Duration = Duration::from_millis(250);
 /// Runs one instance's process. Exit codes: 0 when the run ended, however
 /// it ended (the exit file says how); 2 when not even that could be written.
 pub fn child_main(args: &InstanceArgs) -> ExitCode {
+    let path = match &args.spec {
+        Some(path) => path.clone(),
+        None => match claimed() {
+            Ok(Some(path)) => path,
+            // The agent went away before it needed this spare.
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("a spare instance process could not be claimed: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let spec: ChildSpec =
-        match std::fs::read(&args.spec).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
             Ok(spec) => spec,
             Err(e) => {
-                eprintln!("cannot read the instance spec {}: {e}", args.spec.display());
+                eprintln!("cannot read the instance spec {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         };
     // Under memory pressure of the whole machine, instances go before the agent.
     let _ = std::fs::write("/proc/self/oom_score_adj", "500");
+    one_malloc_arena();
     let exit = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build() {
         Ok(threads) => threads.block_on(run(&spec)),
         Err(e) => Exit::start_error(format!("cannot start the instance's scheduler: {e}")),
@@ -109,6 +126,43 @@ pub fn child_main(args: &InstanceArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// One malloc arena for the whole process: its few threads take turns, and
+/// each arena more would hold pages of its own.
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns the heap's free pages to the kernel.
+#[allow(unsafe_code)]
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; the allocator stays consistent.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A spare waits for the agent to claim it: the spec file's path, one line
+/// on stdin (None at end of file). Its stdout and stderr then go to the run's
+/// stderr file, beside the spec, as a process started for the run has them.
+fn claimed() -> std::io::Result<Option<PathBuf>> {
+    use std::io::BufRead as _;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let spec = PathBuf::from(line.trim_end_matches('\n'));
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(super::RunFiles::stderr_beside(&spec))?;
+    rustix::stdio::dup2_stdout(&stderr)?;
+    rustix::stdio::dup2_stderr(&stderr)?;
+    Ok(Some(spec))
 }
 
 /// Writes the exit file whole or not at all.
@@ -142,6 +196,9 @@ async fn run(spec: &ChildSpec) -> Exit {
         Ok(log) => log,
         Err(e) => return Exit::start_error(format!("cannot open the instance's log in {}: {e}", spec.log_dir.display())),
     };
+    // Setting up (the agent's flags, the engine, the module's metadata) left
+    // freed heap behind: give it back before the instance settles for long.
+    trim_heap();
     let fence = Fence::default();
     if let Some(deadline) = read_fence(&spec.fence_path) {
         fence.set_deadline(deadline);

@@ -18,6 +18,7 @@ pub mod adopt;
 pub mod cgroup;
 pub mod child;
 mod service;
+mod spare;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -83,6 +84,12 @@ struct Inner {
     orphans: Mutex<BTreeMap<String, Orphan>>,
     /// Set when the agent stops: keepers then leave their runs running.
     detached: CancellationToken,
+    /// A process started ahead of the next run (see [`spare`]).
+    spare: spare::Slot,
+    /// Runs being kept now, and ever: the spare is kept while there are
+    /// some, and for [`spare::LINGER`] after the last one ended.
+    live: std::sync::atomic::AtomicUsize,
+    runs_kept: AtomicU64,
 }
 
 impl Inner {
@@ -113,6 +120,9 @@ impl Process {
                 runs: AtomicU64::new(0),
                 orphans: Mutex::new(orphans),
                 detached: CancellationToken::new(),
+                spare: spare::Slot::default(),
+                live: Default::default(),
+                runs_kept: Default::default(),
             }),
         })
     }
@@ -178,6 +188,7 @@ impl Executor for Process {
 
     fn detach(&self) {
         self.inner.detached.cancel();
+        self.inner.spare.discard();
     }
 
     fn shutdown(&self) -> BoxFuture<'static, ()> {
@@ -185,6 +196,7 @@ impl Executor for Process {
         Box::pin(async move {
             inner.keepers.close();
             inner.keepers.wait().await;
+            inner.spare.discard();
             // Runs left running keep their cgroups for the next agent; if none is, what discovery made goes too.
             let left = inner.cgroups.instances().len();
             if left > 0 {
@@ -347,15 +359,22 @@ impl ProcessProgram {
 
         files.prepare(fence).map_err(|e| Exit::start_error(format!("cannot prepare {}: {e}", files.dir.display())))?;
         files.write_spec(&spec).map_err(|e| Exit::start_error(format!("cannot write {}: {e}", files.spec.display())))?;
-        let cgroup_name = format!("{instance}.{run_id}");
-        let cgroup = inner.cgroups.create(&cgroup_name, &limits).map_err(Exit::start_error)?;
-        let child = match spawn_child(&settings.exe, &files, &cgroup) {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = cgroup.remove();
-                return Err(Exit::start_error(format!("cannot start the instance's process: {e}")));
+        // A spare already runs in a cgroup of its own (moving a process into a
+        // cgroup can take the kernel a grace period: the spare paid it ahead).
+        let (cgroup, child) = match inner.spare.claim(&files.spec, &limits) {
+            Some(claimed) => claimed,
+            None => {
+                let cgroup = inner.cgroups.create(&format!("{instance}.{run_id}"), &limits).map_err(Exit::start_error)?;
+                match spawn_child(&settings.exe, Launched::Run(&files), &cgroup) {
+                    Ok(child) => (cgroup, child),
+                    Err(e) => {
+                        let _ = cgroup.remove();
+                        return Err(Exit::start_error(format!("cannot start the instance's process: {e}")));
+                    }
+                }
             }
         };
+        let cgroup_name = cgroup.name().to_string();
         // What the next agent adopts the run by, should this one stop first.
         let state = child.id().ok_or_else(|| "the process ended at once".to_string()).and_then(ProcessId::of).map(|process| RunState {
             run_id: run_id.clone(),
@@ -369,13 +388,23 @@ impl ProcessProgram {
         if let Err(e) = state.map_err(std::io::Error::other).and_then(|state| adopt::write_state(&files.dir, &state)) {
             tracing::warn!(instance, error = %e, "cannot record the run's state: an agent restart will end it");
         }
-        Ok(self.keep(keeper(Watched::Child(child), cgroup, run_id, files)))
+        let run = self.keep(keeper(Watched::Child(child), cgroup, run_id, files));
+        spare::prepare(inner);
+        Ok(run)
     }
 
     fn keep(&self, keeper: Keeper) -> RunHandle {
         let ended = keeper.done.subscribe();
         let stop = keeper.stop.clone();
-        self.inner.keepers.spawn(keeper.keep());
+        let inner = self.inner.clone();
+        inner.live.fetch_add(1, Ordering::Relaxed);
+        inner.runs_kept.fetch_add(1, Ordering::Relaxed);
+        self.inner.keepers.spawn(async move {
+            keeper.keep().await;
+            if inner.live.fetch_sub(1, Ordering::Relaxed) == 1 {
+                spare::linger(inner);
+            }
+        });
         RunHandle { ended, _stop: stop.drop_guard() }
     }
 
@@ -457,8 +486,10 @@ impl RunHandle {
     }
 }
 
+const STDERR_FILE: &str = "stderr";
+
 /// The files of a run, in the instance's directory.
-struct RunFiles {
+pub(crate) struct RunFiles {
     dir: PathBuf,
     spec: PathBuf,
     fence: PathBuf,
@@ -474,8 +505,13 @@ impl RunFiles {
             spec: dir.join("spec.json"),
             fence: dir.join("fence"),
             exit: dir.join("exit.json"),
-            stderr: dir.join("stderr"),
+            stderr: dir.join(STDERR_FILE),
         }
+    }
+
+    /// The stderr file of the run whose spec file is `spec`.
+    pub(crate) fn stderr_beside(spec: &Path) -> PathBuf {
+        spec.with_file_name(STDERR_FILE)
     }
 
     fn prepare(&self, fence: &Fence) -> std::io::Result<()> {
@@ -512,20 +548,34 @@ fn write_fence(path: &Path, deadline: i64) -> std::io::Result<()> {
     crate::files::write_atomically(path, deadline.to_string().as_bytes(), 0o600)
 }
 
-/// Starts `<exe> instance --spec <spec>` in its own session, placed in
-/// `cgroup` before it executes anything.
-fn spawn_child(exe: &Path, files: &RunFiles, cgroup: &InstanceCgroup) -> std::io::Result<tokio::process::Child> {
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&files.stderr)?;
+/// What an instance's process is started for.
+enum Launched<'a> {
+    /// A run, by its files.
+    Run(&'a RunFiles),
+    /// A spare, reading its run's spec path from this pipe when claimed.
+    Spare(OwnedFd),
+}
+
+/// Starts `<exe> instance --spec <spec>` (or `--spare`) in its own session,
+/// placed in `cgroup` before it executes anything.
+fn spawn_child(exe: &Path, launched: Launched<'_>, cgroup: &InstanceCgroup) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(exe);
-    command
-        .arg("instance")
-        .arg("--spec")
-        .arg(&files.spec)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stderr.try_clone()?))
-        .stderr(Stdio::from(stderr))
-        .kill_on_drop(false);
+    command.arg("instance").env_clear().kill_on_drop(false);
+    match launched {
+        Launched::Run(files) => {
+            let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&files.stderr)?;
+            command
+                .arg("--spec")
+                .arg(&files.spec)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(stderr.try_clone()?))
+                .stderr(Stdio::from(stderr));
+        }
+        // Until claimed it has nothing to say; then it writes to its run's stderr file.
+        Launched::Spare(claim) => {
+            command.arg("--spare").stdin(Stdio::from(claim)).stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
     let procs = cgroup.procs_files()?;
     place_before_exec(&mut command, &procs);
     let child = command.spawn();

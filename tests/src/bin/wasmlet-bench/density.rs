@@ -12,7 +12,13 @@
 //!    Figures: RSS with the 1000 instances (goal <= 200 MiB), RSS per
 //!    instance ((with - without) / 1000), the time from the manifest's rename
 //!    to the last instance's `status.startedAt`.
-//! 2. Reference, in the same run after the agent is stopped: the same daemon as
+//! 2. Process isolation: an agent runs [`PROCESS_INSTANCES`] of the same
+//!    daemon with `isolation: process`, each a process of its own in a cgroup
+//!    of its own. Once all run and [`SETTLE`] has passed: PSS per instance,
+//!    the instance processes' PSS summed plus what they added to the agent's,
+//!    over their count (goal <= 1.5 MiB). The processes share the agent
+//!    binary's pages and the compiled module's (each maps the cached artefact).
+//! 3. Reference, in the same run after the agents are stopped: the same daemon as
 //!    separate `wasmtime run` processes of the wasmtime CLI, the version the
 //!    agent embeds, started one after the other until [`REFERENCE_MAX`] run,
 //!    [`REFERENCE_TIME_BOX`] has passed or MemAvailable drops below
@@ -39,7 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use reqwest::blocking::Client;
 use wasmlet_api::{Instance, Node, Phase};
-use wasmlet_tests::{Agent, examples_dir, rss_bytes, sha256};
+use wasmlet_tests::{Agent, examples_dir, instance_processes, rss_bytes, sha256};
 
 use crate::figures::{Figure, Figures, Goal};
 use crate::support::{agent_client, get_ok, millis_between, place_manifest, poll_until, require_agent_and_wasmtime, yaml_path};
@@ -75,6 +81,11 @@ const QUIET_MAX: Duration = Duration::from_secs(60);
 const QUIET_CHECKS: u32 = 3;
 const RSS_PER_INSTANCE_RATIO_GOAL: Goal = Goal::AtLeast(20.0);
 
+/// Process instances: fewer than in-process, each is a process.
+const PROCESS_INSTANCES: u32 = 200;
+const PROCESS_PSS_GOAL: Goal = Goal::AtMost(1_572_864.0);
+const PROCESS_PSS_RATIO_GOAL: Goal = Goal::AtLeast(1.5);
+
 /// The daemon's arguments, the same for both.
 const SENSOR_ARGS: [&str; 4] = ["--interval", "60000", "--file", "/data/value"];
 
@@ -88,7 +99,8 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     std::fs::write(&value, "21.5\n").with_context(|| format!("writing {}", value.display()))?;
 
     let agent_per_instance = agent_density(figures, &sensor, &sha256(&sensor_bytes), data.path())?;
-    reference(figures, &wasmtime, &version, &sensor, data.path(), agent_per_instance)
+    let process_pss = process_density(figures, &sensor, &sha256(&sensor_bytes), data.path())?;
+    reference(figures, &wasmtime, &version, &sensor, data.path(), agent_per_instance, process_pss)
 }
 
 /// Memory per instance of the agent, for the ratios.
@@ -99,22 +111,9 @@ struct PerInstance {
 
 /// Figure 1: the agent with no instance, then with 1000 idle sensors.
 fn agent_density(figures: &mut Figures, sensor: &Path, digest: &str, data: &Path) -> anyhow::Result<PerInstance> {
-    let manifests = tempfile::Builder::new().prefix("wasmlet-bench-manifests-").tempdir().context("creating a manifests dir")?;
-    let manifests_arg = manifests.path().to_string_lossy().into_owned();
-    let data_arg = data.to_string_lossy().into_owned();
     let pool = INSTANCES.to_string();
     progress(format!("starting an agent with --pool-instances {pool}"));
-    let agent = Agent::start(&[
-        "--pool-instances",
-        &pool,
-        "--manifests-dir",
-        &manifests_arg,
-        "--manifests-poll-interval",
-        MANIFESTS_POLL_INTERVAL,
-        "--allowed-host-paths",
-        &data_arg,
-    ])
-    .context("starting wasmlet-agent")?;
+    let (agent, manifests) = sensor_agent(data, &["--pool-instances", &pool])?;
     let client = &agent_client(&agent)?;
     let allocator = allocator(client, &agent)?;
     get_ok(client, &agent.url("/instances"))?;
@@ -128,7 +127,7 @@ fn agent_density(figures: &mut Figures, sensor: &Path, digest: &str, data: &Path
     )?;
 
     progress(format!("placing a manifest with {INSTANCES} replicas of sensor"));
-    let placed_at = place_manifest(manifests.path(), "sensors.yaml", &manifest(sensor, digest, data))?;
+    let placed_at = place_manifest(manifests.path(), "sensors.yaml", &manifest(sensor, digest, data, INSTANCES, "in-process"))?;
     let mut seen = String::from("no answer yet");
     let instances = poll_until(ALL_RUNNING_TIMEOUT, LIST_EVERY, &format!("{INSTANCES} instances Running"), || {
         let instances = list(client, &agent)?;
@@ -190,8 +189,86 @@ fn agent_density(figures: &mut Figures, sensor: &Path, digest: &str, data: &Path
     Ok(per_instance)
 }
 
-/// Figure 2: the same daemons, one `wasmtime run` process each.
-fn reference(figures: &mut Figures, wasmtime: &Path, version: &str, sensor: &Path, data: &Path, agent: PerInstance) -> anyhow::Result<()> {
+/// An agent watching a manifests dir of its own (returned, to be kept as
+/// long as the agent runs), allowed to grant `data`.
+fn sensor_agent(data: &Path, extra: &[&str]) -> anyhow::Result<(Agent, tempfile::TempDir)> {
+    let manifests = tempfile::Builder::new().prefix("wasmlet-bench-manifests-").tempdir().context("creating a manifests dir")?;
+    let manifests_arg = manifests.path().to_string_lossy().into_owned();
+    let data_arg = data.to_string_lossy().into_owned();
+    let mut args =
+        vec!["--manifests-dir", &manifests_arg, "--manifests-poll-interval", MANIFESTS_POLL_INTERVAL, "--allowed-host-paths", &data_arg];
+    args.extend_from_slice(extra);
+    let agent = Agent::start(&args).context("starting wasmlet-agent")?;
+    Ok((agent, manifests))
+}
+
+/// Figure 2: the same daemons with `isolation: process`: PSS per instance.
+fn process_density(figures: &mut Figures, sensor: &Path, digest: &str, data: &Path) -> anyhow::Result<f64> {
+    progress("starting an agent for process instances");
+    let (agent, manifests) = sensor_agent(data, &[])?;
+    let client = &agent_client(&agent)?;
+    sleep(IDLE_WAIT);
+    let idle_pss = pss(agent.pid(), "wasmlet-agent")?;
+    progress(format!("placing a manifest with {PROCESS_INSTANCES} replicas of sensor, isolation: process"));
+    place_manifest(manifests.path(), "sensors.yaml", &manifest(sensor, digest, data, PROCESS_INSTANCES, "process"))?;
+    let mut seen = String::from("no answer yet");
+    poll_until(ALL_RUNNING_TIMEOUT, LIST_EVERY, &format!("{PROCESS_INSTANCES} process instances Running"), || {
+        let instances = list(client, &agent)?;
+        if let Some(broken) = instances.iter().find(|i| i.status.phase == Phase::Failed || i.status.restarts > 0) {
+            bail!("instance {} failed: {}", broken.metadata.name, describe(broken));
+        }
+        let processes = instance_processes(agent.data_dir.path()).len();
+        if running(&instances) == PROCESS_INSTANCES as usize && processes == PROCESS_INSTANCES as usize {
+            return Ok(Some(()));
+        }
+        seen = format!("{}; {processes} processes", phases(&instances));
+        Ok(None)
+    })
+    .with_context(|| format!("last seen: {seen}"))?;
+    progress(format!("all {PROCESS_INSTANCES} Running in processes of their own; settling for {SETTLE:?}"));
+    sleep(SETTLE);
+    let processes = instance_processes(agent.data_dir.path());
+    let (mut rss_sum, mut pss_sum, mut counted) = (0u64, 0u64, 0u64);
+    for (pid, _) in &processes {
+        if let (Some(rss), Some(pss)) = (rss_bytes(*pid), pss_bytes(*pid)) {
+            rss_sum += rss;
+            pss_sum += pss;
+            counted += 1;
+        }
+    }
+    if counted != u64::from(PROCESS_INSTANCES) {
+        bail!("only {counted} of {PROCESS_INSTANCES} instance processes could be measured");
+    }
+    let agent_added = pss(agent.pid(), "wasmlet-agent")?.saturating_sub(idle_pss);
+    drop(agent);
+    let per_instance = (pss_sum + agent_added) as f64 / counted as f64;
+    figures.emit(
+        Figure::new(AGENT, "process_instances_running", counted)
+            .note(&format!("of {PROCESS_INSTANCES} sensor daemons with isolation: process, {} s after all were Running", SETTLE.as_secs())),
+    )?;
+    figures.emit(
+        Figure::new(AGENT, "process_rss_bytes_per_instance", rss_sum as f64 / counted as f64)
+            .note("VmRSS of an instance's process, averaged: pages shared with the others count in full in each"),
+    )?;
+    figures.emit(Figure::new(AGENT, "process_pss_bytes_per_instance", per_instance).goal(PROCESS_PSS_GOAL).note(&format!(
+        "(Pss of the {PROCESS_INSTANCES} instance processes summed + what they added to the agent's Pss, {} KiB) / {PROCESS_INSTANCES}, \
+         from /proc/PID/smaps_rollup; goal 1.5 MiB",
+        agent_added / 1024
+    )))?;
+    progress(format!("process instances: {:.0} KiB PSS each", per_instance / 1024.0));
+    Ok(per_instance)
+}
+
+/// Figure 3: the same daemons, one `wasmtime run` process each.
+fn reference(
+    figures: &mut Figures,
+    wasmtime: &Path,
+    version: &str,
+    sensor: &Path,
+    data: &Path,
+    agent: PerInstance,
+    process_pss: f64,
+) -> anyhow::Result<()> {
     let cache = tempfile::Builder::new().prefix("wasmlet-bench-wasmtime-cache-").tempdir().context("creating a cache dir for wasmtime")?;
     let command = || {
         let mut command = Command::new(wasmtime);
@@ -279,6 +356,12 @@ fn reference(figures: &mut Figures, wasmtime: &Path, version: &str, sensor: &Pat
         .note(&format!("PSS of one wasmtime run process over what one instance adds to the agent's PSS ({:.0} bytes)", agent.pss));
     pss_ratio.reference = Some(AGENT.to_string());
     figures.emit(pss_ratio)?;
+    figures.emit(
+        Figure::ratio(WASMTIME_RUN, "pss_bytes_per_process_instance", per_pss, AGENT, process_pss, PROCESS_PSS_RATIO_GOAL).note(&format!(
+            "PSS of one wasmtime run process over the PSS of one process instance of the agent ({:.0} bytes); goal 1.5",
+            process_pss
+        )),
+    )?;
     progress(format!(
         "{WASMTIME_RUN}: {} processes, {:.0} KiB RSS and {:.0} KiB PSS each; agent {:.0} KiB RSS per instance",
         memory.processes,
@@ -290,10 +373,10 @@ fn reference(figures: &mut Figures, wasmtime: &Path, version: &str, sensor: &Pat
 }
 
 /// The sensors' manifest: `replicas` idle daemons reading `data/value` as `/data/value`.
-fn manifest(sensor: &Path, digest: &str, data: &Path) -> String {
+fn manifest(sensor: &Path, digest: &str, data: &Path, replicas: u32, isolation: &str) -> String {
     let args: Vec<String> = SENSOR_ARGS.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: sensor\nspec:\n  type: daemon\n  replicas: {INSTANCES}\n  module:\n    \
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: sensor\nspec:\n  type: daemon\n  replicas: {replicas}\n  isolation: {isolation}\n  module:\n    \
          source: {}\n    digest: {digest}\n  args: [{}]\n  dirs:\n  - path: /data\n    hostPath: {}\n  resources:\n    limits: {{memory: 8Mi}}\n",
         yaml_path(sensor),
         args.join(", "),
@@ -500,7 +583,8 @@ mod tests {
 
     #[test]
     fn the_manifest_grants_the_data_dir() {
-        let text = manifest(Path::new("/x/sensor.wasm"), "sha256:00", Path::new("/tmp/data dir"));
+        let text = manifest(Path::new("/x/sensor.wasm"), "sha256:00", Path::new("/tmp/data dir"), 1000, "process");
+        assert!(text.contains("isolation: process"));
         assert!(text.contains("replicas: 1000"));
         assert!(text.contains("source: \"/x/sensor.wasm\"\n    digest: sha256:00\n"));
         assert!(text.contains("limits: {memory: 8Mi}"));

@@ -27,8 +27,18 @@
 //! cold starts compiled, the warm ones were served from the memory cache. When
 //! it does not, the phase's latencies are not printed and the scenario fails.
 //!
-//! Figures: p50 and p99 (nearest rank) of both, warm p99 against a goal of
-//! [`WARM_P99_GOAL`] ms, and the module-load counts of both phases.
+//! - Process: [`STARTS`] starts of the same cached module with
+//!   `isolation: process`, each a process and a cgroup of its own.
+//!
+//! `status.startedAt` marks the instance Running, which for a process
+//! instance comes before its process has started. So warm and process starts
+//! are also measured to the guest's first line of output (the sensor prints
+//! one at once), from the timestamp its instance log gives it: the time until
+//! the program is really running, the same measure for both isolation modes.
+//!
+//! Figures: p50 and p99 (nearest rank) of each phase, warm p99 against a goal
+//! of [`WARM_P99_GOAL`] ms, process p99 to the first output against
+//! [`PROCESS_P99_GOAL`] ms, and the module-load counts of each phase.
 
 use std::fmt::Display;
 use std::path::Path;
@@ -53,6 +63,7 @@ const MANIFESTS_POLL_INTERVAL: &str = "10ms";
 /// The same, to spread the starts over it (see [`stagger`]).
 const MANIFESTS_POLL_PERIOD: Duration = Duration::from_millis(10);
 const WARM_P99_GOAL: Goal = Goal::AtMost(20.0);
+const PROCESS_P99_GOAL: Goal = Goal::AtMost(30.0);
 
 /// How often the bench asks the agent about the instance. The latency is read
 /// from `status.startedAt`, so this only paces the loop.
@@ -87,7 +98,12 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
         let path = modules.path().join(format!("sensor-cold-{i}.wasm"));
         std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         std::thread::sleep(stagger(i));
-        cold.push(starter.start(&format!("cold-{i}"), &path, &sha256(&bytes)).with_context(|| format!("cold start {i}"))?);
+        cold.push(
+            starter
+                .start(&format!("cold-{i}"), &path, &sha256(&bytes), Isolation::InProcess)
+                .with_context(|| format!("cold start {i}"))?
+                .running_ms,
+        );
     }
     let loads = Loads::read(&agent)?.since(before);
     let count_note = |what: &str| format!("wasmlet_module_loads over the {STARTS} cold starts: {what}");
@@ -111,25 +127,9 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     // Warm: one start compiles sensor.wasm, then the same module again and again.
     progress(format!("warm: one start to compile sensor.wasm, then {STARTS} starts of it"));
     let digest = sha256(&sensor);
-    starter.start("warm-up", &sensor_path, &digest).context("the warm-up start")?;
-    let before = Loads::read(&agent)?;
-    let mut warm = Vec::with_capacity(STARTS);
-    for i in 0..STARTS {
-        std::thread::sleep(stagger(i));
-        warm.push(starter.start(&format!("warm-{i}"), &sensor_path, &digest).with_context(|| format!("warm start {i}"))?);
-    }
-    let loads = Loads::read(&agent)?.since(before);
-    let count_note = |what: &str| format!("wasmlet_module_loads over the {STARTS} warm starts: {what}");
-    figures.emit(Figure::new(AGENT, "warm_start_memory_hit_loads", loads.memory_hit).note(&count_note(&format!("expected {STARTS}"))))?;
-    figures.emit(
-        Figure::new(AGENT, "warm_start_uncached_loads", loads.compiled + loads.disk_hit)
-            .note(&count_note("compiled + disk_hit, expected 0")),
-    )?;
-    if loads.memory_hit != STARTS as u64 || loads.compiled + loads.disk_hit != 0 {
-        bail!(
-            "the warm starts were not all served from the memory cache ({loads:?} over {STARTS} starts); their latencies would be mislabelled"
-        );
-    }
+    starter.start("warm-up", &sensor_path, &digest, Isolation::InProcess).context("the warm-up start")?;
+    let warm = starter.cached_starts(figures, "warm", &sensor_path, &digest, Isolation::InProcess)?;
+    let (warm, warm_output): (Vec<f64>, Vec<f64>) = warm.into_iter().map(|s| (s.running_ms, s.output_ms)).unzip();
     let note = format!(
         "{STARTS} starts, nearest rank; from just before the manifest's rename into --manifests-dir to the instance's status.startedAt, \
          including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL} (starts spread evenly over it); \
@@ -138,7 +138,59 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.emit(Figure::new(AGENT, "warm_start_p50_ms", percentile(&warm, 0.5)).note(&note))?;
     figures.emit(Figure::new(AGENT, "warm_start_p99_ms", percentile(&warm, 0.99)).goal(WARM_P99_GOAL).note(&note))?;
     progress(format!("warm: p50 {:.1} ms, p99 {:.1} ms (goal {WARM_P99_GOAL})", percentile(&warm, 0.5), percentile(&warm, 0.99)));
+    let output_note = |what: &str| {
+        format!(
+            "{STARTS} starts, nearest rank; from just before the manifest's rename into --manifests-dir to the timestamp of the guest's \
+             first line of output in its instance log, including the agent's --manifests-poll-interval {MANIFESTS_POLL_INTERVAL}; {what}"
+        )
+    };
+    let in_process_note = output_note("in-process, the module cached in memory");
+    figures.emit(Figure::new(AGENT, "warm_start_first_output_p50_ms", percentile(&warm_output, 0.5)).note(&in_process_note))?;
+    figures.emit(Figure::new(AGENT, "warm_start_first_output_p99_ms", percentile(&warm_output, 0.99)).note(&in_process_note))?;
+
+    // Process isolation: the same cached module, a process and a cgroup per start.
+    progress(format!("process: {STARTS} starts of the cached sensor.wasm with isolation: process"));
+    let process = starter.cached_starts(figures, "process", &sensor_path, &digest, Isolation::Process)?;
+    let (process_running, process_output): (Vec<f64>, Vec<f64>) = process.into_iter().map(|s| (s.running_ms, s.output_ms)).unzip();
+    let note = output_note(
+        "isolation: process (the agent's binary started as the instance's process in a new cgroup, mapping the cached artefact)",
+    );
+    figures.emit(
+        Figure::new(AGENT, "process_start_running_p99_ms", percentile(&process_running, 0.99))
+            .note("to status.startedAt, as the warm figures: for a process instance that is before its process started"),
+    )?;
+    figures.emit(Figure::new(AGENT, "process_start_first_output_p50_ms", percentile(&process_output, 0.5)).note(&note))?;
+    figures.emit(
+        Figure::new(AGENT, "process_start_first_output_p99_ms", percentile(&process_output, 0.99)).goal(PROCESS_P99_GOAL).note(&note),
+    )?;
+    let mut ratio =
+        Figure::new(AGENT, "process_over_in_process_first_output_p50", percentile(&process_output, 0.5) / percentile(&warm_output, 0.5))
+            .note("process start p50 over in-process warm start p50, both to the first output, in this run");
+    ratio.reference = Some(format!("{AGENT} in-process"));
+    figures.emit(ratio)?;
+    progress(format!(
+        "to the first output: in-process p50 {:.1} ms, p99 {:.1} ms; process p50 {:.1} ms, p99 {:.1} ms (goal {PROCESS_P99_GOAL})",
+        percentile(&warm_output, 0.5),
+        percentile(&warm_output, 0.99),
+        percentile(&process_output, 0.5),
+        percentile(&process_output, 0.99)
+    ));
     Ok(())
+}
+
+/// How a start is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    InProcess,
+    Process,
+}
+
+/// One start's latencies, in milliseconds from the manifest's rename.
+struct Start {
+    /// To `status.startedAt`.
+    running_ms: f64,
+    /// To the guest's first line of output.
+    output_ms: f64,
 }
 
 /// Starts workloads one at a time through the agent's manifests dir.
@@ -150,12 +202,45 @@ struct Starter<'a> {
 }
 
 impl Starter<'_> {
-    /// One start of a `sensor` daemon called `workload`: returns milliseconds
-    /// from the manifest's rename to the instance's `status.startedAt`, after
+    /// [`STARTS`] starts of a module the agent has in memory, checked by its
+    /// load counters (a phase whose starts were not all memory hits fails).
+    fn cached_starts(
+        &self,
+        figures: &mut Figures,
+        phase: &str,
+        module: &Path,
+        digest: &str,
+        isolation: Isolation,
+    ) -> anyhow::Result<Vec<Start>> {
+        let before = Loads::read(self.agent)?;
+        let mut starts = Vec::with_capacity(STARTS);
+        for i in 0..STARTS {
+            std::thread::sleep(stagger(i));
+            starts.push(self.start(&format!("{phase}-{i}"), module, digest, isolation).with_context(|| format!("{phase} start {i}"))?);
+        }
+        let loads = Loads::read(self.agent)?.since(before);
+        let count_note = |what: &str| format!("wasmlet_module_loads over the {STARTS} {phase} starts: {what}");
+        figures.emit(
+            Figure::new(AGENT, &format!("{phase}_start_memory_hit_loads"), loads.memory_hit)
+                .note(&count_note(&format!("expected {STARTS}"))),
+        )?;
+        figures.emit(
+            Figure::new(AGENT, &format!("{phase}_start_uncached_loads"), loads.compiled + loads.disk_hit)
+                .note(&count_note("compiled + disk_hit, expected 0")),
+        )?;
+        if loads.memory_hit != STARTS as u64 || loads.compiled + loads.disk_hit != 0 {
+            bail!(
+                "the {phase} starts were not all served from the memory cache ({loads:?} over {STARTS} starts); their latencies would be mislabelled"
+            );
+        }
+        Ok(starts)
+    }
+
+    /// One start of a `sensor` daemon called `workload`: its latencies, after
     /// the manifest is removed again and the agent has dropped the instance.
-    fn start(&self, workload: &str, module: &Path, digest: &str) -> anyhow::Result<f64> {
+    fn start(&self, workload: &str, module: &Path, digest: &str, isolation: Isolation) -> anyhow::Result<Start> {
         let file_name = format!("{workload}.yaml");
-        let placed_at = place_manifest(self.dir, &file_name, &manifest(workload, module, digest))?;
+        let placed_at = place_manifest(self.dir, &file_name, &manifest(workload, module, digest, isolation))?;
         let name = format!("{workload}-0");
         let mut last = None;
         let running = poll_until(RUNNING_TIMEOUT, CHECK_EVERY, &format!("instance {name} to be Running"), || {
@@ -174,13 +259,25 @@ impl Starter<'_> {
         })
         .with_context(|| format!("last seen: {}", last.as_ref().map_or_else(|| "no such instance".to_string(), describe)))?;
         let started_at = running.status.started_at.with_context(|| format!("instance {name} is Running without status.startedAt"))?;
+        let first_output = poll_until(RUNNING_TIMEOUT, CHECK_EVERY, &format!("the first output of {name}"), || self.first_output(&name))?;
 
         let path = self.dir.join(&file_name);
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         poll_until(GONE_TIMEOUT, CHECK_EVERY, &format!("the agent to drop instance {name}"), || {
             Ok(self.instance(&name)?.is_none().then_some(()))
         })?;
-        Ok(millis_between(placed_at, started_at))
+        Ok(Start { running_ms: millis_between(placed_at, started_at), output_ms: millis_between(placed_at, first_output) })
+    }
+
+    /// When the instance's guest wrote its first line to stdout, by its log.
+    fn first_output(&self, name: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let url = self.agent.url(&format!("/instances/{name}/logs"));
+        let text =
+            self.client.get(&url).send().and_then(|r| r.error_for_status()).and_then(|r| r.text()).with_context(|| format!("GET {url}"))?;
+        let Some(line) = text.lines().find(|l| l.split(' ').nth(1) == Some("stdout")) else { return Ok(None) };
+        let stamp = line.split(' ').next().unwrap_or_default();
+        let at = chrono::DateTime::parse_from_rfc3339(stamp).with_context(|| format!("the timestamp of log line {line:?}"))?;
+        Ok(Some(at.with_timezone(&chrono::Utc)))
     }
 
     /// The instance, or None when the agent has none of that name.
@@ -216,9 +313,13 @@ fn stagger(i: usize) -> Duration {
 
 /// A `sensor` daemon that prints one line right away, then sleeps a minute
 /// before the next (it has no file to read; the line says so).
-fn manifest(name: &str, module: &Path, digest: &str) -> String {
+fn manifest(name: &str, module: &Path, digest: &str, isolation: Isolation) -> String {
+    let isolation = match isolation {
+        Isolation::InProcess => "in-process",
+        Isolation::Process => "process",
+    };
     format!(
-        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  type: daemon\n  module:\n    source: {}\n    digest: {digest}\n  args: [\"--interval\", \"60000\"]\n",
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: {name}\nspec:\n  type: daemon\n  isolation: {isolation}\n  module:\n    source: {}\n    digest: {digest}\n  args: [\"--interval\", \"60000\"]\n",
         yaml_path(module)
     )
 }
