@@ -223,8 +223,14 @@ impl Drop for Bench {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 if String::from_utf8_lossy(&cmdline).contains(&root.display().to_string()) {
                     wasmlet_tests::signal(pid, rustix::process::Signal::KILL);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                    while std::path::Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                 }
             }
+            // What a killed agent leaves: its cgroups (and any process instance).
+            wasmlet_tests::reap_instances(&root.join("var/lib/wasmlet"));
         }
     }
 }

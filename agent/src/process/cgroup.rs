@@ -364,6 +364,15 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// Moves a running process into it, in every hierarchy.
+    pub fn move_in(&self, pid: u32) -> io::Result<()> {
+        use std::io::Write as _;
+        for mut file in self.procs_files()? {
+            file.write_all(pid.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// Reads the kernel's counters now (missing files → zero/None, never an error).
     pub fn stats(&self) -> CgroupStats {
         let inner = &*self.inner;

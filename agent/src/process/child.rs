@@ -29,12 +29,13 @@ use crate::runtime::{ModuleKind, Runtime};
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstanceArgs {
     /// The spec file the agent wrote for this run.
-    #[arg(long, required_unless_present = "spare")]
+    #[arg(long, required_unless_present = "template")]
     pub spec: Option<PathBuf>,
-    /// Started ahead of a run, already in a cgroup of its own: waits for the
-    /// spec file's path on stdin, then runs as with `--spec`.
+    /// Forks spare instance processes on the agent's request (see
+    /// `process::template`); each waits for its spec file's path on its
+    /// stdin, then runs as with `--spec`.
     #[arg(long, conflicts_with = "spec")]
-    pub spare: bool,
+    pub template: bool,
 }
 
 /// Everything one run needs, written by the agent into the instance's
@@ -92,6 +93,12 @@ const FENCE_POLL: Duration = Duration::from_millis(250);
 /// Runs one instance's process. Exit codes: 0 when the run ended, however
 /// it ended (the exit file says how); 2 when not even that could be written.
 pub fn child_main(args: &InstanceArgs) -> ExitCode {
+    if args.template {
+        match super::template::serve_forks() {
+            super::template::Served::Exit(code) => return code,
+            super::template::Served::Spare => {}
+        }
+    }
     let path = match &args.spec {
         Some(path) => path.clone(),
         None => match claimed() {

@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod child;
 mod service;
 mod spare;
+mod template;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -341,7 +342,7 @@ impl ProcessProgram {
                 match orphan.watch() {
                     Ok(adopted) => {
                         log.agent_line(&format!("adopted its process {}, left running by the previous agent", adopted.pid));
-                        let keeper = keeper(Watched::Adopted(adopted.pidfd), adopted.cgroup, adopted.run_id, files);
+                        let keeper = keeper(Watched::Pidfd(adopted.pidfd), adopted.cgroup, adopted.run_id, files);
                         if let Err(e) = write_fence(&keeper.files.fence, keeper.fence.deadline()) {
                             tracing::warn!(file = %keeper.files.fence.display(), error = %e, "cannot pass the fence deadline to an instance's process");
                         }
@@ -361,12 +362,15 @@ impl ProcessProgram {
         files.write_spec(&spec).map_err(|e| Exit::start_error(format!("cannot write {}: {e}", files.spec.display())))?;
         // A spare already runs in a cgroup of its own (moving a process into a
         // cgroup can take the kernel a grace period: the spare paid it ahead).
-        let (cgroup, child) = match inner.spare.claim(&files.spec, &limits) {
-            Some(claimed) => claimed,
+        let (cgroup, watched, pid) = match inner.spare.claim(&files.spec, &limits) {
+            Some(claimed) => (claimed.cgroup, Watched::Pidfd(claimed.pidfd), Some(claimed.pid)),
             None => {
                 let cgroup = inner.cgroups.create(&format!("{instance}.{run_id}"), &limits).map_err(Exit::start_error)?;
-                match spawn_child(&settings.exe, Launched::Run(&files), &cgroup) {
-                    Ok(child) => (cgroup, child),
+                match spawn_child(&settings.exe, &files, &cgroup) {
+                    Ok(child) => {
+                        let pid = child.id();
+                        (cgroup, Watched::Child(child), pid)
+                    }
                     Err(e) => {
                         let _ = cgroup.remove();
                         return Err(Exit::start_error(format!("cannot start the instance's process: {e}")));
@@ -376,7 +380,7 @@ impl ProcessProgram {
         };
         let cgroup_name = cgroup.name().to_string();
         // What the next agent adopts the run by, should this one stop first.
-        let state = child.id().ok_or_else(|| "the process ended at once".to_string()).and_then(ProcessId::of).map(|process| RunState {
+        let state = pid.ok_or_else(|| "the process ended at once".to_string()).and_then(ProcessId::of).map(|process| RunState {
             run_id: run_id.clone(),
             process,
             cgroup: cgroup_name,
@@ -388,7 +392,7 @@ impl ProcessProgram {
         if let Err(e) = state.map_err(std::io::Error::other).and_then(|state| adopt::write_state(&files.dir, &state)) {
             tracing::warn!(instance, error = %e, "cannot record the run's state: an agent restart will end it");
         }
-        let run = self.keep(keeper(Watched::Child(child), cgroup, run_id, files));
+        let run = self.keep(keeper(watched, cgroup, run_id, files));
         spare::prepare(inner);
         Ok(run)
     }
@@ -548,34 +552,20 @@ fn write_fence(path: &Path, deadline: i64) -> std::io::Result<()> {
     crate::files::write_atomically(path, deadline.to_string().as_bytes(), 0o600)
 }
 
-/// What an instance's process is started for.
-enum Launched<'a> {
-    /// A run, by its files.
-    Run(&'a RunFiles),
-    /// A spare, reading its run's spec path from this pipe when claimed.
-    Spare(OwnedFd),
-}
-
-/// Starts `<exe> instance --spec <spec>` (or `--spare`) in its own session,
-/// placed in `cgroup` before it executes anything.
-fn spawn_child(exe: &Path, launched: Launched<'_>, cgroup: &InstanceCgroup) -> std::io::Result<tokio::process::Child> {
+/// Starts `<exe> instance --spec <spec>` in its own session, placed in
+/// `cgroup` before it executes anything.
+fn spawn_child(exe: &Path, files: &RunFiles, cgroup: &InstanceCgroup) -> std::io::Result<tokio::process::Child> {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&files.stderr)?;
     let mut command = tokio::process::Command::new(exe);
-    command.arg("instance").env_clear().kill_on_drop(false);
-    match launched {
-        Launched::Run(files) => {
-            let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&files.stderr)?;
-            command
-                .arg("--spec")
-                .arg(&files.spec)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(stderr.try_clone()?))
-                .stderr(Stdio::from(stderr));
-        }
-        // Until claimed it has nothing to say; then it writes to its run's stderr file.
-        Launched::Spare(claim) => {
-            command.arg("--spare").stdin(Stdio::from(claim)).stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
+    command
+        .arg("instance")
+        .arg("--spec")
+        .arg(&files.spec)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr.try_clone()?))
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(false);
     let procs = cgroup.procs_files()?;
     place_before_exec(&mut command, &procs);
     let child = command.spawn();
@@ -613,8 +603,9 @@ fn place_before_exec(command: &mut tokio::process::Command, procs: &[std::fs::Fi
 enum Watched {
     /// Started by this agent: its exit status is known.
     Child(tokio::process::Child),
-    /// Left running by a previous agent: a pidfd, readable once it ended.
-    Adopted(tokio::io::unix::AsyncFd<OwnedFd>),
+    /// Not the agent's child (left running by a previous agent, or forked
+    /// by the template): a pidfd, readable once it ended.
+    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
 }
 
 impl Watched {
@@ -622,7 +613,7 @@ impl Watched {
     async fn wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
         match self {
             Watched::Child(child) => child.wait().await.map(Some),
-            Watched::Adopted(pidfd) => pidfd.readable().await.map(|_| None),
+            Watched::Pidfd(pidfd) => pidfd.readable().await.map(|_| None),
         }
     }
 
@@ -633,7 +624,7 @@ impl Watched {
                     let _ = rustix::process::kill_process(pid, signal);
                 }
             }
-            Watched::Adopted(pidfd) => {
+            Watched::Pidfd(pidfd) => {
                 let _ = rustix::process::pidfd_send_signal(pidfd.get_ref(), signal);
             }
         }
@@ -739,7 +730,7 @@ impl Keeper {
         }
         let oom_kills = self.cgroup.oom_kills();
         let Some(status) = status else {
-            // Adopted: its parent was the previous agent, so its status went elsewhere.
+            // Not the agent's child: its exit status went to its parent.
             return if oom_kills > 0 {
                 self.oom_killed()
             } else if self.stop.is_cancelled() {
@@ -748,7 +739,8 @@ impl Keeper {
                 Exit {
                     code: None,
                     reason: ExitReason::Error,
-                    message: "the instance's process ended without saying how (it was adopted after an agent restart, so its exit status is not known)".to_string(),
+                    message: "the instance's process ended without saying how (its exit status went to its parent, which is not the agent)"
+                        .to_string(),
                 }
             };
         };

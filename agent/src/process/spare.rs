@@ -1,5 +1,6 @@
-//! A spare instance process: started ahead of the next process-isolated run,
-//! already in a cgroup of its own, its image loaded, waiting for its spec.
+//! A spare instance process: forked ahead of the next process-isolated run
+//! from the template process ([`super::template`]), already in a cgroup of
+//! its own, waiting for its spec.
 //!
 //! Moving a process into a cgroup makes the kernel wait for an RCU grace
 //! period the first time after a quiet spell (the cgroup core's threadgroup
@@ -17,8 +18,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::os::fd::OwnedFd;
+
+use tokio::io::unix::AsyncFd;
+
+use super::Inner;
 use super::cgroup::{InstanceCgroup, Limits};
-use super::{Inner, Launched, spawn_child};
+use super::template::Template;
 
 /// How long a spare is kept after the last process run ended.
 pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(600);
@@ -45,6 +51,8 @@ pub(super) fn linger(inner: Arc<Inner>) {
 pub(super) struct Slot {
     state: Mutex<State>,
     made: std::sync::Condvar,
+    /// Forks the spares; started with the first, ended with the last.
+    template: Mutex<Option<Template>>,
 }
 
 /// How long a claim waits for a spare being made: less than starting a process itself would take.
@@ -60,9 +68,18 @@ enum State {
 
 struct Spare {
     cgroup: InstanceCgroup,
-    child: tokio::process::Child,
+    pid: u32,
+    /// The template's child, not the agent's: watched and signalled through this.
+    pidfd: OwnedFd,
     /// The write end of its stdin.
     claim: std::fs::File,
+}
+
+/// A spare a run claimed: its cgroup, its PID and its pidfd, registered to be awaited.
+pub(super) struct Claimed {
+    pub cgroup: InstanceCgroup,
+    pub pid: u32,
+    pub pidfd: AsyncFd<OwnedFd>,
 }
 
 impl Slot {
@@ -73,7 +90,8 @@ impl Slot {
     /// The spare for the run whose spec file is `spec`, its cgroup set to
     /// `limits`; None when there is none ready (or it could not be claimed:
     /// the run then starts a process of its own).
-    pub(super) fn claim(&self, spec: &Path, limits: &Limits) -> Option<(InstanceCgroup, tokio::process::Child)> {
+    #[allow(unsafe_code)]
+    pub(super) fn claim(&self, spec: &Path, limits: &Limits) -> Option<Claimed> {
         let mut spare = {
             let state = self.state();
             // One being made is ready within moments; starting another would take as long.
@@ -97,8 +115,14 @@ impl Slot {
                 .limit(limits)
                 .and_then(|()| writeln!(spare.claim, "{path}").map_err(|e| format!("cannot pass the spec to the spare: {e}"))),
         };
+        let claimed = claimed.and_then(|()| {
+            let pidfd = spare.pidfd.try_clone().map_err(|e| format!("cannot hold the spare's pidfd: {e}"))?;
+            // SAFETY: the pidfd is an open descriptor the AsyncFd owns for as long as it is registered.
+            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+                .map_err(|e| format!("cannot watch the spare: {}", e.into_parts().1))
+        });
         match claimed {
-            Ok(()) => Some((spare.cgroup, spare.child)),
+            Ok(pidfd) => Some(Claimed { cgroup: spare.cgroup, pid: spare.pid, pidfd }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim the spare instance process; starting one for the run");
                 end(spare);
@@ -116,6 +140,7 @@ impl Slot {
             State::Making => *self.state() = State::Making,
             State::Empty => {}
         }
+        drop(self.template.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 }
 
@@ -162,26 +187,44 @@ fn make(inner: &Inner) -> Result<Spare, String> {
     static SPARES: AtomicU64 = AtomicU64::new(0);
     let name = format!("spare-{}-{}", std::process::id(), SPARES.fetch_add(1, Ordering::Relaxed));
     let settings = &inner.settings;
+    let mut template = inner.spare.template.lock().unwrap_or_else(|p| p.into_inner());
+    if !template.as_mut().is_some_and(Template::running) {
+        *template = Some(Template::start(&settings.exe).map_err(|e| format!("cannot start the template process: {e}"))?);
+    }
+    let Some(template) = template.as_mut() else { return Err("no template process".to_string()) };
     // Idle it needs little; the run that claims it sets its own limits.
     let limits = Limits { cpu_millis: None, memory_max: Some(settings.memory_overhead), pids_max: Some(settings.pids_max) };
     let cgroup = inner.cgroups.create(&name, &limits)?;
-    let started = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+    let forked = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(std::io::Error::from)
-        .and_then(|(read, write)| Ok((spawn_child(&settings.exe, Launched::Spare(read), &cgroup)?, write)));
-    match started {
-        Ok((child, write)) => Ok(Spare { cgroup, child, claim: std::fs::File::from(write) }),
+        .and_then(|(read, write)| Ok((template.fork(read)?, write)))
+        .and_then(|(pid, write)| {
+            let pidfd = rustix::process::Pid::from_raw(pid as i32)
+                .ok_or_else(|| std::io::Error::other("the template answered PID 0"))
+                .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(std::io::Error::from))?;
+            Ok((pid, pidfd, write))
+        });
+    let (pid, pidfd, write) = match forked {
+        Ok(forked) => forked,
         Err(e) => {
             let _ = cgroup.remove();
-            Err(format!("cannot start it: {e}"))
+            return Err(format!("cannot fork it: {e}"));
         }
+    };
+    let spare = Spare { cgroup, pid, pidfd, claim: std::fs::File::from(write) };
+    // The move into its cgroup, which may wait for the kernel: here, ahead of any start.
+    if let Err(e) = spare.cgroup.move_in(pid) {
+        end(spare);
+        return Err(format!("cannot move it into its cgroup: {e}"));
     }
+    Ok(spare)
 }
 
 /// Ends a spare: the end of its stdin, a kill for good measure, and its cgroup removed.
 fn end(spare: Spare) {
-    let Spare { cgroup, mut child, claim } = spare;
+    let Spare { cgroup, pidfd, claim, .. } = spare;
     drop(claim);
-    let _ = child.start_kill();
+    let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
     let _ = cgroup.kill();
     if let Err(e) = cgroup.remove() {
         tracing::warn!(cgroup = %cgroup.name(), error = %e, "cannot remove a spare's cgroup");
