@@ -6,18 +6,26 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build examples packaging-configs run run-agent test test-deps lint fmt fuzz bench bench-deps clean-run deb debs deb-deps cross-deps
+.PHONY: all build build-deps examples packaging-configs run run-agent test test-deps lint fmt fuzz bench bench-deps clean-run deb debs deb-deps cross-deps
 
 all: build
 
-## Toolchain pieces the build and the tests need (idempotent, quick when present).
-test-deps:
+## What building needs beside Rust: protoc, which compiles the etcd client's protocol (idempotent).
+build-deps:
+	@command -v protoc >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler)
+
+## Toolchain pieces the build and the tests need (idempotent, quick when present), and the
+## etcd servers the three-master tests start (Debian's etcd-server).
+test-deps: build-deps
+	@command -v etcd >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
 	@rustup target list --installed | grep -qx wasm32-wasip1 && rustup target list --installed | grep -qx wasm32-wasip2 \
 		|| rustup target add wasm32-wasip1 wasm32-wasip2
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 
 ## Builds every binary of the workspace (one profile for building, testing and benchmarking).
-build:
+build: build-deps
 	$(CARGO) build --workspace --bins
 
 ## The example workloads, compiled for wasm32-wasip1/-wasip2 into wasm-examples/dist.
@@ -67,7 +75,7 @@ debs:
 	$(if $(filter amd64,$(HOST_ARCH)),$(MAKE) deb ARCH=arm64)
 
 ## cargo-deb, and for a foreign ARCH Debian's cross compiler and the Rust target.
-deb-deps:
+deb-deps: build-deps
 	@test -x $(CARGO_DEB) || $(CARGO) install cargo-deb --version 3.8.0 --locked --root /var/tmp/wasmlet-tools
 	@if [ "$(ARCH)" != "$(HOST_ARCH)" ]; then $(MAKE) --no-print-directory cross-deps ARCH=$(ARCH); fi
 	@command -v qemu-aarch64-static >/dev/null 2>&1 || [ "$(HOST_ARCH)" != amd64 ] || $(MAKE) --no-print-directory cross-deps ARCH=arm64
@@ -80,7 +88,7 @@ cross-deps:
 			gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 	@rustup target list --installed | grep -qx $(TRIPLE) || rustup target add $(TRIPLE)
 
-lint:
+lint: build-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -1,12 +1,16 @@
-//! The cluster as the master sees it: every object in memory, written
-//! through the [`Store`] in transactions.
+//! The cluster as a master sees it: every object in memory, a view of the
+//! [`crate::store::Store`] kept current by its watch.
 //!
-//! A [`Txn`] stages changes; [`Cluster::commit`] gives them the next global
-//! revision (each object's `metadata.resourceVersion`), sets `uid` and
-//! `creationTimestamp` on new objects, commits them durably in one batch and
-//! only then applies them in memory and wakes watchers. Reads are served from
-//! memory. This module also owns the revisions watchers wait on: one per
-//! collection, and one per node for its assignment.
+//! A [`Txn`] stages changes; [`Cluster::prepare`] turns them into a store
+//! [`Write`]: it sets `uid` and `creationTimestamp` on new objects and makes
+//! each put expect the revision the object had when it was read (absent for a
+//! new one), so a write based on an older read fails instead of overwriting.
+//! [`crate::Shared::commit`] commits it and waits until the watch brought it
+//! back; [`Cluster::apply`] applies each committed [`Batch`] (this master's or
+//! another's) and wakes watchers. An object's `resourceVersion` is the revision
+//! of its last write. Reads are served from memory. This module also owns the
+//! revisions watchers wait on: one per collection, and one per node for its
+//! assignment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -20,7 +24,7 @@ use crate::api::live::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
-use crate::store::{Batch, Kind, Op, Store, StoreError};
+use crate::store::{Batch, Expect, Fence, Kind, Op, Snapshot, StoreError, Write};
 
 /// An instance together with the workload as it was when the instance was
 /// created: what its node runs, even while the workload rolls to a new spec.
@@ -75,9 +79,12 @@ impl AgentViews {
 #[derive(Debug, Default)]
 pub struct Txn {
     changes: Vec<Change>,
-    epoch: u64,
+    /// The epoch counter when the transaction began, and as it issued them.
+    epoch: (u64, u64),
     /// Names of the instances this transaction puts.
     instances: HashSet<String>,
+    /// Commit only while this leadership is held (the controllers' writes).
+    fence: Option<Fence>,
 }
 
 #[derive(Debug)]
@@ -135,8 +142,13 @@ impl Txn {
 
     /// A fresh epoch, larger than every one issued before (also across restarts).
     pub fn next_epoch(&mut self) -> u64 {
-        self.epoch += 1;
-        self.epoch
+        self.epoch.1 += 1;
+        self.epoch.1
+    }
+
+    /// Makes the transaction commit only while `fence`'s leadership is held.
+    pub fn fence(&mut self, fence: Fence) {
+        self.fence = Some(fence);
     }
 
     /// Records an event reported by the master.
@@ -154,8 +166,6 @@ impl Txn {
 
 /// Every object, the counters, and the revisions watchers wait on.
 pub struct Cluster {
-    /// Where every write goes before it is applied here.
-    store: Arc<dyn Store>,
     /// Stored objects the master keeps but does not act on, with the reason:
     /// records it cannot decode (left in the store as they are; a workload is
     /// shown as a placeholder), and workloads that break a limit. Putting or
@@ -187,14 +197,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Loads everything the store holds. A record that cannot be decoded does
-    /// not stop the master: it stays in the store untouched and is listed in
-    /// [`Cluster::invalid`]; a workload's record is stood in for by a
+    /// The view of everything in `snapshot`. A record that cannot be decoded
+    /// does not stop the master: it stays in the store untouched and is listed
+    /// in [`Cluster::invalid`]; a workload's record is stood in for by a
     /// placeholder, so the workload shows (as Invalid) and its instances are kept.
-    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let snapshot = store.load()?;
+    pub fn new(snapshot: Snapshot) -> Self {
         let mut cluster = Cluster {
-            store,
             invalid: BTreeMap::new(),
             revision: snapshot.revision,
             epoch: snapshot.epoch,
@@ -211,48 +219,61 @@ impl Cluster {
             agents: AgentViews::default(),
             changes: watch::Sender::new(snapshot.revision),
         };
-        for (kind, name, value) in snapshot.objects {
-            let decoded = match kind {
-                Kind::Node => wasmlet_api::from_json(&value).map(|node| drop(cluster.nodes.insert(name.clone(), node))),
-                Kind::Workload => wasmlet_api::from_json(&value).map(|w| drop(cluster.workloads.insert(name.clone(), w))),
-                Kind::Instance => wasmlet_api::from_json(&value).map(|p| drop(cluster.instances.insert(name.clone(), p))),
-                Kind::Event => wasmlet_api::from_json(&value).map(|e| drop(cluster.events.insert(name.clone(), e))),
-                Kind::Credential => {
-                    cluster.credentials.insert(name.clone(), String::from_utf8_lossy(&value).into_owned());
-                    Ok(())
-                }
-                Kind::Token => wasmlet_api::from_json(&value).map(|record| cluster.tokens.insert(record)),
-            };
-            if let Err(e) = decoded {
-                if kind == Kind::Workload {
-                    cluster.workloads.insert(name.clone(), placeholder(&name, &value));
-                }
-                let problem = format!("its stored record cannot be decoded ({e}); it is left in the store as it is");
-                cluster.invalid.insert((kind, name), problem);
+        cluster.fill(snapshot);
+        cluster
+    }
+
+    /// Replaces the whole view with `snapshot` (the store's watch could not
+    /// resume), keeping the channels watchers and agents wait on.
+    pub fn reload(&mut self, snapshot: Snapshot) {
+        let gone: Vec<String> =
+            self.nodes.keys().filter(|n| !snapshot.objects.iter().any(|o| o.kind == Kind::Node && o.name == **n)).cloned().collect();
+        self.invalid.clear();
+        self.nodes.clear();
+        self.workloads.clear();
+        self.instances.clear();
+        self.events.clear();
+        self.credentials.clear();
+        self.tokens.clear();
+        self.by_node.clear();
+        self.revision = snapshot.revision;
+        self.epoch = snapshot.epoch;
+        self.fill(snapshot);
+        self.publish(gone);
+        self.changes.send_replace(self.revision);
+    }
+
+    fn fill(&mut self, snapshot: Snapshot) {
+        for stored in snapshot.objects {
+            match decode(stored.kind, &stored.name, stored.revision, &stored.value) {
+                Ok(change) => self.apply_change(change, stored.revision, &mut Vec::new()),
+                Err(problem) => self.undecodable(stored.kind, stored.name, stored.revision, &stored.value, problem),
             }
         }
         let mut order: Vec<(u64, String)> =
-            cluster.events.iter().map(|(name, e)| (e.metadata.resource_version.unwrap_or(0), name.clone())).collect();
+            self.events.iter().map(|(name, e)| (e.metadata.resource_version.unwrap_or(0), name.clone())).collect();
         order.sort();
-        cluster.event_order = order.into_iter().map(|(_, name)| name).collect();
-        // Revisions before the restart are unknown: everything counts as changed now.
+        self.event_order = order.into_iter().map(|(_, name)| name).collect();
+        // Revisions before the load are unknown: everything counts as changed now.
         for kind in Kind::ALL {
-            cluster.collection_revision.insert(kind, cluster.revision);
+            self.collection_revision.insert(kind, self.revision);
         }
-        for node in cluster.nodes.keys() {
-            cluster.assignment_revision.insert(node.clone(), cluster.revision);
+        for node in self.nodes.keys() {
+            self.assignment_revision.insert(node.clone(), self.revision);
         }
-        for (name, placed) in &cluster.instances {
-            cluster.by_node.entry(placed.instance.spec.node.clone()).or_default().insert(name.clone());
-        }
-        let names: Vec<String> = cluster.nodes.keys().cloned().collect();
-        cluster.publish(names);
-        Ok(cluster)
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        self.publish(names);
     }
 
-    /// The store this cluster writes through (backups read it directly).
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
+    /// Records a stored object, written at `revision`, that cannot be decoded (see [`Cluster::new`]).
+    fn undecodable(&mut self, kind: Kind, name: String, revision: u64, value: &[u8], problem: String) {
+        if kind == Kind::Workload {
+            let mut placeholder = placeholder(&name, value);
+            placeholder.metadata.resource_version = Some(revision);
+            self.workloads.insert(name.clone(), placeholder);
+        }
+        let problem = format!("its stored record cannot be decoded ({problem}); it is left in the store as it is");
+        self.invalid.insert((kind, name), problem);
     }
 
     /// Why the master does not act on this object, if it does not.
@@ -261,7 +282,7 @@ impl Cluster {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { changes: Vec::new(), epoch: self.epoch, instances: HashSet::new() }
+        Txn { changes: Vec::new(), epoch: (self.epoch, self.epoch), instances: HashSet::new(), fence: None }
     }
 
     /// Receives the global revision after every commit.
@@ -296,153 +317,192 @@ impl Cluster {
         self.event_order.iter().filter_map(|name| self.events.get(name))
     }
 
-    /// Commits `txn` durably, then applies it. Returns the new revision
-    /// (the current one when `txn` is empty).
-    pub fn commit(&mut self, txn: Txn) -> Result<u64, StoreError> {
-        if txn.changes.is_empty() && txn.epoch == self.epoch {
-            return Ok(self.revision);
+    /// The store write of `txn`: `uid` and `creationTimestamp` set on new
+    /// objects, each put expecting the revision its object was read at (absent
+    /// for a new one), the oldest events dropped beyond the cap. None when
+    /// there is nothing to write.
+    pub fn prepare(&self, txn: Txn) -> Result<Option<Write>, StoreError> {
+        if txn.changes.is_empty() && txn.epoch.0 == txn.epoch.1 {
+            return Ok(None);
         }
-        let revision = self.revision + 1;
         let now = Utc::now();
-        let mut batch = Batch { revision, epoch: txn.epoch, ops: Vec::with_capacity(txn.changes.len()) };
+        let mut write = Write {
+            ops: Vec::with_capacity(txn.changes.len()),
+            epoch: (txn.epoch.0 != txn.epoch.1).then_some(txn.epoch),
+            fence: txn.fence,
+        };
         let mut changes = txn.changes;
         let new_events = changes.iter().filter(|c| matches!(c, Change::Event(_))).count();
         let excess = (self.event_order.len() + new_events).saturating_sub(defaults::MAX_EVENTS);
         for name in self.event_order.iter().take(excess) {
             changes.push(Change::Delete(Kind::Event, name.clone()));
         }
-        let encode = |value: &dyn erased::Encode| value.encode().map_err(|e| StoreError(format!("encoding: {e}")));
+        let encode = |value: &dyn erased::Encode| value.encode().map_err(|e| StoreError::Other(format!("encoding: {e}")));
         for change in &mut changes {
+            // The revision it was read at is what the write expects; the store sets the new one.
             let stamp = |meta: &mut wasmlet_api::ObjectMeta| {
-                meta.resource_version = Some(revision);
+                let expect = match meta.resource_version.take() {
+                    Some(revision) => Expect::Revision(revision),
+                    None => Expect::Absent,
+                };
                 if meta.uid.is_none() {
                     meta.uid = Some(new_uid());
                 }
                 if meta.creation_timestamp.is_none() {
                     meta.creation_timestamp = Some(now);
                 }
+                expect
             };
             let op = match change {
                 Change::Node(node) => {
-                    stamp(&mut node.metadata);
-                    Op::Put { kind: Kind::Node, name: node.metadata.name.clone(), value: encode(node.as_ref())? }
+                    let expect = stamp(&mut node.metadata);
+                    Op::Put { kind: Kind::Node, name: node.metadata.name.clone(), value: encode(node.as_ref())?, expect }
                 }
                 Change::Workload(workload) => {
-                    stamp(&mut workload.metadata);
-                    Op::Put { kind: Kind::Workload, name: workload.metadata.name.clone(), value: encode(workload.as_ref())? }
+                    let expect = stamp(&mut workload.metadata);
+                    Op::Put { kind: Kind::Workload, name: workload.metadata.name.clone(), value: encode(workload.as_ref())?, expect }
                 }
                 Change::Instance(placed) => {
-                    stamp(&mut placed.instance.metadata);
-                    Op::Put { kind: Kind::Instance, name: placed.instance.metadata.name.clone(), value: encode(placed.as_ref())? }
+                    let expect = stamp(&mut placed.instance.metadata);
+                    placed.workload.metadata.resource_version = None;
+                    Op::Put { kind: Kind::Instance, name: placed.instance.metadata.name.clone(), value: encode(placed.as_ref())?, expect }
                 }
                 Change::Event(event) => {
-                    stamp(&mut event.metadata);
-                    Op::Put { kind: Kind::Event, name: event.metadata.name.clone(), value: encode(event.as_ref())? }
+                    let expect = stamp(&mut event.metadata);
+                    Op::Put { kind: Kind::Event, name: event.metadata.name.clone(), value: encode(event.as_ref())?, expect }
                 }
                 Change::Credential(node, credential) => {
-                    Op::Put { kind: Kind::Credential, name: node.clone(), value: credential.as_bytes().to_vec() }
+                    Op::Put { kind: Kind::Credential, name: node.clone(), value: credential.as_bytes().to_vec(), expect: Expect::Any }
                 }
-                Change::Token(record) => Op::Put { kind: Kind::Token, name: record.id.clone(), value: encode(record.as_ref())? },
-                Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone() },
+                Change::Token(record) => {
+                    let expect = record.revision.map_or(Expect::Absent, Expect::Revision);
+                    Op::Put { kind: Kind::Token, name: record.id.clone(), value: encode(record.as_ref())?, expect }
+                }
+                Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone(), expect: Expect::Any },
             };
-            batch.ops.push(op);
+            write.ops.push(op);
         }
-        self.store.commit(&batch)?;
+        Ok(Some(write))
+    }
 
+    /// Applies one committed batch (in revision order) and wakes watchers.
+    pub fn apply(&mut self, batch: Batch) {
+        if batch.revision <= self.revision {
+            return;
+        }
+        let revision = batch.revision;
         self.revision = revision;
-        self.epoch = txn.epoch;
-        if !self.invalid.is_empty() {
-            // A record written anew (or deleted) replaces the one that could not be acted on.
-            for op in &batch.ops {
-                let (Op::Put { kind, name, .. } | Op::Delete { kind, name }) = op;
-                self.invalid.remove(&(*kind, name.clone()));
-            }
+        if let Some(epoch) = batch.epoch {
+            self.epoch = self.epoch.max(epoch);
         }
         // Nodes whose agent view may have changed.
         let mut touched: Vec<String> = Vec::new();
-        for change in changes {
-            match change {
-                Change::Node(node) => {
-                    self.touch(Kind::Node, revision);
-                    self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
-                    touched.push(node.metadata.name.clone());
-                    self.nodes.insert(node.metadata.name.clone(), *node);
-                }
-                Change::Workload(workload) => {
-                    self.touch(Kind::Workload, revision);
-                    self.workloads.insert(workload.metadata.name.clone(), *workload);
-                }
-                Change::Instance(placed) => {
-                    self.touch(Kind::Instance, revision);
-                    let name = placed.instance.metadata.name.clone();
-                    let old = self.instances.get(&name);
-                    let lost = |p: &Placed| p.instance.status.phase == Phase::Lost;
-                    let assignment_changed = old.is_none_or(|old| {
-                        old.instance.spec != placed.instance.spec || old.workload.spec != placed.workload.spec || lost(old) != lost(&placed)
-                    });
-                    let new_node = &placed.instance.spec.node;
-                    if assignment_changed {
-                        if let Some(old) = old {
-                            self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
-                            touched.push(old.instance.spec.node.clone());
-                        }
-                        self.assignment_revision.insert(new_node.clone(), revision);
-                        touched.push(new_node.clone());
+        for change in batch.changes {
+            // A record written anew (or deleted) replaces the one that could not be acted on.
+            self.invalid.remove(&(change.kind, change.name.clone()));
+            let decoded = match &change.value {
+                Some(value) => decode(change.kind, &change.name, revision, value),
+                None => Ok(Change::Delete(change.kind, change.name.clone())),
+            };
+            match decoded {
+                Ok(decoded) => self.apply_change(decoded, revision, &mut touched),
+                Err(problem) => {
+                    tracing::warn!(kind = change.kind.table(), name = %change.name, %problem, "a stored record cannot be decoded");
+                    let value = change.value.unwrap_or_default();
+                    if change.kind != Kind::Workload {
+                        self.apply_change(Change::Delete(change.kind, change.name.clone()), revision, &mut touched);
                     }
-                    let moved_from = old.filter(|old| old.instance.spec.node != *new_node).map(|old| old.instance.spec.node.clone());
-                    if let Some(old_node) = moved_from {
-                        self.unindex(&old_node, &name);
-                    }
-                    let here = self.by_node.entry(new_node.clone()).or_default();
-                    if !here.contains(&name) {
-                        here.insert(name.clone());
-                    }
-                    self.instances.insert(name, *placed);
-                }
-                Change::Event(event) => {
-                    self.touch(Kind::Event, revision);
-                    self.event_order.push_back(event.metadata.name.clone());
-                    self.events.insert(event.metadata.name.clone(), *event);
-                }
-                Change::Credential(node, credential) => {
-                    self.credentials.insert(node, credential);
-                }
-                Change::Token(record) => self.tokens.insert(*record),
-                Change::Delete(kind, name) => {
-                    self.touch(kind, revision);
-                    match kind {
-                        Kind::Node => {
-                            self.nodes.remove(&name);
-                            self.assignment_revision.insert(name.clone(), revision);
-                            touched.push(name);
-                        }
-                        Kind::Workload => drop(self.workloads.remove(&name)),
-                        Kind::Instance => {
-                            if let Some(old) = self.instances.remove(&name) {
-                                self.unindex(&old.instance.spec.node, &name);
-                                self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
-                                touched.push(old.instance.spec.node);
-                            }
-                        }
-                        Kind::Event => {
-                            if self.events.remove(&name).is_some() {
-                                // Trimming deletes the oldest: O(1) from the front.
-                                if self.event_order.front() == Some(&name) {
-                                    self.event_order.pop_front();
-                                } else {
-                                    self.event_order.retain(|n| *n != name);
-                                }
-                            }
-                        }
-                        Kind::Credential => drop(self.credentials.remove(&name)),
-                        Kind::Token => self.tokens.remove(&name),
-                    }
+                    self.undecodable(change.kind, change.name, revision, &value, problem);
                 }
             }
         }
         self.publish(touched);
         self.changes.send_replace(revision);
-        Ok(revision)
+    }
+
+    /// Applies one decoded change of the commit at `revision`; adds the nodes
+    /// whose agent view may have changed to `touched`.
+    fn apply_change(&mut self, change: Change, revision: u64, touched: &mut Vec<String>) {
+        match change {
+            Change::Node(node) => {
+                self.touch(Kind::Node, revision);
+                self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
+                touched.push(node.metadata.name.clone());
+                self.nodes.insert(node.metadata.name.clone(), *node);
+            }
+            Change::Workload(workload) => {
+                self.touch(Kind::Workload, revision);
+                self.workloads.insert(workload.metadata.name.clone(), *workload);
+            }
+            Change::Instance(placed) => {
+                self.touch(Kind::Instance, revision);
+                let name = placed.instance.metadata.name.clone();
+                let old = self.instances.get(&name);
+                let lost = |p: &Placed| p.instance.status.phase == Phase::Lost;
+                let assignment_changed = old.is_none_or(|old| {
+                    old.instance.spec != placed.instance.spec || old.workload.spec != placed.workload.spec || lost(old) != lost(&placed)
+                });
+                let new_node = &placed.instance.spec.node;
+                if assignment_changed {
+                    if let Some(old) = old {
+                        self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
+                        touched.push(old.instance.spec.node.clone());
+                    }
+                    self.assignment_revision.insert(new_node.clone(), revision);
+                    touched.push(new_node.clone());
+                }
+                let moved_from = old.filter(|old| old.instance.spec.node != *new_node).map(|old| old.instance.spec.node.clone());
+                if let Some(old_node) = moved_from {
+                    self.unindex(&old_node, &name);
+                }
+                let here = self.by_node.entry(new_node.clone()).or_default();
+                if !here.contains(&name) {
+                    here.insert(name.clone());
+                }
+                self.instances.insert(name, *placed);
+            }
+            Change::Event(event) => {
+                self.touch(Kind::Event, revision);
+                if !self.events.contains_key(&event.metadata.name) {
+                    self.event_order.push_back(event.metadata.name.clone());
+                }
+                self.events.insert(event.metadata.name.clone(), *event);
+            }
+            Change::Credential(node, credential) => {
+                self.credentials.insert(node, credential);
+            }
+            Change::Token(record) => self.tokens.insert(*record),
+            Change::Delete(kind, name) => {
+                self.touch(kind, revision);
+                match kind {
+                    Kind::Node => {
+                        self.nodes.remove(&name);
+                        self.assignment_revision.insert(name.clone(), revision);
+                        touched.push(name);
+                    }
+                    Kind::Workload => drop(self.workloads.remove(&name)),
+                    Kind::Instance => {
+                        if let Some(old) = self.instances.remove(&name) {
+                            self.unindex(&old.instance.spec.node, &name);
+                            self.assignment_revision.insert(old.instance.spec.node.clone(), revision);
+                            touched.push(old.instance.spec.node);
+                        }
+                    }
+                    Kind::Event => {
+                        if self.events.remove(&name).is_some() {
+                            // Trimming deletes the oldest: O(1) from the front.
+                            if self.event_order.front() == Some(&name) {
+                                self.event_order.pop_front();
+                            } else {
+                                self.event_order.retain(|n| *n != name);
+                            }
+                        }
+                    }
+                    Kind::Credential => drop(self.credentials.remove(&name)),
+                    Kind::Token => self.tokens.remove(&name),
+                }
+            }
+        }
     }
 
     fn unindex(&mut self, node: &str, instance: &str) {
@@ -491,6 +551,35 @@ impl Cluster {
     }
 }
 
+/// The change a stored record of `kind` makes, its `resourceVersion` set to `revision`.
+fn decode(kind: Kind, name: &str, revision: u64, value: &[u8]) -> Result<Change, String> {
+    let at = |meta: &mut wasmlet_api::ObjectMeta| meta.resource_version = Some(revision);
+    let decoded = match kind {
+        Kind::Node => wasmlet_api::from_json::<Node>(value).map(|mut node| {
+            at(&mut node.metadata);
+            Change::Node(Box::new(node))
+        }),
+        Kind::Workload => wasmlet_api::from_json::<Workload>(value).map(|mut workload| {
+            at(&mut workload.metadata);
+            Change::Workload(Box::new(workload))
+        }),
+        Kind::Instance => wasmlet_api::from_json::<Placed>(value).map(|mut placed| {
+            at(&mut placed.instance.metadata);
+            Change::Instance(Box::new(placed))
+        }),
+        Kind::Event => wasmlet_api::from_json::<Event>(value).map(|mut event| {
+            at(&mut event.metadata);
+            Change::Event(Box::new(event))
+        }),
+        Kind::Credential => return Ok(Change::Credential(name.to_string(), String::from_utf8_lossy(value).into_owned())),
+        Kind::Token => wasmlet_api::from_json::<TokenRecord>(value).map(|mut record| {
+            record.revision = Some(revision);
+            Change::Token(Box::new(record))
+        }),
+    };
+    decoded.map_err(|e| e.to_string())
+}
+
 mod erased {
     /// Lets `commit` encode the different object types through one closure.
     pub trait Encode {
@@ -522,7 +611,7 @@ fn placeholder(name: &str, raw: &[u8]) -> Workload {
             labels: field(&metadata["labels"]).unwrap_or_default(),
             annotations: field(&metadata["annotations"]).unwrap_or_default(),
             uid: field(&metadata["uid"]),
-            resource_version: field(&metadata["resourceVersion"]),
+            resource_version: None,
             creation_timestamp: field(&metadata["creationTimestamp"]),
         },
         spec: wasmlet_api::WorkloadSpec {
@@ -589,8 +678,7 @@ mod tests {
     /// never do, with each other or with the cluster's instances.
     #[test]
     fn new_instance_names_never_collide() {
-        let dir = tempfile::tempdir().unwrap();
-        let cluster = Cluster::load(Arc::new(crate::store::RedbStore::open(dir.path()).unwrap())).unwrap();
+        let cluster = Cluster::new(Snapshot::default());
         let mut txn = cluster.txn();
         let workload: Workload = serde_json::from_value(serde_json::json!({
             "apiVersion": wasmlet_api::API_VERSION, "kind": "Workload", "metadata": {"name": "w"},

@@ -31,6 +31,10 @@ pub mod defaults {
     pub const AUDIT_LOG_MAX_FILES: &str = "4";
     pub const REFUSED_PER_SECOND: &str = "10";
     pub const REFUSED_BURST: &str = "50";
+    pub const ETCD_PREFIX: &str = "/wasmlet";
+    pub const LEADER_LEASE: &str = "2s";
+    /// A request to etcd that takes longer fails: the store counts as unavailable (503).
+    pub const ETCD_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
     /// Instances one controller pass creates or hands off at most; the rest
     /// follow in the next pass, at once: no object turns into one huge
     /// transaction, and requests get the cluster lock in between.
@@ -235,6 +239,42 @@ pub struct MasterConfig {
     /// Log format.
     #[arg(long, global = true, env = "WASMLET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where the cluster's objects are kept: `redb`, a file in the data dir (one
+    /// master), or `etcd`, shared by several masters of which one leads.
+    #[arg(long, global = true, env = "WASMLET_STORE", value_enum, default_value_t = StoreKind::Redb)]
+    pub store: StoreKind,
+
+    /// The etcd servers of `--store etcd`, comma-separated URLs (`https://` with `--etcd-ca-file`).
+    #[arg(long, global = true, env = "WASMLET_ETCD_ENDPOINTS", value_delimiter = ',', value_name = "URL,...")]
+    pub etcd_endpoints: Vec<String>,
+
+    /// The CA (PEM) that signed the etcd servers' certificates.
+    #[arg(long, global = true, env = "WASMLET_ETCD_CA_FILE", value_name = "FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+
+    /// This master's client certificate (PEM) for etcd.
+    #[arg(long, global = true, env = "WASMLET_ETCD_CERT_FILE", value_name = "FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+
+    /// The key (PEM) of `--etcd-cert-file`.
+    #[arg(long, global = true, env = "WASMLET_ETCD_KEY_FILE", value_name = "FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+
+    /// The key prefix of this cluster in etcd (several clusters may share one etcd).
+    #[arg(long, global = true, env = "WASMLET_ETCD_PREFIX", default_value = defaults::ETCD_PREFIX, value_name = "PREFIX")]
+    pub etcd_prefix: String,
+
+    /// How long the leading master keeps the leadership without renewing it
+    /// (a killed leader is replaced after at most this); at least 2s.
+    #[arg(long, global = true, env = "WASMLET_LEADER_LEASE", default_value = defaults::LEADER_LEASE, value_name = "DURATION")]
+    pub leader_lease: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Redb,
+    Etcd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -254,6 +294,24 @@ impl MasterConfig {
 
     /// Refuses settings that cannot work together, naming the flag.
     pub fn check(&self) -> anyhow::Result<()> {
+        match self.store {
+            StoreKind::Etcd if self.etcd_endpoints.is_empty() => {
+                anyhow::bail!("--store etcd needs --etcd-endpoints: the URLs of the etcd servers, comma-separated")
+            }
+            StoreKind::Etcd if self.etcd_endpoints.iter().any(|e| e.starts_with("https://")) && self.etcd_ca_file.is_none() => {
+                anyhow::bail!("--etcd-endpoints with https:// needs --etcd-ca-file: the CA that signed the etcd servers' certificates")
+            }
+            StoreKind::Etcd if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() => {
+                anyhow::bail!("--etcd-cert-file and --etcd-key-file go together")
+            }
+            StoreKind::Etcd if !self.etcd_prefix.starts_with('/') || self.etcd_prefix.ends_with('/') => {
+                anyhow::bail!("--etcd-prefix {:?} must start with '/' and not end with one, like /wasmlet", self.etcd_prefix)
+            }
+            StoreKind::Etcd if self.leader_lease.get() < std::time::Duration::from_secs(2) => {
+                anyhow::bail!("--leader-lease {} is too short: etcd grants leases of at least 2s", self.leader_lease)
+            }
+            _ => {}
+        }
         for (flag, ttl) in
             [("--serving-certificate-ttl", self.serving_certificate_ttl), ("--node-credential-ttl", self.node_credential_ttl)]
         {
@@ -274,6 +332,19 @@ impl MasterConfig {
             ),
             header_read_timeout: self.header_read_timeout.get(),
             idle_timeout: self.idle_timeout.get(),
+        }
+    }
+
+    /// How to reach etcd (`--store etcd`).
+    pub fn etcd(&self) -> crate::store::EtcdSettings {
+        crate::store::EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            ca_file: self.etcd_ca_file.clone(),
+            cert_file: self.etcd_cert_file.clone(),
+            key_file: self.etcd_key_file.clone(),
+            request_timeout: defaults::ETCD_REQUEST_TIMEOUT,
+            leader_lease: self.leader_lease.get(),
         }
     }
 

@@ -42,22 +42,27 @@ pub mod store;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use cluster::Cluster;
+use cluster::{Cluster, Txn};
 pub use config::{Cli, MasterConfig};
 use controller::lifecycle::Leases;
 use metrics::Metrics;
-use store::RedbStore;
 use store::modules::ModuleStore;
+use store::{Store, StoreError};
 
 /// What the API handlers and the controllers share.
 pub struct Shared {
-    /// Every object; writes go through it to the store. Never held across an `.await`.
+    /// Where every write goes ([`Shared::commit`]); shared by all masters of a cluster.
+    pub store: Arc<dyn Store>,
+    /// This master's name among the masters of its cluster (its URL).
+    pub name: String,
+    /// Every object, the view the store's watch keeps current. Never held across an `.await`.
     pub cluster: Mutex<Cluster>,
     /// Per node: assignment revision and unreachable flag, readable without the cluster lock.
     pub agents: cluster::AgentViews,
@@ -94,6 +99,93 @@ impl Shared {
     pub fn leases(&self) -> MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Commits `txn` and waits until this master's view has it: what the
+    /// caller reads next includes its write. Returns the commit's revision.
+    pub async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        let Some(write) = self.cluster().prepare(txn)? else { return Ok(self.cluster().revision) };
+        let revision = self.store.commit(write).await?;
+        self.caught_up(revision).await;
+        Ok(revision)
+    }
+
+    /// Builds a transaction from the view and commits it; when another write
+    /// came first (a conflict), builds it again from the newer view, a few
+    /// times. What `build` returns beside the transaction is handed back.
+    pub async fn update<T>(&self, mut build: impl FnMut(&Cluster) -> Result<(Txn, T), api::Failure>) -> Result<T, api::Failure> {
+        let mut tries = 0;
+        loop {
+            let (txn, out) = build(&self.cluster())?;
+            match self.commit(txn).await {
+                Ok(_) => return Ok(out),
+                Err(StoreError::Conflict { .. }) if tries < UPDATE_TRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the view has applied `revision` (or the master stops).
+    pub async fn caught_up(&self, revision: u64) {
+        let mut changes = self.cluster().subscribe();
+        tokio::select! {
+            _ = changes.wait_for(|applied| *applied >= revision) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// How often [`Shared::update`] builds a transaction again after a conflict.
+const UPDATE_TRIES: u32 = 5;
+
+/// Keeps the view current: applies every commit the store's watch delivers,
+/// in order; loads the whole store again when the watch cannot resume.
+async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: CancellationToken) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(stream) = watch.as_mut() {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(batch)) => {
+                    shared.cluster().apply(batch);
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "the store's watch broke off; resuming"),
+                None => tracing::warn!("the store's watch ended; resuming"),
+            }
+            watch = None;
+        }
+        let from = shared.cluster().revision;
+        let resumed = match shared.store.watch(from).await {
+            Err(StoreError::Compacted(_)) => {
+                tracing::warn!(revision = from, "the store cannot resume its watch there: loading everything again");
+                match shared.store.load().await {
+                    Ok(snapshot) => {
+                        let revision = snapshot.revision;
+                        shared.cluster().reload(snapshot);
+                        shared.store.watch(revision).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        };
+        match resumed {
+            Ok(stream) => watch = Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch the store");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Runs the master on `listener` until `shutdown` completes, then ends open
@@ -104,11 +196,16 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     config.check()?;
     wasmlet_security::files::private_dir(&config.data_dir)?;
     // A store that exists but cannot be read stops the master here, naming the file: never an empty cluster over it.
-    let store = RedbStore::open(&config.data_dir)?;
-    let mut cluster = Cluster::load(Arc::new(store))?;
+    let store: Arc<dyn Store> = match config.store {
+        config::StoreKind::Redb => Arc::new(store::RedbStore::open(&config.data_dir)?),
+        config::StoreKind::Etcd => Arc::new(store::EtcdStore::connect(config.etcd()).await?),
+    };
+    let snapshot = store.load().await.with_context(|| format!("loading the cluster from {}", store.describe()))?;
+    let watch = store.watch(snapshot.revision).await.with_context(|| format!("watching {}", store.describe()))?;
+    let mut cluster = Cluster::new(snapshot);
     // Objects it cannot act on are marked and reported; they do not keep the master from starting.
-    controller::workloads::check_stored(&mut cluster, &config).context("recording the stored objects it cannot act on")?;
-    let secrets = auth::bootstrap::prepare(&config, &mut cluster)?;
+    let not_acted_on = controller::workloads::check_stored(&mut cluster, &config);
+    let secrets = auth::bootstrap::prepare(&config, store.as_ref()).await?;
     let metrics = Metrics::default();
     let audit_path = config.data_dir.join("audit.log");
     let bounds = auth::audit::Bounds { max_size: config.audit_log_max_size.get(), max_files: config.audit_log_max_files };
@@ -120,6 +217,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     tracing::info!(
         listen = %format!("{scheme}://{addr}"),
         data_dir = %config.data_dir.display(),
+        store = %store.describe(),
         revision = cluster.revision,
         nodes = cluster.nodes.len(),
         workloads = cluster.workloads.len(),
@@ -134,6 +232,8 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let agents = cluster.agents();
     let cluster_tokens = cluster.tokens.clone();
     let shared = Arc::new(Shared {
+        store,
+        name: auth::bootstrap::advertised_url(&config),
         agents,
         cluster: Mutex::new(cluster),
         leases: Mutex::new(leases),
@@ -149,7 +249,11 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         pki: secrets.pki,
         renewed_credentials: Mutex::default(),
     });
-    let controllers = tokio::spawn(controller::run(shared.clone(), stop.clone()));
+    tokio::spawn(follow(shared.clone(), Some(watch), stop.clone()));
+    shared.commit(not_acted_on).await.context("recording the stored objects it cannot act on")?;
+    auth::bootstrap::ensure_tokens(&shared).await?;
+    tokio::spawn(controller::relay::publish(shared.clone(), stop.clone()));
+    let controllers = tokio::spawn(controller::lead(shared.clone(), stop.clone()));
     if let Some(slot) = secrets.serving {
         tokio::spawn(auth::serving::keep_renewed(shared.clone(), slot, stop.clone()));
     }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Stored objects the master keeps but does not act on.
     pub not_acted_on: Gauge,
+    /// 1 while this master leads the cluster (runs the controllers), else 0.
+    pub is_leader: Gauge,
     /// What the API's listener accepted, refused and closed.
     pub connections: wasmlet_security::serve::ConnectionMetrics,
 }
@@ -61,6 +63,7 @@ impl Default for Metrics {
             audit_lines_dropped: Counter::default(),
             rate_limited: Counter::default(),
             not_acted_on: Gauge::default(),
+            is_leader: Gauge::default(),
             connections: Default::default(),
         };
         registry.register("nodes", "Nodes by their Ready condition", m.nodes.clone());
@@ -80,6 +83,7 @@ impl Default for Metrics {
             "Stored objects the master cannot decode or act on (see the InvalidStoredObject events)",
             m.not_acted_on.clone(),
         );
+        registry.register("is_leader", "1 while this master leads the cluster and runs its controllers, else 0", m.is_leader.clone());
         m.connections.register(&mut registry);
         Metrics { registry, ..m }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wasmlet_api::{Phase, Workload};
-use wasmlet_master::store::{Batch, Kind, Op, RedbStore, Store};
+use wasmlet_master::store::{Expect, Kind, Op, RedbStore, Store, Write};
 use wasmlet_tests::{Agent, Master, bin, place_file, sha256, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -119,8 +119,8 @@ fn an_object_asking_for_too_much_is_refused_naming_the_field_and_the_limit() {
 /// Writes `ops` into the store of a stopped master, with the master's own store code.
 fn write_into_store(master: &Master, ops: Vec<Op>) {
     let store = RedbStore::open(master.data_dir.path()).expect("the store opens");
-    let snapshot = store.load().expect("the store loads");
-    store.commit(&Batch { revision: snapshot.revision + 1, epoch: snapshot.epoch, ops }).expect("commit");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(store.commit(Write { ops, ..Default::default() })).expect("commit");
 }
 
 #[test]
@@ -136,16 +136,21 @@ fn a_stored_object_the_master_cannot_act_on_is_marked_and_the_rest_runs() {
     let record = |name: &str, change: &dyn Fn(&mut Value)| {
         let mut body = sensor(name, "");
         change(&mut body);
-        Op::Put { kind: Kind::Workload, name: name.into(), value: serde_json::to_vec(&body).expect("json") }
+        Op::Put { kind: Kind::Workload, name: name.into(), value: serde_json::to_vec(&body).expect("json"), expect: Expect::Any }
     };
     write_into_store(
         &master,
         vec![
             record("huge", &|w| w["spec"]["replicas"] = json!(4294967295u32)),
             record("future", &|w| w["spec"]["fancyNewField"] = json!(true)),
-            Op::Put { kind: Kind::Workload, name: "garbled".into(), value: b"{\"apiVersion\": \"wasmlet.io/v1\", \"metad".to_vec() },
-            Op::Put { kind: Kind::Instance, name: "ghost-zzzzz".into(), value: b"\x00\x01 not json".to_vec() },
-            Op::Put { kind: Kind::Token, name: "deadbeef".into(), value: b"[]".to_vec() },
+            Op::Put {
+                kind: Kind::Workload,
+                name: "garbled".into(),
+                value: b"{\"apiVersion\": \"wasmlet.io/v1\", \"metad".to_vec(),
+                expect: Expect::Any,
+            },
+            Op::Put { kind: Kind::Instance, name: "ghost-zzzzz".into(), value: b"\x00\x01 not json".to_vec(), expect: Expect::Any },
+            Op::Put { kind: Kind::Token, name: "deadbeef".into(), value: b"[]".to_vec(), expect: Expect::Any },
         ],
     );
     master.restart().expect("the master starts with them in its store");

@@ -14,6 +14,7 @@ mod control_plane;
 mod durations;
 mod ephemeral_storage;
 mod grants;
+mod ha;
 mod identity;
 mod install;
 mod mixed_versions;

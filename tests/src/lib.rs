@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod etcd;
+pub use etcd::EtcdCluster;
+
 /// Where the wasmlet binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WASMLET_BIN_DIR") {

@@ -119,64 +119,67 @@ pub async fn register(
     let ingress_peer = (secure && version >= 2).then(|| super::live::agent_endpoint("https", peer, request.ingress_port, None)).flatten();
     let now = Utc::now();
     let (node, credential, master_token, unreachable) = {
-        let mut cluster = shared.cluster();
-        let role = Role::Node(name.clone());
-        if issue_credential {
-            // Under the cluster lock: two joins for one name cannot both pass.
-            let live: Vec<TokenRecord> = shared.tokens.unrevoked(&role).into_iter().filter(|r| r.unusable(now).is_none()).collect();
-            if !live.is_empty() {
-                return Err(identity_taken(&name, &live));
-            }
-        }
-        let existing = cluster.nodes.get(&name).cloned();
-        let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
-        node.metadata.labels = request.labels;
-        let annotations = &mut node.metadata.annotations;
-        for (key, value) in [
-            (AGENT_API, endpoint),
-            (AGENT_INGRESS, ingress),
-            (AGENT_INGRESS_PEER, ingress_peer),
-            (AGENT_PROTOCOL, Some(version.to_string())),
-            (NODE_CA, secure.then(|| shared.pki.nodes().fingerprint().to_string())),
-        ] {
-            match value {
-                Some(value) => annotations.insert(key.to_string(), value),
-                None => annotations.remove(key),
-            };
-        }
-        let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
-        node.spec.taints = request.taints.into_iter().chain(unreachable).collect();
-        node.status = request.status;
-        node.validate().map_err(|e| Failure::invalid(format!("node `{name}` cannot register: {e}")))?;
-        let master_token = cluster.credential(&name).map(str::to_string).unwrap_or_else(|| random_hex(32));
-        let mut txn = cluster.txn();
-        txn.put_credential(&name, master_token.clone());
-        let credential = if issue_credential {
-            // Only expired or revoked ones are left (a live one is refused above): tidy them away.
-            for mut old in shared.tokens.unrevoked(&role) {
-                old.revoked = Some(now);
-                txn.put_token(old);
-            }
-            let description = format!("credential of node {name}, joined with token {}", caller.token_id);
-            let (token, record) = new_credential(&shared, &name, description, now)?;
-            txn.put_token(record.clone());
-            Some((token, record))
-        } else {
-            None
-        };
-        let conditions = node.status.conditions.clone();
-        txn.put_node(node);
-        let what = match (&existing, issue_credential) {
-            (None, _) => format!("joined the cluster with token {}", caller.token_id),
-            (Some(_), true) => format!("joined again with token {}", caller.token_id),
-            (Some(_), false) => "registered again".to_string(),
-        };
-        txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
-        cluster.commit(txn)?;
+        let (credential, master_token, conditions) = shared
+            .update(|cluster| {
+                let role = Role::Node(name.clone());
+                if issue_credential {
+                    // Under the cluster lock: two joins for one name cannot both pass.
+                    let live: Vec<TokenRecord> = shared.tokens.unrevoked(&role).into_iter().filter(|r| r.unusable(now).is_none()).collect();
+                    if !live.is_empty() {
+                        return Err(identity_taken(&name, &live));
+                    }
+                }
+                let existing = cluster.nodes.get(&name).cloned();
+                let mut node = existing.clone().unwrap_or_else(|| Node::new(&name));
+                node.metadata.labels = request.labels.clone();
+                let annotations = &mut node.metadata.annotations;
+                for (key, value) in [
+                    (AGENT_API, endpoint.clone()),
+                    (AGENT_INGRESS, ingress.clone()),
+                    (AGENT_INGRESS_PEER, ingress_peer.clone()),
+                    (AGENT_PROTOCOL, Some(version.to_string())),
+                    (NODE_CA, secure.then(|| shared.pki.nodes().fingerprint().to_string())),
+                ] {
+                    match value {
+                        Some(value) => annotations.insert(key.to_string(), value),
+                        None => annotations.remove(key),
+                    };
+                }
+                let unreachable = node.spec.taints.iter().filter(|t| t.key == UNREACHABLE_TAINT).cloned();
+                node.spec.taints = request.taints.iter().cloned().chain(unreachable).collect();
+                node.status = request.status.clone();
+                node.validate().map_err(|e| Failure::invalid(format!("node `{name}` cannot register: {e}")))?;
+                let master_token = cluster.credential(&name).map(str::to_string).unwrap_or_else(|| random_hex(32));
+                let mut txn = cluster.txn();
+                txn.put_credential(&name, master_token.clone());
+                let credential = if issue_credential {
+                    // Only expired or revoked ones are left (a live one is refused above): tidy them away.
+                    for mut old in shared.tokens.unrevoked(&role) {
+                        old.revoked = Some(now);
+                        txn.put_token(old);
+                    }
+                    let description = format!("credential of node {name}, joined with token {}", caller.token_id);
+                    let (token, record) = new_credential(&shared, &name, description, now)?;
+                    txn.put_token(record.clone());
+                    Some((token, record))
+                } else {
+                    None
+                };
+                let conditions = node.status.conditions.clone();
+                txn.put_node(node);
+                let what = match (&existing, issue_credential) {
+                    (None, _) => format!("joined the cluster with token {}", caller.token_id),
+                    (Some(_), true) => format!("joined again with token {}", caller.token_id),
+                    (Some(_), false) => "registered again".to_string(),
+                };
+                txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
+                Ok((txn, (credential, master_token, conditions)))
+            })
+            .await?;
         let mut leases = shared.leases();
         leases.renew(&name, tokio::time::Instant::now());
         leases.report(&name, conditions);
-        let node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
+        let node = shared.cluster().nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
         let unreachable = is_unreachable(&node);
         (node, credential, master_token, unreachable)
     };
@@ -227,36 +230,37 @@ pub async fn renew_credential(
     let now = Utc::now();
     let description = format!("credential of node {name}, renewed from token {}", caller.token_id);
     let (token, record) = new_credential(&shared, &name, description, now)?;
-    {
-        let mut cluster = shared.cluster();
-        if !cluster.nodes.contains_key(&name) {
-            return Err(not_registered(&name));
-        }
-        let overlap = chrono::Duration::from_std(shared.config.node_credential_ttl.get() / 3).map_err(internal)?;
-        let cut_off = now.checked_add_signed(overlap).unwrap_or(now);
-        let mut txn = cluster.txn();
-        let presented_at = shared.tokens.get(&caller.token_id).map(|r| r.created);
-        for mut other in shared.tokens.unrevoked(&caller.role) {
-            if other.id == caller.token_id {
-                // Bounded even if the master restarts before the new one is used.
-                if other.expires.is_none_or(|e| e > cut_off) {
-                    other.expires = Some(cut_off);
+    shared
+        .update(|cluster| {
+            if !cluster.nodes.contains_key(&name) {
+                return Err(not_registered(&name));
+            }
+            let overlap = chrono::Duration::from_std(shared.config.node_credential_ttl.get() / 3).map_err(internal)?;
+            let cut_off = now.checked_add_signed(overlap).unwrap_or(now);
+            let mut txn = cluster.txn();
+            let presented_at = shared.tokens.get(&caller.token_id).map(|r| r.created);
+            for mut other in shared.tokens.unrevoked(&caller.role) {
+                if other.id == caller.token_id {
+                    // Bounded even if the master restarts before the new one is used.
+                    if other.expires.is_none_or(|e| e > cut_off) {
+                        other.expires = Some(cut_off);
+                        txn.put_token(other);
+                    }
+                } else if presented_at.is_some_and(|at| other.created > at) {
+                    // Issued by an earlier renewal whose answer the node never
+                    // used (lost, or taken by whoever renews with a stolen
+                    // credential): forgotten, so renewals never pile up credentials.
+                    txn.delete(crate::store::Kind::Token, &other.id);
+                } else {
+                    // Older than the one presented, which the node holds.
+                    other.revoked = Some(now);
                     txn.put_token(other);
                 }
-            } else if presented_at.is_some_and(|at| other.created > at) {
-                // Issued by an earlier renewal whose answer the node never
-                // used (lost, or taken by whoever renews with a stolen
-                // credential): forgotten, so renewals never pile up credentials.
-                txn.delete(crate::store::Kind::Token, &other.id);
-            } else {
-                // Older than the one presented, which the node holds.
-                other.revoked = Some(now);
-                txn.put_token(other);
             }
-        }
-        txn.put_token(record.clone());
-        cluster.commit(txn)?;
-    }
+            txn.put_token(record.clone());
+            Ok((txn, ()))
+        })
+        .await?;
     shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), record.id.clone());
     tracing::info!(node = %name, credential = %record.id, from = %caller.token_id, "renewed a node credential");
     let tls = shared.ca_fingerprint.is_some();
@@ -272,7 +276,7 @@ pub async fn renew_credential(
 /// Once a node presents the credential it renewed last, its older ones are
 /// revoked, and those of earlier renewals, already unusable, are forgotten:
 /// a node keeps two records, however often it renews (the audit log keeps the history).
-fn retire_older_credentials(shared: &Shared, node: &str, presented: &str) {
+async fn retire_older_credentials(shared: &Shared, node: &str, presented: &str) {
     {
         let mut renewed = shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner());
         if renewed.is_empty() || renewed.get(node).map(String::as_str) != Some(presented) {
@@ -281,8 +285,7 @@ fn retire_older_credentials(shared: &Shared, node: &str, presented: &str) {
         renewed.remove(node);
     }
     let now = Utc::now();
-    let mut cluster = shared.cluster();
-    let mut txn = cluster.txn();
+    let mut txn = shared.cluster().txn();
     for mut old in shared.tokens.of_role(&Role::Node(node.to_string())).into_iter().filter(|r| r.id != presented) {
         if old.unusable(now).is_some() {
             txn.delete(crate::store::Kind::Token, &old.id);
@@ -291,7 +294,7 @@ fn retire_older_credentials(shared: &Shared, node: &str, presented: &str) {
             txn.put_token(old);
         }
     }
-    if let Err(e) = cluster.commit(txn) {
+    if let Err(e) = shared.commit(txn).await {
         tracing::warn!(%node, error = %e, "cannot revoke the older credentials yet; trying again at the next heartbeat");
         shared.renewed_credentials.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), presented.to_string());
     }
@@ -327,7 +330,7 @@ pub async fn renew_lease(
 ) -> Result<Response, Failure> {
     let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
     let agent = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
-    retire_older_credentials(&shared, &name, &caller.token_id);
+    retire_older_credentials(&shared, &name, &caller.token_id).await;
     shared.leases().renew(&name, tokio::time::Instant::now());
     if agent.unreachable {
         shared.wake.notify_one();
@@ -342,19 +345,22 @@ pub async fn renew_lease(
 
 pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let status: NodeStatus = decode(&body, "node status")?;
-    let mut cluster = shared.cluster();
-    let mut node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
     let conditions = status.conditions.clone();
-    node.status = status;
-    let mut txn = cluster.txn();
-    txn.put_node(node);
-    cluster.commit(txn)?;
+    shared
+        .update(|cluster| {
+            let mut node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
+            node.status = status.clone();
+            let mut txn = cluster.txn();
+            txn.put_node(node);
+            Ok((txn, ()))
+        })
+        .await?;
     {
         let mut leases = shared.leases();
         leases.renew(&name, tokio::time::Instant::now());
         leases.report(&name, conditions);
     }
-    Ok(Json(cluster.nodes.get(&name).cloned()).into_response())
+    Ok(Json(shared.cluster().nodes.get(&name).cloned()).into_response())
 }
 
 pub async fn assignment(
@@ -423,24 +429,30 @@ async fn wait_for_assignment(shared: &Shared, mut changes: watch::Receiver<u64>,
 
 pub async fn report_instances(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let batch: InstanceStatusBatch = decode(&body, "instance status batch")?;
-    let mut cluster = shared.cluster();
-    if !cluster.nodes.contains_key(&name) {
-        return Err(not_registered(&name));
-    }
-    let mut txn = cluster.txn();
-    for update in batch.updates {
-        let Some(placed) = cluster.instances.get(&update.name) else { continue };
-        // Stale (older epoch), someone else's, or already handed off: the master's view wins.
-        if placed.instance.spec.node != name || update.epoch < placed.instance.spec.epoch || placed.instance.status.phase == Phase::Lost {
-            tracing::debug!(instance = %update.name, node = %name, epoch = update.epoch, "ignoring an instance status update");
-            continue;
-        }
-        if placed.instance.status != update.status {
-            let mut changed = placed.clone();
-            changed.instance.status = update.status;
-            txn.put_instance(changed);
-        }
-    }
-    cluster.commit(txn)?;
+    shared
+        .update(|cluster| {
+            if !cluster.nodes.contains_key(&name) {
+                return Err(not_registered(&name));
+            }
+            let mut txn = cluster.txn();
+            for update in &batch.updates {
+                let Some(placed) = cluster.instances.get(&update.name) else { continue };
+                // Stale (older epoch), someone else's, or already handed off: the master's view wins.
+                if placed.instance.spec.node != name
+                    || update.epoch < placed.instance.spec.epoch
+                    || placed.instance.status.phase == Phase::Lost
+                {
+                    tracing::debug!(instance = %update.name, node = %name, epoch = update.epoch, "ignoring an instance status update");
+                    continue;
+                }
+                if placed.instance.status != update.status {
+                    let mut changed = placed.clone();
+                    changed.instance.status = update.status.clone();
+                    txn.put_instance(changed);
+                }
+            }
+            Ok((txn, ()))
+        })
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

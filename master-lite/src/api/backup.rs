@@ -17,18 +17,31 @@ use tokio::sync::mpsc;
 use crate::Shared;
 use crate::backup::Writer;
 use crate::store::modules::ModuleStore;
-use crate::store::{Kind, Store};
+use crate::store::{Kind, Snapshot};
 
 pub async fn backup(State(shared): State<Arc<Shared>>) -> Response {
-    let store = shared.cluster().store();
+    let store = shared.store.clone();
     let modules = shared.modules.clone();
     let (chunks, body) = mpsc::channel::<io::Result<bytes::Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        let out = io::BufWriter::with_capacity(64 << 10, Chunks(chunks.clone()));
-        if let Err(e) = write(store.as_ref(), &modules, out) {
+    tokio::spawn(async move {
+        // One read of the store, at one revision, while writes go on.
+        let snapshot = match store.load().await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::warn!(error = %e, "a backup was not completed");
+                let _ = chunks.send(Err(io::Error::other(e.to_string()))).await;
+                return;
+            }
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            let out = io::BufWriter::with_capacity(64 << 10, Chunks(chunks.clone()));
+            write(&snapshot, &modules, out).map_err(|e| (e, chunks))
+        })
+        .await;
+        if let Ok(Err((e, chunks))) = written {
             tracing::warn!(error = %e, "a backup was not completed");
             // Breaks the answer off, so the client cannot take it for a whole backup.
-            let _ = chunks.blocking_send(Err(io::Error::other(e.to_string())));
+            let _ = chunks.send(Err(io::Error::other(e.to_string()))).await;
         }
     });
     let stream = futures::stream::unfold(body, |mut body| async move { body.recv().await.map(|chunk| (chunk, body)) });
@@ -37,26 +50,25 @@ pub async fn backup(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// The archive of one read of `store` and the modules its records use.
-fn write(store: &dyn Store, modules: &ModuleStore, out: impl Write) -> io::Result<()> {
+/// The archive of `snapshot` and the modules its records use.
+fn write(snapshot: &Snapshot, modules: &ModuleStore, out: impl Write) -> io::Result<()> {
     let mut writer = Writer::begin(out)?;
     let mut digests = BTreeSet::new();
-    let (revision, epoch) = store
-        .export(&mut |kind, name, value| {
-            let spec = match kind {
-                Kind::Workload => Some("/spec/module/digest"),
-                Kind::Instance => Some("/workload/spec/module/digest"),
-                _ => None,
-            };
-            if let Some(pointer) = spec
-                && let Ok(record) = serde_json::from_slice::<serde_json::Value>(value)
-                && let Some(digest) = record.pointer(pointer).and_then(|d| d.as_str())
-            {
-                digests.insert(digest.to_string());
-            }
-            writer.record(kind, name, value)
-        })
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    for object in &snapshot.objects {
+        let spec = match object.kind {
+            Kind::Workload => Some("/spec/module/digest"),
+            Kind::Instance => Some("/workload/spec/module/digest"),
+            _ => None,
+        };
+        if let Some(pointer) = spec
+            && let Ok(record) = serde_json::from_slice::<serde_json::Value>(&object.value)
+            && let Some(digest) = record.pointer(pointer).and_then(|d| d.as_str())
+        {
+            digests.insert(digest.to_string());
+        }
+        writer.record(object.kind, &object.name, &object.value)?;
+    }
+    let (revision, epoch) = (snapshot.revision, snapshot.epoch);
     for digest in digests {
         // Only uploaded modules are files here (`https://` sources are fetched by the agents).
         let Ok(path) = modules.path(&digest) else { continue };

@@ -118,8 +118,15 @@ impl Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "a write failed; nothing of it was applied");
-        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", format!("{e}; nothing was written, retry later"))
+        match e {
+            StoreError::Conflict { .. } => {
+                Failure::conflict(format!("{e} meanwhile (through this master or another): nothing was written; read it again and retry"))
+            }
+            e => {
+                tracing::error!(error = %e, "a write failed; nothing of it was applied");
+                Failure::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", format!("{e}; nothing was written, retry later"))
+            }
+        }
     }
 }
 

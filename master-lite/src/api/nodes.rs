@@ -42,55 +42,58 @@ pub async fn get(State(shared): State<Arc<Shared>>, Path(name): Path<String>) ->
 }
 
 pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let node = {
-        let mut cluster = shared.cluster();
-        let node = cluster.nodes.get(&name).cloned().ok_or_else(|| Failure::not_found("node", &name))?;
-        let mut txn = cluster.txn();
-        txn.delete(Kind::Node, &name);
-        txn.delete(Kind::Credential, &name);
-        let now = chrono::Utc::now();
-        for mut credential in shared.tokens.unrevoked(&crate::auth::Role::Node(name.clone())) {
-            credential.revoked = Some(now);
-            txn.put_token(credential);
-        }
-        let instances: Vec<String> = cluster.instances_on(&name).map(|p| p.instance.metadata.name.clone()).collect();
-        for instance in &instances {
-            txn.delete(Kind::Instance, instance);
-        }
-        txn.event(
-            EventType::Normal,
-            "Deleted",
-            ("Node", &name),
-            format!("node {name} deleted and its credentials revoked; its {} instance(s) are placed again", instances.len()),
-        );
-        cluster.commit(txn)?;
-        node
-    };
+    let node = shared
+        .update(|cluster| {
+            let node = cluster.nodes.get(&name).cloned().ok_or_else(|| Failure::not_found("node", &name))?;
+            let mut txn = cluster.txn();
+            txn.delete(Kind::Node, &name);
+            txn.delete(Kind::Credential, &name);
+            let now = chrono::Utc::now();
+            for mut credential in shared.tokens.unrevoked(&crate::auth::Role::Node(name.clone())) {
+                credential.revoked = Some(now);
+                txn.put_token(credential);
+            }
+            let instances: Vec<String> = cluster.instances_on(&name).map(|p| p.instance.metadata.name.clone()).collect();
+            for instance in &instances {
+                txn.delete(Kind::Instance, instance);
+            }
+            txn.event(
+                EventType::Normal,
+                "Deleted",
+                ("Node", &name),
+                format!("node {name} deleted and its credentials revoked; its {} instance(s) are placed again", instances.len()),
+            );
+            Ok((txn, node))
+        })
+        .await?;
     shared.leases().forget(&name);
     Ok(Json(node).into_response())
 }
 
-fn set_unschedulable(shared: &Shared, name: &str, unschedulable: bool) -> Result<wasmlet_api::Node, Failure> {
-    let mut cluster = shared.cluster();
-    let mut node = cluster.nodes.get(name).cloned().ok_or_else(|| Failure::not_found("node", name))?;
-    if node.spec.unschedulable != unschedulable {
-        node.spec.unschedulable = unschedulable;
-        let mut txn = cluster.txn();
-        txn.put_node(node);
-        let (reason, what) =
-            if unschedulable { ("Cordoned", "no new instances go there") } else { ("Uncordoned", "it takes new instances again") };
-        txn.event(EventType::Normal, reason, ("Node", name), format!("node {name}: {what}"));
-        cluster.commit(txn)?;
-    }
-    cluster.nodes.get(name).cloned().ok_or_else(|| Failure::not_found("node", name))
+async fn set_unschedulable(shared: &Shared, name: &str, unschedulable: bool) -> Result<wasmlet_api::Node, Failure> {
+    shared
+        .update(|cluster| {
+            let mut node = cluster.nodes.get(name).cloned().ok_or_else(|| Failure::not_found("node", name))?;
+            let mut txn = cluster.txn();
+            if node.spec.unschedulable != unschedulable {
+                node.spec.unschedulable = unschedulable;
+                txn.put_node(node);
+                let (reason, what) =
+                    if unschedulable { ("Cordoned", "no new instances go there") } else { ("Uncordoned", "it takes new instances again") };
+                txn.event(EventType::Normal, reason, ("Node", name), format!("node {name}: {what}"));
+            }
+            Ok((txn, ()))
+        })
+        .await?;
+    shared.cluster().nodes.get(name).cloned().ok_or_else(|| Failure::not_found("node", name))
 }
 
 pub async fn cordon(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    Ok(Json(set_unschedulable(&shared, &name, true)?).into_response())
+    Ok(Json(set_unschedulable(&shared, &name, true).await?).into_response())
 }
 
 pub async fn uncordon(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    Ok(Json(set_unschedulable(&shared, &name, false)?).into_response())
+    Ok(Json(set_unschedulable(&shared, &name, false).await?).into_response())
 }
 
 pub async fn drain(
@@ -100,27 +103,32 @@ pub async fn drain(
 ) -> Result<Response, Failure> {
     let params = ListParams::parse(&query)?;
     let timeout = params.timeout.unwrap_or(DRAIN_TIMEOUT);
-    set_unschedulable(&shared, &name, true)?;
+    set_unschedulable(&shared, &name, true).await?;
     let started = chrono::Utc::now();
-    let draining: Vec<(String, String)> = {
-        let mut cluster = shared.cluster();
-        let mut txn = cluster.txn();
-        let mut draining = Vec::new();
-        for placed in cluster.instances_on(&name) {
-            if !occupies_node(placed.instance.status.phase) {
-                continue;
+    let draining: Vec<(String, String)> = shared
+        .update(|cluster| {
+            let mut txn = cluster.txn();
+            let mut draining = Vec::new();
+            for placed in cluster.instances_on(&name) {
+                if !occupies_node(placed.instance.status.phase) {
+                    continue;
+                }
+                draining.push((placed.instance.metadata.name.clone(), placed.instance.spec.workload.clone()));
+                if !placed.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION) {
+                    let mut marked = placed.clone();
+                    marked.instance.metadata.annotations.insert(DRAINING_ANNOTATION.into(), "true".into());
+                    txn.put_instance(marked);
+                }
             }
-            draining.push((placed.instance.metadata.name.clone(), placed.instance.spec.workload.clone()));
-            if !placed.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION) {
-                let mut marked = placed.clone();
-                marked.instance.metadata.annotations.insert(DRAINING_ANNOTATION.into(), "true".into());
-                txn.put_instance(marked);
-            }
-        }
-        txn.event(EventType::Normal, "Draining", ("Node", &name), format!("draining node {name}: moving {} instance(s)", draining.len()));
-        cluster.commit(txn)?;
-        draining
-    };
+            txn.event(
+                EventType::Normal,
+                "Draining",
+                ("Node", &name),
+                format!("draining node {name}: moving {} instance(s)", draining.len()),
+            );
+            Ok((txn, draining))
+        })
+        .await?;
     let deadline = super::after(timeout);
     let remaining = |shared: &Shared| -> Vec<String> {
         let cluster = shared.cluster();

@@ -17,8 +17,8 @@ use crate::Shared;
 use crate::auth::{Caller, Role};
 use crate::cluster::Cluster;
 use crate::controller::workloads::max_replicas_problem;
-use crate::store::Kind;
 use crate::store::modules::ModuleProblem;
+use crate::store::{Kind, StoreError};
 
 type QueryPairs = Query<Vec<(String, String)>>;
 
@@ -183,22 +183,32 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
 
 pub async fn create_workload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {
     let mut workload = workload_from(&shared, &body, &headers).await?;
-    let mut cluster = shared.cluster();
     let name = workload.metadata.name.clone();
-    if cluster.workloads.contains_key(&name) {
-        return Err(Failure::new(
+    let exists = || {
+        Failure::new(
             StatusCode::CONFLICT,
             "AlreadyExists",
             format!("workload `{name}` already exists: change it with PUT /api/v1/workloads/{name}, or pick another name"),
-        ));
-    }
+        )
+    };
     workload.metadata.uid = None;
     workload.metadata.resource_version = None;
     workload.metadata.creation_timestamp = None;
-    let mut txn = cluster.txn();
+    let mut txn = {
+        let cluster = shared.cluster();
+        if cluster.workloads.contains_key(&name) {
+            return Err(exists());
+        }
+        cluster.txn()
+    };
     txn.put_workload(workload);
     txn.event(EventType::Normal, "Created", ("Workload", &name), format!("workload {name} created"));
-    cluster.commit(txn)?;
+    match shared.commit(txn).await {
+        // Created through another master meanwhile: the put expected no workload of that name.
+        Err(StoreError::Conflict { kind: Kind::Workload, .. }) => return Err(exists()),
+        result => result?,
+    };
+    let cluster = shared.cluster();
     let created = cluster.workloads.get(&name).map(|w| with_status(&cluster, w));
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -213,20 +223,28 @@ pub async fn replace_workload(
     if workload.metadata.name != name {
         return Err(Failure::invalid(format!("metadata.name: `{}` does not match the name in the URL, `{name}`", workload.metadata.name)));
     }
-    let mut cluster = shared.cluster();
-    let current = cluster.workloads.get(&name).ok_or_else(|| Failure::not_found("workload", &name))?;
-    if let Some(given) = workload.metadata.resource_version
-        && current.metadata.resource_version != Some(given)
-    {
-        return Err(Failure::conflict(format!(
+    let changed_since = |given: u64, now: Option<u64>| {
+        Failure::conflict(format!(
             "workload `{name}` was changed since resourceVersion {given} (it is now {}): GET it again, re-apply your change and PUT it with the new resourceVersion",
-            current.metadata.resource_version.unwrap_or(0)
-        )));
-    }
-    workload.metadata.uid = current.metadata.uid.clone();
-    workload.metadata.creation_timestamp = current.metadata.creation_timestamp;
-    let rolled = current.spec != workload.spec;
-    let mut txn = cluster.txn();
+            now.map_or_else(|| "deleted".to_string(), |r| r.to_string())
+        ))
+    };
+    let given = workload.metadata.resource_version;
+    let (mut txn, rolled) = {
+        let cluster = shared.cluster();
+        let current = cluster.workloads.get(&name).ok_or_else(|| Failure::not_found("workload", &name))?;
+        if let Some(given) = given
+            && current.metadata.resource_version != Some(given)
+        {
+            return Err(changed_since(given, current.metadata.resource_version));
+        }
+        // The write expects the revision read here: a write in between makes it a conflict.
+        workload.metadata.resource_version = current.metadata.resource_version;
+        workload.metadata.uid = current.metadata.uid.clone();
+        workload.metadata.creation_timestamp = current.metadata.creation_timestamp;
+        (cluster.txn(), current.spec != workload.spec)
+    };
+    let read_at = workload.metadata.resource_version.unwrap_or(0);
     txn.put_workload(workload);
     if rolled {
         txn.event(
@@ -236,23 +254,38 @@ pub async fn replace_workload(
             format!("workload {name} changed: rolling its instances over one at a time"),
         );
     }
-    cluster.commit(txn)?;
+    match shared.commit(txn).await {
+        Err(StoreError::Conflict { kind: Kind::Workload, .. }) => {
+            let now = shared.cluster().workloads.get(&name).and_then(|w| w.metadata.resource_version);
+            return Err(changed_since(given.unwrap_or(read_at), now));
+        }
+        result => result?,
+    };
+    let cluster = shared.cluster();
     let updated = cluster.workloads.get(&name).map(|w| with_status(&cluster, w));
     Ok(Json(updated).into_response())
 }
 
 pub async fn delete_workload(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
-    let mut cluster = shared.cluster();
-    let workload = cluster.workloads.get(&name).cloned().ok_or_else(|| Failure::not_found("workload", &name))?;
-    let mut txn = cluster.txn();
-    txn.delete(Kind::Workload, &name);
-    let instances: Vec<String> =
-        cluster.instances.values().filter(|p| p.instance.spec.workload == name).map(|p| p.instance.metadata.name.clone()).collect();
-    for instance in &instances {
-        txn.delete(Kind::Instance, instance);
-    }
-    let kind = if workload.spec.kind == WorkloadType::Job { "job" } else { "workload" };
-    txn.event(EventType::Normal, "Deleted", ("Workload", &name), format!("{kind} {name} deleted with its {} instance(s)", instances.len()));
-    cluster.commit(txn)?;
+    let workload = shared
+        .update(|cluster| {
+            let workload = cluster.workloads.get(&name).cloned().ok_or_else(|| Failure::not_found("workload", &name))?;
+            let mut txn = cluster.txn();
+            txn.delete(Kind::Workload, &name);
+            let instances: Vec<String> =
+                cluster.instances.values().filter(|p| p.instance.spec.workload == name).map(|p| p.instance.metadata.name.clone()).collect();
+            for instance in &instances {
+                txn.delete(Kind::Instance, instance);
+            }
+            let kind = if workload.spec.kind == WorkloadType::Job { "job" } else { "workload" };
+            txn.event(
+                EventType::Normal,
+                "Deleted",
+                ("Workload", &name),
+                format!("{kind} {name} deleted with its {} instance(s)", instances.len()),
+            );
+            Ok((txn, workload))
+        })
+        .await?;
     Ok(Json(workload).into_response())
 }

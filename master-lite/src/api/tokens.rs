@@ -60,12 +60,9 @@ pub async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Re
         (Role::Join, Some(ca)) => JoinToken { ca: *ca, token }.to_string(),
         _ => token.to_string(),
     };
-    {
-        let mut cluster = shared.cluster();
-        let mut txn = cluster.txn();
-        txn.put_token(record.clone());
-        cluster.commit(txn)?;
-    }
+    let mut txn = shared.cluster().txn();
+    txn.put_token(record.clone());
+    shared.commit(txn).await?;
     tracing::info!(id = %record.id, %role, expires = ?record.expires, "token created");
     Ok((StatusCode::CREATED, Json(CreatedToken { token: text, record: record.public() })).into_response())
 }
@@ -86,10 +83,9 @@ pub async fn revoke(
     let mut record = shared.tokens.get(&id).ok_or_else(|| Failure::not_found("token", &id))?;
     if record.revoked.is_none() {
         record.revoked = Some(Utc::now());
-        let mut cluster = shared.cluster();
-        let mut txn = cluster.txn();
+        let mut txn = shared.cluster().txn();
         txn.put_token(record.clone());
-        cluster.commit(txn)?;
+        shared.commit(txn).await?;
         tracing::info!(%id, role = %record.role, by = %caller, "token revoked");
     }
     Ok(Json(record.public()).into_response())

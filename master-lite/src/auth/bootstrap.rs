@@ -16,8 +16,9 @@ use wasmlet_security::tls::CertSlot;
 use wasmlet_security::{ClusterPki, JoinToken, Token, files, pki, tls};
 
 use super::{Role, TokenRecord};
-use crate::cluster::Cluster;
+use crate::Shared;
 use crate::config::MasterConfig;
+use crate::store::Store;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const JOIN_TOKEN_FILE: &str = "join.token";
@@ -32,14 +33,41 @@ pub struct Secrets {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Loads or creates the CAs, the serving certificate and the bootstrap tokens.
-pub fn prepare(config: &MasterConfig, cluster: &mut Cluster) -> anyhow::Result<Secrets> {
+/// The files of the cluster's CAs in `pki/`, which all masters of a cluster share.
+const PKI_FILES: [&str; 4] = ["ca.crt", "ca.key", "nodes-ca.crt", "nodes-ca.key"];
+
+/// Loads or creates the CAs and the serving certificate. The CAs are the
+/// cluster's, kept by `store` for every master: the first master's, which
+/// later ones write into their data dirs (a data dir with other CAs is refused).
+pub async fn prepare(config: &MasterConfig, store: &dyn Store) -> anyhow::Result<Secrets> {
     let dir = &config.data_dir;
-    let (pki, created) = ClusterPki::load_or_create(&dir.join(PKI_DIR)).context("the cluster's CAs")?;
-    if created.cluster {
+    let pki_dir = dir.join(PKI_DIR);
+    let had_pki = pki_dir.join(PKI_FILES[0]).exists();
+    let (mut pki, created) = ClusterPki::load_or_create(&pki_dir).context("the cluster's CAs")?;
+    let ours = pki_bundle(&pki_dir)?;
+    let kept = store.share(PKI_DIR, ours.clone()).await.context("sharing the cluster's CAs")?;
+    if kept != ours {
+        if had_pki {
+            anyhow::bail!(
+                "the CAs in {} are not this cluster's (another master of {} created the cluster's first): \
+                 this data dir belongs to another cluster. Move {} away to take the cluster's CAs",
+                pki_dir.display(),
+                store.describe(),
+                pki_dir.display()
+            );
+        }
+        let files: std::collections::BTreeMap<String, String> = serde_json::from_slice(&kept).context("the cluster's CAs in the store")?;
+        for name in PKI_FILES {
+            let text = files.get(name).with_context(|| format!("the cluster's CAs in the store have no {name}"))?;
+            files::write_private(&pki_dir.join(name), text.as_bytes())?;
+        }
+        (pki, _) = ClusterPki::load_or_create(&pki_dir).context("the cluster's CAs")?;
+        tracing::info!(fingerprint = %pki.fingerprint(), dir = %pki_dir.display(), "took the cluster's CAs from the store");
+    }
+    if created.cluster && kept == ours {
         tracing::info!(fingerprint = %pki.fingerprint(), dir = %dir.join(PKI_DIR).display(), "created the cluster CA");
     }
-    if created.nodes {
+    if created.nodes && kept == ours {
         tracing::info!(fingerprint = %pki.nodes().fingerprint(), dir = %dir.join(PKI_DIR).display(), "created the node CA (node certificates)");
     }
     let (serving, tls) = if config.insecure_http {
@@ -51,12 +79,19 @@ pub fn prepare(config: &MasterConfig, cluster: &mut Cluster) -> anyhow::Result<S
         let tls = tls::server_with_slot(slot.clone()).context("the TLS configuration")?;
         (Some(slot), Some(tls))
     };
-    ensure_token(cluster, &dir.join(ADMIN_TOKEN_FILE), Role::Admin, "the admin token of the first start", |t| t.to_string())?;
-    let ca = pki.fingerprint();
+    Ok(Secrets { pki, serving, tls })
+}
+
+/// Loads or creates the bootstrap tokens: the admin token and a join token.
+pub async fn ensure_tokens(shared: &Shared) -> anyhow::Result<()> {
+    let dir = &shared.config.data_dir;
+    ensure_token(shared, &dir.join(ADMIN_TOKEN_FILE), Role::Admin, "the admin token of the first start", |t| t.to_string()).await?;
+    let ca = shared.pki.fingerprint();
     let join_file = dir.join(JOIN_TOKEN_FILE);
-    let created_join = ensure_token(cluster, &join_file, Role::Join, "the join token of the first start", |t| {
+    let created_join = ensure_token(shared, &join_file, Role::Join, "the join token of the first start", |t| {
         JoinToken { ca, token: t.clone() }.to_string()
-    })?;
+    })
+    .await?;
     if created_join {
         // The file and the command, never the token: logs travel further than the data dir.
         tracing::info!(
@@ -65,7 +100,18 @@ pub fn prepare(config: &MasterConfig, cluster: &mut Cluster) -> anyhow::Result<S
             dir.display()
         );
     }
-    Ok(Secrets { pki, serving, tls })
+    Ok(())
+}
+
+/// The CA files of `dir` as one value, to share with the other masters.
+fn pki_bundle(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    for name in PKI_FILES {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        files.insert(name, text);
+    }
+    Ok(serde_json::to_vec(&files)?)
 }
 
 /// The command that joins a node with the join token in `join.token`.
@@ -83,8 +129,8 @@ pub fn join_command(config: &MasterConfig) -> anyhow::Result<String> {
 
 /// Makes sure the token in `file` is recorded, creating both when the file is missing.
 /// Returns whether it created the token.
-fn ensure_token(
-    cluster: &mut Cluster,
+async fn ensure_token(
+    shared: &Shared,
     file: &Path,
     role: Role,
     description: &str,
@@ -92,22 +138,22 @@ fn ensure_token(
 ) -> anyhow::Result<bool> {
     if let Some(existing) = files::read_secret(file)? {
         let token = Token::from_bearer(&existing).with_context(|| format!("{}", file.display()))?;
-        if cluster.tokens.get(&token.id).is_none() {
+        if shared.tokens.get(&token.id).is_none() {
             tracing::warn!(file = %file.display(), "the store had no record of this token; recording it again");
-            commit_token(cluster, TokenRecord::new(&token, role, description, None))?;
+            commit_token(shared, TokenRecord::new(&token, role, description, None)).await?;
         }
         return Ok(false);
     }
     let token = Token::generate()?;
-    commit_token(cluster, TokenRecord::new(&token, role, description, None))?;
+    commit_token(shared, TokenRecord::new(&token, role, description, None)).await?;
     files::write_private(file, format!("{}\n", text(&token)).as_bytes())?;
     Ok(true)
 }
 
-fn commit_token(cluster: &mut Cluster, record: TokenRecord) -> anyhow::Result<()> {
-    let mut txn = cluster.txn();
+async fn commit_token(shared: &Shared, record: TokenRecord) -> anyhow::Result<()> {
+    let mut txn = shared.cluster().txn();
     txn.put_token(record);
-    cluster.commit(txn).context("recording a token")?;
+    shared.commit(txn).await.context("recording a token")?;
     Ok(())
 }
 

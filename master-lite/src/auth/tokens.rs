@@ -75,6 +75,10 @@ pub struct TokenRecord {
     pub expires: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<DateTime<Utc>>,
+    /// The store revision of the record's last write (not stored: the store
+    /// knows it); a write of the record expects it, so concurrent changes conflict.
+    #[serde(skip)]
+    pub revision: Option<u64>,
 }
 
 impl TokenRecord {
@@ -87,6 +91,7 @@ impl TokenRecord {
             created: Utc::now(),
             expires,
             revoked: None,
+            revision: None,
         }
     }
 
@@ -159,6 +164,10 @@ impl TokenTable {
 
     pub fn remove(&self, id: &str) {
         self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    pub fn clear(&self) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The caller a bearer token stands for.

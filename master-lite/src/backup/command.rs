@@ -25,7 +25,7 @@ use crate::admin::Admin;
 use crate::auth::bootstrap::{ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, PKI_DIR};
 use crate::config::MasterConfig;
 use crate::store::modules::MODULES_DIR;
-use crate::store::{Batch, Op, RedbStore, STORE_FILE, Store};
+use crate::store::{RedbStore, STORE_FILE};
 
 /// The data dir's files a backup carries beside the store: what makes a
 /// restored master the same cluster to its agents and its admins.
@@ -254,10 +254,10 @@ impl Stage {
 
     /// Reads the whole backup into the stage: a new store with every record, the modules, the files.
     fn fill(&self, input: impl io::Read) -> anyhow::Result<Contents> {
-        let mut ops = Vec::new();
+        let mut records = Vec::new();
         let contents = read(input, |item| match item {
             Item::Record { kind, name, value } => {
-                ops.push(Op::Put { kind, name, value });
+                records.push((kind, name, value));
                 Ok(())
             }
             Item::Module { digest, data, .. } => {
@@ -273,7 +273,7 @@ impl Stage {
             }
         })?;
         let store = RedbStore::create(&self.dir.join(STORE_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-        store.commit(&Batch { revision: contents.revision, epoch: contents.epoch, ops }).map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.import(contents.revision, contents.epoch, records).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(contents)
     }
 }

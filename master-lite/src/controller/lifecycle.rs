@@ -40,23 +40,45 @@ pub struct Leases {
     /// "back" — a node tainted before a restart is not back because the
     /// restart counted it as renewed.
     heard: std::collections::HashSet<String>,
+    /// Renewals received since they were last handed to the leader (see `relay`).
+    unpublished: HashMap<String, Instant>,
 }
 
 impl Leases {
     /// Every known node counts as renewed at `now`: after a master restart,
     /// nodes are not declared dead because the master was down.
     pub fn starting_at(nodes: impl IntoIterator<Item = String>, now: Instant) -> Self {
-        Leases { renewed: nodes.into_iter().map(|n| (n, now)).collect(), reported: HashMap::new(), heard: Default::default() }
+        Leases {
+            renewed: nodes.into_iter().map(|n| (n, now)).collect(),
+            reported: HashMap::new(),
+            heard: Default::default(),
+            unpublished: HashMap::new(),
+        }
     }
 
+    /// A renewal this master received from the node's agent.
     pub fn renew(&mut self, node: &str, now: Instant) {
+        self.heard_from(node, now);
+        match self.unpublished.get_mut(node) {
+            Some(at) => *at = now,
+            None => drop(self.unpublished.insert(node.to_string(), now)),
+        }
+    }
+
+    /// A renewal at `at`, received by this master or relayed from another; an older one changes nothing.
+    pub fn heard_from(&mut self, node: &str, at: Instant) {
         if !self.heard.contains(node) {
             self.heard.insert(node.to_string());
         }
         match self.renewed.get_mut(node) {
-            Some(at) => *at = now,
-            None => drop(self.renewed.insert(node.to_string(), now)),
+            Some(last) => *last = (*last).max(at),
+            None => drop(self.renewed.insert(node.to_string(), at)),
         }
+    }
+
+    /// The renewals received since the last call, each with how long ago it was at `now`.
+    pub fn take_unpublished(&mut self, now: Instant) -> Vec<(String, Duration)> {
+        self.unpublished.drain().map(|(node, at)| (node, now.saturating_duration_since(at))).collect()
     }
 
     pub fn report(&mut self, node: &str, conditions: Vec<Condition>) {
@@ -64,6 +86,7 @@ impl Leases {
     }
 
     pub fn forget(&mut self, node: &str) {
+        self.unpublished.remove(node);
         self.renewed.remove(node);
         self.reported.remove(node);
         self.heard.remove(node);
@@ -132,7 +155,7 @@ impl LifecycleController {
                 let silence = match leases.silence(name, now) {
                     Some(s) => s,
                     None => {
-                        leases.renew(name, now);
+                        leases.heard_from(name, now);
                         Duration::ZERO
                     }
                 };

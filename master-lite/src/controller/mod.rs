@@ -14,6 +14,7 @@
 //! stops there, the next one follows at once.
 
 pub mod lifecycle;
+pub mod relay;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use wasmlet_api::Placement as EveryNode;
 
 use crate::Shared;
 use crate::cluster::Cluster;
-use crate::store::Kind;
+use crate::store::{Fence, Kind, StoreError};
 
 /// How long the loop gathers changes before it runs.
 pub const COALESCE: Duration = Duration::from_millis(25);
@@ -47,8 +48,77 @@ impl Seen {
     }
 }
 
-/// Runs both controllers until `shutdown`.
-pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+/// Campaigns for the leadership of the cluster and runs the controllers
+/// while this master leads, until `shutdown`. Every write they make is fenced
+/// with the leadership: once it is lost, none commits.
+pub async fn lead(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let lost = shutdown.child_token();
+        let fence = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            won = shared.store.campaign(&shared.name, lost.clone()) => match won {
+                Ok(fence) => fence,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot campaign for the leadership; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            },
+        };
+        tracing::info!(master = %shared.name, "leading the cluster: running the controllers");
+        shared.metrics.is_leader.set(1);
+        // Leases are kept in memory: every node counts as heard at the takeover,
+        // so a change of leader never turns nodes NotReady nor hands their work off.
+        let nodes: Vec<String> = shared.cluster().nodes.keys().cloned().collect();
+        *shared.leases() = lifecycle::Leases::starting_at(nodes, tokio::time::Instant::now());
+        tokio::spawn(relay::follow(shared.clone(), lost.clone()));
+        tokio::spawn(compact(shared.clone(), lost.clone()));
+        run(shared.clone(), lost.clone(), fence).await;
+        shared.metrics.is_leader.set(0);
+        lost.cancel();
+        if shutdown.is_cancelled() {
+            shared.store.resign(fence).await;
+            return;
+        }
+        tracing::warn!(master = %shared.name, "no longer leads the cluster: the controllers stopped");
+    }
+}
+
+/// On the leader: forgets the store's history older than [`KEEP_HISTORY`], as
+/// it goes (etcd keeps every revision until it is compacted). A master whose
+/// watch falls further behind loads the store again.
+async fn compact(shared: Arc<Shared>, lost: CancellationToken) {
+    let mut seen = std::collections::VecDeque::new();
+    let mut every = tokio::time::interval(KEEP_HISTORY / 5);
+    loop {
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        seen.push_back((now, shared.cluster().revision));
+        let mut oldest = None;
+        while let Some((at, revision)) = seen.front().copied()
+            && now.duration_since(at) >= KEEP_HISTORY
+        {
+            oldest = Some(revision);
+            seen.pop_front();
+        }
+        if let Some(revision) = oldest
+            && let Err(e) = shared.store.compact(revision).await
+        {
+            tracing::warn!(error = %e, revision, "cannot compact the store's history");
+        }
+    }
+}
+
+/// How much of the store's history the leader keeps (kube-apiserver compacts every 5 minutes too).
+pub const KEEP_HISTORY: Duration = Duration::from_secs(300);
+
+/// Runs both controllers until `shutdown` (or the leadership is lost).
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence) {
     let mut lifecycle = lifecycle::LifecycleController::new(&shared.config);
     let mut workloads = workloads::WorkloadController::default();
     let mut changes = shared.cluster().subscribe();
@@ -87,36 +157,43 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             }
         }
         let now = tokio::time::Instant::now();
-        let mut cluster = shared.cluster();
         if timer || woken {
-            let txn = lifecycle.tick(&cluster, &shared.leases, &shared.config, &shared.metrics, now);
-            if let Err(e) = cluster.commit(txn) {
-                tracing::error!(error = %e, "the node lifecycle controller could not write its decisions; retrying");
+            let mut txn = lifecycle.tick(&shared.cluster(), &shared.leases, &shared.config, &shared.metrics, now);
+            txn.fence(fence);
+            match shared.commit(txn).await {
+                Ok(_) => {}
+                Err(StoreError::Fenced) => return,
+                Err(e) => tracing::error!(error = %e, "the node lifecycle controller could not write its decisions; retrying"),
             }
         }
-        let current = Seen::of(&cluster);
-        let due = match seen {
-            _ if timer || again => true,
-            None => true,
-            Some(last) => {
-                last.workloads != current.workloads
-                    || last.instances != current.instances
-                    || (last.nodes != current.nodes
-                        && (workloads.waiting_for_nodes()
-                            || cluster.workloads.values().any(|w| w.spec.placement == Some(EveryNode::EveryNode))))
-            }
+        let txn = {
+            let cluster = shared.cluster();
+            let current = Seen::of(&cluster);
+            let due = match seen {
+                _ if timer || again => true,
+                None => true,
+                Some(last) => {
+                    last.workloads != current.workloads
+                        || last.instances != current.instances
+                        || (last.nodes != current.nodes
+                            && (workloads.waiting_for_nodes()
+                                || cluster.workloads.values().any(|w| w.spec.placement == Some(EveryNode::EveryNode))))
+                }
+            };
+            due.then(|| workloads.reconcile(&cluster, &shared.config, &shared.metrics, now))
         };
-        if due {
-            let txn = workloads.reconcile(&cluster, &shared.config, &shared.metrics, now);
-            again = match cluster.commit(txn) {
+        if let Some(mut txn) = txn {
+            txn.fence(fence);
+            again = match shared.commit(txn).await {
                 Ok(_) => workloads.more_to_do(),
+                Err(StoreError::Fenced) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "the workload controller could not write its decisions; retrying");
                     false
                 }
             };
             // Our own commit counts as seen; should it have failed, the timer retries.
-            seen = Some(Seen::of(&cluster));
+            seen = Some(Seen::of(&shared.cluster()));
         }
         // Seen our own commits: only later changes wake the loop again.
         changes.borrow_and_update();

@@ -36,9 +36,9 @@ pub const DRAINING_ANNOTATION: &str = "wasmlet.io/draining";
 pub const WORKLOAD_LABEL: &str = "wasmlet.io/workload";
 
 /// Marks the stored workloads the master will not act on (they break a limit
-/// of this master, e.g. `--max-replicas`, or of the API), and records a Warning
+/// of this master, e.g. `--max-replicas`, or of the API); returns a Warning
 /// event and a log line for each object in [`Cluster::invalid`]. Run once at start.
-pub fn check_stored(cluster: &mut Cluster, config: &MasterConfig) -> Result<(), crate::store::StoreError> {
+pub fn check_stored(cluster: &mut Cluster, config: &MasterConfig) -> Txn {
     for (name, workload) in &cluster.workloads {
         if cluster.invalid(Kind::Workload, name).is_some() {
             continue;
@@ -57,7 +57,7 @@ pub fn check_stored(cluster: &mut Cluster, config: &MasterConfig) -> Result<(), 
             format!("{kind} `{name}` in the store is not acted on: {problem}; fix it (apply it again) or delete it"),
         );
     }
-    cluster.commit(txn).map(drop)
+    txn
 }
 
 /// Why an (already stored) workload breaks a limit, if it does.

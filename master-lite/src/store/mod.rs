@@ -1,17 +1,29 @@
-//! Durable storage of the cluster's objects.
+//! Durable storage of the cluster's objects, shared by every master of a cluster.
 //!
-//! The master keeps every object in memory ([`crate::cluster`]) and writes
-//! through a [`Store`]: a write is answered only after the store committed it
-//! durably. The store sees objects as JSON bytes under a [`Kind`] and a name,
-//! written in [`Batch`]es that commit all or nothing, plus two counters (the
-//! global revision and the epoch). [`RedbStore`] is the embedded default; a
-//! distributed backend is a second implementation of the trait.
+//! The store sees objects as bytes under a [`Kind`] and a name. A [`Write`]
+//! commits all of its [`Op`]s or none: each op may expect the object to be
+//! absent or at a given revision (compare-and-set), and a write may be
+//! [`Fence`]d, committing only while its master still leads. Every commit gets
+//! the next global revision, which is also the revision of each object it
+//! writes (`metadata.resourceVersion`). Masters never read the store for an
+//! answer: each keeps a view in memory ([`crate::cluster`]), loaded once and
+//! kept current by [`Store::watch`], which delivers every commit, its own and
+//! other masters', in revision order.
 //!
-//! `modules` keeps the content-addressed module files beside the store.
+//! - `redb`: the embedded default, one file in the data dir, one master.
+//! - `etcd`: a cluster of etcd servers, shared by several masters, with the
+//!   leader election ([`Store::campaign`]) that makes one of them run the controllers.
+//! - `modules`: the content-addressed module files beside the store.
 
+pub mod conformance;
+mod etcd;
 pub mod modules;
 mod redb;
 
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+pub use self::etcd::{EtcdSettings, EtcdStore};
 pub use self::redb::{RedbStore, STORE_FILE};
 
 /// The collections of objects the store holds.
@@ -47,43 +59,153 @@ impl Kind {
     }
 }
 
-/// One change inside a [`Batch`].
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put { kind: Kind, name: String, value: Vec<u8> },
-    Delete { kind: Kind, name: String },
+/// What an [`Op`] expects of the object before it: the compare of compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there.
+    Any,
+    /// No object of that name.
+    Absent,
+    /// The object, last written at this revision.
+    Revision(u64),
 }
 
-/// Changes committed together, with the counters as they are after them.
+/// One change inside a [`Write`].
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put { kind: Kind, name: String, value: Vec<u8>, expect: Expect },
+    Delete { kind: Kind, name: String, expect: Expect },
+}
+
+impl Op {
+    pub fn key(&self) -> (Kind, &str) {
+        match self {
+            Op::Put { kind, name, .. } | Op::Delete { kind, name, .. } => (*kind, name),
+        }
+    }
+
+    pub fn expect(&self) -> Expect {
+        match self {
+            Op::Put { expect, .. } | Op::Delete { expect, .. } => *expect,
+        }
+    }
+}
+
+/// Changes committed together, or not at all.
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    pub ops: Vec<Op>,
+    /// The epoch counter moves from `.0` to `.1` (only if it still is `.0`).
+    pub epoch: Option<(u64, u64)>,
+    /// Commit only while this leadership is held.
+    pub fence: Option<Fence>,
+}
+
+/// A leadership as [`Store::campaign`] won it: writes fenced with it commit
+/// only while no other master took over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence(pub u64);
+
+/// One commit as watchers see it.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub revision: u64,
-    pub epoch: u64,
-    pub ops: Vec<Op>,
+    /// The epoch counter, when the commit moved it.
+    pub epoch: Option<u64>,
+    pub changes: Vec<Change>,
 }
 
-/// Everything the store holds, read once at start.
+/// An object written (`value`) or deleted (`None`) by a commit.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub kind: Kind,
+    pub name: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One stored object and the revision of its last write.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub kind: Kind,
+    pub name: String,
+    pub revision: u64,
+    pub value: Vec<u8>,
+}
+
+/// Everything the store holds, as of one revision.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub revision: u64,
     pub epoch: u64,
-    pub objects: Vec<(Kind, String, Vec<u8>)>,
+    pub objects: Vec<Stored>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// An [`Expect`] of the write did not hold: someone wrote first.
+    #[error("{} `{name}` was changed by another write", .kind.table())]
+    Conflict { kind: Kind, name: String },
+    /// The write was fenced and this master no longer leads.
+    #[error("this master no longer leads the cluster; its write was not committed")]
+    Fenced,
+    /// The store cannot be reached, or cannot commit (no quorum).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A watch from a revision the store no longer has.
+    #[error("the store no longer has revision {0}: relist")]
+    Compacted(u64),
+    #[error("store: {0}")]
+    Other(String),
+}
 
-/// What [`Store::export`] hands every object to: its kind, name and bytes.
-pub type Visit<'a> = dyn FnMut(Kind, &str, &[u8]) -> std::io::Result<()> + 'a;
+impl StoreError {
+    pub fn other(e: impl std::fmt::Display) -> Self {
+        StoreError::Other(e.to_string())
+    }
+}
 
-/// Durable, transactional storage behind the master.
+/// The commits after a revision, in order.
+pub type Watch = BoxStream<'static, Result<Batch, StoreError>>;
+
+/// Durable, transactional storage behind the masters of a cluster.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Reads every object and the counters.
-    fn load(&self) -> Result<Snapshot, StoreError>;
-    /// Commits all of `batch` durably, or nothing of it.
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
-    /// Visits every object as of one consistent moment (while commits go on),
-    /// and returns the counters `(revision, epoch)` of that moment.
-    fn export(&self, visit: &mut Visit<'_>) -> Result<(u64, u64), StoreError>;
+    /// What the store is, for logs: its kind and where it is.
+    fn describe(&self) -> String;
+    /// Reads every object and the counters at one revision.
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Commits all of `write` durably, or nothing of it; returns its revision.
+    async fn commit(&self, write: Write) -> Result<u64, StoreError>;
+    /// Every commit after `revision`, in order; [`StoreError::Compacted`] when
+    /// the store cannot go back that far (the watcher loads anew).
+    async fn watch(&self, revision: u64) -> Result<Watch, StoreError>;
+    /// The newest revision the store has committed (a fresh read).
+    async fn current_revision(&self) -> Result<u64, StoreError>;
+    /// Waits until this master (`name`) leads the cluster, then returns its
+    /// fence; `lost` is cancelled when the leadership ends (or could not be
+    /// kept), after which fenced writes fail. A store of one master leads at once.
+    async fn campaign(&self, name: &str, lost: CancellationToken) -> Result<Fence, StoreError>;
+    /// Gives the leadership up (at shutdown), so another master takes over at once.
+    async fn resign(&self, fence: Fence);
+    /// The name of the master that leads now, if any.
+    async fn leader(&self) -> Result<Option<String>, StoreError>;
+    /// Keeps `value` under `name` for every master of the cluster unless one
+    /// was kept there first; returns what is kept (the cluster's CA: the first
+    /// master's). A store of one master keeps nothing and returns `value`.
+    async fn share(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError>;
+    /// Hands the lease renewals this master received (each node, and how long
+    /// ago) to whichever master leads. A store of one master drops them: it leads.
+    async fn publish_renewals(&self, master: &str, renewals: Vec<Renewal>) -> Result<(), StoreError>;
+    /// The renewals the other masters publish, as they come (the leader follows them).
+    async fn renewals(&self) -> Result<BoxStream<'static, Vec<Renewal>>, StoreError>;
+    /// Forgets the history before `revision` (watches cannot resume before it).
+    async fn compact(&self, revision: u64) -> Result<(), StoreError>;
+}
+
+/// A node's lease renewal, `ago` before it was published.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Renewal {
+    pub node: String,
+    #[serde(rename = "agoMs")]
+    pub ago_ms: u64,
 }

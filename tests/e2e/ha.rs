@@ -1,0 +1,158 @@
+//! Three masters on a cluster of three real etcd servers (Debian's
+//! `etcd-server`, on loopback with their own data dirs): one leads, every one
+//! serves, and losing the leader loses nothing.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use wasmlet_api::{Phase, Workload};
+use wasmlet_tests::{Agent, EtcdCluster, Master, signal, wait_for, workload_manifest};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `count` masters on `etcd` under `prefix`.
+fn masters(etcd: &EtcdCluster, prefix: &str, count: usize) -> Vec<Master> {
+    let endpoints = etcd.endpoints();
+    (0..count)
+        .map(|_| Master::start(&["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-prefix", prefix]).expect("a master starts"))
+        .collect()
+}
+
+fn is_leader(master: &Master) -> Option<bool> {
+    let text = master.client().get(format!("{}/metrics", master.url)).timeout(Duration::from_secs(2)).send().ok()?.text().ok()?;
+    let line = text.lines().find(|l| l.starts_with("wasmlet_master_is_leader "))?;
+    Some(line.ends_with(" 1"))
+}
+
+/// The index of the one master that says it leads, once exactly one does (among those not in `skip`).
+fn leader(masters: &[Master], skip: &[usize]) -> usize {
+    wait_for(WAIT, "exactly one master leads", || {
+        let leading: Vec<usize> =
+            (0..masters.len()).filter(|i| !skip.contains(i)).filter(|i| is_leader(&masters[*i]) == Some(true)).collect();
+        (leading.len() == 1).then(|| leading[0])
+    })
+}
+
+fn join(master: &Master, name: &str) -> Agent {
+    let args = ["--master", master.url.as_str(), "--join-token", master.join_token.as_str(), "--name", name, "--sample-interval", "500ms"];
+    Agent::start(&args).expect("agent starts")
+}
+
+fn sensor(name: &str, replicas: u32) -> Workload {
+    let text = workload_manifest(name, "sensor", "daemon", &format!("  replicas: {replicas}\n  args: [\"--interval\", \"200\"]\n"));
+    wasmlet_api::from_yaml(&text).expect("manifest")
+}
+
+fn running(master: &Master, workload: &str) -> Vec<wasmlet_api::Instance> {
+    master.instances().into_iter().filter(|i| i.spec.workload == workload && i.status.phase == Phase::Running).collect()
+}
+
+#[test]
+fn the_etcd_store_keeps_the_store_contract() {
+    let etcd = EtcdCluster::start(3).expect("etcd starts");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let mut settings = wasmlet_master::MasterConfig::for_data_dir("/nonexistent").etcd();
+        settings.endpoints = etcd.endpoints().split(',').map(String::from).collect();
+        settings.prefix = "/contract".into();
+        let store = wasmlet_master::store::EtcdStore::connect(settings).await.expect("connects");
+        wasmlet_master::store::conformance::check(&store).await;
+    });
+}
+
+/// Three masters share one CA and every object; one leads; an object written
+/// through one is read through the others; a killed leader is replaced and
+/// the nodes notice nothing: no NotReady, no instance restarted or moved.
+#[test]
+fn three_masters_serve_one_cluster_and_survive_losing_the_leader() {
+    let etcd = EtcdCluster::start(3).expect("etcd starts");
+    let mut masters = masters(&etcd, "/three", 3);
+    for master in &masters[1..] {
+        assert_eq!(master.ca_pem, masters[0].ca_pem, "every master serves with the cluster's one CA");
+    }
+    let first = leader(&masters, &[]);
+    // Agents talk to masters that do not lead: their renewals reach the leader through the store.
+    let followers: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let _a = join(&masters[followers[0]], "a");
+    let _b = join(&masters[followers[1]], "b");
+    for master in &masters {
+        master.upload_example("sensor").expect("upload");
+    }
+    wait_for(WAIT, "two Ready nodes on every master", || {
+        masters.iter().all(|m| m.nodes().iter().filter(|n| n.is_ready()).count() == 2).then_some(())
+    });
+    let (status, body) = masters[followers[0]].send_json(Method::POST, "/workloads", &sensor("s", 2)).expect("POST");
+    assert_eq!(status, 201, "{body}");
+    // A create of the same name through another master is refused: one store, one answer.
+    let (status, body) = masters[followers[1]].send_json(Method::POST, "/workloads", &sensor("s", 2)).expect("POST");
+    assert_eq!(status, 409, "{body}");
+    let before = wait_for(WAIT, "two instances Running, seen through the third master", || {
+        let running = running(&masters[first], "s");
+        (running.len() == 2).then_some(running)
+    });
+    // Longer than the grace period (800 ms): the leader hears the nodes through the other masters.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let killed_at = Instant::now();
+    masters[first].kill();
+    let second = leader(&masters, &[first]);
+    assert_ne!(second, first);
+    eprintln!("a new leader after {:?}", killed_at.elapsed());
+    let (status, body) = masters[second].send_json(Method::POST, "/workloads", &sensor("after", 1)).expect("POST");
+    assert_eq!(status, 201, "a write through the new leader: {body}");
+    wait_for(WAIT, "the new workload Running", || (running(&masters[second], "after").len() == 1).then_some(()));
+    // Several grace periods later: nothing noticed the change of leader.
+    std::thread::sleep(Duration::from_secs(3));
+    let master = &masters[second];
+    let not_ready: Vec<_> = master.events().into_iter().filter(|e| e.reason == "NodeNotReady" || e.reason == "HandedOff").collect();
+    assert!(not_ready.is_empty(), "no node went NotReady, nothing was handed off: {not_ready:?}");
+    assert!(master.nodes().iter().all(|n| n.is_ready()), "{:?}", master.nodes());
+    let after = running(master, "s");
+    let names = |list: &[wasmlet_api::Instance]| {
+        let mut names: Vec<(String, String, u32)> =
+            list.iter().map(|i| (i.metadata.name.clone(), i.spec.node.clone(), i.status.restarts)).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&after), names(&before), "the same instances on the same nodes, none restarted");
+}
+
+/// A leader frozen past its lease is replaced; when it thaws, its stale view
+/// (every node silent for seconds) must not turn into writes: its fence is gone.
+#[test]
+fn a_paused_leader_writes_nothing_once_another_took_over() {
+    let etcd = EtcdCluster::start(3).expect("etcd starts");
+    let masters = masters(&etcd, "/paused", 3);
+    let first = leader(&masters, &[]);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let _a = join(&masters[followers[0]], "a");
+    for master in &masters {
+        master.upload_example("sensor").expect("upload");
+    }
+    let (status, body) = masters[followers[0]].send_json(Method::POST, "/workloads", &sensor("s", 1)).expect("POST");
+    assert_eq!(status, 201, "{body}");
+    let before = wait_for(WAIT, "the instance Running", || {
+        let running = running(&masters[followers[1]], "s");
+        (running.len() == 1).then_some(running)
+    });
+
+    let pid = masters[first].pid().expect("the leader runs");
+    signal(pid, rustix::process::Signal::STOP);
+    let second = leader(&masters, &[first]);
+    // Past the lost-after (2 s) as the frozen leader counts: every lease it knows looks expired.
+    std::thread::sleep(Duration::from_secs(3));
+    signal(pid, rustix::process::Signal::CONT);
+    wait_for(WAIT, "the old leader serves as a follower", || (is_leader(&masters[first]) == Some(false)).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(leader(&masters, &[]), second, "the new leader still leads");
+    let master = &masters[second];
+    let stale: Vec<_> = master.events().into_iter().filter(|e| e.reason == "NodeNotReady" || e.reason == "HandedOff").collect();
+    assert!(stale.is_empty(), "the thawed leader wrote nothing: {stale:?}");
+    let after = running(master, "s");
+    assert_eq!(
+        after.iter().map(|i| (&i.metadata.name, i.status.restarts)).collect::<Vec<_>>(),
+        before.iter().map(|i| (&i.metadata.name, i.status.restarts)).collect::<Vec<_>>()
+    );
+    let logs = masters[first].logs.lock().expect("log lock").join("\n");
+    assert!(logs.contains("no longer leads the cluster"), "the old leader says it stepped down:\n{logs}");
+}
