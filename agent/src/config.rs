@@ -128,7 +128,9 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_API_ADDR", value_name = "HOST:PORT")]
     pub api_addr: Option<SocketAddr>,
 
-    /// URL of the master to join, e.g. `https://10.0.0.1:7070`; without it the agent runs on its own.
+    /// URL of the master to join, e.g. `https://10.0.0.1:7070`, or of each master of a cluster
+    /// comma-separated (on a failure to connect or a 5xx the agent moves to the next);
+    /// without it the agent runs on its own.
     #[arg(long, global = true, env = "WASMLET_MASTER", value_name = "URL")]
     pub master: Option<String>,
 

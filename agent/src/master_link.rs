@@ -58,7 +58,8 @@ use crate::supervisor::{DesiredInstance, Source, Supervisor};
 /// What the link is told at start.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
-    /// Base URL of the master, e.g. `http://10.0.0.1:7070`.
+    /// Base URL of the master, e.g. `https://10.0.0.1:7070`, or of several
+    /// masters of one cluster, comma-separated.
     pub master: String,
     pub join: Option<JoinToken>,
     /// What an earlier registration gave, from `<data-dir>/credential.json`.
@@ -97,6 +98,10 @@ struct Timings {
 
 pub struct MasterLink {
     settings: LinkSettings,
+    /// The cluster's masters (one, or several sharing a store), as `--master` lists them.
+    masters: Vec<String>,
+    /// The one requests go to; the next one after a failure to connect or a 5xx.
+    current: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
     supervisor: Arc<Supervisor>,
     reports: watch::Receiver<Arc<Report>>,
@@ -148,8 +153,12 @@ impl MasterLink {
         supervisor: Arc<Supervisor>,
         reports: watch::Receiver<Arc<Report>>,
     ) -> anyhow::Result<Arc<MasterLink>> {
-        let master = settings.master.trim_end_matches('/').to_string();
-        let mut settings = LinkSettings { master, ..settings };
+        let masters: Vec<String> =
+            settings.master.split(',').map(|m| m.trim().trim_end_matches('/').to_string()).filter(|m| !m.is_empty()).collect();
+        if masters.is_empty() {
+            bail!("--master is empty: give the URL of the master, or of each master comma-separated");
+        }
+        let mut settings = LinkSettings { master: masters.join(","), ..settings };
         let saved = settings.saved.take();
         let join = &settings.join;
         let pinned = match &saved {
@@ -173,11 +182,12 @@ impl MasterLink {
             ),
             None => join.as_ref().map(|j| j.ca),
         };
-        let https = settings.master.starts_with("https://");
-        if !https && !settings.insecure_http {
+        let https = masters.iter().all(|m| m.starts_with("https://"));
+        if let Some(plain) = masters.iter().find(|m| !m.starts_with("https://"))
+            && !settings.insecure_http
+        {
             bail!(
-                "--master {} is plain HTTP: the join token and the node's credential would cross the network readable; use https:// (or --insecure-http for a lab)",
-                settings.master
+                "--master {plain} is plain HTTP: the join token and the node's credential would cross the network readable; use https:// (or --insecure-http for a lab)"
             );
         }
         // A request that hangs on a half-open connection must not stall the link:
@@ -198,6 +208,8 @@ impl MasterLink {
         let http = http.build().context("building the HTTP client")?;
         Ok(Arc::new(MasterLink {
             settings,
+            masters,
+            current: std::sync::atomic::AtomicUsize::new(0),
             http,
             supervisor,
             reports,
@@ -226,7 +238,23 @@ impl MasterLink {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.settings.master)
+        format!("{}/api/v1{path}", self.master())
+    }
+
+    /// The master requests go to now.
+    fn master(&self) -> &str {
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.masters.len();
+        &self.masters[at]
+    }
+
+    /// After the master at `failed` did not answer (or answered 5xx): the
+    /// next request goes to the next master, when there are several.
+    fn next_master(&self, failed: usize, why: &str) {
+        use std::sync::atomic::Ordering;
+        if self.masters.len() > 1 && self.current.compare_exchange(failed, failed + 1, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let (from, to) = (&self.masters[failed % self.masters.len()], &self.masters[(failed + 1) % self.masters.len()]);
+            tracing::warn!(master = %from, next = %to, "{why}; trying the next master");
+        }
     }
 
     /// Runs the link until `stop` is cancelled.
@@ -241,7 +269,7 @@ impl MasterLink {
             match registered {
                 Ok(timings) => {
                     backoff.reset();
-                    tracing::info!(master = %self.settings.master, node = %self.settings.node, "registered with the master");
+                    tracing::info!(master = %self.master(), node = %self.settings.node, "registered with the master");
                     let session = stop.child_token();
                     tokio::select! {
                         reason = self.clone().connected(timings, session.clone()) => {
@@ -325,7 +353,7 @@ impl MasterLink {
                 // An older master refuses the fields it does not know: speak its version, one step down at a time.
                 Err(LinkError::Refused { status: 400, message }) if speaks > 1 && message.contains("unknown field") => {
                     speaks -= 1;
-                    tracing::warn!(master = %self.settings.master, protocol = speaks, "{}", older_master(speaks));
+                    tracing::warn!(master = %self.master(), protocol = speaks, "{}", older_master(speaks));
                 }
                 answer => break answer?,
             }
@@ -346,7 +374,7 @@ impl MasterLink {
             (std::mem::replace(&mut state.master_protocol, speaks), speaks)
         };
         if before != speaks {
-            tracing::info!(master = %self.settings.master, protocol = speaks, was = before, "the master speaks another protocol version now");
+            tracing::info!(master = %self.master(), protocol = speaks, was = before, "the master speaks another protocol version now");
             self.report_all.notify_one();
         }
     }
@@ -860,9 +888,19 @@ impl MasterLink {
 
     /// Sends a request; `None` for 204/304 answers.
     async fn send_optional<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<Option<T>, LinkError> {
-        let url = self.settings.master.clone();
-        let response = request.send().await.map_err(|source| LinkError::Unreachable { url: url.clone(), source })?;
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let url = self.master().to_string();
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(source) => {
+                self.next_master(at, "the master cannot be reached");
+                return Err(LinkError::Unreachable { url, source });
+            }
+        };
         let status = response.status();
+        if status.is_server_error() {
+            self.next_master(at, &format!("the master answered {status}"));
+        }
         if status == reqwest::StatusCode::NOT_MODIFIED || status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }

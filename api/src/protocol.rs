@@ -285,6 +285,25 @@ pub struct List<T> {
     pub items: Vec<T>,
 }
 
+/// One master of the cluster, as `GET /api/v1/masters` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MasterStatus {
+    /// Its URL, as it advertises it.
+    pub name: String,
+    /// `Leader` (runs the controllers) or `Follower` (serves the API).
+    pub role: MasterRole,
+    /// Whether this is the master that answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answering: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterRole {
+    Leader,
+    Follower,
+}
+
 /// Convenience for [`Node`]-returning endpoints.
 pub type NodeList = List<Node>;
 

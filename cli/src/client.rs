@@ -1,6 +1,8 @@
 //! Blocking HTTP to the master's `/api/v1`. Every failure becomes an [`Error`]:
 //! no connection → [`Error::Unreachable`] naming the URL; an error answer →
-//! [`Error::Api`] carrying the master's `ApiError.message`.
+//! [`Error::Api`] carrying the master's `ApiError.message`. A context may name
+//! several masters of one cluster (comma-separated): a request that finds one
+//! unreachable, or answered 5xx, is sent to the next.
 
 use std::time::Duration;
 
@@ -17,8 +19,10 @@ use crate::{Error, Result};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Client {
-    /// `http://host:port`, without `/api/v1`.
-    pub master: String,
+    /// The masters, `https://host:port` without `/api/v1`, as the context lists them.
+    masters: Vec<String>,
+    /// The one requests go to now.
+    current: std::sync::atomic::AtomicUsize,
     token: Option<String>,
     http: reqwest::blocking::Client,
 }
@@ -37,15 +41,26 @@ impl Client {
             builder = builder.add_root_certificate(ca);
         }
         let http = builder.build().map_err(|e| Error::Failed(format!("cannot set up HTTP: {e}")))?;
-        Ok(Client { master: connection.master.clone(), token: connection.token.clone(), http })
+        let masters: Vec<String> =
+            connection.master.split(',').map(|m| m.trim().trim_end_matches('/').to_string()).filter(|m| !m.is_empty()).collect();
+        if masters.is_empty() {
+            return Err(Error::Usage("the master's URL is empty".into()));
+        }
+        Ok(Client { masters, current: Default::default(), token: connection.token.clone(), http })
+    }
+
+    /// The master requests go to now.
+    pub fn master(&self) -> &str {
+        &self.masters[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.masters.len()]
     }
 
     /// A request to `/api/v1{path}` (or to `path` itself when it starts with `/healthz` etc.).
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let master = self.master();
         let url = if path.starts_with("/api/") || !path.starts_with('/') || is_root_path(path) {
-            format!("{}{path}", self.master)
+            format!("{master}{path}")
         } else {
-            format!("{}/api/v1{path}", self.master)
+            format!("{master}/api/v1{path}")
         };
         let builder = self.http.request(method, url).timeout(REQUEST_TIMEOUT);
         match &self.token {
@@ -54,9 +69,30 @@ impl Client {
         }
     }
 
-    /// Sends and turns a non-success answer into [`Error::Api`].
+    /// Sends and turns a non-success answer into [`Error::Api`]; with several
+    /// masters, tries the next one after a failure to connect or a 5xx.
     pub fn send(&self, request: RequestBuilder) -> Result<Response> {
-        let response = request.send().map_err(|e| self.transport(e))?;
+        let mut request = request.build().map_err(|e| self.transport(e))?;
+        for _ in 1..self.masters.len() {
+            let Some(again) = request.try_clone() else { break };
+            let from = self.master().to_string();
+            let failed = match self.http.execute(again) {
+                Ok(response) if !response.status().is_server_error() => return self.answer(response),
+                Ok(response) => format!("answered {}", response.status()),
+                Err(e) if e.is_connect() || e.is_timeout() => self.transport(e).to_string(),
+                Err(e) => return Err(self.transport(e)),
+            };
+            let rest = request.url().as_str().strip_prefix(from.as_str()).unwrap_or_default().to_string();
+            self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let next = format!("{}{rest}", self.master());
+            eprintln!("{from} {failed}; trying {}", self.master());
+            *request.url_mut() = reqwest::Url::parse(&next).map_err(|e| Error::Usage(format!("the master's URL {next}: {e}")))?;
+        }
+        let response = self.http.execute(request).map_err(|e| self.transport(e))?;
+        self.answer(response)
+    }
+
+    fn answer(&self, response: Response) -> Result<Response> {
         if response.status().is_success() || response.status() == reqwest::StatusCode::NOT_MODIFIED {
             Ok(response)
         } else {
@@ -116,7 +152,7 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| {
             Error::Failed(format!(
                 "the master's answer to {path} cannot be read: {e} (is {} a wasmlet master of this version?)",
-                self.master
+                self.master()
             ))
         })
     }
@@ -131,9 +167,9 @@ impl Client {
             );
         }
         if e.is_connect() || (e.is_timeout() && e.is_request() && !e.is_body()) || e.is_builder() {
-            Error::Unreachable { url: self.master.clone(), cause }
+            Error::Unreachable { url: self.master().to_string(), cause }
         } else {
-            Error::Failed(format!("talking to the master at {}: {cause}", self.master))
+            Error::Failed(format!("talking to the master at {}: {cause}", self.master()))
         }
     }
 }

@@ -89,6 +89,20 @@ pub fn nodes(nodes: &[Node], wide: bool, now: DateTime<Utc>) -> Table {
     table
 }
 
+/// The masters with their roles; `*` marks the one that answered.
+pub fn masters(masters: &[wasmlet_api::protocol::MasterStatus]) -> Table {
+    let mut table = Table::new(vec!["NAME", "ROLE"]);
+    for master in masters {
+        let name = if master.answering { format!("{} *", master.name) } else { master.name.clone() };
+        let role = match master.role {
+            wasmlet_api::protocol::MasterRole::Leader => ("Leader".to_string(), Tone::Good),
+            wasmlet_api::protocol::MasterRole::Follower => ("Follower".to_string(), Tone::Plain),
+        };
+        table.push_toned(vec![(name, Tone::Plain), role]);
+    }
+    table
+}
+
 pub fn phase_tone(phase: Phase) -> Tone {
     match phase {
         Phase::Running | Phase::Succeeded => Tone::Good,

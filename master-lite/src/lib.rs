@@ -212,7 +212,8 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let audit = auth::audit::AuditLog::open(audit_path.clone(), bounds, metrics.audit_lines_dropped.clone())
         .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
-    let modules = ModuleStore::open(&config.data_dir).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
+    let modules =
+        ModuleStore::open(&config.data_dir, store.clone()).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
     tracing::info!(
         listen = %format!("{scheme}://{addr}"),
@@ -252,6 +253,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     tokio::spawn(follow(shared.clone(), Some(watch), stop.clone()));
     shared.commit(not_acted_on).await.context("recording the stored objects it cannot act on")?;
     auth::bootstrap::ensure_tokens(&shared).await?;
+    shared.store.announce(&shared.name, stop.clone()).await.context("listing this master among the cluster's masters")?;
     tokio::spawn(controller::relay::publish(shared.clone(), stop.clone()));
     let controllers = tokio::spawn(controller::lead(shared.clone(), stop.clone()));
     if let Some(slot) = secrets.serving {

@@ -1,5 +1,6 @@
-//! `wasmlet get nodes|workloads|instances|events [NAME]`: tables, or the
-//! objects themselves with `-o json|yaml|name`; `-w` keeps printing rows as they change.
+//! `wasmlet get nodes|workloads|instances|events|masters [NAME]`: tables, or the
+//! objects themselves with `-o json|yaml|name`; `-w` keeps printing rows as they change
+//! (masters excepted: they are listed as they are now).
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wasmlet_api::protocol::List;
+use wasmlet_api::protocol::{List, MasterStatus};
 use wasmlet_api::{Event, Instance, Node, Workload};
 
 use super::{Session, print, usage};
@@ -26,6 +27,9 @@ pub enum Resource {
     Instances,
     #[value(aliases = ["event", "ev"])]
     Events,
+    /// The cluster's masters and which one leads.
+    #[value(aliases = ["master"])]
+    Masters,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +108,17 @@ impl Listed for Event {
     }
 }
 
+impl Listed for MasterStatus {
+    const PATH: &'static str = "/masters";
+    const KIND: &'static str = "master";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn table(items: &[Self], _wide: bool, _now: DateTime<Utc>) -> Table {
+        view::masters(items)
+    }
+}
+
 impl Get {
     pub fn execute(self, session: &Session) -> Result<()> {
         match self.resource {
@@ -111,6 +126,8 @@ impl Get {
             Resource::Workloads => self.run::<Workload>(session),
             Resource::Instances => self.run::<Instance>(session),
             Resource::Events => self.run::<Event>(session),
+            Resource::Masters if self.watch => Err(usage("masters cannot be watched: `wasmlet get masters` lists them as they are now")),
+            Resource::Masters => self.run::<MasterStatus>(session),
         }
     }
 

@@ -25,12 +25,12 @@ impl Version {
         let line = match client.get::<serde_json::Value>("/version") {
             Ok(v) => {
                 let version = v.get("version").and_then(|x| x.as_str()).map(str::to_string).unwrap_or_else(|| v.to_string());
-                format!("master: {} {version}\n", client.master)
+                format!("master: {} {version}\n", client.master())
             }
             Err(e @ crate::Error::Unreachable { .. }) => return Err(e),
             Err(_) => {
                 client.send(client.request(Method::GET, "/healthz"))?;
-                format!("master: {} reachable (it does not report its version)\n", client.master)
+                format!("master: {} reachable (it does not report its version)\n", client.master())
             }
         };
         print(&line);

@@ -33,6 +33,14 @@ pub async fn backup(State(shared): State<Arc<Shared>>) -> Response {
                 return;
             }
         };
+        // Modules another master took are fetched first: the archive holds every one the records use.
+        for digest in used_modules(&snapshot) {
+            if let Err(e) = modules.local(&digest).await {
+                tracing::warn!(error = %e, %digest, "a backup was not completed");
+                let _ = chunks.send(Err(io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
         let written = tokio::task::spawn_blocking(move || {
             let out = io::BufWriter::with_capacity(64 << 10, Chunks(chunks.clone()));
             write(&snapshot, &modules, out).map_err(|e| (e, chunks))
@@ -50,9 +58,8 @@ pub async fn backup(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// The archive of `snapshot` and the modules its records use.
-fn write(snapshot: &Snapshot, modules: &ModuleStore, out: impl Write) -> io::Result<()> {
-    let mut writer = Writer::begin(out)?;
+/// The digests of the modules the workloads and instances of `snapshot` use.
+fn used_modules(snapshot: &Snapshot) -> BTreeSet<String> {
     let mut digests = BTreeSet::new();
     for object in &snapshot.objects {
         let spec = match object.kind {
@@ -66,8 +73,17 @@ fn write(snapshot: &Snapshot, modules: &ModuleStore, out: impl Write) -> io::Res
         {
             digests.insert(digest.to_string());
         }
+    }
+    digests
+}
+
+/// The archive of `snapshot` and the modules its records use.
+fn write(snapshot: &Snapshot, modules: &ModuleStore, out: impl Write) -> io::Result<()> {
+    let mut writer = Writer::begin(out)?;
+    for object in &snapshot.objects {
         writer.record(object.kind, &object.name, &object.value)?;
     }
+    let digests = used_modules(snapshot);
     let (revision, epoch) = (snapshot.revision, snapshot.epoch);
     for digest in digests {
         // Only uploaded modules are files here (`https://` sources are fetched by the agents).

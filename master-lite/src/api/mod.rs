@@ -7,6 +7,7 @@
 //! - `agents`: the master ↔ agent protocol of `wasmlet_api::protocol`.
 //! - `modules`: module upload and download, content-addressed.
 //! - `health`: `/healthz`, `/readyz`, `/metrics`.
+//! - `masters`: the cluster's masters and which one leads.
 //! - `live`: an instance's log and a node's live report, served from its agent.
 //! - `tokens`: join, viewer and admin tokens, for admins.
 //! - `backup`: one consistent read of the store and the modules it uses, for admins.
@@ -17,6 +18,7 @@ mod agents;
 mod backup;
 mod health;
 pub mod live;
+mod masters;
 mod modules;
 mod nodes;
 mod objects;
@@ -46,6 +48,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/instances", get(objects::list_instances))
         .route("/instances/{name}", get(objects::get_instance))
         .route("/version", get(health::version))
+        .route("/masters", get(masters::list))
         .route("/instances/{name}/logs", get(live::instance_logs))
         .route("/nodes/{name}/live", get(live::node_live))
         .route("/nodes/{name}/instances/live", get(live::node_instances_live))

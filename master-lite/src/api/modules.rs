@@ -40,11 +40,18 @@ pub async fn upload(
             tracing::error!(error = %e, %digest, "cannot store a module");
             Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))
         }
+        Err(UploadError::Store(e)) => Err(e.into()),
     }
 }
 
 pub async fn download(State(shared): State<Arc<Shared>>, Path(digest): Path<String>) -> Result<Response, Failure> {
-    let path = shared.modules.path(&digest).map_err(|e| Failure::invalid(e.to_string()))?;
+    let path = match shared.modules.local(&digest).await {
+        Ok(Some(path)) => path,
+        Ok(None) => return Err(Failure::not_found("module", &digest)),
+        Err(UploadError::BadDigest(_)) => return Err(Failure::invalid(UploadError::BadDigest(digest).to_string())),
+        Err(UploadError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string())),
+    };
     let file = tokio::fs::File::open(&path).await.map_err(|_| Failure::not_found("module", &digest))?;
     let stream = tokio_util::io::ReaderStream::new(file);
     Ok(([(header::CONTENT_TYPE, "application/wasm")], Body::from_stream(stream)).into_response())

@@ -8,8 +8,11 @@
 //! | `<prefix>/data/<table>/<name>` | an object, as the redb store keeps it |
 //! | `<prefix>/data/epoch` | the epoch counter, in decimal |
 //! | `<prefix>/leader` | the leading master's name, bound to its lease |
+//! | `<prefix>/masters/<name>` | a running master, bound to its lease |
 //! | `<prefix>/shared/<name>` | what every master uses alike: the cluster's CAs (`pki`) |
 //! | `<prefix>/renewals/<master>` | the lease renewals a master received lately, for the leader |
+//! | `<prefix>/modules/<sha256>` | an uploaded module: its size and number of chunks, written last |
+//! | `<prefix>/modules/<sha256>/<n>` | its bytes, in chunks of [`MODULE_CHUNK`] (etcd takes requests up to 1.5 MiB) |
 //!
 //! An object's revision is its etcd `mod_revision`, the global revision etcd's
 //! own. A write is one etcd transaction: each op's [`Expect`] becomes a compare
@@ -33,6 +36,16 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Batch, Change, Expect, Fence, Kind, Op, Renewal, Snapshot, Store, StoreError, Stored, Watch, Write};
+
+/// The size of a module's chunks in etcd.
+pub const MODULE_CHUNK: usize = 1 << 20;
+
+/// What the key of a module in etcd holds, once all its chunks are there.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModuleEntry {
+    size: u64,
+    chunks: u64,
+}
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -94,6 +107,18 @@ impl EtcdStore {
 
     fn epoch_key(&self) -> String {
         format!("{}/data/epoch", self.settings.prefix)
+    }
+
+    /// Puts `key` (this master's version) bound to a new lease of `ttl`; returns the lease.
+    async fn listed(&self, key: &str, ttl: Duration) -> Result<i64, StoreError> {
+        let lease = self.client.lease_client().grant(ttl.as_secs().max(1) as i64, None).await.map_err(unavailable)?.id();
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        self.client.kv_client().put(key, env!("CARGO_PKG_VERSION"), Some(options)).await.map_err(unavailable)?;
+        Ok(lease)
+    }
+
+    fn module_key(&self, digest: &str) -> String {
+        format!("{}/modules/{}", self.settings.prefix, digest.trim_start_matches("sha256:"))
     }
 
     fn leader_key(&self) -> String {
@@ -349,6 +374,37 @@ impl Store for EtcdStore {
         }
     }
 
+    async fn announce(&self, name: &str, stop: CancellationToken) -> Result<(), StoreError> {
+        let key = format!("{}/masters/{name}", self.settings.prefix);
+        let ttl = self.settings.leader_lease * 3;
+        let mut lease = Some(self.listed(&key, ttl).await?);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(lease) = lease {
+                    // Until `stop`, or until the lease is lost (etcd out of reach): then listed anew.
+                    keep_alive(this.client.clone(), lease, ttl, stop.child_token()).await;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                lease = this.listed(&key, ttl).await.ok();
+            }
+        });
+        Ok(())
+    }
+
+    async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{}/masters/", self.settings.prefix);
+        let response = self.client.kv_client().get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key().strip_prefix(prefix.as_bytes()).map(|name| String::from_utf8_lossy(name).into_owned()))
+            .collect())
+    }
+
     async fn share(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let key = format!("{}/shared/{name}", self.settings.prefix);
         let txn = Txn::new()
@@ -402,6 +458,43 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    async fn put_module(&self, digest: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let key = self.module_key(digest);
+        let mut kv = self.client.kv_client();
+        if kv.get(key.clone(), Some(GetOptions::new().with_count_only())).await.map_err(unavailable)?.count() > 0 {
+            return Ok(());
+        }
+        let chunks = bytes.chunks(MODULE_CHUNK);
+        let entry = ModuleEntry { size: bytes.len() as u64, chunks: chunks.len() as u64 };
+        for (i, chunk) in chunks.enumerate() {
+            kv.put(format!("{key}/{i:06}"), chunk, None).await.map_err(unavailable)?;
+        }
+        // Last: a module is there only once every chunk is.
+        kv.put(key, serde_json::to_vec(&entry).map_err(StoreError::other)?, None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn get_module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.module_key(digest);
+        let mut kv = self.client.kv_client();
+        let response = kv.get(key.clone(), None).await.map_err(unavailable)?;
+        let Some(entry) = response.kvs().first() else { return Ok(None) };
+        let entry: ModuleEntry =
+            serde_json::from_slice(entry.value()).map_err(|e| StoreError::Other(format!("module {digest} in etcd: {e}")))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0).min(1 << 30));
+        // One chunk per request: a response stays far below gRPC's message limit.
+        for i in 0..entry.chunks {
+            let chunk = kv.get(format!("{key}/{i:06}"), None).await.map_err(unavailable)?;
+            let chunk = chunk.kvs().first().ok_or_else(|| StoreError::Other(format!("module {digest} in etcd lacks chunk {i}")))?;
+            bytes.extend_from_slice(chunk.value());
+        }
+        let actual = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if actual != digest || bytes.len() as u64 != entry.size {
+            return Err(StoreError::Other(format!("module {digest} in etcd is damaged: its bytes are {actual}")));
+        }
+        Ok(Some(bytes))
+    }
+
     async fn leader(&self) -> Result<Option<String>, StoreError> {
         let response = self.client.kv_client().get(self.leader_key(), None).await.map_err(unavailable)?;
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
@@ -438,7 +531,7 @@ async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: Cancellatio
     }
     .await;
     if let Err(why) = result {
-        tracing::warn!(reason = %why, "lost the leadership");
+        tracing::warn!(reason = %why, lease, "an etcd lease was lost");
     }
     lost.cancel();
     let _ = leases.revoke(lease).await;

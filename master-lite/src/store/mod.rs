@@ -189,6 +189,11 @@ pub trait Store: Send + Sync + 'static {
     async fn resign(&self, fence: Fence);
     /// The name of the master that leads now, if any.
     async fn leader(&self) -> Result<Option<String>, StoreError>;
+    /// Lists this master (`name`) among the cluster's masters while it runs,
+    /// until `stop`; a master that stops answering drops off the list.
+    async fn announce(&self, name: &str, stop: CancellationToken) -> Result<(), StoreError>;
+    /// The names of the masters that announced themselves.
+    async fn masters(&self) -> Result<Vec<String>, StoreError>;
     /// Keeps `value` under `name` for every master of the cluster unless one
     /// was kept there first; returns what is kept (the cluster's CA: the first
     /// master's). A store of one master keeps nothing and returns `value`.
@@ -200,6 +205,12 @@ pub trait Store: Send + Sync + 'static {
     async fn renewals(&self) -> Result<BoxStream<'static, Vec<Renewal>>, StoreError>;
     /// Forgets the history before `revision` (watches cannot resume before it).
     async fn compact(&self, revision: u64) -> Result<(), StoreError>;
+    /// Keeps an uploaded (and checked) module for every master, before its
+    /// upload is answered. A store of one master keeps nothing: the file in
+    /// its data dir (`modules`) is the module.
+    async fn put_module(&self, digest: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+    /// The module `put_module` kept under `digest`, if any (checked against the digest).
+    async fn get_module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// A node's lease renewal, `ago` before it was published.

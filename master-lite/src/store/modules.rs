@@ -5,6 +5,12 @@
 //! digest it was uploaded under, and that is valid WebAssembly (a core module
 //! or a component, checked by [`check_wasm`]), is renamed into place, so a
 //! module file under its digest is always whole and correct.
+//!
+//! With a store shared by several masters, an upload is also kept in the
+//! store ([`Store::put_module`]) before it is answered, and a master that
+//! lacks a module's file fetches it from there ([`ModuleStore::local`]): the
+//! data dir's `modules` is then a cache, and every master serves every module,
+//! also once the master that took the upload is gone.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use super::{Store, StoreError};
 
 /// The modules' directory in the data dir.
 pub const MODULES_DIR: &str = "modules";
@@ -31,13 +39,17 @@ pub enum UploadError {
     NotWasm(String),
     #[error("writing the module: {0}")]
     Io(#[from] std::io::Error),
+    #[error("keeping the module for the other masters: {0}")]
+    Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ModuleStore {
     dir: PathBuf,
     /// Digests whose file passed [`check_wasm`] since this master started.
     valid: Arc<Mutex<HashSet<String>>>,
+    /// Where the other masters of the cluster find the modules this one took.
+    store: Arc<dyn Store>,
 }
 
 /// The WebAssembly features the agents' engine accepts: what wasmtime 48
@@ -80,7 +92,7 @@ pub fn check_wasm(bytes: &[u8]) -> Result<(), String> {
 }
 
 impl ModuleStore {
-    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+    pub fn open(data_dir: &Path, store: Arc<dyn Store>) -> std::io::Result<Self> {
         let dir = data_dir.join(MODULES_DIR);
         std::fs::create_dir_all(&dir)?;
         // Leftovers of uploads cut short by a crash.
@@ -89,7 +101,38 @@ impl ModuleStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(ModuleStore { dir, valid: Arc::default() })
+        Ok(ModuleStore { dir, valid: Arc::default(), store })
+    }
+
+    /// The file of module `digest`, fetched from the store when this master
+    /// does not have it yet; None when no master took it.
+    pub async fn local(&self, digest: &str) -> Result<Option<PathBuf>, UploadError> {
+        let path = self.path(digest)?;
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(Some(path));
+        }
+        let Some(bytes) = self.store.get_module(digest).await? else { return Ok(None) };
+        let temp = self.temp();
+        let written = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            file.write_all(&bytes).await?;
+            file.sync_all().await?;
+            tokio::fs::rename(&temp, &path).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e.into());
+        }
+        tracing::info!(%digest, "fetched a module another master took");
+        Ok(Some(path))
+    }
+
+    /// A new temporary file's path in the modules' directory.
+    fn temp(&self) -> PathBuf {
+        let mut suffix = [0u8; 8];
+        let _ = getrandom::fill(&mut suffix);
+        self.dir.join(format!(".upload-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()))
     }
 
     /// The file of a digest (`sha256:<hex>`), whether or not it exists.
@@ -111,7 +154,11 @@ impl ModuleStore {
         if self.valid.lock().unwrap_or_else(|e| e.into_inner()).contains(digest) {
             return Ok(());
         }
-        let path = self.path(digest).map_err(|e| ModuleProblem::Invalid(e.to_string()))?;
+        let path = match self.local(digest).await {
+            Ok(Some(path)) => path,
+            Ok(None) => return Err(ModuleProblem::Missing),
+            Err(e) => return Err(ModuleProblem::Invalid(e.to_string())),
+        };
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ModuleProblem::Missing),
@@ -131,9 +178,7 @@ impl ModuleStore {
         E: std::fmt::Display,
     {
         let target = self.path(digest)?;
-        let mut suffix = [0u8; 8];
-        let _ = getrandom::fill(&mut suffix);
-        let temp = self.dir.join(format!(".upload-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let temp = self.temp();
         let result = async {
             let mut file = tokio::fs::File::create(&temp).await?;
             let mut hasher = Sha256::new();
@@ -154,15 +199,24 @@ impl ModuleStore {
             file.sync_all().await?;
             drop(file);
             let bytes = tokio::fs::read(&temp).await?;
-            tokio::task::spawn_blocking(move || check_wasm(&bytes))
+            let (checked, bytes) = tokio::task::spawn_blocking(move || (check_wasm(&bytes), bytes))
                 .await
-                .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
-                .map_err(UploadError::NotWasm)
+                .map_err(|e| UploadError::NotWasm(format!("the check did not finish: {e}")))?;
+            checked.map_err(UploadError::NotWasm)?;
+            Ok(bytes)
         }
         .await;
-        if let Err(e) = result {
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return Err(e);
+            }
+        };
+        // Kept for the other masters before the answer: a 2xx means every master can serve it.
+        if let Err(e) = self.store.put_module(digest, bytes).await {
             let _ = tokio::fs::remove_file(&temp).await;
-            return Err(e);
+            return Err(e.into());
         }
         let existed = target.is_file();
         tokio::fs::rename(&temp, &target).await?;
@@ -230,7 +284,7 @@ mod tests {
     #[tokio::test]
     async fn streamed_uploads_are_checked_before_they_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let modules = ModuleStore::open(dir.path()).unwrap();
+        let modules = ModuleStore::open(dir.path(), Arc::new(crate::store::RedbStore::open(&dir.path().join("store")).unwrap())).unwrap();
         let data = module(1000);
         let size = data.len() as u64;
         let digest = format!("sha256:{:x}", Sha256::digest(&data));

@@ -384,6 +384,14 @@ impl Store for RedbStore {
         Ok(None)
     }
 
+    async fn announce(&self, _name: &str, _stop: CancellationToken) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     async fn share(&self, _name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         Ok(value)
     }
@@ -399,6 +407,14 @@ impl Store for RedbStore {
     async fn compact(&self, _revision: u64) -> Result<(), StoreError> {
         // redb keeps no history.
         Ok(())
+    }
+
+    async fn put_module(&self, _digest: &str, _bytes: Vec<u8>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn get_module(&self, _digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
     }
 }
 
