@@ -195,3 +195,143 @@ fn a_paused_leader_writes_nothing_once_another_took_over() {
     let logs = masters[first].logs.lock().expect("log lock").join("\n");
     assert!(logs.contains("no longer leads the cluster"), "the old leader says it stepped down:\n{logs}");
 }
+
+/// 200 creates spread over the three masters from eight clients, the leader
+/// killed among them; a client whose master fails (no answer, or a 5xx)
+/// sends the same create to the next one. Every create answered 2xx exists
+/// afterwards with its exact spec, on every master; none was answered 2xx
+/// twice; a create retried after its first try committed is answered 409.
+#[test]
+fn two_hundred_applies_through_three_masters_lose_nothing_when_the_leader_dies() {
+    const CREATES: usize = 200;
+    let etcd = EtcdCluster::start(3).expect("etcd starts");
+    let mut masters = masters(&etcd, "/applies", 3);
+    let first = leader(&masters, &[]);
+    masters[0].upload_example("sensor").expect("upload");
+    let clients: Vec<(String, reqwest::blocking::Client)> = masters
+        .iter()
+        .map(|m| (m.api("/workloads"), m.client_with(&m.admin_token).timeout(Duration::from_secs(10)).build().expect("client")))
+        .collect();
+    let clients = std::sync::Arc::new(clients);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let (clients, done) = (clients.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut answers: Vec<(String, Workload, Vec<u16>)> = Vec::new();
+                for i in (worker..CREATES).step_by(8) {
+                    let name = format!("w{i:03}");
+                    let workload = sensor(&name, (i % 5) as u32 + 1);
+                    let mut got = Vec::new();
+                    let deadline = Instant::now() + WAIT;
+                    let mut at = i % 3;
+                    while Instant::now() < deadline {
+                        let (url, client) = &clients[at];
+                        match client.post(url).json(&workload).send() {
+                            Ok(answer) if !answer.status().is_server_error() => {
+                                got.push(answer.status().as_u16());
+                                break;
+                            }
+                            Ok(answer) => got.push(answer.status().as_u16()),
+                            Err(_) => got.push(0),
+                        }
+                        at = (at + 1) % 3;
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    answers.push((name, workload, got));
+                }
+                answers
+            })
+        })
+        .collect();
+    wait_for(WAIT, "a quarter of the creates answered", || (done.load(std::sync::atomic::Ordering::Relaxed) >= CREATES / 4).then_some(()));
+    masters[first].kill();
+    let answers: Vec<(String, Workload, Vec<u16>)> = workers.into_iter().flat_map(|w| w.join().expect("a client thread")).collect();
+    assert_eq!(answers.len(), CREATES);
+    let second = leader(&masters, &[first]);
+    assert_ne!(second, first);
+    let retried = answers.iter().filter(|(_, _, got)| got.len() > 1).count();
+    eprintln!("{retried} creates were sent to a second master");
+    for (name, sent, got) in &answers {
+        let created = got.iter().filter(|s| (200..300).contains(*s)).count();
+        assert!(created <= 1, "{name} was answered 2xx more than once: {got:?}");
+        let last = got.last().copied().unwrap_or(0);
+        assert!(
+            last == 201 || (last == 409 && got.len() > 1),
+            "{name}: every create ends created, or found created by its earlier try: {got:?}"
+        );
+        for (i, master) in masters.iter().enumerate().filter(|(i, _)| *i != first) {
+            let stored: Workload = wait_for(WAIT, &format!("{name} on master {i}"), || master.get_json(&format!("/workloads/{name}")).ok());
+            assert_eq!(stored.spec, sent.spec, "{name} has the spec it was created with");
+        }
+    }
+    let listed: wasmlet_api::protocol::List<Workload> = masters[second].get_json("/workloads").expect("list");
+    assert_eq!(listed.items.len(), CREATES, "nothing more was created");
+}
+
+/// One etcd member down: everything works. Two down: writes are answered
+/// 503 naming etcd, reads are answered from the masters' views, the
+/// workloads keep running, and no master hands anything off. All is well
+/// again once the members return.
+#[test]
+fn losing_etcd_quorum_stops_writes_and_nothing_else() {
+    let mut etcd = EtcdCluster::start(3).expect("etcd starts");
+    let masters = masters(&etcd, "/quorum", 3);
+    leader(&masters, &[]);
+    let agent = join_all(&masters, 0, "a");
+    masters[0].upload_example("sensor").expect("upload");
+    let (status, body) = masters[1].send_json(Method::POST, "/workloads", &sensor("s", 1)).expect("POST");
+    assert_eq!(status, 201, "{body}");
+    let before = wait_for(WAIT, "the instance Running", || {
+        let running = running(&masters[2], "s");
+        (running.len() == 1).then_some(running)
+    });
+
+    etcd.kill(0);
+    // The others elect a leader among themselves (etcd answers nothing meanwhile), then all works.
+    etcd.wait_healthy(1).expect("etcd has a leader again");
+    for (i, master) in masters.iter().enumerate() {
+        let (status, body) = master.send_json(Method::POST, "/workloads", &sensor(&format!("one-down-{i}"), 1)).expect("an answer");
+        assert_eq!(status, 201, "a create with one etcd member down: {body}");
+    }
+
+    etcd.kill(1);
+    let (status, body) = masters[2].send_json(Method::POST, "/workloads", &sensor("two-down", 1)).expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("etcd"), "the answer names etcd: {body}");
+    for master in &masters {
+        let listed: wasmlet_api::protocol::List<Workload> = master.get_json("/workloads").expect("reads are answered");
+        assert!(listed.items.iter().any(|w| w.metadata.name == "s"), "{listed:?}");
+    }
+    // Past the lost-after (2 s): nothing is handed off, the node keeps running it.
+    std::thread::sleep(Duration::from_secs(4));
+    let own: serde_json::Value = agent
+        .client_builder()
+        .build()
+        .expect("client")
+        .get(agent.url("/instances"))
+        .send()
+        .expect("the agent answers")
+        .json()
+        .expect("JSON");
+    assert!(own.to_string().contains(&before[0].metadata.name), "the agent still runs its instance: {own}");
+
+    etcd.restart(0).expect("member 0 starts again");
+    etcd.restart(1).expect("member 1 starts again");
+    etcd.wait_healthy(0).expect("healthy");
+    etcd.wait_healthy(1).expect("healthy");
+    wait_for(WAIT, "a create once the members are back", || {
+        let (status, _) = masters[2].send_json(Method::POST, "/workloads", &sensor("back", 1)).ok()?;
+        (status == 201).then_some(())
+    });
+    leader(&masters, &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let master = &masters[2];
+    let moved: Vec<_> = master.events().into_iter().filter(|e| e.reason == "NodeNotReady" || e.reason == "HandedOff").collect();
+    assert!(moved.is_empty(), "nothing went NotReady or was handed off: {moved:?}");
+    let after = running(master, "s");
+    assert_eq!(
+        after.iter().map(|i| (&i.metadata.name, i.status.restarts)).collect::<Vec<_>>(),
+        before.iter().map(|i| (&i.metadata.name, i.status.restarts)).collect::<Vec<_>>()
+    );
+}

@@ -169,6 +169,7 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
                     source = module.source,
                 )));
             }
+            Err(ModuleProblem::Unavailable(e)) => return Err(e.into()),
             Err(ModuleProblem::Invalid(problem)) => {
                 return Err(Failure::invalid(format!(
                     "spec.module.digest: module {} cannot run: it is not valid WebAssembly: {problem}; build the module again and upload it",

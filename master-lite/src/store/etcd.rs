@@ -26,6 +26,8 @@
 //! key when the lease expires, and its fence with it: the next leader's key
 //! has another `create_revision`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -62,10 +64,29 @@ pub struct EtcdSettings {
     pub leader_lease: Duration,
 }
 
+/// A client of each member, and the one requests go to: the next one when a
+/// request fails before a member took it (down, or cut off from the others).
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    clients: Arc<[Client]>,
+    current: Arc<AtomicUsize>,
     settings: EtcdSettings,
+}
+
+/// How many times [`EtcdStore::reach`] tries every member before it gives up.
+const REACH_ROUNDS: usize = 2;
+
+/// Whether a request failed before a member took it: it could not connect,
+/// or the member has no leader (cut off from the others) and refused it.
+/// Nothing was done: it is safe to send it to another member.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && (status.message().contains("connect") || status.message().contains("no leader"))
+        }
+        _ => false,
+    }
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -93,8 +114,25 @@ impl EtcdStore {
             }
             options = options.with_tls(tls);
         }
-        let client = Client::connect(&settings.endpoints, Some(options)).await.map_err(unavailable)?;
-        Ok(EtcdStore { client, settings })
+        // Clients connect lazily: a member that is down at start is simply skipped later.
+        let mut clients = Vec::new();
+        for endpoint in &settings.endpoints {
+            clients.push(Client::connect([endpoint], Some(options.clone())).await.map_err(unavailable)?);
+        }
+        if clients.is_empty() {
+            return Err(StoreError::Other("no etcd endpoints: give --etcd-endpoints".into()));
+        }
+        Ok(EtcdStore { clients: clients.into(), current: Arc::default(), settings })
+    }
+
+    /// After the member at `at` failed: requests go to the next one.
+    fn skip(&self, at: usize) {
+        let _ = self.current.compare_exchange(at, at.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The client of the member requests go to now.
+    fn client(&self) -> Client {
+        self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone()
     }
 
     fn data(&self) -> String {
@@ -109,11 +147,83 @@ impl EtcdStore {
         format!("{}/data/epoch", self.settings.prefix)
     }
 
+    /// Runs `call` on the current member, and on the next ones while it fails
+    /// before a member took it ([`not_sent`]). A request a member took is
+    /// never sent twice.
+    async fn reach<T, Fut>(&self, mut call: impl FnMut(Client) -> Fut) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let members = self.clients.len();
+        let mut tries = 0;
+        loop {
+            let at = self.current.load(Ordering::Relaxed);
+            match call(self.clients[at % members].clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if tries + 1 < members * REACH_ROUNDS && not_sent(&e) => {
+                    tries += 1;
+                    self.skip(at);
+                    if tries % members == 0 {
+                        // Every member refused: give them a moment (an election) before the next round.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    async fn get(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<etcd_client::GetResponse, StoreError> {
+        let key = key.into();
+        self.reach(|c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.kv_client().get(key, options).await }
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        options: Option<etcd_client::PutOptions>,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.into(), value.into());
+        self.reach(|c| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.kv_client().put(key, value, options).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.reach(|c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })
+        .await
+    }
+
+    async fn open_watch(&self, key: impl Into<Vec<u8>>, options: WatchOptions) -> Result<etcd_client::WatchStream, StoreError> {
+        let key = key.into();
+        self.reach(|c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.watch_client().watch(key, Some(options)).await }
+        })
+        .await
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let ttl = ttl.as_secs().max(1) as i64;
+        self.reach(|c| async move { c.lease_client().grant(ttl, None).await }).await.map(|lease| lease.id())
+    }
+
     /// Puts `key` (this master's version) bound to a new lease of `ttl`; returns the lease.
     async fn listed(&self, key: &str, ttl: Duration) -> Result<i64, StoreError> {
-        let lease = self.client.lease_client().grant(ttl.as_secs().max(1) as i64, None).await.map_err(unavailable)?.id();
+        let lease = self.grant(ttl).await?;
         let options = etcd_client::PutOptions::new().with_lease(lease);
-        self.client.kv_client().put(key, env!("CARGO_PKG_VERSION"), Some(options)).await.map_err(unavailable)?;
+        self.put(key, env!("CARGO_PKG_VERSION"), Some(options)).await?;
         Ok(lease)
     }
 
@@ -167,9 +277,8 @@ impl Store for EtcdStore {
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
-        let mut client = self.client.kv_client();
         // One range read is one revision of the store, however many objects it returns.
-        let mut response = client.get(self.data(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let mut response = self.get(self.data(), Some(GetOptions::new().with_prefix())).await?;
         let mut snapshot = Snapshot { revision: revision(response.header().map_or(0, |h| h.revision())), ..Default::default() };
         for kv in response.take_kvs() {
             match self.parse(kv.key()) {
@@ -221,7 +330,7 @@ impl Store for EtcdStore {
         reads.push(TxnOp::get(self.epoch_key(), None));
         reads.push(TxnOp::get(self.leader_key(), None));
         let txn = Txn::new().when(compares).and_then(ops).or_else(reads);
-        let response = self.client.kv_client().txn(txn).await.map_err(unavailable)?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(revision(response.header().map_or(0, |h| h.revision())));
         }
@@ -258,7 +367,7 @@ impl Store for EtcdStore {
 
     async fn watch(&self, after: u64) -> Result<Watch, StoreError> {
         let options = WatchOptions::new().with_prefix().with_start_revision(etcd_revision(after + 1));
-        let mut stream = self.client.watch_client().watch(self.data(), Some(options)).await.map_err(unavailable)?;
+        let mut stream = self.open_watch(self.data(), options).await?;
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Batch, StoreError>>();
         tokio::spawn(async move {
@@ -321,27 +430,25 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<u64, StoreError> {
         let options = GetOptions::new().with_count_only();
-        let response = self.client.kv_client().get(self.leader_key(), Some(options)).await.map_err(unavailable)?;
+        let response = self.get(self.leader_key(), Some(options)).await?;
         Ok(revision(response.header().map_or(0, |h| h.revision())))
     }
 
     async fn campaign(&self, name: &str, lost: CancellationToken) -> Result<Fence, StoreError> {
-        let ttl = self.settings.leader_lease.as_secs().max(1) as i64;
         let key = self.leader_key();
         loop {
-            let mut leases = self.client.lease_client();
-            let lease = leases.grant(ttl, None).await.map_err(unavailable)?.id();
+            let lease = self.grant(self.settings.leader_lease).await?;
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), name, Some(etcd_client::PutOptions::new().with_lease(lease)))])
                 .or_else([TxnOp::get(key.clone(), None)]);
-            let response = self.client.kv_client().txn(txn).await.map_err(unavailable)?;
+            let response = self.txn(txn).await?;
             if response.succeeded() {
                 let term = revision(response.header().map_or(0, |h| h.revision()));
-                tokio::spawn(keep_alive(self.client.clone(), lease, self.settings.leader_lease, lost));
+                tokio::spawn(keep_alive(self.clone(), lease, self.settings.leader_lease, lost));
                 return Ok(Fence(term));
             }
-            let _ = leases.revoke(lease).await;
+            let _ = self.client().lease_client().revoke(lease).await;
             // Someone leads: wait until its key is gone (resigned, or its lease expired).
             let held = response.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
@@ -349,7 +456,7 @@ impl Store for EtcdStore {
             });
             let Some(held) = held else { continue };
             let options = WatchOptions::new().with_start_revision(held + 1);
-            let mut watch = self.client.watch_client().watch(key.clone(), Some(options)).await.map_err(unavailable)?;
+            let mut watch = self.open_watch(key.clone(), options).await?;
             loop {
                 tokio::select! {
                     _ = lost.cancelled() => return Err(StoreError::Other("stopped campaigning".into())),
@@ -369,7 +476,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, etcd_revision(fence.0))])
             .and_then([TxnOp::delete(key, None)]);
-        if let Err(e) = self.client.kv_client().txn(txn).await {
+        if let Err(e) = self.txn(txn).await {
             tracing::warn!(error = %e, "could not give the leadership up; another master takes over when its lease expires");
         }
     }
@@ -383,7 +490,7 @@ impl Store for EtcdStore {
             loop {
                 if let Some(lease) = lease {
                     // Until `stop`, or until the lease is lost (etcd out of reach): then listed anew.
-                    keep_alive(this.client.clone(), lease, ttl, stop.child_token()).await;
+                    keep_alive(this.clone(), lease, ttl, stop.child_token()).await;
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -397,7 +504,7 @@ impl Store for EtcdStore {
 
     async fn masters(&self) -> Result<Vec<String>, StoreError> {
         let prefix = format!("{}/masters/", self.settings.prefix);
-        let response = self.client.kv_client().get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let response = self.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await?;
         Ok(response
             .kvs()
             .iter()
@@ -411,7 +518,7 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.client.kv_client().txn(txn).await.map_err(unavailable)?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(value);
         }
@@ -425,13 +532,12 @@ impl Store for EtcdStore {
     async fn publish_renewals(&self, master: &str, renewals: Vec<Renewal>) -> Result<(), StoreError> {
         let key = format!("{}/renewals/{master}", self.settings.prefix);
         let value = serde_json::to_vec(&renewals).map_err(StoreError::other)?;
-        self.client.kv_client().put(key, value, None).await.map_err(unavailable)?;
-        Ok(())
+        self.put(key, value, None).await
     }
 
     async fn renewals(&self) -> Result<BoxStream<'static, Vec<Renewal>>, StoreError> {
         let key = format!("{}/renewals/", self.settings.prefix);
-        let stream = self.client.watch_client().watch(key, Some(WatchOptions::new().with_prefix())).await.map_err(unavailable)?;
+        let stream = self.open_watch(key, WatchOptions::new().with_prefix()).await?;
         Ok(Box::pin(futures::stream::unfold(stream, |mut stream| async move {
             loop {
                 match stream.message().await {
@@ -454,37 +560,34 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: u64) -> Result<(), StoreError> {
-        self.client.kv_client().compact(etcd_revision(revision), None).await.map_err(unavailable)?;
-        Ok(())
+        self.reach(|c| async move { c.kv_client().compact(etcd_revision(revision), None).await }).await.map(drop)
     }
 
     async fn put_module(&self, digest: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let key = self.module_key(digest);
-        let mut kv = self.client.kv_client();
-        if kv.get(key.clone(), Some(GetOptions::new().with_count_only())).await.map_err(unavailable)?.count() > 0 {
+        if self.get(key.clone(), Some(GetOptions::new().with_count_only())).await?.count() > 0 {
             return Ok(());
         }
         let chunks = bytes.chunks(MODULE_CHUNK);
         let entry = ModuleEntry { size: bytes.len() as u64, chunks: chunks.len() as u64 };
         for (i, chunk) in chunks.enumerate() {
-            kv.put(format!("{key}/{i:06}"), chunk, None).await.map_err(unavailable)?;
+            self.put(format!("{key}/{i:06}"), chunk, None).await?;
         }
         // Last: a module is there only once every chunk is.
-        kv.put(key, serde_json::to_vec(&entry).map_err(StoreError::other)?, None).await.map_err(unavailable)?;
+        self.put(key, serde_json::to_vec(&entry).map_err(StoreError::other)?, None).await?;
         Ok(())
     }
 
     async fn get_module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.module_key(digest);
-        let mut kv = self.client.kv_client();
-        let response = kv.get(key.clone(), None).await.map_err(unavailable)?;
+        let response = self.get(key.clone(), None).await?;
         let Some(entry) = response.kvs().first() else { return Ok(None) };
         let entry: ModuleEntry =
             serde_json::from_slice(entry.value()).map_err(|e| StoreError::Other(format!("module {digest} in etcd: {e}")))?;
         let mut bytes = Vec::with_capacity(usize::try_from(entry.size).unwrap_or(0).min(1 << 30));
         // One chunk per request: a response stays far below gRPC's message limit.
         for i in 0..entry.chunks {
-            let chunk = kv.get(format!("{key}/{i:06}"), None).await.map_err(unavailable)?;
+            let chunk = self.get(format!("{key}/{i:06}"), None).await?;
             let chunk = chunk.kvs().first().ok_or_else(|| StoreError::Other(format!("module {digest} in etcd lacks chunk {i}")))?;
             bytes.extend_from_slice(chunk.value());
         }
@@ -496,43 +599,60 @@ impl Store for EtcdStore {
     }
 
     async fn leader(&self) -> Result<Option<String>, StoreError> {
-        let response = self.client.kv_client().get(self.leader_key(), None).await.map_err(unavailable)?;
+        let response = self.get(self.leader_key(), None).await?;
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 }
 
-/// Keeps the leader's lease alive; cancels `lost` as soon as the lease may
-/// have expired (a keep-alive that failed or was not answered within a third
-/// of the lease), so the leader stops before another can start.
-async fn keep_alive(client: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+/// Keeps a lease alive (the leader's, or a master's place on the list),
+/// through another member when one goes away; cancels `lost` as soon as the
+/// lease may have expired (not renewed within two thirds of it), so a leader
+/// stops before another can start.
+async fn keep_alive(store: EtcdStore, lease: i64, ttl: Duration, lost: CancellationToken) {
     let every = ttl / 3;
-    let mut leases = client.lease_client();
-    let result: Result<(), String> = async {
-        let (mut keeper, mut answers) = leases.keep_alive(lease).await.map_err(|e| e.to_string())?;
-        let mut renewed = tokio::time::Instant::now();
+    let mut renewed = tokio::time::Instant::now();
+    let why: String = 'kept: loop {
+        if renewed.elapsed() > ttl - every {
+            break format!("the lease was not renewed for {:?}", renewed.elapsed());
+        }
+        let at = store.current.load(Ordering::Relaxed);
+        let mut leases = store.client().lease_client();
+        let (mut keeper, mut answers) = match leases.keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(_) => {
+                store.skip(at);
+                tokio::time::sleep(every / 4).await;
+                continue;
+            }
+        };
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = lost.cancelled() => return Ok(()),
+                _ = lost.cancelled() => break 'kept String::new(),
                 _ = tick.tick() => {
                     if renewed.elapsed() > ttl - every {
-                        return Err(format!("the lease was not renewed for {:?}", renewed.elapsed()));
+                        break 'kept format!("the lease was not renewed for {:?}", renewed.elapsed());
                     }
-                    keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                    if keeper.keep_alive().await.is_err() {
+                        store.skip(at);
+                        continue 'kept;
+                    }
                 }
                 answer = answers.message() => match answer {
                     Ok(Some(answer)) if answer.ttl() > 0 => renewed = tokio::time::Instant::now(),
-                    Ok(Some(_)) => return Err("the lease expired".into()),
-                    Ok(None) => return Err("the keep-alive stream ended".into()),
-                    Err(e) => return Err(e.to_string()),
+                    Ok(Some(_)) => break 'kept "the lease expired".to_string(),
+                    // The member went away: go on through the next one.
+                    Ok(None) | Err(_) => {
+                        store.skip(at);
+                        continue 'kept;
+                    }
                 },
             }
         }
-    }
-    .await;
-    if let Err(why) = result {
+    };
+    if !why.is_empty() {
         tracing::warn!(reason = %why, lease, "an etcd lease was lost");
     }
     lost.cancel();
-    let _ = leases.revoke(lease).await;
+    let _ = store.client().lease_client().revoke(lease).await;
 }

@@ -157,6 +157,7 @@ impl ModuleStore {
         let path = match self.local(digest).await {
             Ok(Some(path)) => path,
             Ok(None) => return Err(ModuleProblem::Missing),
+            Err(UploadError::Store(e)) => return Err(ModuleProblem::Unavailable(e)),
             Err(e) => return Err(ModuleProblem::Invalid(e.to_string())),
         };
         let bytes = match tokio::fs::read(&path).await {
@@ -226,12 +227,14 @@ impl ModuleStore {
 }
 
 /// Why a workload's module cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ModuleProblem {
     /// Not uploaded.
     Missing,
     /// Uploaded, but not WebAssembly the agents can load.
     Invalid(String),
+    /// Kept by the store, which cannot be reached now.
+    Unavailable(StoreError),
 }
 
 #[cfg(test)]
@@ -296,14 +299,14 @@ mod tests {
         assert!(modules.upload(&digest, chunks(&data), size).await.unwrap());
         assert!(!modules.upload(&digest, chunks(&data), size).await.unwrap(), "already there");
         assert!(modules.contains(&digest));
-        assert_eq!(modules.ensure_valid(&digest).await, Ok(()));
+        assert!(modules.ensure_valid(&digest).await.is_ok());
 
         let script = b"#!/bin/sh\necho hi\n";
         let script_digest = format!("sha256:{:x}", Sha256::digest(script));
         let err = modules.upload(&script_digest, chunks(script), 1000).await.unwrap_err();
         assert!(matches!(err, UploadError::NotWasm(_)), "{err}");
         assert!(!modules.contains(&script_digest), "not kept");
-        assert_eq!(modules.ensure_valid(&script_digest).await, Err(ModuleProblem::Missing));
+        assert!(matches!(modules.ensure_valid(&script_digest).await, Err(ModuleProblem::Missing)));
         // A file kept from before uploads were checked is found out when a workload names it.
         std::fs::write(modules.path(&script_digest).unwrap(), script).unwrap();
         assert!(matches!(modules.ensure_valid(&script_digest).await, Err(ModuleProblem::Invalid(_))));
