@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(CURDIR)/target
 BIN := $(CARGO_TARGET_DIR)/debug
 RUN_DIR := $(CURDIR)/.run
 
-.PHONY: all build build-deps examples packaging-configs run run-agent test test-deps lint fmt fuzz bench bench-deps clean-run deb debs deb-deps cross-deps
+.PHONY: all build build-deps examples packaging-configs run run-ha run-agent test test-deps lint fmt fuzz bench bench-deps clean-run deb debs deb-deps cross-deps
 
 all: build
 
@@ -35,6 +35,10 @@ examples: test-deps
 ## Builds, then starts a master and one agent on this machine and deploys the hello and sensor examples; Ctrl-C stops them.
 run: build examples
 	bash scripts/run-local.sh $(BIN) $(RUN_DIR)
+
+## Three etcd members, three masters on them and two agents on this machine, with the examples applied; Ctrl-C stops them.
+run-ha: build examples test-deps
+	bash scripts/run-ha.sh $(BIN) $(RUN_DIR)
 
 ## One agent on its own (no master), running the examples from a manifests directory: the IoT case.
 run-agent: build examples

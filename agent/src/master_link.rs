@@ -775,6 +775,8 @@ impl MasterLink {
                 }
                 Ok(None) => backoff.reset(),
                 Err(LinkError::Refused { status: 404 | 401, message }) => return format!("endpoints refused: {message}"),
+                // The revision is one the cluster never reached (its store was replaced): list again.
+                Err(LinkError::Refused { status: 410, .. }) => since = 0,
                 Err(e) => {
                     tracing::debug!(error = %e, "endpoints watch failed; retrying");
                     self.sleep_or_stop(backoff.next(), &session).await;

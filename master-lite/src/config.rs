@@ -392,6 +392,36 @@ mod tests {
 
     use super::*;
 
+    /// The systemd drop-in for masters on etcd sets only variables a master reads.
+    #[test]
+    fn the_etcd_drop_in_sets_master_settings() {
+        use clap::CommandFactory;
+        let drop_in = include_str!("../../packaging/systemd/wasmlet-master.service.d/etcd.conf");
+        let known: Vec<String> =
+            Cli::command().get_arguments().filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())).collect();
+        let mut set = Vec::new();
+        for line in drop_in.lines().filter_map(|l| l.strip_prefix("Environment=")) {
+            let (name, value) = line.split_once('=').expect("NAME=value");
+            assert!(known.iter().any(|k| k == name), "{name} is not a master setting");
+            set.push((name, value));
+        }
+        let args: Vec<String> = std::iter::once("wasmlet-master".to_string())
+            .chain(set.iter().flat_map(|(name, value)| {
+                let arg = Cli::command()
+                    .get_arguments()
+                    .find(|a| a.get_env().is_some_and(|e| e == *name))
+                    .and_then(|a| a.get_long())
+                    .unwrap_or_default()
+                    .to_string();
+                [format!("--{arg}"), value.to_string()]
+            }))
+            .collect();
+        let cli: Cli = wasmlet_config::load(args).expect("the drop-in's values parse");
+        assert_eq!(cli.master.store, StoreKind::Etcd);
+        assert_eq!(cli.master.etcd_endpoints.len(), 3);
+        assert!(cli.master.check().is_ok());
+    }
+
     #[test]
     fn defaults_are_the_documented_ones() {
         let cli: Cli = wasmlet_config::load(["wasmlet-master"]).unwrap();

@@ -335,3 +335,203 @@ fn losing_etcd_quorum_stops_writes_and_nothing_else() {
         before.iter().map(|i| (&i.metadata.name, i.status.restarts)).collect::<Vec<_>>()
     );
 }
+
+/// `scripts/run-ha.sh` in its own process group, stopped with the group.
+struct RunHa(std::process::Child);
+
+impl Drop for RunHa {
+    fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The first of 20 free ports in a row on loopback.
+fn free_range() -> u16 {
+    for _ in 0..50 {
+        let base = wasmlet_tests::free_port().saturating_sub(20).max(1025);
+        let free = (base..base + 20).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no 20 free ports in a row");
+}
+
+/// `make run-ha` as a user runs it: three etcd members, three masters, two
+/// agents, the examples applied; the CLI's context lists the masters, one leads.
+#[test]
+fn make_run_ha_starts_three_masters_on_etcd_and_the_examples() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/run-ha.sh");
+    let mut child = std::process::Command::new("bash")
+        .arg(script)
+        .arg(wasmlet_tests::bin_dir())
+        .arg(dir.path().join(".run"))
+        .env("WASMLET_RUN_HA_PORT", free_range().to_string())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env_remove("WASMLET_CONFIG")
+        .env_remove("WASMLET_MASTER")
+        .current_dir(dir.path())
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("run-ha.log")).expect("log file"))
+        .spawn()
+        .expect("start run-ha.sh");
+    let stdout = child.stdout.take().expect("stdout");
+    let _running = RunHa(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("wasmlet is running with three masters") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let log = std::fs::read_to_string(dir.path().join("run-ha.log")).unwrap_or_default();
+        panic!("make run-ha's script did not report the cluster running; its log:\n{log}");
+    }
+    let wasmlet = |args: &[&str]| {
+        let out = std::process::Command::new(wasmlet_tests::bin("wasmlet"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("WASMLET_CONFIG")
+            .output()
+            .expect("wasmlet runs");
+        assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let masters = wasmlet(&["get", "masters"]);
+    assert_eq!(masters.lines().filter(|l| l.contains("https://127.0.0.1:")).count(), 3, "{masters}");
+    assert_eq!(masters.matches("Leader").count(), 1, "{masters}");
+    let nodes = wasmlet(&["get", "nodes"]);
+    assert_eq!(nodes.matches(" Ready").count(), 2, "{nodes}");
+    let instances = wasmlet(&["get", "instances"]);
+    assert!(instances.lines().any(|l| l.starts_with("sensor-") && l.contains("Running")), "{instances}");
+}
+
+/// A backup of masters on etcd holds their objects and the modules another
+/// master took, and restores into a master on its own; `restore` refuses to
+/// write into an etcd-backed master's data dir (etcd has its own snapshots).
+#[test]
+fn a_backup_of_masters_on_etcd_restores_into_a_master_on_its_own() {
+    let etcd = EtcdCluster::start(1).expect("etcd starts");
+    let masters = masters(&etcd, "/backup", 2);
+    masters[1].upload_example("sensor").expect("upload");
+    let (status, body) = masters[1].send_json(Method::POST, "/workloads", &sensor("kept", 0)).expect("POST");
+    assert_eq!(status, 201, "{body}");
+    let work = tempfile::tempdir().expect("dir");
+    let file = work.path().join("cluster.backup");
+    // Through the master that never took the module: it fetches it from etcd.
+    let out = masters[0].command(&["backup", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 modules"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let restore = |dir: &std::path::Path, extra: &[&str]| {
+        let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
+        command.arg("--data-dir").arg(dir).args(["restore", file.to_str().expect("utf-8")]).args(extra).env_remove("WASMLET_CONFIG");
+        wasmlet_tests::run_to_exit(command, WAIT).expect("restore ends")
+    };
+    let refused = restore(work.path().join("etcd-master").as_path(), &["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()]);
+    assert!(!refused.status.success() && refused.stderr.contains("etcdctl snapshot"), "{}", refused.stderr);
+    let alone = Master::start(&[]).expect("a master on its own");
+    let dir = alone.data_dir.path().to_path_buf();
+    drop(alone);
+    let restored = restore(&dir, &["--force"]);
+    assert!(restored.status.success(), "{}", restored.stderr);
+    assert!(dir.join("modules").join(wasmlet_tests::example("sensor").1.trim_start_matches("sha256:")).is_file(), "the module is restored");
+}
+
+/// Masters reach etcd over mutual TLS with `--etcd-ca-file`,
+/// `--etcd-cert-file` and `--etcd-key-file`; without a client certificate
+/// etcd refuses them, and the master says so and stops.
+#[test]
+fn masters_reach_etcd_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("a CA");
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
+    let key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).expect("signed");
+    let tls = wasmlet_tests::EtcdTls { ca: dir.path().join("ca.crt"), cert: dir.path().join("etcd.crt"), key: dir.path().join("etcd.key") };
+    std::fs::write(&tls.ca, ca_cert.pem()).expect("write");
+    std::fs::write(&tls.cert, cert.pem()).expect("write");
+    std::fs::write(&tls.key, key.serialize_pem()).expect("write");
+    let etcd = EtcdCluster::start_with(1, Some(tls.clone())).expect("etcd starts");
+    let endpoints = etcd.endpoints();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    let (ca, cert, key) = (path(&tls.ca), path(&tls.cert), path(&tls.key));
+    let master = Master::start(&[
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--etcd-ca-file",
+        &ca,
+        "--etcd-cert-file",
+        &cert,
+        "--etcd-key-file",
+        &key,
+    ])
+    .expect("a master on etcd over TLS starts");
+    master.upload_example("sensor").expect("upload");
+    let (status, body) = master.send_json(Method::POST, "/workloads", &sensor("s", 0)).expect("POST");
+    assert_eq!(status, 201, "{body}");
+
+    let refused = |args: &[&str]| {
+        let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
+        command.arg("--data-dir").arg(dir.path().join("other")).args(["--listen", "127.0.0.1:0", "--store", "etcd"]).args(args);
+        command.env_remove("WASMLET_CONFIG");
+        wasmlet_tests::run_to_exit(command, WAIT).expect("the master stops")
+    };
+    let no_certificate = refused(&["--etcd-endpoints", &endpoints, "--etcd-ca-file", &ca]);
+    assert!(!no_certificate.status.success() && no_certificate.stderr.contains("etcd"), "{}", no_certificate.stderr);
+    let no_ca = refused(&["--etcd-endpoints", &endpoints]);
+    assert!(!no_ca.status.success() && no_ca.stderr.contains("--etcd-ca-file"), "{}", no_ca.stderr);
+    let half = refused(&["--etcd-endpoints", &endpoints, "--etcd-ca-file", &ca, "--etcd-cert-file", &cert]);
+    assert!(!half.status.success() && half.stderr.contains("--etcd-key-file"), "{}", half.stderr);
+}
+
+/// A leader stopped with SIGTERM gives the leadership up at once (well
+/// before its lease would expire); every master's admin token works on every
+/// master; a data dir with a CA of another cluster is refused.
+#[test]
+fn a_stopped_leader_hands_over_at_once_and_the_masters_share_ca_and_tokens() {
+    let etcd = EtcdCluster::start(1).expect("etcd starts");
+    let endpoints = etcd.endpoints();
+    let args = ["--store", "etcd", "--etcd-endpoints", endpoints.as_str(), "--etcd-prefix", "/handover", "--leader-lease", "20s"];
+    let mut masters: Vec<Master> = (0..2).map(|_| Master::start(&args).expect("a master starts")).collect();
+    for (i, master) in masters.iter().enumerate() {
+        let other = &masters[1 - i];
+        let answer = master.client_with(&other.admin_token).build().expect("client").get(master.api("/workloads")).send().expect("answer");
+        assert_eq!(answer.status(), 200, "master {i} takes the admin token of the other");
+    }
+    let first = leader(&masters, &[]);
+    let stopped_at = Instant::now();
+    masters[first].stop().expect("the leader stops");
+    leader(&masters, &[first]);
+    assert!(stopped_at.elapsed() < Duration::from_secs(10), "taken over in {:?}, not after the 20 s lease", stopped_at.elapsed());
+
+    // A master whose data dir holds another cluster's CA does not join this one.
+    let mut stranger = Master::start(&[]).expect("a master on its own");
+    stranger.stop().expect("stops");
+    let dir = stranger.data_dir.path().to_path_buf();
+    let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
+    command.arg("--data-dir").arg(&dir).args(["--listen", "127.0.0.1:0"]).args(args);
+    command.env_remove("WASMLET_CONFIG");
+    let refused = wasmlet_tests::run_to_exit(command, WAIT).expect("the master stops");
+    assert!(!refused.status.success() && refused.stderr.contains("not this cluster's"), "{}", refused.stderr);
+}

@@ -21,22 +21,39 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
     initial_cluster: String,
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files for members that serve their clients over mutual TLS: the CA
+/// clients must present certificates of, and the members' certificate (for
+/// 127.0.0.1) and key.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster answers.
     pub fn start(size: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(size, None)
+    }
+
+    /// Starts `size` members, serving clients over mutual TLS with `tls`.
+    pub fn start_with(size: usize, tls: Option<EtcdTls>) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::Builder::new().prefix("wasmlet-etcd-").tempdir()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("e{i}"),
-                client: format!("http://127.0.0.1:{}", free_port()),
+                client: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer: format!("http://127.0.0.1:{}", free_port()),
                 child: None,
             })
             .collect();
         let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer)).collect::<Vec<_>>().join(",");
-        let mut cluster = EtcdCluster { members, dir, initial_cluster };
+        let mut cluster = EtcdCluster { members, dir, initial_cluster, tls };
         for i in 0..size {
             cluster.spawn(i, "new")?;
         }
@@ -50,7 +67,12 @@ impl EtcdCluster {
         let data = self.dir.path().join(&self.members[i].name);
         let member = &mut self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))?;
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&data)
@@ -71,7 +93,15 @@ impl EtcdCluster {
 
     /// Waits until member `i` answers `/health` as healthy.
     pub fn wait_healthy(&mut self, i: usize) -> anyhow::Result<()> {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            let identity = [std::fs::read(&tls.cert)?, std::fs::read(&tls.key)?].concat();
+            client = client
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&tls.ca)?)?)
+                .identity(reqwest::Identity::from_pem(&identity)?);
+        }
+        let client = client.build()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             let url = format!("{}/health", self.members[i].client);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod etcd;
-pub use etcd::EtcdCluster;
+pub use etcd::{EtcdCluster, EtcdTls};
 
 /// Where the wasmlet binaries are.
 pub fn bin_dir() -> PathBuf {

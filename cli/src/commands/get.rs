@@ -159,7 +159,16 @@ impl Get {
         let mut seen: BTreeMap<String, String> = items.iter().map(|i| (i.name().to_string(), fingerprint(i))).collect();
         let mut since = list.revision;
         loop {
-            let Some(list) = client.watch::<T>(T::PATH, selector.as_deref(), since)? else { continue };
+            let list = match client.watch::<T>(T::PATH, selector.as_deref(), since) {
+                Ok(Some(list)) => list,
+                Ok(None) => continue,
+                // The cluster's store was replaced since the listing: list again, show what differs.
+                Err(crate::Error::Api { status: 410, .. }) => {
+                    since = 0;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             since = list.revision;
             let changed: Vec<T> = self
                 .only_named(list.items)

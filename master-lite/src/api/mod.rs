@@ -181,6 +181,25 @@ impl ListParams {
     }
 }
 
+/// Refuses a watch from a revision the cluster never reached, with `410 Gone`:
+/// the watcher saw a store that has since been replaced (a restore), and must
+/// list again. A revision only this master has not reached yet (the watcher
+/// came from a master further ahead) is waited for.
+pub async fn check_since(shared: &Shared, since: u64) -> Result<(), Failure> {
+    if since <= shared.cluster().revision {
+        return Ok(());
+    }
+    let current = shared.store.current_revision().await?;
+    if since > current {
+        return Err(Failure::new(
+            StatusCode::GONE,
+            "Expired",
+            format!("revision {since} is newer than the cluster's, {current}: its store was replaced since; list again without `since`"),
+        ));
+    }
+    Ok(())
+}
+
 /// Waits until `revision(cluster)` exceeds `since`, at most `timeout` (capped by
 /// `--watch-timeout`). False on timeout or shutdown.
 pub async fn wait_for_change(shared: &Shared, since: u64, timeout: Option<Duration>, revision: impl Fn(&Cluster) -> u64) -> bool {

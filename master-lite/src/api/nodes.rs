@@ -27,6 +27,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<Vec<(String, String)>>) -> Result<Response, Failure> {
     let params = ListParams::parse(&query)?;
+    if params.watch {
+        super::check_since(&shared, params.since).await?;
+    }
     if params.watch && !wait_for_change(&shared, params.since, params.timeout, |c| c.collection_revision(Kind::Node)).await {
         return Ok(not_modified());
     }

@@ -30,6 +30,9 @@ async fn list<T: serde::Serialize>(
     items: impl Fn(&Cluster, &super::Selector) -> Vec<T>,
 ) -> Result<Response, Failure> {
     let params = ListParams::parse(query)?;
+    if params.watch {
+        super::check_since(shared, params.since).await?;
+    }
     if params.watch && !wait_for_change(shared, params.since, params.timeout, |c| c.collection_revision(kind)).await {
         return Ok(not_modified());
     }

@@ -158,6 +158,12 @@ impl Drop for Partial {
 
 /// `wasmlet-master restore FILE [--force]`.
 pub fn restore(config: &MasterConfig, file: &Path, force: bool) -> anyhow::Result<String> {
+    if config.store == crate::config::StoreKind::Etcd {
+        bail!(
+            "restore writes the store of a master on its own (--store redb); the objects of masters on etcd are etcd's: \
+             restore etcd from its own snapshot (`etcdctl snapshot save` / `etcdutl snapshot restore`)"
+        );
+    }
     let data_dir = &config.data_dir;
     let store_path = data_dir.join(STORE_FILE);
     // Held until the new store is in place: no master starts on the old one meanwhile.

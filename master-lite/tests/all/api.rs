@@ -122,6 +122,14 @@ async fn label_selectors_and_watches() {
     assert!(answer["revision"].as_u64().unwrap() > revision);
     assert_eq!(answer["items"].as_array().unwrap().len(), 4);
 
+    // A revision the cluster never reached (a watcher of a store since replaced): 410, list again.
+    let future = answer["revision"].as_u64().unwrap() + 1000;
+    for path in ["/workloads", "/instances", "/events", "/nodes", "/endpoints"] {
+        let (status, err) = master.get(&format!("{path}?watch=true&since={future}&timeoutSeconds=30")).await;
+        assert_eq!(status, 410, "{path}: {err}");
+        assert!(err["message"].as_str().unwrap().contains("list again"), "{err}");
+    }
+
     let metrics = master.http.get(master.url.replace("/api/v1", "/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("wasmlet_master_http_requests_total"), "{metrics}");
     assert!(metrics.contains("wasmlet_master_nodes{ready=\"True\"} 0"), "{metrics}");
