@@ -85,6 +85,9 @@ pub struct Txn {
     instances: HashSet<String>,
     /// Commit only while this leadership is held (the controllers' writes).
     fence: Option<Fence>,
+    /// Whether the changes may commit in several pieces when one write
+    /// cannot hold them all (see [`Txn::divisible`]).
+    divisible: bool,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,19 @@ impl Txn {
     /// Makes the transaction commit only while `fence`'s leadership is held.
     pub fn fence(&mut self, fence: Fence) {
         self.fence = Some(fence);
+    }
+
+    /// Lets the changes commit in several pieces, in order, when the store
+    /// cannot take them in one write: for changes each of which stands on its
+    /// own (instances placed, statuses reported, the instances of a deleted
+    /// workload removed). Should a later piece fail, the earlier ones stay,
+    /// and the controllers carry on from there.
+    pub fn divisible(&mut self) {
+        self.divisible = true;
+    }
+
+    pub fn is_divisible(&self) -> bool {
+        self.divisible
     }
 
     /// Records an event reported by the master.
@@ -282,7 +298,7 @@ impl Cluster {
     }
 
     pub fn txn(&self) -> Txn {
-        Txn { changes: Vec::new(), epoch: (self.epoch, self.epoch), instances: HashSet::new(), fence: None }
+        Txn { changes: Vec::new(), epoch: (self.epoch, self.epoch), instances: HashSet::new(), fence: None, divisible: false }
     }
 
     /// Receives the global revision after every commit.

@@ -103,8 +103,14 @@ impl Shared {
     /// Commits `txn` and waits until this master's view has it: what the
     /// caller reads next includes its write. Returns the commit's revision.
     pub async fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+        let divisible = txn.is_divisible();
         let Some(write) = self.cluster().prepare(txn)? else { return Ok(self.cluster().revision) };
-        let revision = self.store.commit(write).await?;
+        let limits = self.store.limits();
+        let pieces = if divisible && !write.fits(limits) { write.split(limits) } else { vec![write] };
+        let mut revision = 0;
+        for piece in pieces {
+            revision = self.store.commit(piece).await?;
+        }
         self.caught_up(revision).await;
         Ok(revision)
     }

@@ -535,3 +535,34 @@ fn a_stopped_leader_hands_over_at_once_and_the_masters_share_ca_and_tokens() {
     let refused = wasmlet_tests::run_to_exit(command, WAIT).expect("the master stops");
     assert!(!refused.status.success() && refused.stderr.contains("not this cluster's"), "{}", refused.stderr);
 }
+
+/// etcd takes at most 128 operations in a transaction: a workload whose
+/// placement, or deletion, is more than that is placed, runs and is deleted
+/// all the same, in pieces.
+#[test]
+fn a_workload_larger_than_one_etcd_transaction_is_placed_and_deleted() {
+    const REPLICAS: usize = 150;
+    let etcd = EtcdCluster::start(1).expect("etcd starts");
+    let masters = masters(&etcd, "/large", 1);
+    let master = &masters[0];
+    let _agents: Vec<Agent> = ["a", "b", "c"].iter().map(|name| join_all(&masters, 0, name)).collect();
+    master.upload_example("sensor").expect("upload");
+    let text = workload_manifest("many", "sensor", "daemon", &format!("  replicas: {REPLICAS}\n  args: [\"--interval\", \"60000\"]\n"));
+    let many: Workload = wasmlet_api::from_yaml(&text).expect("manifest");
+    let (status, body) = master.send_json(Method::POST, "/workloads", &many).expect("POST");
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + WAIT;
+    while running(master, "many").len() < REPLICAS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut phases = std::collections::BTreeMap::new();
+    for i in master.instances() {
+        *phases.entry(format!("{:?} {}", i.status.phase, i.spec.node)).or_insert(0) += 1;
+    }
+    let logs: Vec<String> =
+        master.logs.lock().expect("log lock").iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).take(10).cloned().collect();
+    assert_eq!(running(master, "many").len(), REPLICAS, "{phases:?}\n{}", logs.join("\n"));
+    let (status, body) = master.send_json(Method::DELETE, "/workloads/many", &serde_json::json!({})).expect("DELETE");
+    assert_eq!(status, 200, "{body}");
+    wait_for(WAIT, "every instance gone", || master.instances().is_empty().then_some(()));
+}

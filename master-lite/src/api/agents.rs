@@ -435,6 +435,7 @@ pub async fn report_instances(State(shared): State<Arc<Shared>>, Path(name): Pat
                 return Err(not_registered(&name));
             }
             let mut txn = cluster.txn();
+            txn.divisible();
             for update in &batch.updates {
                 let Some(placed) = cluster.instances.get(&update.name) else { continue };
                 // Stale (older epoch), someone else's, or already handed off: the master's view wins.

@@ -49,6 +49,8 @@ pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
         .update(|cluster| {
             let node = cluster.nodes.get(&name).cloned().ok_or_else(|| Failure::not_found("node", &name))?;
             let mut txn = cluster.txn();
+            // The node and its credentials first; its instances may follow in pieces.
+            txn.divisible();
             txn.delete(Kind::Node, &name);
             txn.delete(Kind::Credential, &name);
             let now = chrono::Utc::now();
@@ -111,6 +113,7 @@ pub async fn drain(
     let draining: Vec<(String, String)> = shared
         .update(|cluster| {
             let mut txn = cluster.txn();
+            txn.divisible();
             let mut draining = Vec::new();
             for placed in cluster.instances_on(&name) {
                 if !occupies_node(placed.instance.status.phase) {

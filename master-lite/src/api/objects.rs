@@ -275,6 +275,8 @@ pub async fn delete_workload(State(shared): State<Arc<Shared>>, Path(name): Path
         .update(|cluster| {
             let workload = cluster.workloads.get(&name).cloned().ok_or_else(|| Failure::not_found("workload", &name))?;
             let mut txn = cluster.txn();
+            // The workload first; its instances may follow in pieces (the controller removes any left).
+            txn.divisible();
             txn.delete(Kind::Workload, &name);
             let instances: Vec<String> =
                 cluster.instances.values().filter(|p| p.instance.spec.workload == name).map(|p| p.instance.metadata.name.clone()).collect();

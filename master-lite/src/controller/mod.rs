@@ -160,6 +160,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
         if timer || woken {
             let mut txn = lifecycle.tick(&shared.cluster(), &shared.leases, &shared.config, &shared.metrics, now);
             txn.fence(fence);
+            txn.divisible();
             match shared.commit(txn).await {
                 Ok(_) => {}
                 Err(StoreError::Fenced) => return,
@@ -184,6 +185,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
         };
         if let Some(mut txn) = txn {
             txn.fence(fence);
+            txn.divisible();
             again = match shared.commit(txn).await {
                 Ok(_) => workloads.more_to_do(),
                 Err(StoreError::Fenced) => return,

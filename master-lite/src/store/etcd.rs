@@ -37,7 +37,7 @@ use etcd_client::{
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Change, Expect, Fence, Kind, Op, Renewal, Snapshot, Store, StoreError, Stored, Watch, Write};
+use super::{Batch, Change, Expect, Fence, Kind, Limits, Op, Renewal, Snapshot, Store, StoreError, Stored, Watch, Write};
 
 /// The size of a module's chunks in etcd.
 pub const MODULE_CHUNK: usize = 1 << 20;
@@ -274,6 +274,12 @@ fn epoch_of(value: &[u8]) -> Result<u64, StoreError> {
 impl Store for EtcdStore {
     fn describe(&self) -> String {
         format!("etcd {} (prefix {})", self.settings.endpoints.join(","), self.settings.prefix)
+    }
+
+    fn limits(&self) -> Limits {
+        // etcd's defaults (--max-txn-ops 128, --max-request-bytes 1.5 MiB), with
+        // room for the epoch's and the fence's compares and gRPC's framing.
+        Limits { ops: 120, bytes: 1 << 20 }
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {

@@ -101,6 +101,54 @@ pub struct Write {
     pub fence: Option<Fence>,
 }
 
+impl Write {
+    /// The write in pieces that each keep within `limits`, in order: the
+    /// first moves the epoch, each is fenced. Only for a write whose ops need
+    /// not all commit together (each piece commits or not on its own).
+    pub fn split(self, limits: Limits) -> Vec<Write> {
+        let mut pieces: Vec<Write> = Vec::new();
+        let mut piece = Write { ops: Vec::new(), epoch: self.epoch, fence: self.fence };
+        let mut bytes = 0;
+        for op in self.ops {
+            let size = op.size();
+            if !piece.ops.is_empty() && (piece.ops.len() >= limits.ops || bytes + size > limits.bytes) {
+                pieces.push(std::mem::replace(&mut piece, Write { ops: Vec::new(), epoch: None, fence: self.fence }));
+                bytes = 0;
+            }
+            bytes += size;
+            piece.ops.push(op);
+        }
+        pieces.push(piece);
+        pieces
+    }
+
+    /// Whether the write keeps within `limits`.
+    pub fn fits(&self, limits: Limits) -> bool {
+        self.ops.len() <= limits.ops && self.ops.iter().map(Op::size).sum::<usize>() <= limits.bytes
+    }
+}
+
+impl Op {
+    /// Roughly what the op weighs in a request: its name and value.
+    fn size(&self) -> usize {
+        match self {
+            Op::Put { name, value, .. } => name.len() + value.len() + 64,
+            Op::Delete { name, .. } => name.len() + 64,
+        }
+    }
+}
+
+/// The most one [`Write`] may hold for a store to take it in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub ops: usize,
+    pub bytes: usize,
+}
+
+impl Limits {
+    pub const NONE: Limits = Limits { ops: usize::MAX, bytes: usize::MAX };
+}
+
 /// A leadership as [`Store::campaign`] won it: writes fenced with it commit
 /// only while no other master took over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +220,8 @@ pub type Watch = BoxStream<'static, Result<Batch, StoreError>>;
 pub trait Store: Send + Sync + 'static {
     /// What the store is, for logs: its kind and where it is.
     fn describe(&self) -> String;
+    /// The most one write may hold.
+    fn limits(&self) -> Limits;
     /// Reads every object and the counters at one revision.
     async fn load(&self) -> Result<Snapshot, StoreError>;
     /// Commits all of `write` durably, or nothing of it; returns its revision.
@@ -219,4 +269,32 @@ pub struct Renewal {
     pub node: String,
     #[serde(rename = "agoMs")]
     pub ago_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_divisible_write_splits_within_the_limits_in_order() {
+        let put = |i: usize, size: usize| Op::Put {
+            kind: Kind::Instance,
+            name: format!("i{i}"),
+            value: vec![b'x'; size],
+            expect: Expect::Absent,
+        };
+        let write = Write { ops: (0..10).map(|i| put(i, 100)).collect(), epoch: Some((3, 13)), fence: Some(Fence(7)) };
+        assert!(!write.fits(Limits { ops: 4, bytes: usize::MAX }));
+        let pieces = write.clone().split(Limits { ops: 4, bytes: usize::MAX });
+        assert_eq!(pieces.iter().map(|p| p.ops.len()).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(pieces.iter().map(|p| p.epoch).collect::<Vec<_>>(), [Some((3, 13)), None, None], "the first moves the epoch");
+        assert!(pieces.iter().all(|p| p.fence == Some(Fence(7))), "each is fenced");
+        let names: Vec<&str> = pieces.iter().flat_map(|p| p.ops.iter().map(|o| o.key().1)).collect();
+        assert_eq!(names, (0..10).map(|i| format!("i{i}")).collect::<Vec<_>>(), "in order");
+        // By size: an op larger than the limit goes alone.
+        let write = Write { ops: vec![put(0, 300), put(1, 300), put(2, 5000), put(3, 10)], ..Default::default() };
+        let pieces = write.split(Limits { ops: 100, bytes: 1000 });
+        assert_eq!(pieces.iter().map(|p| p.ops.len()).collect::<Vec<_>>(), [2, 1, 1]);
+        assert!(Write::default().fits(Limits { ops: 0, bytes: 0 }));
+    }
 }

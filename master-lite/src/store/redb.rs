@@ -19,7 +19,7 @@ use redb::{Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, Readable
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Change, Expect, Fence, Kind, Op, Renewal, Snapshot, Store, StoreError, Stored, Watch, Write};
+use super::{Batch, Change, Expect, Fence, Kind, Limits, Op, Renewal, Snapshot, Store, StoreError, Stored, Watch, Write};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Per `(table, name)`: the revision of the object's last write (since format 2).
@@ -329,6 +329,10 @@ fn legacy_revision(value: &[u8]) -> u64 {
 impl Store for RedbStore {
     fn describe(&self) -> String {
         format!("redb {}", self.path.display())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::NONE
     }
 
     async fn load(&self) -> Result<Snapshot, StoreError> {
