@@ -106,11 +106,20 @@ impl Shared {
         let divisible = txn.is_divisible();
         let Some(write) = self.cluster().prepare(txn)? else { return Ok(self.cluster().revision) };
         let limits = self.store.limits();
-        let pieces = if divisible && !write.fits(limits) { write.split(limits) } else { vec![write] };
-        let mut revision = 0;
-        for piece in pieces {
-            revision = self.store.commit(piece).await?;
-        }
+        let revision = if divisible && !write.fits(limits) {
+            // The pieces stand on their own: sent together, the store commits them in as few rounds as it can.
+            use futures::StreamExt;
+            let commits =
+                futures::stream::iter(write.split(limits)).map(|piece| self.store.commit(piece)).buffer_unordered(PIECES_IN_FLIGHT);
+            let revisions: Vec<Result<u64, StoreError>> = commits.collect().await;
+            let mut last = 0;
+            for revision in revisions {
+                last = last.max(revision?);
+            }
+            last
+        } else {
+            self.store.commit(write).await?
+        };
         self.caught_up(revision).await;
         Ok(revision)
     }
@@ -139,6 +148,9 @@ impl Shared {
         }
     }
 }
+
+/// Pieces of a divisible write sent to the store at once.
+const PIECES_IN_FLIGHT: usize = 8;
 
 /// How often [`Shared::update`] builds a transaction again after a conflict.
 const UPDATE_TRIES: u32 = 5;

@@ -76,6 +76,15 @@ impl Leases {
         }
     }
 
+    /// Renewals [`Leases::take_unpublished`] gave that could not be handed on,
+    /// `ago` as of `then`: kept for the next batch, unless a newer one came meanwhile.
+    pub fn put_back(&mut self, renewals: Vec<(String, Duration)>, then: Instant) {
+        for (node, ago) in renewals {
+            let at = then.checked_sub(ago).unwrap_or(then);
+            self.unpublished.entry(node).or_insert(at);
+        }
+    }
+
     /// The renewals received since the last call, each with how long ago it was at `now`.
     pub fn take_unpublished(&mut self, now: Instant) -> Vec<(String, Duration)> {
         self.unpublished.drain().map(|(node, at)| (node, now.saturating_duration_since(at))).collect()

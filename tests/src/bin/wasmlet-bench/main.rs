@@ -32,13 +32,15 @@
 //! of it, and a native axum server as the ceiling: requests per second, p50,
 //! p99; needs the wasmtime CLI too) and `footprint` (the packaged agent's
 //! binary size and memory, natively and the arm64 one under qemu; needs
-//! `make debs`).
+//! `make debs`) and `ha` (three masters on three etcd members against one
+//! master on redb: failover, applies, placements, heartbeats).
 #![forbid(unsafe_code)]
 
 mod density;
 mod failover;
 mod figures;
 mod footprint;
+mod ha;
 mod heartbeats;
 mod http;
 mod report;
@@ -92,6 +94,12 @@ const SCENARIOS: &[Scenario] = &[
         name: "schedule",
         about: "10000 replicas onto 1000 simulated nodes: time to placed and to Running, placements/s, master CPU and RSS",
         run: schedule::run,
+    },
+    Scenario {
+        name: "ha",
+        about: "three masters on three etcd members against one on redb: leader kill to the new leader's first write, \
+                applies/s, placements/s, heartbeats of 10000 nodes",
+        run: ha::run,
     },
     Scenario {
         name: "http",

@@ -104,8 +104,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
     client: reqwest::Client,
-    /// `https://127.0.0.1:PORT/api/v1`
-    api: String,
+    /// `https://127.0.0.1:PORT/api/v1` of each master; node `i` talks to master `i % n`.
+    apis: Vec<String>,
     /// The `<id>.<secret>` every node registers with.
     join_token: String,
     pub stats: Arc<Stats>,
@@ -116,12 +116,21 @@ pub struct Fleet {
 struct NodeState {
     credential: String,
     revision: AtomicU64,
+    /// The API of the master the node talks to.
+    api: String,
 }
 
 impl Fleet {
     /// A fleet joining `master` with its join token (trusting its CA),
     /// its runtime on `threads` worker threads.
     pub fn new(master: &wasmlet_tests::Master, threads: usize) -> anyhow::Result<Fleet> {
+        Self::spread(&[master], threads)
+    }
+
+    /// A fleet spread over several masters of one cluster (sharing one CA
+    /// and join tokens): node `i` talks to master `i % masters.len()`.
+    pub fn spread(masters: &[&wasmlet_tests::Master], threads: usize) -> anyhow::Result<Fleet> {
+        let master = masters.first().context("a fleet needs a master")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("simnode")
@@ -146,7 +155,7 @@ impl Fleet {
         Ok(Fleet {
             runtime: Some(runtime),
             client,
-            api: format!("{}/api/v1", master.url),
+            apis: masters.iter().map(|m| format!("{}/api/v1", m.url)).collect(),
             join_token,
             stats: Arc::default(),
             nodes: Mutex::default(),
@@ -173,7 +182,8 @@ impl Fleet {
                 if started.elapsed() > timeout {
                     break;
                 }
-                let (client, api, stats, name) = (self.client.clone(), self.api.clone(), self.stats.clone(), name.clone());
+                let api = self.apis[index % self.apis.len()].clone();
+                let (client, stats, name) = (self.client.clone(), self.stats.clone(), name.clone());
                 let join_token = self.join_token.clone();
                 tasks.spawn(async move {
                     let result = register_one(&client, &api, &join_token, &name).await;
@@ -181,8 +191,11 @@ impl Fleet {
                     match result {
                         Ok(response) => {
                             stats.registered.fetch_add(1, Ordering::Relaxed);
-                            let state =
-                                Arc::new(NodeState { credential: response.credential.unwrap_or_default(), revision: AtomicU64::new(0) });
+                            let state = Arc::new(NodeState {
+                                credential: response.credential.unwrap_or_default(),
+                                revision: AtomicU64::new(0),
+                                api: api.clone(),
+                            });
                             let interval: Duration = response.heartbeat_interval.into();
                             // Node `index` renews at its share of the interval: the fleet's renewals are spread evenly.
                             let offset = interval.mul_f64(index as f64 / total as f64);
@@ -215,7 +228,7 @@ impl Fleet {
     pub fn start_watches(&self) {
         let nodes: Vec<(String, Arc<NodeState>)> = lock(&self.nodes).iter().map(|(n, s)| (n.clone(), s.clone())).collect();
         for (name, state) in nodes {
-            self.runtime().spawn(watch_assignment(self.client.clone(), self.api.clone(), name, state, self.stats.clone()));
+            self.runtime().spawn(watch_assignment(self.client.clone(), state.api.clone(), name, state, self.stats.clone()));
         }
     }
 }
