@@ -336,18 +336,6 @@ fn losing_etcd_quorum_stops_writes_and_nothing_else() {
     );
 }
 
-/// `scripts/run-ha.sh` in its own process group, stopped with the group.
-struct RunHa(std::process::Child);
-
-impl Drop for RunHa {
-    fn drop(&mut self) {
-        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// The first of 20 free ports in a row on loopback.
 fn free_range() -> u16 {
     for _ in 0..50 {
@@ -384,7 +372,7 @@ fn make_run_ha_starts_three_masters_on_etcd_and_the_examples() {
         .spawn()
         .expect("start run-ha.sh");
     let stdout = child.stdout.take().expect("stdout");
-    let _running = RunHa(child);
+    let _running = wasmlet_tests::ProcessGroup(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {

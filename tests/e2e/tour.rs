@@ -4,10 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use wasmlet_tests::{bin_dir, free_port};
+use wasmlet_tests::{ProcessGroup, bin_dir, free_port};
 
 /// The commands of the README's tour: the first `sh` block after its heading,
 /// without `make run` and the PATH line (the test sets both up itself).
@@ -20,18 +20,6 @@ fn tour_commands() -> Vec<String> {
         .map(|l| l.split("   #").next().unwrap_or(l).trim().to_string())
         .filter(|l| !l.is_empty() && !l.starts_with('#') && l != "make run" && !l.starts_with("export PATH="))
         .collect()
-}
-
-/// `scripts/run-local.sh` in its own process group, stopped with the group.
-struct RunLocal(Child);
-
-impl Drop for RunLocal {
-    fn drop(&mut self) {
-        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
-        }
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -60,7 +48,7 @@ fn the_readme_tour_works_as_written() {
         .spawn()
         .expect("start run-local.sh");
     let stdout = child.stdout.take().expect("stdout");
-    let _running = RunLocal(child);
+    let _running = ProcessGroup(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -450,6 +450,20 @@ pub fn reap_instances(data_dir: &std::path::Path) {
     }
 }
 
+/// A script started in its own process group (`process_group(0)`), which
+/// is sent SIGTERM as a whole when this drops: the script's trap stops
+/// everything it started.
+pub struct ProcessGroup(pub Child);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// A free TCP port on loopback (bound and released: a tiny race, fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
