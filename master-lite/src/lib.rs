@@ -160,6 +160,8 @@ const UPDATE_TRIES: u32 = 5;
 async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: CancellationToken) {
     use futures::StreamExt;
     let mut backoff = Duration::from_millis(100);
+    // Set when the store no longer has the revisions after the view's.
+    let mut compacted = false;
     loop {
         if let Some(stream) = watch.as_mut() {
             let next = tokio::select! {
@@ -172,13 +174,16 @@ async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: Canc
                     backoff = Duration::from_millis(100);
                     continue;
                 }
+                Some(Err(StoreError::Compacted(_))) => compacted = true,
                 Some(Err(e)) => tracing::warn!(error = %e, "the store's watch broke off; resuming"),
                 None => tracing::warn!("the store's watch ended; resuming"),
             }
             watch = None;
         }
         let from = shared.cluster().revision;
-        let resumed = match shared.store.watch(from).await {
+        let opened = if compacted { Err(StoreError::Compacted(from)) } else { shared.store.watch(from).await };
+        compacted = false;
+        let resumed = match opened {
             Err(StoreError::Compacted(_)) => {
                 tracing::warn!(revision = from, "the store cannot resume its watch there: loading everything again");
                 match shared.store.load().await {

@@ -554,3 +554,88 @@ fn a_workload_larger_than_one_etcd_transaction_is_placed_and_deleted() {
     assert_eq!(status, 200, "{body}");
     wait_for(WAIT, "every instance gone", || master.instances().is_empty().then_some(()));
 }
+
+/// A TCP proxy on loopback to `target`; `cut` closes every connection and
+/// refuses new ones until `mend`.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, kept) = (open.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                for (mut from, mut to) in [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
+                    .into_iter()
+                    .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                kept.lock().expect("lock").extend([client, server]);
+            }
+        });
+        Proxy { port, open, connections }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().expect("lock").drain(..) {
+            let _ = connection.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn mend(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A master cut off from etcd while the history it would resume from is
+/// compacted away loads the store again when it is back, and serves what
+/// was written meanwhile.
+#[test]
+fn a_master_behind_a_compaction_loads_the_store_again() {
+    let etcd = EtcdCluster::start(1).expect("etcd starts");
+    let endpoint = etcd.endpoints();
+    let target: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().expect("an address");
+    let proxy = Proxy::start(target);
+    let near = Master::start(&["--store", "etcd", "--etcd-endpoints", &endpoint, "--etcd-prefix", "/behind"]).expect("a master");
+    let far_endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let far = Master::start(&["--store", "etcd", "--etcd-endpoints", &far_endpoint, "--etcd-prefix", "/behind"]).expect("a master");
+    near.upload_example("sensor").expect("upload");
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        let (status, body) = near.send_json(Method::POST, "/workloads", &sensor(&format!("w{i}"), 0)).expect("POST");
+        assert_eq!(status, 201, "{body}");
+    }
+    let client = reqwest::blocking::Client::new();
+    let range: serde_json::Value = client
+        .post(format!("{endpoint}/v3/kv/range"))
+        .json(&serde_json::json!({"key": "AA=="}))
+        .send()
+        .expect("etcd")
+        .json()
+        .expect("JSON");
+    let revision = range["header"]["revision"].as_str().expect("a revision").to_string();
+    let compacted =
+        client.post(format!("{endpoint}/v3/kv/compaction")).json(&serde_json::json!({"revision": revision})).send().expect("etcd");
+    assert!(compacted.status().is_success(), "{:?}", compacted.text());
+    proxy.mend();
+    wait_for(WAIT, "the far master serves what was written while it was cut off", || far.get_json::<Workload>("/workloads/w4").ok());
+    let logs = far.logs.lock().expect("log lock").join("\n");
+    assert!(logs.contains("loading everything again"), "it loaded the store again:\n{logs}");
+}
