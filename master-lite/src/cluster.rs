@@ -242,8 +242,8 @@ impl Cluster {
     /// Replaces the whole view with `snapshot` (the store's watch could not
     /// resume), keeping the channels watchers and agents wait on.
     pub fn reload(&mut self, snapshot: Snapshot) {
-        let gone: Vec<String> =
-            self.nodes.keys().filter(|n| !snapshot.objects.iter().any(|o| o.kind == Kind::Node && o.name == **n)).cloned().collect();
+        let kept: HashSet<&str> = snapshot.objects.iter().filter(|o| o.kind == Kind::Node).map(|o| o.name.as_str()).collect();
+        let gone: Vec<String> = self.nodes.keys().filter(|n| !kept.contains(n.as_str())).cloned().collect();
         self.invalid.clear();
         self.nodes.clear();
         self.workloads.clear();

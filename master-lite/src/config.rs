@@ -420,6 +420,20 @@ mod tests {
         assert_eq!(cli.master.store, StoreKind::Etcd);
         assert_eq!(cli.master.etcd_endpoints.len(), 3);
         assert!(cli.master.check().is_ok());
+        for (flag, value, named) in [
+            ("--leader-lease", "1s", "--leader-lease"),
+            ("--etcd-prefix", "wasmlet/", "--etcd-prefix"),
+            ("--etcd-prefix", "/wasmlet/", "--etcd-prefix"),
+        ] {
+            let mut bad = cli.master.clone();
+            let parsed: Cli = wasmlet_config::load(["wasmlet-master", flag, value]).expect("parses");
+            (bad.leader_lease, bad.etcd_prefix) = (parsed.master.leader_lease, parsed.master.etcd_prefix);
+            let error = bad.check().expect_err(value).to_string();
+            assert!(error.contains(named), "{flag} {value}: {error}");
+        }
+        let mut endpoints_only = cli.master.clone();
+        endpoints_only.etcd_endpoints.clear();
+        assert!(endpoints_only.check().expect_err("no endpoints").to_string().contains("--etcd-endpoints"));
     }
 
     #[test]

@@ -639,3 +639,36 @@ fn a_master_behind_a_compaction_loads_the_store_again() {
     let logs = far.logs.lock().expect("log lock").join("\n");
     assert!(logs.contains("loading everything again"), "it loaded the store again:\n{logs}");
 }
+
+/// Whoever writes into etcd could swap a module's bytes: a master that
+/// fetches a module checks them against the digest, refuses a damaged one
+/// (saying so), keeps nothing of it and runs nothing from it.
+#[test]
+fn a_module_damaged_in_etcd_is_refused_by_the_master_that_fetches_it() {
+    let etcd = EtcdCluster::start(1).expect("etcd starts");
+    let masters = masters(&etcd, "/damaged", 2);
+    let digest = masters[0].upload_example("sensor").expect("upload");
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let b64 = |s: &[u8]| {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        s.chunks(3)
+            .flat_map(|c| {
+                let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+                (0..4).map(move |i| if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' })
+            })
+            .collect::<String>()
+    };
+    let chunk = format!("/damaged/modules/{hex}/000000");
+    let put = reqwest::blocking::Client::new()
+        .post(format!("{}/v3/kv/put", etcd.endpoints()))
+        .json(&serde_json::json!({"key": b64(chunk.as_bytes()), "value": b64(b"\0asm\x01\0\0\0 not the uploaded module")}))
+        .send()
+        .expect("etcd answers");
+    assert!(put.status().is_success());
+    // The other master never had the module: it fetches it from etcd.
+    let (status, body) = masters[1].send_json(Method::POST, "/workloads", &sensor("s", 1)).expect("POST");
+    assert!(status >= 400 && body.contains("damaged"), "{status}: {body}");
+    assert!(!masters[1].data_dir.path().join("modules").join(&hex).exists(), "nothing of it is kept");
+    let download = masters[1].client().get(masters[1].api(&format!("/modules/{digest}"))).send().expect("an answer");
+    assert!(!download.status().is_success(), "not served: {}", download.status());
+}
