@@ -66,7 +66,9 @@ pub struct Shared {
     pub cluster: Mutex<Cluster>,
     /// Per node: assignment revision and unreachable flag, readable without the cluster lock.
     pub agents: cluster::AgentViews,
-    /// Lease renewals, in memory only.
+    /// Lease renewals, in memory only. Lock order: [`Shared::cluster`] before
+    /// this (the node lifecycle controller holds both); never the cluster
+    /// while holding this.
     pub leases: Mutex<Leases>,
     /// Uploaded module files.
     pub modules: ModuleStore,
@@ -93,11 +95,14 @@ pub struct Shared {
 
 impl Shared {
     pub fn cluster(&self) -> MutexGuard<'_, Cluster> {
+        debug_assert!(!HOLDS_LEASES.get(), "the cluster lock taken while holding the leases lock: the order is cluster, then leases");
         self.cluster.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn leases(&self) -> MutexGuard<'_, Leases> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn leases(&self) -> LeasesGuard<'_> {
+        let guard = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        HOLDS_LEASES.set(true);
+        LeasesGuard(guard)
     }
 
     /// Commits `txn` and waits until this master's view has it: what the
@@ -146,6 +151,33 @@ impl Shared {
             _ = changes.wait_for(|applied| *applied >= revision) => {}
             _ = self.shutdown.cancelled() => {}
         }
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds [`Shared::leases`] (debug builds check the lock order with it).
+    static HOLDS_LEASES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// [`Shared::leases`] held; while it is, [`Shared::cluster`] must not be taken.
+pub struct LeasesGuard<'a>(MutexGuard<'a, Leases>);
+
+impl std::ops::Deref for LeasesGuard<'_> {
+    type Target = Leases;
+    fn deref(&self) -> &Leases {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for LeasesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Leases {
+        &mut self.0
+    }
+}
+
+impl Drop for LeasesGuard<'_> {
+    fn drop(&mut self) {
+        HOLDS_LEASES.set(false);
     }
 }
 

@@ -176,9 +176,11 @@ pub async fn register(
                 Ok((txn, (credential, master_token, conditions)))
             })
             .await?;
-        let mut leases = shared.leases();
-        leases.renew(&name, tokio::time::Instant::now());
-        leases.report(&name, conditions);
+        {
+            let mut leases = shared.leases();
+            leases.renew(&name, tokio::time::Instant::now());
+            leases.report(&name, conditions);
+        }
         let node = shared.cluster().nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
         let unreachable = is_unreachable(&node);
         (node, credential, master_token, unreachable)
