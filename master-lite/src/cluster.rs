@@ -101,6 +101,14 @@ enum Change {
     Delete(Kind, String),
 }
 
+/// The node an instance change assigns to (None for every other change).
+fn assigned_node(change: &Change) -> Option<&str> {
+    match change {
+        Change::Instance(placed) => Some(&placed.instance.spec.node),
+        _ => None,
+    }
+}
+
 impl Txn {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
@@ -154,11 +162,11 @@ impl Txn {
         self.fence = Some(fence);
     }
 
-    /// Lets the changes commit in several pieces, in order, when the store
-    /// cannot take them in one write: for changes each of which stands on its
-    /// own (instances placed, statuses reported, the instances of a deleted
-    /// workload removed). Should a later piece fail, the earlier ones stay,
-    /// and the controllers carry on from there.
+    /// Lets the changes commit in several pieces, in any order, when the
+    /// store cannot take them in one write: for changes each of which stands
+    /// on its own (instances placed, statuses reported, the instances of a
+    /// deleted workload removed). Should a piece fail, the others stay, and
+    /// the controllers carry on from there.
     pub fn divisible(&mut self) {
         self.divisible = true;
     }
@@ -348,6 +356,11 @@ impl Cluster {
             fence: txn.fence,
         };
         let mut changes = txn.changes;
+        if txn.divisible {
+            // Each change stands on its own: a node's instances side by side, so a
+            // write split into pieces wakes each node's assignment once or twice, not once per piece.
+            changes.sort_by(|a, b| assigned_node(a).cmp(&assigned_node(b)));
+        }
         let new_events = changes.iter().filter(|c| matches!(c, Change::Event(_))).count();
         let excess = (self.event_order.len() + new_events).saturating_sub(defaults::MAX_EVENTS);
         for name in self.event_order.iter().take(excess) {
@@ -689,6 +702,58 @@ pub fn instance_name(workload: &str) -> String {
 mod tests {
     use super::*;
 
+    fn workload(name: &str) -> Workload {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": wasmlet_api::API_VERSION, "kind": "Workload", "metadata": {"name": name},
+            "spec": {"type": "daemon", "module": {"source": "w.wasm", "digest": format!("sha256:{}", "0".repeat(64))}}
+        }))
+        .unwrap()
+    }
+
+    /// The nodes of the instance puts of `write`, in its order.
+    fn nodes_of(write: &Write) -> Vec<String> {
+        write
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { kind: Kind::Instance, value, .. } => Some(serde_json::from_slice::<Placed>(value).unwrap().instance.spec.node),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A divisible write (a controller pass placing round-robin) is split into
+    /// pieces: its instances are grouped by node, so each node's assignment
+    /// changes in as few pieces as can hold them. An indivisible one keeps its order.
+    #[test]
+    fn a_divisible_write_groups_each_nodes_instances() {
+        let cluster = Cluster::new(Snapshot::default());
+        let w = workload("w");
+        let build = |divisible: bool| {
+            let mut txn = cluster.txn();
+            txn.event(EventType::Normal, "Scaled", ("Workload", "w"), "placing");
+            for i in 0..12 {
+                let spec = wasmlet_api::InstanceSpec { workload: "w".into(), node: format!("n{}", i % 3), epoch: 1 };
+                txn.put_instance(Placed { instance: Instance::new(format!("w-{i:05}"), spec), workload: w.clone() });
+            }
+            if divisible {
+                txn.divisible();
+            }
+            cluster.prepare(txn).unwrap().unwrap()
+        };
+        let grouped = build(true);
+        assert_eq!(nodes_of(&grouped), [["n0"; 4], ["n1"; 4], ["n2"; 4]].concat());
+        assert!(matches!(grouped.ops[0], Op::Put { kind: Kind::Event, .. }), "the other changes stay, first");
+        // Split four ops a piece: each node's four instances span two pieces at most (round-robin, all four).
+        let pieces_with = |write: Write, node: &str| {
+            write.split(crate::store::Limits { ops: 4, bytes: usize::MAX }).iter().filter(|p| nodes_of(p).iter().any(|n| n == node)).count()
+        };
+        assert!(["n0", "n1", "n2"].iter().all(|n| pieces_with(grouped.clone(), n) <= 2));
+        let kept = build(false);
+        assert_eq!(nodes_of(&kept)[..3], ["n0", "n1", "n2"]);
+        assert_eq!(pieces_with(kept, "n0"), 3, "kept in order, n0 spans three pieces");
+    }
+
     /// 30,000 random names of five letters out of 27 collide all but surely
     /// (the chance of none is about e^-31): the names a transaction hands out
     /// never do, with each other or with the cluster's instances.
@@ -696,11 +761,7 @@ mod tests {
     fn new_instance_names_never_collide() {
         let cluster = Cluster::new(Snapshot::default());
         let mut txn = cluster.txn();
-        let workload: Workload = serde_json::from_value(serde_json::json!({
-            "apiVersion": wasmlet_api::API_VERSION, "kind": "Workload", "metadata": {"name": "w"},
-            "spec": {"type": "daemon", "module": {"source": "w.wasm", "digest": format!("sha256:{}", "0".repeat(64))}}
-        }))
-        .unwrap();
+        let workload = workload("w");
         let mut seen = HashSet::new();
         for _ in 0..30_000 {
             let name = txn.new_instance_name(&cluster, "w");

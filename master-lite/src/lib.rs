@@ -182,27 +182,32 @@ impl Drop for LeasesGuard<'_> {
 }
 
 /// Pieces of a divisible write sent to the store at once.
-const PIECES_IN_FLIGHT: usize = 8;
+const PIECES_IN_FLIGHT: usize = 16;
 
 /// How often [`Shared::update`] builds a transaction again after a conflict.
 const UPDATE_TRIES: u32 = 5;
 
+/// Commits [`follow`] applies under one lock, at most, when the store delivered them together.
+const APPLIED_AT_ONCE: usize = 64;
+
 /// Keeps the view current: applies every commit the store's watch delivers,
-/// in order; loads the whole store again when the watch cannot resume.
-async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: CancellationToken) {
+/// in order; loads the whole store again when the watch cannot resume. The
+/// commits already delivered are applied under one lock, so a burst of them
+/// (a write split into pieces) wakes each watcher once, not once per commit.
+async fn follow(shared: Arc<Shared>, watch: Option<store::Watch>, stop: CancellationToken) {
     use futures::StreamExt;
+    let mut watch = watch.map(|w| w.ready_chunks(APPLIED_AT_ONCE));
     let mut backoff = Duration::from_millis(100);
     // Set when the store no longer has the revisions after the view's.
     let mut compacted = false;
     loop {
         if let Some(stream) = watch.as_mut() {
-            let next = tokio::select! {
+            let delivered = tokio::select! {
                 _ = stop.cancelled() => return,
                 next = stream.next() => next,
             };
-            match next {
-                Some(Ok(batch)) => {
-                    shared.cluster().apply(batch);
+            match delivered.map(|batches| apply_delivered(&shared, batches)) {
+                Some(Ok(())) => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
@@ -230,7 +235,7 @@ async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: Canc
             other => other,
         };
         match resumed {
-            Ok(stream) => watch = Some(stream),
+            Ok(stream) => watch = Some(stream.ready_chunks(APPLIED_AT_ONCE)),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch the store");
                 tokio::select! {
@@ -241,6 +246,17 @@ async fn follow(shared: Arc<Shared>, mut watch: Option<store::Watch>, stop: Canc
             }
         }
     }
+}
+
+/// Applies the commits the watch delivered together, in order, under one
+/// lock, up to the first error (what came after it is delivered again when
+/// the watch resumes from the view's revision).
+fn apply_delivered(shared: &Shared, delivered: Vec<Result<store::Batch, StoreError>>) -> Result<(), StoreError> {
+    let mut cluster = shared.cluster();
+    for batch in delivered {
+        cluster.apply(batch?);
+    }
+    Ok(())
 }
 
 /// Runs the master on `listener` until `shutdown` completes, then ends open
