@@ -188,7 +188,7 @@ const PIECES_IN_FLIGHT: usize = 16;
 const UPDATE_TRIES: u32 = 5;
 
 /// Commits [`follow`] applies under one lock, at most, when the store delivered them together.
-const APPLIED_AT_ONCE: usize = 64;
+const APPLIED_AT_ONCE: usize = 16;
 
 /// Keeps the view current: applies every commit the store's watch delivers,
 /// in order; loads the whole store again when the watch cannot resume. The
