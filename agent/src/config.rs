@@ -220,7 +220,7 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_PID_AVAILABLE_MIN_PERCENT", default_value = defaults::PID_AVAILABLE_MIN_PERCENT, value_parser = parse_percent, value_name = "PERCENT")]
     pub pid_available_min_percent: f64,
 
-    /// Most instances this node accepts.
+    /// Most instances this node accepts (fewer if the pool, --pool-instances, holds fewer).
     #[arg(long, global = true, env = "WASMLET_MAX_INSTANCES", default_value = defaults::MAX_INSTANCES, value_name = "N")]
     pub max_instances: u32,
 
@@ -272,7 +272,7 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_EPOCH_TICK", default_value = defaults::EPOCH_TICK, value_name = "DURATION")]
     pub epoch_tick: Duration,
 
-    /// Instances the pooling allocator reserves room for; 0 allocates on demand.
+    /// Instances the pooling allocator reserves room for (the node accepts no more than that); 0 allocates on demand.
     #[arg(long, global = true, env = "WASMLET_POOL_INSTANCES", default_value = defaults::POOL_INSTANCES, value_name = "N")]
     pub pool_instances: u32,
 
@@ -367,6 +367,15 @@ impl AgentConfig {
         crate::grants::HostPathPolicy::new(&self.allowed_host_paths, &self.data_dir, self.manifests_dir.as_deref())
     }
 
+    /// The most instances this node runs: `--max-instances`, or fewer when the
+    /// pooling allocator holds fewer (`pooled`, its `--pool-instances`).
+    pub fn instance_limit(&self, pooled: Option<u32>) -> InstanceLimit {
+        match pooled {
+            Some(pool) if pool < self.max_instances => InstanceLimit { max: pool, set_by: "--pool-instances" },
+            _ => InstanceLimit { max: self.max_instances, set_by: "--max-instances" },
+        }
+    }
+
     pub fn runtime_settings(&self) -> crate::runtime::RuntimeSettings {
         crate::runtime::RuntimeSettings {
             cache_dir: self.data_dir.join("cache").join("compiled"),
@@ -442,6 +451,14 @@ fn parse_percent(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// The most instances a node runs, and the setting that decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimit {
+    pub max: u32,
+    /// `--max-instances` or `--pool-instances`.
+    pub set_by: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +473,10 @@ mod tests {
         assert_eq!(cli.agent.pressure_transition_period, Duration::from_secs(30));
         assert_eq!(cli.agent.memory_available_min, Bytes::new(100 << 20));
         assert_eq!(cli.agent.max_instances, 1000);
+        let limit = |pooled| cli.agent.instance_limit(pooled);
+        assert_eq!(limit(Some(64)), InstanceLimit { max: 64, set_by: "--pool-instances" });
+        assert_eq!(limit(Some(2000)), InstanceLimit { max: 1000, set_by: "--max-instances" });
+        assert_eq!(limit(None), InstanceLimit { max: 1000, set_by: "--max-instances" });
         let (api, ingress) = cli.agent.connection_limits(20_000);
         assert_eq!((api.max_connections, ingress.max_connections), (1_000, 4_096));
         let (api, ingress) = cli.agent.connection_limits(8_000);

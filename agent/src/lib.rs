@@ -118,6 +118,14 @@ pub async fn run_with_ingress(
     let host_paths = config.host_path_policy();
     host_paths.check_allow_list();
     let runtime = Runtime::new(config.runtime_settings());
+    let limit = config.instance_limit(runtime.as_ref().ok().and_then(|r| r.allocator.instances));
+    if limit.set_by != "--max-instances" {
+        tracing::info!(
+            instances = limit.max,
+            max_instances = config.max_instances,
+            "the node runs at most as many instances as the pool holds (--pool-instances)"
+        );
+    }
     let runtime_health = match &runtime {
         Ok(r) => Ok(r.describe()),
         Err(e) => {
@@ -181,6 +189,7 @@ pub async fn run_with_ingress(
     let probe = Box::new(HostProbe::new(&config.data_dir));
     let mut settings = ReportSettings::from_config(&config);
     settings.name = Some(node.clone());
+    settings.max_instances = limit.max;
     let (mut reporter, reports) = Reporter::new(probe, settings, runtime_health, Clock::System);
     if let Some((supervisor, node_runtime)) = &supervisor {
         reporter = reporter.with_supervisor(supervisor.clone(), node_runtime.clone());
@@ -196,7 +205,7 @@ pub async fn run_with_ingress(
     });
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
-            let watcher = manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), config.max_instances, supervisor.clone());
+            let watcher = manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), limit, supervisor.clone());
             Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
         }
         (Some(dir), None) => {

@@ -5,7 +5,8 @@
 //! field and the problem) while what runs keeps running, on its last good version.
 //! What the files ask for is bounded before anything is made of it: each
 //! workload by the API's limits, and all of them together by the node's
-//! `--max-instances`, so no manifest can exhaust the agent.
+//! `--max-instances` (or the pool's size, `--pool-instances`, when smaller),
+//! so no manifest can exhaust the agent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::{EventType, Placement, Workload};
 
+use crate::config::InstanceLimit;
 use crate::grants::{HostPathPolicy, Preopen};
 use crate::runtime::module::{detect, sha256_digest};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
@@ -42,14 +44,14 @@ pub struct ManifestWatcher {
     /// Host directories workloads may be granted.
     host_paths: HostPathPolicy,
     files: BTreeMap<PathBuf, FileEntry>,
-    /// Instances all manifests together may ask for (`--max-instances`).
-    max_instances: u32,
+    /// Instances all manifests together may ask for.
+    limit: InstanceLimit,
     supervisor: Arc<Supervisor>,
 }
 
 impl ManifestWatcher {
-    pub fn new(dir: PathBuf, host_paths: HostPathPolicy, max_instances: u32, supervisor: Arc<Supervisor>) -> Self {
-        ManifestWatcher { dir, host_paths, files: BTreeMap::new(), max_instances, supervisor }
+    pub fn new(dir: PathBuf, host_paths: HostPathPolicy, limit: InstanceLimit, supervisor: Arc<Supervisor>) -> Self {
+        ManifestWatcher { dir, host_paths, files: BTreeMap::new(), limit, supervisor }
     }
 
     /// Polls until `stop` is cancelled.
@@ -97,7 +99,7 @@ impl ManifestWatcher {
             }
             let others = || self.files.iter().filter(|(p, _)| **p != path).flat_map(|(_, f)| f.admitted.iter());
             let taken: BTreeSet<String> = others().map(|a| a.workload.metadata.name.clone()).collect();
-            let room = u64::from(self.max_instances).saturating_sub(others().map(|a| instances_of(&a.workload)).sum());
+            let room = u64::from(self.limit.max).saturating_sub(others().map(|a| instances_of(&a.workload)).sum());
             match self.admit_file(&path, &text, &taken, room) {
                 Ok(admitted) => {
                     let names: Vec<String> = admitted.iter().map(|a| a.workload.metadata.name.clone()).collect();
@@ -166,10 +168,10 @@ impl ManifestWatcher {
             workload.validate().map_err(|e| at(e.to_string()))?;
             instances += instances_of(&workload);
             if instances > room {
-                let others = u64::from(self.max_instances) - room;
+                let others = u64::from(self.limit.max) - room;
                 return Err(at(format!(
-                    "spec.replicas: {instances} instances in this file and {others} in the others are more than this node runs (--max-instances {})",
-                    self.max_instances
+                    "spec.replicas: {instances} instances in this file and {others} in the others are more than this node runs ({} {})",
+                    self.limit.set_by, self.limit.max
                 )));
             }
             admitted.push(self.admit(path, workload).map_err(at)?);

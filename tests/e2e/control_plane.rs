@@ -204,6 +204,32 @@ fn a_stored_object_the_master_cannot_act_on_is_marked_and_the_rest_runs() {
     assert_eq!(running(&master, "good"), 1);
 }
 
+/// A node offers no more instances than its pooling allocator holds: a pool
+/// smaller than `--max-instances` is the node's capacity (else the scheduler
+/// would place instances the pool cannot hold), and a manifest past it is
+/// refused naming `--pool-instances`. On demand (`--pool-instances 0`), `--max-instances` decides.
+#[test]
+fn a_node_offers_no_more_instances_than_its_pool_holds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let manifests = dir.path().to_str().expect("utf-8");
+    // The harness starts agents with a pool of 64.
+    let pooled = Agent::start(&["--manifests-dir", manifests, "--manifests-poll-interval", "100ms"]).expect("agent");
+    let capacity = |agent: &Agent| {
+        let node: Value = agent.get_json("/status").expect("status");
+        (node["status"]["capacity"]["instances"].as_u64(), node["status"]["allocatable"]["instances"].as_u64())
+    };
+    assert_eq!(capacity(&pooled), (Some(64), Some(64)));
+    place_file(dir.path(), "big.yaml", &workload_manifest("big", "sensor", "daemon", "  replicas: 65\n"));
+    let refused = wait_for(WAIT, "ManifestInvalid for big.yaml", || {
+        let events: Vec<Value> = pooled.get_json("/events").ok()?;
+        events.into_iter().find(|e| e["reason"] == "ManifestInvalid" && e["involvedObject"]["name"] == "big.yaml")
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--pool-instances 64"), "{message}");
+    let on_demand = Agent::start(&["--pool-instances", "0", "--max-instances", "300"]).expect("agent");
+    assert_eq!(capacity(&on_demand), (Some(300), Some(300)));
+}
+
 #[test]
 fn an_agent_refuses_a_manifest_asking_for_too_much_and_stays_up() {
     let dir = tempfile::tempdir().expect("dir");

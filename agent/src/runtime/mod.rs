@@ -61,6 +61,8 @@ pub struct AllocatorInfo {
     /// `pooling` or `on-demand`.
     pub kind: &'static str,
     pub reason: String,
+    /// The most instances it holds at once (the pool's size), when it has a bound.
+    pub instances: Option<u32>,
 }
 
 /// The agent's engine, its module cache, the threads guests run on and the epoch ticker.
@@ -133,6 +135,7 @@ impl Runtime {
                         settings.pool_instances,
                         settings.max_instance_memory >> 20
                     ),
+                    instances: Some(settings.pool_instances),
                 },
                 settings.max_instance_memory,
             ),
@@ -140,7 +143,7 @@ impl Runtime {
                 let reservation = on_demand_reservation(&settings);
                 let engine = Engine::new(&base_config(reservation))?;
                 tracing::info!(reason = %why, "using the on-demand instance allocator");
-                (engine, AllocatorInfo { kind: "on-demand", reason: why }, reservation)
+                (engine, AllocatorInfo { kind: "on-demand", reason: why, instances: None }, reservation)
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -184,7 +187,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             modules,
-            allocator: AllocatorInfo { kind: "on-demand", reason: "one instance in its own process".to_string() },
+            allocator: AllocatorInfo { kind: "on-demand", reason: "one instance in its own process".to_string(), instances: None },
             memory_reservation,
             epoch_tick,
             guests: Arc::new(GuestThreads(None)),
