@@ -135,17 +135,7 @@ fn three_masters_serve_one_cluster_and_survive_losing_the_leader() {
         masters[second].admin_token, masters[second].ca_pem
     );
     std::fs::write(&config, text).expect("writing the CLI config");
-    let get_masters = || {
-        let out = std::process::Command::new(wasmlet_tests::bin("wasmlet"))
-            .args(["get", "masters"])
-            .env("WASMLET_CONFIG", &config)
-            .env("NO_COLOR", "1")
-            .env_remove("WASMLET_MASTER")
-            .output()
-            .expect("wasmlet runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let get_masters = || cli(&["get", "masters"], ("WASMLET_CONFIG", &config), "WASMLET_MASTER");
     let row = |table: &str, i: usize| table.lines().find(|l| l.starts_with(&masters[i].url)).map(str::to_string);
     let other = followers.iter().copied().find(|i| *i != second).expect("a follower");
     // The killed master's listing lapses with its etcd lease (three leader leases).
@@ -342,6 +332,20 @@ fn losing_etcd_quorum_stops_writes_and_nothing_else() {
     );
 }
 
+/// Runs the CLI with `set` in its environment and `unset` not, as a user would;
+/// asserts it succeeds and returns what it printed.
+fn cli(args: &[&str], set: (&str, &std::path::Path), unset: &str) -> String {
+    let out = std::process::Command::new(wasmlet_tests::bin("wasmlet"))
+        .args(args)
+        .env(set.0, set.1)
+        .env("NO_COLOR", "1")
+        .env_remove(unset)
+        .output()
+        .expect("wasmlet runs");
+    assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The first of 20 free ports in a row on loopback.
 fn free_range() -> u16 {
     // Below Linux's ephemeral ports (32768 and up), which the kernel hands to other tests' listeners and connections meanwhile.
@@ -393,17 +397,8 @@ fn make_run_ha_starts_three_masters_on_etcd_and_the_examples() {
         let log = std::fs::read_to_string(dir.path().join("run-ha.log")).unwrap_or_default();
         panic!("make run-ha's script did not report the cluster running; its log:\n{log}");
     }
-    let wasmlet = |args: &[&str]| {
-        let out = std::process::Command::new(wasmlet_tests::bin("wasmlet"))
-            .args(args)
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .env("NO_COLOR", "1")
-            .env_remove("WASMLET_CONFIG")
-            .output()
-            .expect("wasmlet runs");
-        assert!(out.status.success(), "wasmlet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let config_home = dir.path().join("config");
+    let wasmlet = |args: &[&str]| cli(args, ("XDG_CONFIG_HOME", &config_home), "WASMLET_CONFIG");
     let masters = wasmlet(&["get", "masters"]);
     assert_eq!(masters.lines().filter(|l| l.contains("https://127.0.0.1:")).count(), 3, "{masters}");
     assert_eq!(masters.matches("Leader").count(), 1, "{masters}");

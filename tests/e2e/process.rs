@@ -229,12 +229,12 @@ fn runs_that_start_and_stop_leave_no_cgroup_and_no_process_behind() {
             .filter(|p| p.is_dir())
             .collect()
     };
-    wait_for(WAIT, "no instance cgroup left but the spare's", || {
-        let left = left();
-        left.iter().all(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spare-"))).then_some(())
+    // The last run's cgroup (a claimed spare's, named spare-…) may still be going away beside the next spare: it settles to one.
+    wait_for(WAIT, "no instance cgroup left but one spare's", || {
+        let names: std::collections::BTreeSet<String> =
+            left().iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+        (names.len() <= 1 && names.iter().all(|n| n.starts_with("spare-"))).then_some(())
     });
-    let spares: std::collections::BTreeSet<_> = left().iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
-    assert!(spares.len() <= 1, "one spare at most: {spares:?}");
     // Stopped, the agent leaves nothing at all.
     let mut agent = agent;
     agent.terminate(Duration::from_secs(20)).expect("the agent stops");
