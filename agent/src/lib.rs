@@ -119,7 +119,7 @@ pub async fn run_with_ingress(
     host_paths.check_allow_list();
     let runtime = Runtime::new(config.runtime_settings());
     let limit = config.instance_limit(runtime.as_ref().ok().and_then(|r| r.allocator.instances));
-    if limit.set_by != "--max-instances" {
+    if limit.max < config.max_instances {
         tracing::info!(
             instances = limit.max,
             max_instances = config.max_instances,

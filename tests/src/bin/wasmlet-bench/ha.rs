@@ -57,24 +57,14 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     failover(&etcd, figures)?;
 
     progress(format!("applies: {APPLIES} creates from {APPLY_CLIENTS} clients"));
-    let alone = Master::start(&MASTER_ARGS).context("starting a master on redb")?;
-    let reference = applies(&[&alone])?;
-    drop(alone);
-    let three = on_etcd(&etcd, "/applies")?;
-    let measured = applies(&three.iter().collect::<Vec<_>>())?;
-    drop(three);
+    let (reference, measured) = side_by_side(&etcd, "/applies", applies)?;
     let note = format!("{APPLIES} POST /workloads (replicas 0) from {APPLY_CLIENTS} clients, spread over the masters");
     figures.emit(Figure::new(REFERENCE, "applies_per_s", reference).note(&note))?;
     figures.emit(Figure::new(SUBJECT, "applies_per_s", measured).note(&note))?;
     figures.emit(Figure::ratio(SUBJECT, "applies_per_s", measured, REFERENCE, reference, Goal::AtLeast(0.5)))?;
 
     progress(format!("placements: {REPLICAS} replicas onto {NODES} simulated nodes"));
-    let alone = Master::start(&MASTER_ARGS).context("starting a master on redb")?;
-    let reference = placements(&[&alone])?;
-    drop(alone);
-    let three = on_etcd(&etcd, "/placements")?;
-    let measured = placements(&three.iter().collect::<Vec<_>>())?;
-    drop(three);
+    let (reference, measured) = side_by_side(&etcd, "/placements", placements)?;
     let setting = format!("{REPLICAS} replicas of one workload onto {NODES} simulated nodes, from just before POST /workloads");
     let note = format!(
         "{setting} until the leader's view holds them all (committed; its wasmlet_master_instances read every {} ms)",
@@ -98,6 +88,17 @@ pub fn run(figures: &mut Figures) -> anyhow::Result<()> {
     figures.emit(Figure::new(SUBJECT, "placements_seen_per_s", measured.seen_per_s).note(&note))?;
 
     heartbeats(&etcd, figures)
+}
+
+/// `measure` through one master on redb (the reference), then through three on
+/// `etcd` under `prefix`; each set stopped before the next starts.
+fn side_by_side<T>(etcd: &EtcdCluster, prefix: &str, measure: fn(&[&Master]) -> anyhow::Result<T>) -> anyhow::Result<(T, T)> {
+    let alone = Master::start(&MASTER_ARGS).context("starting a master on redb")?;
+    let reference = measure(&[&alone])?;
+    drop(alone);
+    let three = on_etcd(etcd, prefix)?;
+    let measured = measure(&three.iter().collect::<Vec<_>>())?;
+    Ok((reference, measured))
 }
 
 /// Three masters on `etcd` under `prefix`.
