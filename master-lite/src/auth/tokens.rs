@@ -1,6 +1,6 @@
 //! Token records and roles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -136,38 +136,76 @@ pub enum Refusal {
 
 /// Every token record by id, readable without the cluster lock (lease
 /// renewals authenticate on every heartbeat). Written by the cluster's commits.
+/// Indexed by role too: a registration looks up its node's credentials under
+/// the cluster lock, and a scan of every node's would make joining a fleet
+/// quadratic.
 #[derive(Debug, Clone, Default)]
-pub struct TokenTable(Arc<RwLock<BTreeMap<String, TokenRecord>>>);
+pub struct TokenTable(Arc<RwLock<Records>>);
+
+#[derive(Debug, Default)]
+struct Records {
+    by_id: BTreeMap<String, TokenRecord>,
+    by_role: HashMap<Role, BTreeSet<String>>,
+}
+
+impl Records {
+    fn of_role(&self, role: &Role) -> impl Iterator<Item = &TokenRecord> {
+        self.by_role.get(role).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    }
+
+    fn remove(&mut self, id: &str) -> Option<TokenRecord> {
+        let record = self.by_id.remove(id)?;
+        if let Some(ids) = self.by_role.get_mut(&record.role) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_role.remove(&record.role);
+            }
+        }
+        Some(record)
+    }
+}
 
 impl TokenTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Records> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn get(&self, id: &str) -> Option<TokenRecord> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+        self.read().by_id.get(id).cloned()
     }
 
     pub fn all(&self) -> Vec<TokenRecord> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.read().by_id.values().cloned().collect()
     }
 
-    /// The records of `role` not revoked yet (a scan without copying the others).
+    /// The records of `role` not revoked yet.
     pub fn unrevoked(&self, role: &Role) -> Vec<TokenRecord> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).values().filter(|r| r.role == *role && r.revoked.is_none()).cloned().collect()
+        self.read().of_role(role).filter(|r| r.revoked.is_none()).cloned().collect()
     }
 
     /// Every record of `role`, revoked or not.
     pub fn of_role(&self, role: &Role) -> Vec<TokenRecord> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).values().filter(|r| r.role == *role).cloned().collect()
+        self.read().of_role(role).cloned().collect()
     }
 
     pub fn insert(&self, record: TokenRecord) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), record);
+        let mut records = self.write();
+        // A record's role never changes, but the index must not keep a stale entry should it.
+        records.remove(&record.id);
+        records.by_role.entry(record.role.clone()).or_default().insert(record.id.clone());
+        records.by_id.insert(record.id.clone(), record);
     }
 
     pub fn remove(&self, id: &str) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.write().remove(id);
     }
 
     pub fn clear(&self) {
-        self.0.write().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.write() = Records::default();
     }
 
     /// The caller a bearer token stands for.
@@ -208,6 +246,33 @@ mod tests {
         table.insert(record);
         assert!(table.authenticate(Some(&token.to_string()), now).unwrap_err().to_string().contains("revoked"));
         assert!(table.authenticate(Some("garbage"), now).unwrap_err().to_string().contains("malformed"));
+    }
+
+    #[test]
+    fn records_are_found_by_role_through_inserts_revocations_and_removals() {
+        let table = TokenTable::default();
+        let record = |node: &str| TokenRecord::new(&Token::generate().unwrap(), Role::Node(node.into()), "", None);
+        let ids = |records: Vec<TokenRecord>| records.into_iter().map(|r| r.id).collect::<BTreeSet<_>>();
+        let (a1, a2, b) = (record("a"), record("a"), record("b"));
+        for r in [&a1, &a2, &b] {
+            table.insert(r.clone());
+        }
+        assert_eq!(ids(table.of_role(&Role::Node("a".into()))), BTreeSet::from([a1.id.clone(), a2.id.clone()]));
+        assert_eq!(ids(table.of_role(&Role::Node("b".into()))), BTreeSet::from([b.id.clone()]));
+        assert!(table.of_role(&Role::Node("c".into())).is_empty());
+
+        let mut revoked = a1.clone();
+        revoked.revoked = Some(Utc::now());
+        table.insert(revoked);
+        assert_eq!(ids(table.unrevoked(&Role::Node("a".into()))), BTreeSet::from([a2.id.clone()]));
+        assert_eq!(table.of_role(&Role::Node("a".into())).len(), 2, "a revoked record is still the node's");
+
+        table.remove(&a2.id);
+        table.remove(&a1.id);
+        assert!(table.of_role(&Role::Node("a".into())).is_empty());
+        assert!(!table.read().by_role.contains_key(&Role::Node("a".into())), "no empty entry is left behind");
+        table.clear();
+        assert!(table.get(&b.id).is_none() && table.of_role(&Role::Node("b".into())).is_empty());
     }
 
     #[test]
