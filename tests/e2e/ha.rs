@@ -192,6 +192,33 @@ fn a_paused_leader_writes_nothing_once_another_took_over() {
     assert!(logs.contains("no longer leads the cluster"), "the old leader says it stepped down:\n{logs}");
 }
 
+/// A node that joined and reports through a master that does not lead goes
+/// silent past its grace period and comes back: it is Ready again as soon as
+/// it renews, with the conditions it reported before (the leader takes them
+/// from its view, which holds the last report whichever master took it), not
+/// only at its next status report (60 s).
+#[test]
+fn a_node_back_from_silence_through_a_follower_is_ready_at_once() {
+    let etcd = EtcdCluster::start(3).expect("etcd starts");
+    let masters = masters(&etcd, "/back", 3);
+    let first = leader(&masters, &[]);
+    let follower = (first + 1) % 3;
+    let agent = join(&masters[follower], "quiet");
+    let leader_view =
+        |ready: bool| masters[first].nodes().into_iter().find(|n| n.metadata.name == "quiet").filter(|n| n.is_ready() == ready);
+    let before = wait_for(WAIT, "the node Ready", || leader_view(true));
+
+    agent.freeze();
+    wait_for(WAIT, "the node NotReady", || leader_view(false));
+    agent.thaw();
+    let back = wait_for(Duration::from_secs(15), "the node Ready again before its next status report", || leader_view(true));
+    assert!(back.spec.taints.is_empty(), "{:?}", back.spec.taints);
+    let conditions = |n: &wasmlet_api::Node| n.status.conditions.iter().map(|c| (c.kind, c.status, c.reason.clone())).collect::<Vec<_>>();
+    assert_eq!(conditions(&back), conditions(&before), "the conditions from before the silence");
+    let events: Vec<_> = masters[first].events().into_iter().map(|e| e.reason).collect();
+    assert!(events.iter().any(|r| r == "NodeNotReady") && events.iter().any(|r| r == "NodeReady"), "{events:?}");
+}
+
 /// 200 creates spread over the three masters from eight clients, the leader
 /// killed among them; a client whose master fails (no answer, or a 5xx)
 /// sends the same create to the next one. Every create answered 2xx exists

@@ -119,7 +119,7 @@ pub async fn register(
     let ingress_peer = (secure && version >= 2).then(|| super::live::agent_endpoint("https", peer, request.ingress_port, None)).flatten();
     let now = Utc::now();
     let (node, credential, master_token, unreachable) = {
-        let (credential, master_token, conditions) = shared
+        let (credential, master_token) = shared
             .update(|cluster| {
                 let role = Role::Node(name.clone());
                 if issue_credential {
@@ -165,7 +165,6 @@ pub async fn register(
                 } else {
                     None
                 };
-                let conditions = node.status.conditions.clone();
                 txn.put_node(node);
                 let what = match (&existing, issue_credential) {
                     (None, _) => format!("joined the cluster with token {}", caller.token_id),
@@ -173,14 +172,10 @@ pub async fn register(
                     (Some(_), false) => "registered again".to_string(),
                 };
                 txn.event(EventType::Normal, "Registered", ("Node", &name), format!("node {name} {what}"));
-                Ok((txn, (credential, master_token, conditions)))
+                Ok((txn, (credential, master_token)))
             })
             .await?;
-        {
-            let mut leases = shared.leases();
-            leases.renew(&name, tokio::time::Instant::now());
-            leases.report(&name, conditions);
-        }
+        shared.leases().renew(&name, tokio::time::Instant::now());
         let node = shared.cluster().nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
         let unreachable = is_unreachable(&node);
         (node, credential, master_token, unreachable)
@@ -347,7 +342,6 @@ pub async fn renew_lease(
 
 pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
     let status: NodeStatus = decode(&body, "node status")?;
-    let conditions = status.conditions.clone();
     shared
         .update(|cluster| {
             let mut node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
@@ -357,11 +351,7 @@ pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<S
             Ok((txn, ()))
         })
         .await?;
-    {
-        let mut leases = shared.leases();
-        leases.renew(&name, tokio::time::Instant::now());
-        leases.report(&name, conditions);
-    }
+    shared.leases().renew(&name, tokio::time::Instant::now());
     Ok(Json(shared.cluster().nodes.get(&name).cloned()).into_response())
 }
 

@@ -31,10 +31,14 @@ use crate::metrics::Metrics;
 use crate::scheduler::{Placement, UNREACHABLE_TAINT, occupies_node};
 use crate::store::Kind;
 
-/// When each node last renewed its lease, and the conditions it last reported.
+/// When each node last renewed its lease, and the conditions it reported
+/// last before it went silent.
 #[derive(Debug, Default)]
 pub struct Leases {
     renewed: HashMap<String, Instant>,
+    /// Taken from the view when the node is marked Unknown (its reports may
+    /// have gone through any master; the view has the last of them), given
+    /// back when it renews again, unless it reported anew meanwhile.
     reported: HashMap<String, Vec<Condition>>,
     /// Nodes whose agent renewed since this master started: only those can be
     /// "back" — a node tainted before a restart is not back because the
@@ -88,10 +92,6 @@ impl Leases {
     /// The renewals received since the last call, each with how long ago it was at `now`.
     pub fn take_unpublished(&mut self, now: Instant) -> Vec<(String, Duration)> {
         self.unpublished.drain().map(|(node, at)| (node, now.saturating_duration_since(at))).collect()
-    }
-
-    pub fn report(&mut self, node: &str, conditions: Vec<Condition>) {
-        self.reported.insert(node.to_string(), conditions);
     }
 
     pub fn forget(&mut self, node: &str) {
@@ -173,6 +173,9 @@ impl LifecycleController {
                 }
                 let tainted = is_unreachable(node);
                 if silence > grace && !tainted {
+                    if !is_marked_unknown(node) {
+                        leases.reported.insert(name.to_string(), node.status.conditions.clone());
+                    }
                     txn.put_node(mark_unknown(node, silence));
                     txn.event(
                         EventType::Warning,
@@ -181,7 +184,7 @@ impl LifecycleController {
                         format!("node {name} has not renewed its lease for {}", secs(silence)),
                     );
                 } else if silence <= grace && tainted && leases.heard.contains(name) {
-                    txn.put_node(mark_back(node, leases.reported.get(name)));
+                    txn.put_node(mark_back(node, leases.reported.remove(name)));
                     txn.event(EventType::Normal, "NodeReady", ("Node", name), format!("node {name} renews its lease again"));
                     returned.push(name);
                 }
@@ -355,22 +358,61 @@ fn mark_unknown(node: &Node, silence: Duration) -> Node {
             c.last_transition_time = now;
         }
         c.status = ConditionStatus::Unknown;
-        c.reason = "NodeStatusUnknown".into();
+        c.reason = STATUS_UNKNOWN.into();
         c.message = format!("the agent stopped reporting: no lease renewal for {}", secs(silence));
     }
     node.spec.taints.push(Taint { key: UNREACHABLE_TAINT.into(), value: String::new(), effect: TaintEffect::NoSchedule });
     node
 }
 
-fn mark_back(node: &Node, reported: Option<&Vec<Condition>>) -> Node {
+/// The reason of the conditions [`mark_unknown`] sets.
+const STATUS_UNKNOWN: &str = "NodeStatusUnknown";
+
+/// Whether the node's conditions are still those [`mark_unknown`] set (no report came since).
+fn is_marked_unknown(node: &Node) -> bool {
+    !node.status.conditions.is_empty() && node.status.conditions.iter().all(|c| c.reason == STATUS_UNKNOWN)
+}
+
+/// Lifts the taint; the conditions come back from before the silence, unless
+/// the node reported newer ones meanwhile. A leader that took over while the
+/// node was silent has none from before: they stay Unknown until the agent's
+/// next status report.
+fn mark_back(node: &Node, before: Option<Vec<Condition>>) -> Node {
     let mut node = node.clone();
     node.spec.taints.retain(|t| t.key != UNREACHABLE_TAINT);
-    if let Some(conditions) = reported {
-        node.status.conditions = conditions.clone();
+    if is_marked_unknown(&node)
+        && let Some(conditions) = before
+    {
+        node.status.conditions = conditions;
     }
     node
 }
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_that_could_not_be_handed_on_go_in_the_next_batch_unless_a_newer_one_came() {
+        let start = Instant::now();
+        let mut leases = Leases::default();
+        leases.renew("a", start);
+        leases.renew("b", start);
+        let then = start + Duration::from_millis(500);
+        let mut taken = leases.take_unpublished(then);
+        taken.sort();
+        assert_eq!(taken, [("a".to_string(), Duration::from_millis(500)), ("b".to_string(), Duration::from_millis(500))]);
+        assert!(leases.take_unpublished(then).is_empty(), "taken once");
+
+        // The store refused the batch; meanwhile `b` renewed again.
+        leases.renew("b", start + Duration::from_millis(800));
+        leases.put_back(taken, then);
+        let mut next = leases.take_unpublished(start + Duration::from_secs(1));
+        next.sort();
+        assert_eq!(next, [("a".to_string(), Duration::from_secs(1)), ("b".to_string(), Duration::from_millis(200))]);
+    }
 }

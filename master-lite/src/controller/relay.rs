@@ -40,10 +40,14 @@ pub async fn publish(shared: Arc<Shared>, stop: CancellationToken) {
         if renewals.is_empty() || shared.metrics.is_leader.get() == 1 {
             continue;
         }
-        let renewals: Vec<Renewal> =
-            renewals.into_iter().map(|(node, ago)| Renewal { node, ago_ms: u64::try_from(ago.as_millis()).unwrap_or(u64::MAX) }).collect();
-        if let Err(e) = shared.store.publish_renewals(&shared.name, renewals).await {
-            tracing::warn!(error = %e, "cannot hand lease renewals to the leader");
+        let batch: Vec<Renewal> = renewals
+            .iter()
+            .map(|(node, ago)| Renewal { node: node.clone(), ago_ms: u64::try_from(ago.as_millis()).unwrap_or(u64::MAX) })
+            .collect();
+        if let Err(e) = shared.store.publish_renewals(&shared.name, batch).await {
+            // Kept for the next batch: a node is not silent because the store was.
+            shared.leases().put_back(renewals, now);
+            tracing::warn!(error = %e, "cannot hand lease renewals to the leader; trying again with the next batch");
         }
     }
 }
