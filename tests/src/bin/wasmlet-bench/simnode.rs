@@ -1,8 +1,11 @@
 //! A fleet of simulated nodes: each speaks the real master ↔ agent protocol
 //! of `wasmlet_api::protocol` over HTTP like an agent does, but runs nothing.
-//! Thousands of them share one tokio runtime and one connection pool in the
-//! bench process, so the master can be measured at a scale no machine could
-//! host with real agents.
+//! Thousands of them share one tokio runtime in the bench process, so the
+//! master can be measured at a scale no machine could host with real agents.
+//! Each has an HTTP client of its own, as an agent does: its connections are
+//! kept alive between heartbeats and never lent to another node (one pool
+//! for all would open a burst of new connections, each a TLS handshake,
+//! whenever answers slow down, which no fleet of agents does).
 //!
 //! A node registers (`POST /nodes/register`) with a plausible [`NodeStatus`]
 //! (4 CPUs, 8 GiB, 110 instances; Ready and no pressure), renews its lease
@@ -103,7 +106,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Simulated nodes on one tokio runtime of their own.
 pub struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
-    client: reqwest::Client,
+    /// The cluster CA the nodes trust (empty: plain HTTP).
+    ca_pem: String,
     /// `https://127.0.0.1:PORT/api/v1` of each master; node `i` talks to master `i % n`.
     apis: Vec<String>,
     /// The `<id>.<secret>` every node registers with.
@@ -114,6 +118,7 @@ pub struct Fleet {
 }
 
 struct NodeState {
+    client: reqwest::Client,
     credential: String,
     revision: AtomicU64,
     /// The API of the master the node talks to.
@@ -137,29 +142,31 @@ impl Fleet {
             .enable_all()
             .build()
             .context("building the simulated nodes' runtime")?;
-        // One pool for every node: each open watch holds a connection, renewals reuse idle ones.
-        let mut client = reqwest::Client::builder().tls_built_in_root_certs(false);
-        if !master.ca_pem.is_empty() {
-            client = client.add_root_certificate(reqwest::Certificate::from_pem(master.ca_pem.as_bytes())?);
-        }
-        let client = client
-            .pool_max_idle_per_host(usize::MAX)
-            // Below the master's --idle-timeout (60 s): the pool lets a connection go
-            // before the master closes it, so no renewal is sent on one being closed.
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the simulated nodes' HTTP client")?;
         // Presented whole: the master takes a join token's `<id>.<secret>` part.
         let join_token = master.join_token.clone();
         Ok(Fleet {
             runtime: Some(runtime),
-            client,
+            ca_pem: master.ca_pem.clone(),
             apis: masters.iter().map(|m| format!("{}/api/v1", m.url)).collect(),
             join_token,
             stats: Arc::default(),
             nodes: Mutex::default(),
         })
+    }
+
+    /// A node's own HTTP client.
+    fn node_client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut client = reqwest::Client::builder().tls_built_in_root_certs(false);
+        if !self.ca_pem.is_empty() {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?);
+        }
+        client
+            // Below the master's --idle-timeout (60 s): the node lets a connection go
+            // before the master closes it, so no renewal is sent on one being closed.
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .context("building a simulated node's HTTP client")
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -183,7 +190,14 @@ impl Fleet {
                     break;
                 }
                 let api = self.apis[index % self.apis.len()].clone();
-                let (client, stats, name) = (self.client.clone(), self.stats.clone(), name.clone());
+                let client = match self.node_client() {
+                    Ok(client) => client,
+                    Err(error) => {
+                        eprintln!("simnode: {name}: {error:#}");
+                        continue;
+                    }
+                };
+                let (stats, name) = (self.stats.clone(), name.clone());
                 let join_token = self.join_token.clone();
                 tasks.spawn(async move {
                     let result = register_one(&client, &api, &join_token, &name).await;
@@ -192,6 +206,7 @@ impl Fleet {
                         Ok(response) => {
                             stats.registered.fetch_add(1, Ordering::Relaxed);
                             let state = Arc::new(NodeState {
+                                client: client.clone(),
                                 credential: response.credential.unwrap_or_default(),
                                 revision: AtomicU64::new(0),
                                 api: api.clone(),
@@ -228,7 +243,7 @@ impl Fleet {
     pub fn start_watches(&self) {
         let nodes: Vec<(String, Arc<NodeState>)> = lock(&self.nodes).iter().map(|(n, s)| (n.clone(), s.clone())).collect();
         for (name, state) in nodes {
-            self.runtime().spawn(watch_assignment(self.client.clone(), state.api.clone(), name, state, self.stats.clone()));
+            self.runtime().spawn(watch_assignment(state.client.clone(), state.api.clone(), name, state, self.stats.clone()));
         }
     }
 }
