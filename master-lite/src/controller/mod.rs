@@ -90,27 +90,39 @@ pub async fn lead(shared: Arc<Shared>, shutdown: CancellationToken) {
 /// it goes (etcd keeps every revision until it is compacted). A master whose
 /// watch falls further behind loads the store again.
 async fn compact(shared: Arc<Shared>, lost: CancellationToken) {
-    let mut seen = std::collections::VecDeque::new();
+    let mut history = History::default();
     let mut every = tokio::time::interval(KEEP_HISTORY / 5);
     loop {
         tokio::select! {
             _ = lost.cancelled() => return,
             _ = every.tick() => {}
         }
-        let now = tokio::time::Instant::now();
-        seen.push_back((now, shared.cluster().revision));
+        let revision = shared.cluster().revision;
+        if let Some(oldest) = history.record(tokio::time::Instant::now(), revision)
+            && let Err(e) = shared.store.compact(oldest).await
+        {
+            tracing::warn!(error = %e, revision = oldest, "cannot compact the store's history");
+        }
+    }
+}
+
+/// The revisions the cluster was at, lately: which history may go.
+#[derive(Debug, Default)]
+struct History(std::collections::VecDeque<(tokio::time::Instant, u64)>);
+
+impl History {
+    /// Notes the cluster at `revision` at `now`; returns the newest revision
+    /// that was current [`KEEP_HISTORY`] ago or earlier, to compact up to.
+    fn record(&mut self, now: tokio::time::Instant, revision: u64) -> Option<u64> {
+        self.0.push_back((now, revision));
         let mut oldest = None;
-        while let Some((at, revision)) = seen.front().copied()
+        while let Some((at, revision)) = self.0.front().copied()
             && now.duration_since(at) >= KEEP_HISTORY
         {
             oldest = Some(revision);
-            seen.pop_front();
+            self.0.pop_front();
         }
-        if let Some(revision) = oldest
-            && let Err(e) = shared.store.compact(revision).await
-        {
-            tracing::warn!(error = %e, revision, "cannot compact the store's history");
-        }
+        oldest
     }
 }
 
@@ -199,5 +211,25 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
         }
         // Seen our own commits: only later changes wake the loop again.
         changes.borrow_and_update();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_older_than_what_is_kept_goes_up_to_the_revision_current_back_then() {
+        let start = tokio::time::Instant::now();
+        let step = KEEP_HISTORY / 5;
+        let mut history = History::default();
+        for i in 0..5u32 {
+            assert_eq!(history.record(start + step * i, 100 + u64::from(i)), None, "nothing is old enough yet");
+        }
+        assert_eq!(history.record(start + KEEP_HISTORY, 105), Some(100), "the revision of exactly KEEP_HISTORY ago");
+        assert_eq!(history.record(start + KEEP_HISTORY + step, 106), Some(101));
+        // A pause (the leader was busy) lets several go at once: up to the newest one old enough.
+        assert_eq!(history.record(start + KEEP_HISTORY + step * 4, 110), Some(104));
+        assert_eq!(history.record(start + KEEP_HISTORY + step * 4, 110), None, "nothing newer is old enough");
     }
 }
