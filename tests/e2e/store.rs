@@ -97,7 +97,7 @@ fn restore(dir: &std::path::Path, backup: &std::path::Path, extra: &[&str]) -> w
 #[test]
 fn a_backup_under_writes_restores_into_a_master_the_agents_keep_working_with() {
     let mut master = Master::start(&[]).expect("master starts");
-    let _agent =
+    let agent =
         Agent::start(&["--master", &master.url, "--join-token", &master.join_token, "--name", "edge", "--sample-interval", "500ms"])
             .expect("agent");
     let digest = master.upload_example("sensor").expect("upload");
@@ -134,6 +134,15 @@ fn a_backup_under_writes_restores_into_a_master_the_agents_keep_working_with() {
     assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 modules"), "{}", String::from_utf8_lossy(&out.stdout));
     burst.join().expect("the burst");
+    // Written after the backup: the cluster moves well past every revision the backup holds.
+    for i in 0..20 {
+        create(&master, &sensor(&format!("late-{i}"), "  replicas: 0\n"));
+    }
+    create(&master, &sensor("post", ""));
+    let post = wait_for(WAIT, "post Running", || {
+        master.instances().into_iter().find(|i| i.spec.workload == "post" && i.status.phase == Phase::Running)
+    });
+    assert!(agent.instance(&post.metadata.name).is_some());
     let bytes = std::fs::read(&file).expect("the backup");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777, 0o600, "it holds the CA key");
@@ -208,6 +217,18 @@ fn a_backup_under_writes_restores_into_a_master_the_agents_keep_working_with() {
     let module = master.client().get(master.api(&format!("/modules/{digest}"))).send().expect("GET module");
     assert_eq!(module.status(), 200, "the module is restored");
     assert_eq!(running(&master, "base"), 1);
+    // The agent's assignment watch moves on as soon as the revision differs
+    // from its own: it stops what the backup does not hold. Its watch of the
+    // services' endpoints came from a revision the restored store never
+    // reached: answered 410 Gone, it lists again.
+    wait_for(WAIT, "the instance placed after the backup stopped on the agent", || {
+        agent.instance(&post.metadata.name).is_none().then_some(())
+    });
+    assert!(master.instances().iter().all(|i| i.spec.workload != "post"));
+    wait_for(WAIT, "a watch answered 410 Gone", || {
+        let metrics = master.client().get(format!("{}/metrics", master.url)).send().ok()?.text().ok()?;
+        metrics.lines().any(|l| l.starts_with("wasmlet_master_http_requests_total{method=\"GET\",code=\"410\"}")).then_some(())
+    });
     create(&master, &sensor("after", ""));
     wait_for(WAIT, "a new workload Running on the agent", || (running(&master, "after") == 1).then_some(()));
     let node = master.nodes().into_iter().find(|n| n.metadata.name == "edge").expect("edge");
