@@ -309,7 +309,17 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_EPHEMERAL_STORAGE_CHECK_INTERVAL", default_value = defaults::EPHEMERAL_STORAGE_CHECK_INTERVAL, value_name = "DURATION")]
     pub ephemeral_storage_check_interval: Duration,
 
-    /// Largest module (or component) the agent compiles.
+    /// Also trust this CA (PEM; one or more certificates) for modules the node
+    /// downloads from `https://` URLs, beside the system's (for a private web server).
+    #[arg(long, global = true, env = "WASMLET_MODULE_CA_FILE", value_name = "FILE")]
+    pub module_ca_file: Option<PathBuf>,
+
+    /// Download modules from `http://` URLs too. Their digest is still checked,
+    /// but anyone on the path can stall or swap the download: for a lab only.
+    #[arg(long, global = true, env = "WASMLET_ALLOW_HTTP_MODULES")]
+    pub allow_http_modules: bool,
+
+    /// Largest module (or component) the agent downloads and compiles.
     #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
     pub max_module_size: Bytes,
 

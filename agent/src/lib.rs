@@ -42,6 +42,7 @@ pub mod ingress;
 pub mod logs;
 pub mod manifests;
 pub mod master_link;
+pub mod modules;
 pub mod process;
 pub mod report;
 pub mod runtime;
@@ -229,6 +230,8 @@ pub async fn run_with_ingress(
                 insecure_http: config.insecure_http,
                 auth: auth.clone(),
                 identity: identity.clone(),
+                modules: std::sync::Arc::new(modules::ModuleStore::new(&config.data_dir, config.max_module_size.get())),
+                web: std::sync::Arc::new(module_downloads(&config)?),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))
@@ -288,4 +291,20 @@ pub async fn run_with_ingress(
     sampler.await.context("the sampler task failed")?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// Where modules named by URL are downloaded from, as the flags say.
+fn module_downloads(config: &AgentConfig) -> anyhow::Result<modules::https::HttpsSource> {
+    let extra_ca = match &config.module_ca_file {
+        Some(file) => {
+            let pem = std::fs::read(file).with_context(|| format!("--module-ca-file {}: cannot read it", file.display()))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                anyhow::bail!("--module-ca-file {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)", file.display());
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    modules::https::HttpsSource::new(extra_ca.as_deref(), config.allow_http_modules)
+        .context("setting up module downloads (the system's CAs and --module-ca-file)")
 }

@@ -45,11 +45,12 @@ use wasmlet_api::protocol::{
     ApiError, Assignment, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse,
     PROTOCOL_VERSION, RegisterRequest, RegisterResponse, RenewedCredential, instance_status_for_master, node_status_for_master,
 };
-use wasmlet_api::{EventType, InstanceStatus, NodeStatus, Taint};
+use wasmlet_api::{EventType, InstanceStatus, ModuleRef, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
 
 use crate::executor::Fence;
 use crate::grants::HostPathPolicy;
+use crate::modules::{ModuleSource, ModuleStore, PullError, https::HttpsSource};
 use crate::report::Report;
 use crate::runtime::module::sha256_digest;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
@@ -79,6 +80,10 @@ pub struct LinkSettings {
     pub auth: Arc<ApiAuth>,
     /// The node's key, whose certificate each registration and renewal replaces (None: plain HTTP API).
     pub identity: Option<Arc<NodeIdentity>>,
+    /// Where module bytes are kept, whatever their source.
+    pub modules: Arc<ModuleStore>,
+    /// Modules named by URL: downloaded by the node itself.
+    pub web: Arc<HttpsSource>,
 }
 
 /// What survives a restart of the agent.
@@ -125,8 +130,6 @@ struct LinkState {
     last_saved: Option<DateTime<Utc>>,
     /// The fence of each assigned instance, by name.
     fences: HashMap<String, Fence>,
-    /// Module bytes by digest, shared by every instance of a module.
-    modules: HashMap<String, Arc<Vec<u8>>>,
     /// When to renew the credential and the certificate (None: the master does not renew them).
     renew_at: Option<tokio::time::Instant>,
     /// The protocol the master speaks, as far as the agent knows: this
@@ -219,7 +222,6 @@ impl MasterLink {
                 last_contact: None,
                 last_saved: None,
                 fences: HashMap::new(),
-                modules: HashMap::new(),
                 renew_at: None,
                 master_protocol: PROTOCOL_VERSION,
             }),
@@ -664,12 +666,12 @@ impl MasterLink {
         let mut missing = Vec::new();
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
-            let digest = &workload.spec.module.digest;
-            let module = match self.module(digest).await {
+            let wanted = &workload.spec.module;
+            let module = match self.module(wanted).await {
                 Ok(module) => module,
                 Err(e) => {
-                    tracing::warn!(instance = %assigned.instance.metadata.name, digest = %digest, error = %e, "module not available");
-                    missing.push(digest.clone());
+                    tracing::warn!(instance = %assigned.instance.metadata.name, source = %wanted.source, digest = %wanted.digest, error = %e, "module not available");
+                    missing.push(wanted.digest.clone());
                     continue;
                 }
             };
@@ -702,7 +704,7 @@ impl MasterLink {
             let names: BTreeSet<&String> = assignment.instances.iter().map(|a| &a.instance.metadata.name).collect();
             state.fences.retain(|name, _| names.contains(name));
             let digests: BTreeSet<&String> = assignment.instances.iter().map(|a| &a.workload.spec.module.digest).collect();
-            state.modules.retain(|digest, _| digests.contains(digest));
+            self.settings.modules.retain(&digests);
             state.last_contact.unwrap_or_else(Utc::now)
         };
         self.extend_fences(contact);
@@ -726,33 +728,40 @@ impl MasterLink {
         missing
     }
 
-    /// Module bytes: from memory, from the on-disk store, or fetched from the master.
-    async fn module(&self, digest: &str) -> anyhow::Result<Arc<Vec<u8>>> {
-        if let Some(bytes) = self.lock().modules.get(digest) {
-            return Ok(bytes.clone());
-        }
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        let path = self.settings.data_dir.join("cache").join("modules").join(format!("{hex}.wasm"));
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) if sha256_digest(&bytes) == digest => bytes,
-            _ => {
-                let request = self.http.get(self.url(&format!("/modules/{digest}"))).timeout(Duration::from_secs(600));
-                let response = self.authorized(request).send().await?;
-                if !response.status().is_success() {
-                    bail!("the master answered {} to GET /modules/{digest}", response.status());
-                }
-                let bytes = response.bytes().await?.to_vec();
-                let actual = sha256_digest(&bytes);
-                if actual != digest {
-                    bail!("the master sent bytes hashing to {actual}");
-                }
-                write_atomically(&path, &bytes).await?;
-                bytes
+    /// Module bytes, kept in the node's module store: modules named by URL
+    /// are downloaded by the node, uploaded ones come from the master.
+    async fn module(&self, module: &ModuleRef) -> Result<Arc<Vec<u8>>, PullError> {
+        let source: &dyn ModuleSource = if module.is_url() { &*self.settings.web } else { self };
+        self.settings.modules.get(module, source).await
+    }
+
+    async fn fetch_uploaded(&self, digest: &str, limit: u64) -> Result<Vec<u8>, PullError> {
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let url = self.url(&format!("/modules/{digest}"));
+        let request = self.authorized(self.http.get(&url)).timeout(Duration::from_secs(600));
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                self.next_master(at, "the master cannot be reached");
+                return Err(PullError::Unreachable(format!("cannot fetch the module from the master: {e}")));
             }
         };
-        let bytes = Arc::new(bytes);
-        self.lock().modules.insert(digest.to_string(), bytes.clone());
-        Ok(bytes)
+        let status = response.status();
+        if status.is_server_error() {
+            self.next_master(at, &format!("the master answered {status}"));
+            return Err(PullError::Unreachable(format!("the master answered {status} to GET /modules/{digest}")));
+        }
+        if !status.is_success() {
+            return Err(PullError::Refused(format!("the master answered {status} to GET /modules/{digest}")));
+        }
+        if response.content_length().is_some_and(|length| length > limit) {
+            return Err(PullError::TooLarge { limit });
+        }
+        let bytes = response.bytes().await.map_err(|e| PullError::Unreachable(format!("the module from the master broke off: {e}")))?;
+        if bytes.len() as u64 > limit {
+            return Err(PullError::TooLarge { limit });
+        }
+        Ok(bytes.to_vec())
     }
 
     /// Watches where every service can be reached, for the ingress to forward
@@ -978,12 +987,11 @@ async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<
     tokio::fs::rename(&tmp, path).await
 }
 
-async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
+/// Uploaded modules: from the master, by digest.
+impl ModuleSource for MasterLink {
+    fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PullError>> {
+        Box::pin(self.fetch_uploaded(&module.digest, limit))
     }
-    let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
-    tokio::task::spawn_blocking(move || crate::files::write_atomically(&path, &bytes, 0o644)).await.map_err(std::io::Error::other)?
 }
 
 /// `base` ± `fraction`, so a fleet does not beat in step.

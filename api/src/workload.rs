@@ -86,6 +86,14 @@ pub struct ModuleRef {
     pub digest: String,
 }
 
+impl ModuleRef {
+    /// Whether the module is on a web server (the nodes download it themselves)
+    /// rather than a file uploaded to the master.
+    pub fn is_url(&self) -> bool {
+        self.source.starts_with("https://") || self.source.starts_with("http://")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum WorkloadType {

@@ -161,7 +161,7 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
         )));
     }
     let module = &workload.spec.module;
-    if !module.source.starts_with("https://") {
+    if !module.is_url() {
         match shared.modules.ensure_valid(&module.digest).await {
             Ok(()) => {}
             Err(ModuleProblem::Missing) => {

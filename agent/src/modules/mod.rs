@@ -1,0 +1,170 @@
+//! Where a module's bytes come from, and where they are kept.
+//!
+//! A workload names its module by a source and a digest. Each kind of source
+//! is one [`ModuleSource`]: the master (`GET /modules/{digest}`, for uploaded
+//! modules) and `https://` URLs ([`https::HttpsSource`]). Whatever the source,
+//! the bytes end in one content-addressed store ([`ModuleStore`]): checked
+//! against the digest before they are kept, and before anything compiles them.
+//!
+//! | path under the data dir | what |
+//! | --- | --- |
+//! | `cache/modules/<hex>.wasm` | a module's bytes, named by their sha256 |
+
+pub mod https;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use wasmlet_api::ModuleRef;
+
+use crate::runtime::module::sha256_digest;
+
+/// Why a module's bytes could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The source answered, and will answer the same again (a 401, a 404, a
+    /// scheme the node does not allow): worth retrying only slowly.
+    #[error("{0}")]
+    Refused(String),
+    /// The source could not be reached or stopped answering: retried.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("the module is larger than the {limit} bytes this node accepts (--max-module-size)")]
+    TooLarge { limit: u64 },
+    #[error("the bytes from {from} hash to {actual}, not the {expected} the workload pins: refused before compiling")]
+    DigestMismatch { from: String, expected: String, actual: String },
+    #[error("cannot keep the module in {dir}: {error}")]
+    Store { dir: String, error: std::io::Error },
+}
+
+/// One place module bytes come from.
+pub trait ModuleSource: Send + Sync {
+    /// The bytes of `module`, at most `limit` of them. The caller checks the digest.
+    fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> BoxFuture<'a, Result<Vec<u8>, PullError>>;
+}
+
+/// Module bytes by digest: in memory while an instance needs them, on disk
+/// (`cache/modules/`) across restarts; fetched from a source once.
+#[derive(Debug)]
+pub struct ModuleStore {
+    dir: PathBuf,
+    limit: u64,
+    memory: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl ModuleStore {
+    /// The store under the agent's `data_dir`; no module larger than `limit` bytes is fetched.
+    pub fn new(data_dir: &Path, limit: u64) -> ModuleStore {
+        ModuleStore { dir: data_dir.join("cache").join("modules"), limit, memory: Mutex::default() }
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir.join(format!("{hex}.wasm"))
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<u8>>>> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The module's bytes: from memory, from disk (checked again), or from `source`
+    /// (checked against the digest before they are kept).
+    pub async fn get(&self, module: &ModuleRef, source: &dyn ModuleSource) -> Result<Arc<Vec<u8>>, PullError> {
+        let digest = &module.digest;
+        if let Some(bytes) = self.memory().get(digest) {
+            return Ok(bytes.clone());
+        }
+        let path = self.path(digest);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) if sha256_digest(&bytes) == *digest => bytes,
+            _ => {
+                let bytes = source.fetch(module, self.limit).await?;
+                let actual = sha256_digest(&bytes);
+                if actual != *digest {
+                    return Err(PullError::DigestMismatch { from: module.source.clone(), expected: digest.clone(), actual });
+                }
+                self.keep(&path, &bytes).await?;
+                bytes
+            }
+        };
+        let bytes = Arc::new(bytes);
+        self.memory().insert(digest.clone(), bytes.clone());
+        Ok(bytes)
+    }
+
+    async fn keep(&self, path: &Path, bytes: &[u8]) -> Result<(), PullError> {
+        let store = |error| PullError::Store { dir: self.dir.display().to_string(), error };
+        tokio::fs::create_dir_all(&self.dir).await.map_err(store)?;
+        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || crate::files::write_atomically(&path, &bytes, 0o644))
+            .await
+            .map_err(|e| store(std::io::Error::other(e)))?
+            .map_err(store)
+    }
+
+    /// Lets go of the bytes in memory of every module not in `digests` (they stay on disk).
+    pub fn retain(&self, digests: &BTreeSet<&String>) {
+        self.memory().retain(|digest, _| digests.contains(digest));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Serves fixed bytes and counts the fetches.
+    struct Fixed(Vec<u8>, AtomicUsize);
+
+    impl ModuleSource for Fixed {
+        fn fetch<'a>(&'a self, _: &'a ModuleRef, limit: u64) -> BoxFuture<'a, Result<Vec<u8>, PullError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let bytes = self.0.clone();
+            Box::pin(async move { if bytes.len() as u64 > limit { Err(PullError::TooLarge { limit }) } else { Ok(bytes) } })
+        }
+    }
+
+    fn module(bytes: &[u8]) -> ModuleRef {
+        ModuleRef { source: "https://example.test/m.wasm".into(), digest: sha256_digest(bytes) }
+    }
+
+    #[tokio::test]
+    async fn bytes_are_fetched_once_checked_and_kept_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0));
+        let wanted = module(&source.0);
+        let store = ModuleStore::new(dir.path(), 1 << 20);
+        assert_eq!(*store.get(&wanted, &source).await.unwrap(), source.0);
+        assert_eq!(*store.get(&wanted, &source).await.unwrap(), source.0);
+        assert_eq!(source.1.load(Ordering::SeqCst), 1, "from memory the second time");
+
+        // A new store (an agent restart) reads the disk; a damaged file is fetched again.
+        let again = ModuleStore::new(dir.path(), 1 << 20);
+        assert_eq!(*again.get(&wanted, &source).await.unwrap(), source.0);
+        assert_eq!(source.1.load(Ordering::SeqCst), 1, "from disk");
+        std::fs::write(store.path(&wanted.digest), b"damaged").unwrap();
+        let third = ModuleStore::new(dir.path(), 1 << 20);
+        assert_eq!(*third.get(&wanted, &source).await.unwrap(), source.0);
+        assert_eq!(source.1.load(Ordering::SeqCst), 2, "a damaged file is not used");
+
+        third.retain(&BTreeSet::new());
+        assert!(third.memory().is_empty(), "memory is released when no instance needs the module");
+    }
+
+    #[tokio::test]
+    async fn bytes_that_do_not_match_the_digest_are_refused_and_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0));
+        let wanted = module(b"other bytes");
+        let store = ModuleStore::new(dir.path(), 1 << 20);
+        let error = store.get(&wanted, &source).await.unwrap_err();
+        assert!(matches!(error, PullError::DigestMismatch { .. }), "{error}");
+        assert!(error.to_string().contains(&wanted.digest) && error.to_string().contains("refused before compiling"), "{error}");
+        assert!(!store.path(&wanted.digest).exists());
+        let small = ModuleStore::new(dir.path(), 4);
+        assert!(matches!(small.get(&module(&source.0), &source).await, Err(PullError::TooLarge { limit: 4 })));
+    }
+}
