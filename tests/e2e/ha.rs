@@ -472,19 +472,14 @@ fn a_backup_of_masters_on_etcd_restores_into_a_master_on_its_own() {
 /// etcd refuses them, and the master says so and stops.
 #[test]
 fn masters_reach_etcd_over_mutual_tls() {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
     let dir = tempfile::tempdir().expect("dir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
-    let key = KeyPair::generate().expect("key");
+    let ca = crate::test_ca::TestCa::new();
     let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = leaf.signed_by(&key, &issuer).expect("signed");
+    let (cert, key) = ca.sign(leaf);
     let tls = wasmlet_tests::EtcdTls { ca: dir.path().join("ca.crt"), cert: dir.path().join("etcd.crt"), key: dir.path().join("etcd.key") };
-    std::fs::write(&tls.ca, ca_cert.pem()).expect("write");
+    std::fs::write(&tls.ca, &ca.pem).expect("write");
     std::fs::write(&tls.cert, cert.pem()).expect("write");
     std::fs::write(&tls.key, key.serialize_pem()).expect("write");
     let etcd = EtcdCluster::start_with(1, Some(tls.clone())).expect("etcd starts");

@@ -28,4 +28,5 @@ mod sandbox;
 mod security;
 mod services;
 mod store;
+mod test_ca;
 mod tour;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose};
 use reqwest::blocking::Client;
 use wasmlet_api::Phase;
 use wasmlet_tests::{Agent, Master, wait_for, workload_manifest};
@@ -57,18 +57,13 @@ fn identity_of(agent: &Agent) -> String {
 
 /// A client certificate for `wasmlet-node:b` from a CA of the test's own.
 fn foreign_identity() -> String {
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
-    let key = KeyPair::generate().expect("key");
+    let ca = crate::test_ca::TestCa::new();
     let mut leaf = CertificateParams::new(vec!["b".to_string()]).expect("params");
     leaf.distinguished_name = DistinguishedName::new();
     leaf.distinguished_name.push(DnType::CommonName, "wasmlet-node:b");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = leaf.signed_by(&key, &issuer).expect("signed");
-    format!("{}{}{}", cert.pem(), ca_cert.pem(), key.serialize_pem())
+    let (cert, key) = ca.sign(leaf);
+    format!("{}{}{}", cert.pem(), ca.pem, key.serialize_pem())
 }
 
 #[test]
