@@ -19,6 +19,7 @@ use wasmlet_api::{EventType, Placement, Workload};
 
 use crate::config::InstanceLimit;
 use crate::grants::{HostPathPolicy, Preopen};
+use crate::modules::Module;
 use crate::runtime::module::{detect, sha256_digest};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
@@ -138,7 +139,7 @@ impl ManifestWatcher {
                 out.push(DesiredInstance {
                     name: format!("{}-{i}", admitted.workload.metadata.name),
                     workload: admitted.workload.clone(),
-                    module: admitted.module.clone(),
+                    module: Module::Ready(admitted.module.clone()),
                     host_dirs: admitted.host_dirs.clone(),
                     generation: admitted.generation.clone(),
                     epoch: 0,

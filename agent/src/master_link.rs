@@ -50,7 +50,7 @@ use wasmlet_security::{Fingerprint, JoinToken};
 
 use crate::executor::Fence;
 use crate::grants::HostPathPolicy;
-use crate::modules::{ModuleSource, ModuleStore, PullError, https::HttpsSource};
+use crate::modules::{Module, ModuleSource, ModuleStore, PullError, https::HttpsSource};
 use crate::report::Report;
 use crate::runtime::module::sha256_digest;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
@@ -118,6 +118,9 @@ pub struct MasterLink {
     /// Wakes the instance status loop to report every instance again: a new
     /// assignment may have reset what the master knows of them (a node back from silence).
     report_all: Notify,
+    /// Uploaded modules, fetched from the master (through this link, held weakly:
+    /// the supervisor's instances keep it and the link keeps the supervisor).
+    uploaded: Arc<dyn ModuleSource>,
 }
 
 struct LinkState {
@@ -209,7 +212,7 @@ impl MasterLink {
             (false, _) => tracing::warn!(master = %settings.master, "--insecure-http: talking to the master over plain HTTP"),
         }
         let http = http.build().context("building the HTTP client")?;
-        Ok(Arc::new(MasterLink {
+        Ok(Arc::new_cyclic(|link| MasterLink {
             settings,
             masters,
             current: std::sync::atomic::AtomicUsize::new(0),
@@ -228,6 +231,7 @@ impl MasterLink {
             fetch_now: Notify::new(),
             persist: tokio::sync::Mutex::new(()),
             report_all: Notify::new(),
+            uploaded: Arc::new(Uploaded(link.clone())),
         }))
     }
 
@@ -323,10 +327,8 @@ impl MasterLink {
             state.assignment = Some(saved.assignment.clone());
         }
         // Fences count from the last time the master was heard, before the reboot.
-        let missing = self.apply(&saved.assignment, None).await;
-        if !missing.is_empty() {
-            tracing::warn!(modules = ?missing, "modules of the saved assignment are not on disk; their instances wait for the master");
-        }
+        // Modules not on disk are pulled by their instances, which wait meanwhile.
+        self.apply(&saved.assignment, None).await;
     }
 
     async fn register(&self) -> Result<Timings, LinkError> {
@@ -606,12 +608,9 @@ impl MasterLink {
     /// Watches the node's assignment and applies each new one.
     async fn assignment_loop(self: Arc<Self>, session: CancellationToken) -> String {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-        // Set while some modules could not be fetched: ask again without waiting for a change.
-        let mut incomplete = false;
         loop {
             let since = self.lock().assignment.as_ref().map_or(0, |a| a.revision);
-            let query = if incomplete { String::new() } else { format!("?watch=true&since={since}&timeoutSeconds=30") };
-            let path = format!("/nodes/{}/assignment{query}", self.settings.node);
+            let path = format!("/nodes/{}/assignment?watch=true&since={since}&timeoutSeconds=30", self.settings.node);
             let request = self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(45));
             let sent_at = Utc::now();
             let fetched = tokio::select! {
@@ -621,15 +620,8 @@ impl MasterLink {
             match fetched {
                 Ok(Some(assignment)) => {
                     self.contact(sent_at);
-                    let missing = self.apply(&assignment, Some(sent_at)).await;
-                    incomplete = !missing.is_empty();
-                    if incomplete {
-                        // Everything else runs already; the instances whose module could not be had wait for the next try.
-                        tracing::warn!(modules = ?missing, "cannot fetch some modules yet; retrying");
-                        self.sleep_or_stop(backoff.next(), &session).await;
-                    } else {
-                        backoff.reset();
-                    }
+                    self.apply(&assignment, Some(sent_at)).await;
+                    backoff.reset();
                 }
                 Ok(None) => {
                     self.contact(sent_at);
@@ -655,26 +647,18 @@ impl MasterLink {
         }
     }
 
-    /// Runs exactly the assignment's instances: fetches missing modules,
-    /// reconciles the supervisor, saves the assignment. `fetched_at` is when a
-    /// fresh assignment was requested (None: the saved one, after a reboot).
-    /// Returns the digests that could not be had: those instances do not run
-    /// yet, and everything else is applied all the same, so a handed-off
-    /// instance stops even while a new module is out of reach.
-    async fn apply(&self, assignment: &Assignment, fetched_at: Option<DateTime<Utc>>) -> Vec<String> {
+    /// Runs exactly the assignment's instances: reconciles the supervisor
+    /// (each instance pulls its module, from the master or its URL, and waits
+    /// in `ModulePullBackOff` while it cannot), saves the assignment.
+    /// `fetched_at` is when a fresh assignment was requested (None: the saved
+    /// one, after a reboot).
+    async fn apply(&self, assignment: &Assignment, fetched_at: Option<DateTime<Utc>>) {
         let mut desired = Vec::with_capacity(assignment.instances.len());
-        let mut missing = Vec::new();
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
             let wanted = &workload.spec.module;
-            let module = match self.module(wanted).await {
-                Ok(module) => module,
-                Err(e) => {
-                    tracing::warn!(instance = %assigned.instance.metadata.name, source = %wanted.source, digest = %wanted.digest, error = %e, "module not available");
-                    missing.push(wanted.digest.clone());
-                    continue;
-                }
-            };
+            let source = if wanted.is_url() { self.settings.web.clone() as Arc<dyn ModuleSource> } else { self.uploaded.clone() };
+            let module = Module::Pull { module: wanted.clone(), store: self.settings.modules.clone(), source };
             let (host_dirs, refused) = match self.settings.host_paths.resolve(&workload.spec.dirs) {
                 Ok(dirs) => (dirs, None),
                 Err(why) => (Vec::new(), Some(why)),
@@ -725,14 +709,6 @@ impl MasterLink {
             self.report_all.notify_one();
         }
         self.save().await;
-        missing
-    }
-
-    /// Module bytes, kept in the node's module store: modules named by URL
-    /// are downloaded by the node, uploaded ones come from the master.
-    async fn module(&self, module: &ModuleRef) -> Result<Arc<Vec<u8>>, PullError> {
-        let source: &dyn ModuleSource = if module.is_url() { &*self.settings.web } else { self };
-        self.settings.modules.get(module, source).await
     }
 
     async fn fetch_uploaded(&self, digest: &str, limit: u64) -> Result<Vec<u8>, PullError> {
@@ -987,10 +963,17 @@ async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<
     tokio::fs::rename(&tmp, path).await
 }
 
-/// Uploaded modules: from the master, by digest.
-impl ModuleSource for MasterLink {
+/// Uploaded modules: from the master, by digest, through the link while it lives.
+struct Uploaded(std::sync::Weak<MasterLink>);
+
+impl ModuleSource for Uploaded {
     fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PullError>> {
-        Box::pin(self.fetch_uploaded(&module.digest, limit))
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(link) => link.fetch_uploaded(&module.digest, limit).await,
+                None => Err(PullError::Unreachable("the agent is leaving the master".to_string())),
+            }
+        })
     }
 }
 

@@ -30,6 +30,7 @@ use crate::events::EventLog;
 use crate::executor::{Entry, Executors, Exit, ExitReason, Fence, OutboundPolicy, Program, RunSpec, ServeSpec, Service, Usage};
 use crate::grants::{GrantedDir, Preopen};
 use crate::logs::InstanceLog;
+use crate::modules::Module;
 use crate::scratch;
 
 /// An instance the agent should run, with everything needed to start it.
@@ -37,8 +38,8 @@ use crate::scratch;
 pub struct DesiredInstance {
     pub name: String,
     pub workload: Arc<Workload>,
-    /// The module's bytes; their digest is the workload's `module.digest`.
-    pub module: Arc<Vec<u8>>,
+    /// The module's bytes, or where to pull them; their digest is the workload's `module.digest`.
+    pub module: Module,
     /// Host directories granted, already checked against the allow-list.
     /// Scratch directories are made by the supervisor.
     pub host_dirs: Vec<Preopen>,
@@ -464,6 +465,7 @@ impl Supervisor {
                 return self.finish(&shared, Phase::Failed, None, "IsolationUnavailable", &why);
             }
         };
+        let Some(module) = self.pull(&desired, &shared, &cancel).await else { return };
         let spec = self.run_spec(&desired);
         loop {
             if !self.wait_for_fence(&shared, &cancel).await {
@@ -478,7 +480,7 @@ impl Supervisor {
                 self.notify_change();
             }
             let prepared = tokio::select! {
-                prepared = executor.prepare(&digest, desired.module.clone()) => prepared,
+                prepared = executor.prepare(&digest, module.clone()) => prepared,
                 _ = cancel.cancelled() => return,
             };
             let program = match prepared {
@@ -909,6 +911,56 @@ impl Supervisor {
         true
     }
 
+    /// The instance's module bytes: pulled from its source when they are not
+    /// at hand, retried with the restart back-off while the instance waits in
+    /// `Pending`, reason `ModulePullBackOff`, the failure in its message (an
+    /// event each time the failure changes). None once cancelled.
+    async fn pull(&self, desired: &DesiredInstance, shared: &Shared, cancel: &CancellationToken) -> Option<Arc<Vec<u8>>> {
+        let backoff = self.settings.backoff;
+        let mut delay = backoff.initial;
+        let mut last_failure = String::new();
+        loop {
+            let pulled = tokio::select! {
+                pulled = desired.module.bytes() => pulled,
+                _ = cancel.cancelled() => return None,
+            };
+            let failure = match pulled {
+                Ok(bytes) => {
+                    if !last_failure.is_empty() {
+                        self.events.record(
+                            EventType::Normal,
+                            "Pulled",
+                            "Instance",
+                            &desired.name,
+                            "the module is here: starting".to_string(),
+                        );
+                    }
+                    return Some(bytes);
+                }
+                Err(e) => e.to_string(),
+            };
+            let source = &desired.workload.spec.module.source;
+            let message = format!("cannot get the module from {source}: {failure}; trying again in {delay:?}");
+            tracing::warn!(instance = %desired.name, %source, digest = %desired.workload.spec.module.digest, error = %failure, "module not available");
+            if failure != last_failure {
+                self.events.record(EventType::Warning, "ModulePullBackOff", "Instance", &desired.name, message.clone());
+                shared.log.agent_line(&message);
+                last_failure = failure;
+            }
+            shared.update(|s| {
+                s.phase = Phase::Pending;
+                s.reason = Some("ModulePullBackOff".to_string());
+                s.message = Some(message.clone());
+            });
+            self.notify_change();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => return None,
+            }
+            delay = (delay * 2).min(backoff.max);
+        }
+    }
+
     fn finish(&self, shared: &Shared, phase: Phase, exit_code: Option<i32>, reason: &str, message: &str) {
         shared.update(|s| {
             s.phase = phase;
@@ -1267,7 +1319,7 @@ mod tests {
         DesiredInstance {
             name: "w-0".into(),
             workload: Arc::new(workload),
-            module: Arc::new(Vec::new()),
+            module: crate::modules::Module::Ready(Arc::new(Vec::new())),
             host_dirs: Vec::new(),
             generation: "1".into(),
             epoch: 0,

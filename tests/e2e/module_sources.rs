@@ -21,24 +21,20 @@ const WAIT: Duration = Duration::from_secs(60);
 struct FlakyServer {
     url: String,
     ca_file: tempfile::NamedTempFile,
-    /// The `Range` start of every request, in order (None: the whole file).
+    /// The `Range` start of every request served, in order (None: the whole file).
     ranges: Arc<Mutex<Vec<Option<usize>>>>,
+    /// While set, every request is answered 503 (the server is "down").
+    down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FlakyServer {
     fn start(body: Vec<u8>, tls: bool) -> FlakyServer {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca = CertificateParams::new(Vec::new()).expect("params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("a CA");
-        let issuer = Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).expect("issuer");
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params").signed_by(&key, &issuer).expect("signed");
+        let ca = crate::test_ca::TestCa::new();
+        let (cert, key) = ca.sign(rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params"));
         let ca_file = tempfile::NamedTempFile::new().expect("file");
-        std::fs::write(ca_file.path(), ca_cert.pem()).expect("write");
+        std::fs::write(ca_file.path(), &ca.pem).expect("write");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
@@ -52,21 +48,22 @@ impl FlakyServer {
         let scheme = if tls { "https" } else { "http" };
         let url = format!("{scheme}://{}/modules/sensor.wasm", listener.local_addr().expect("addr"));
         let ranges = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, down) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let thread = {
-            let (ranges, stop) = (ranges.clone(), stop.clone());
+            let (ranges, stop, down) = (ranges.clone(), stop.clone(), down.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let first = ranges.lock().expect("lock").is_empty();
+                            let down = down.load(Ordering::SeqCst);
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                             if tls {
                                 let Ok(connection) = rustls::ServerConnection::new(config.clone()) else { continue };
-                                let _ = serve(rustls::StreamOwned::new(connection, stream), &body, first, &ranges);
+                                let _ = serve(rustls::StreamOwned::new(connection, stream), &body, first, down, &ranges);
                             } else {
-                                let _ = serve(stream, &body, first, &ranges);
+                                let _ = serve(stream, &body, first, down, &ranges);
                             }
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -74,7 +71,7 @@ impl FlakyServer {
                 }
             })
         };
-        FlakyServer { url, ca_file, ranges, stop, thread: Some(thread) }
+        FlakyServer { url, ca_file, ranges, down, stop, thread: Some(thread) }
     }
 }
 
@@ -87,8 +84,8 @@ impl Drop for FlakyServer {
     }
 }
 
-/// Answers one request on `stream`; cuts the answer in half when `cut`.
-fn serve(mut stream: impl Read + Write, body: &[u8], cut: bool, ranges: &Mutex<Vec<Option<usize>>>) -> std::io::Result<()> {
+/// Answers one request on `stream`: 503 when `down`, else the file, cut in half when `cut`.
+fn serve(mut stream: impl Read + Write, body: &[u8], cut: bool, down: bool, ranges: &Mutex<Vec<Option<usize>>>) -> std::io::Result<()> {
     let mut range = None;
     {
         let mut reader = BufReader::new(&mut stream);
@@ -101,6 +98,10 @@ fn serve(mut stream: impl Read + Write, body: &[u8], cut: bool, ranges: &Mutex<V
                 range = value.trim().trim_end_matches('-').parse::<usize>().ok();
             }
         }
+    }
+    if down {
+        stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+        return stream.flush();
     }
     ranges.lock().expect("lock").push(range);
     let start = range.unwrap_or(0).min(body.len());
@@ -131,7 +132,8 @@ fn url_workload(name: &str, url: &str, digest: &str) -> Workload {
 /// answer breaks off halfway: the node resumes the download where it stopped
 /// (a range request), checks the digest and runs it; the master never holds
 /// the module. The same URL under another digest is refused before anything
-/// compiles it, and the first workload keeps running.
+/// compiles it: that instance waits in `ModulePullBackOff` saying why, tried
+/// again with back-off, and the first workload keeps running.
 #[test]
 fn a_module_from_an_https_url_is_downloaded_by_the_node_resumed_and_checked() {
     let (path, digest) = example("sensor");
@@ -173,7 +175,12 @@ fn a_module_from_an_https_url_is_downloaded_by_the_node_resumed_and_checked() {
         agent.log_text().lines().find(|l| l.contains("refused before compiling")).map(str::to_string)
     });
     assert!(line.contains(&other) && line.contains(&digest), "names both digests: {line}");
-    assert!(master.instances().iter().all(|i| i.spec.workload != "wrong" || i.status.phase != Phase::Running));
+    let waiting = wait_for(WAIT, "the instance waiting in ModulePullBackOff", || {
+        master.instances().into_iter().find(|i| i.spec.workload == "wrong" && i.status.reason.as_deref() == Some("ModulePullBackOff"))
+    });
+    assert_eq!(waiting.status.phase, Phase::Pending);
+    let message = waiting.status.message.unwrap_or_default();
+    assert!(message.contains(&server.url) && message.contains(&other) && message.contains("refused before compiling"), "{message}");
     assert!(master.instances().iter().any(|i| i.spec.workload == "web" && i.status.phase == Phase::Running), "the first one runs on");
     // The refusal is retried (with back-off), and refused again.
     wait_for(WAIT, "a second try", || (agent.log_text().matches("refused before compiling").count() >= 2).then_some(()));
@@ -181,11 +188,14 @@ fn a_module_from_an_https_url_is_downloaded_by_the_node_resumed_and_checked() {
 
 /// `http://` modules only where the node allows them: refused naming the
 /// flag, downloaded (and resumed, and checked) with `--allow-http-modules`.
+/// While the server is down the instance waits in `ModulePullBackOff` naming
+/// its answer, and runs once the server is back.
 #[test]
 fn http_modules_are_downloaded_only_where_the_node_allows_them() {
     let (path, digest) = example("sensor");
     let bytes = std::fs::read(&path).expect("the example");
     let server = FlakyServer::start(bytes, false);
+    server.down.store(true, Ordering::SeqCst);
     let master = Master::start(&[]).expect("master starts");
     let join = |name: &str, extra: &[&str]| {
         let mut args = vec!["--master", &master.url, "--join-token", &master.join_token, "--name", name, "--sample-interval", "500ms"];
@@ -201,7 +211,13 @@ fn http_modules_are_downloaded_only_where_the_node_allows_them() {
         let (status, body) = master.send_json(Method::POST, "/workloads", &workload).expect("POST");
         assert_eq!(status, 201, "{body}");
     }
-    let running = wait_for(WAIT, "the allowed one Running", || {
+    let waiting = wait_for(WAIT, "the allowed one waiting for the server", || {
+        master.instances().into_iter().find(|i| i.spec.workload == "allowed" && i.status.reason.as_deref() == Some("ModulePullBackOff"))
+    });
+    let message = waiting.status.message.unwrap_or_default();
+    assert!(message.contains("503") && message.contains(&server.url), "{message}");
+    server.down.store(false, Ordering::SeqCst);
+    let running = wait_for(WAIT, "the allowed one Running once the server is back", || {
         master.instances().into_iter().find(|i| i.spec.workload == "allowed" && i.status.phase == Phase::Running)
     });
     assert_eq!(running.spec.node, "lab");

@@ -375,6 +375,13 @@ fn a_restarted_agent_adopts_the_runs_it_left_and_nobody_notices() {
         })
     };
     adopted(&agent);
+    // A resumed instance is Running from the new agent's start; its executor takes the
+    // process over once the module is loaded, which a busy machine may take a moment for.
+    // Stopped only once it did (else the next agent is the first to take it over).
+    let adoption = format!("adopted its process {}", pids[1]);
+    wait_for(WAIT, "the second agent to take sensor-b's process over", || {
+        agent.get_text(&format!("/instances/{b}/logs")).ok().filter(|log| log.contains(&adoption)).map(drop)
+    });
     let data = agent.stop_keep_data().expect("SIGTERM");
     assert!(pids.iter().all(|pid| alive(*pid)), "every run outlives a stopped agent");
     let agent = Agent::start_in(data, &args).expect("agent restarts");
@@ -401,9 +408,6 @@ fn a_restarted_agent_adopts_the_runs_it_left_and_nobody_notices() {
         http.get(format!("{}/hello", agent.ingress)).send().ok().filter(|r| r.status().is_success()).map(|r| r.text().unwrap_or_default())
     });
     assert!(body.contains("hello"), "{body}");
-    // A resumed instance is Running from the new agent's start; its executor takes the
-    // process over once the module is loaded, which a busy machine may take a moment for.
-    let adoption = format!("adopted its process {}", pids[1]);
     let log = wait_for(WAIT, "the last agent to take sensor-b's process over", || {
         let log = agent.get_text(&format!("/instances/{b}/logs")).ok()?;
         let after_second = log.rsplit_once(&adoption).map(|(_, after)| sensor_seqs(after).len()).unwrap_or(0);

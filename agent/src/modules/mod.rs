@@ -45,6 +45,24 @@ pub trait ModuleSource: Send + Sync {
     fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> BoxFuture<'a, Result<Vec<u8>, PullError>>;
 }
 
+/// A module's bytes as an instance gets them: at hand (a static manifest's
+/// file, read at admission), or to be pulled from a source into the store
+/// (the instance waits in `ModulePullBackOff` until they are).
+#[derive(Clone)]
+pub enum Module {
+    Ready(Arc<Vec<u8>>),
+    Pull { module: ModuleRef, store: Arc<ModuleStore>, source: Arc<dyn ModuleSource> },
+}
+
+impl Module {
+    pub async fn bytes(&self) -> Result<Arc<Vec<u8>>, PullError> {
+        match self {
+            Module::Ready(bytes) => Ok(bytes.clone()),
+            Module::Pull { module, store, source } => store.get(module, source.as_ref()).await,
+        }
+    }
+}
+
 /// Module bytes by digest: in memory while an instance needs them, on disk
 /// (`cache/modules/`) across restarts; fetched from a source once.
 #[derive(Debug)]
