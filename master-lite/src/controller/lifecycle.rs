@@ -184,7 +184,7 @@ impl LifecycleController {
                         format!("node {name} has not renewed its lease for {}", secs(silence)),
                     );
                 } else if silence <= grace && tainted && leases.heard.contains(name) {
-                    txn.put_node(mark_back(node, leases.reported.remove(name)));
+                    txn.put_node(mark_back(node, leases.reported.get(name).cloned()));
                     txn.event(EventType::Normal, "NodeReady", ("Node", name), format!("node {name} renews its lease again"));
                     returned.push(name);
                 }
