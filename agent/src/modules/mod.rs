@@ -70,12 +70,15 @@ pub struct ModuleStore {
     dir: PathBuf,
     limit: u64,
     memory: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    /// One pull at a time per digest: replicas of a workload on one node wait
+    /// for the first one's download instead of each fetching (and writing) it.
+    pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ModuleStore {
     /// The store under the agent's `data_dir`; no module larger than `limit` bytes is fetched.
     pub fn new(data_dir: &Path, limit: u64) -> ModuleStore {
-        ModuleStore { dir: data_dir.join("cache").join("modules"), limit, memory: Mutex::default() }
+        ModuleStore { dir: data_dir.join("cache").join("modules"), limit, memory: Mutex::default(), pulling: Mutex::default() }
     }
 
     fn path(&self, digest: &str) -> PathBuf {
@@ -88,12 +91,39 @@ impl ModuleStore {
     }
 
     /// The module's bytes: from memory, from disk (checked again), or from `source`
-    /// (checked against the digest before they are kept).
+    /// (checked against the digest before they are kept). Concurrent calls for
+    /// one digest fetch it once.
     pub async fn get(&self, module: &ModuleRef, source: &dyn ModuleSource) -> Result<Arc<Vec<u8>>, PullError> {
         let digest = &module.digest;
         if let Some(bytes) = self.memory().get(digest) {
             return Ok(bytes.clone());
         }
+        let turn = self.lock(digest).lock_owned().await;
+        let kept = self.memory().get(digest).cloned();
+        let got = match kept {
+            Some(bytes) => Ok(bytes),
+            None => self.load(module, source).await,
+        };
+        drop(turn);
+        self.unlock(digest);
+        got
+    }
+
+    fn lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut pulling = self.pulling.lock().unwrap_or_else(|e| e.into_inner());
+        pulling.entry(digest.to_string()).or_default().clone()
+    }
+
+    /// Forgets the digest's lock once no pull holds or waits for it.
+    fn unlock(&self, digest: &str) {
+        let mut pulling = self.pulling.lock().unwrap_or_else(|e| e.into_inner());
+        if pulling.get(digest).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            pulling.remove(digest);
+        }
+    }
+
+    async fn load(&self, module: &ModuleRef, source: &dyn ModuleSource) -> Result<Arc<Vec<u8>>, PullError> {
+        let digest = &module.digest;
         let path = self.path(digest);
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) if sha256_digest(&bytes) == *digest => bytes,
@@ -170,6 +200,38 @@ mod tests {
 
         third.retain(&BTreeSet::new());
         assert!(third.memory().is_empty(), "memory is released when no instance needs the module");
+    }
+
+    /// Serves its bytes after a pause, so that concurrent pulls overlap.
+    struct Slow(Fixed);
+
+    impl ModuleSource for Slow {
+        fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> BoxFuture<'a, Result<Vec<u8>, PullError>> {
+            Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                self.0.fetch(module, limit).await
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_pulls_of_one_module_fetch_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Arc::new(Slow(Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0))));
+        let wanted = module(&source.0.0);
+        let store = Arc::new(ModuleStore::new(dir.path(), 1 << 20));
+        let pulls: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, source, wanted) = (store.clone(), source.clone(), wanted.clone());
+                tokio::spawn(async move { store.get(&wanted, source.as_ref()).await.map(|b| b.len()) })
+            })
+            .collect();
+        for pull in pulls {
+            assert_eq!(pull.await.unwrap().unwrap(), 8);
+        }
+        assert_eq!(source.0.1.load(Ordering::SeqCst), 1, "one fetch for eight replicas");
+        assert!(store.pulling.lock().unwrap().is_empty(), "no lock is kept once the pulls are done");
+        assert_eq!(std::fs::read(store.path(&wanted.digest)).unwrap(), source.0.0);
     }
 
     #[tokio::test]
