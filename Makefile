@@ -15,11 +15,14 @@ build-deps:
 	@command -v protoc >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler)
 
-## Toolchain pieces the build and the tests need (idempotent, quick when present), and the
-## etcd servers the three-master tests start (Debian's etcd-server).
+## Toolchain pieces the build and the tests need (idempotent, quick when present), the
+## etcd servers the three-master tests start (Debian's etcd-server) and the OCI registry
+## the module-source tests push to (Debian's docker-registry; the tests start their own).
 test-deps: build-deps
 	@command -v etcd >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
+	@command -v docker-registry >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry)
 	@rustup target list --installed | grep -qx wasm32-wasip1 && rustup target list --installed | grep -qx wasm32-wasip2 \
 		|| rustup target add wasm32-wasip1 wasm32-wasip2
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked

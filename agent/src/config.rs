@@ -310,9 +310,17 @@ pub struct AgentConfig {
     pub ephemeral_storage_check_interval: Duration,
 
     /// Also trust this CA (PEM; one or more certificates) for modules the node
-    /// downloads from `https://` URLs, beside the system's (for a private web server).
+    /// downloads from `https://` URLs and OCI registries, beside the system's
+    /// (for a private web server or registry).
     #[arg(long, global = true, env = "WASMLET_MODULE_CA_FILE", value_name = "FILE")]
     pub module_ca_file: Option<PathBuf>,
+
+    /// Credentials for pulling modules from OCI registries: a Docker
+    /// `config.json` (`{"auths": {"HOST": {"auth": "<base64 user:password>"}}}`,
+    /// as `docker login` writes it). Read at each pull, so renewed credentials
+    /// apply without a restart; registries it does not name are pulled from anonymously.
+    #[arg(long, global = true, env = "WASMLET_REGISTRY_CREDENTIALS", value_name = "FILE")]
+    pub registry_credentials: Option<PathBuf>,
 
     /// Download modules from `http://` URLs too. Their digest is still checked,
     /// but anyone on the path can stall or swap the download: for a lab only.

@@ -231,7 +231,7 @@ pub async fn run_with_ingress(
                 auth: auth.clone(),
                 identity: identity.clone(),
                 modules: std::sync::Arc::new(modules::ModuleStore::new(&config.data_dir, config.max_module_size.get())),
-                web: std::sync::Arc::new(module_downloads(&config)?),
+                remote: std::sync::Arc::new(module_downloads(&config, &node)?),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))
@@ -293,8 +293,8 @@ pub async fn run_with_ingress(
     Ok(())
 }
 
-/// Where modules named by URL are downloaded from, as the flags say.
-fn module_downloads(config: &AgentConfig) -> anyhow::Result<modules::https::HttpsSource> {
+/// Where modules named by URL or registry reference are downloaded from, as the flags say.
+fn module_downloads(config: &AgentConfig, node: &str) -> anyhow::Result<modules::Remote> {
     let extra_ca = match &config.module_ca_file {
         Some(file) => {
             let pem = std::fs::read(file).with_context(|| format!("--module-ca-file {}: cannot read it", file.display()))?;
@@ -305,6 +305,10 @@ fn module_downloads(config: &AgentConfig) -> anyhow::Result<modules::https::Http
         }
         None => None,
     };
-    modules::https::HttpsSource::new(extra_ca.as_deref(), config.allow_http_modules)
-        .context("setting up module downloads (the system's CAs and --module-ca-file)")
+    let web = modules::https::HttpsSource::new(extra_ca.as_deref(), config.allow_http_modules)
+        .context("setting up module downloads (the system's CAs and --module-ca-file)")?;
+    // Once per agent: the registry client keeps it for its lifetime.
+    let user_agent: &'static str = Box::leak(format!("wasmlet-agent/{} (node {node})", env!("CARGO_PKG_VERSION")).into_boxed_str());
+    let registries = modules::oci::OciSource::new(extra_ca.as_deref(), config.registry_credentials.clone(), user_agent)?;
+    Ok(modules::Remote { web: std::sync::Arc::new(web), registries: std::sync::Arc::new(registries) })
 }

@@ -50,7 +50,7 @@ use wasmlet_security::{Fingerprint, JoinToken};
 
 use crate::executor::Fence;
 use crate::grants::HostPathPolicy;
-use crate::modules::{Module, ModuleSource, ModuleStore, PullError, https::HttpsSource};
+use crate::modules::{Module, ModuleSource, ModuleStore, PullError, Remote};
 use crate::report::Report;
 use crate::runtime::module::sha256_digest;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
@@ -82,8 +82,8 @@ pub struct LinkSettings {
     pub identity: Option<Arc<NodeIdentity>>,
     /// Where module bytes are kept, whatever their source.
     pub modules: Arc<ModuleStore>,
-    /// Modules named by URL: downloaded by the node itself.
-    pub web: Arc<HttpsSource>,
+    /// Modules named by URL or registry reference: downloaded by the node itself.
+    pub remote: Arc<Remote>,
 }
 
 /// What survives a restart of the agent.
@@ -657,7 +657,7 @@ impl MasterLink {
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
             let wanted = &workload.spec.module;
-            let source = if wanted.is_url() { self.settings.web.clone() as Arc<dyn ModuleSource> } else { self.uploaded.clone() };
+            let source = self.settings.remote.source_of(wanted, &self.uploaded);
             let module = Module::Pull { module: wanted.clone(), store: self.settings.modules.clone(), source };
             let (host_dirs, refused) = match self.settings.host_paths.resolve(&workload.spec.dirs) {
                 Ok(dirs) => (dirs, None),

@@ -939,7 +939,7 @@ impl Supervisor {
                 }
                 Err(e) => e.to_string(),
             };
-            let source = &desired.workload.spec.module.source;
+            let source = desired.workload.spec.module.origin();
             let message = format!("cannot get the module from {source}: {failure}; trying again in {delay:?}");
             tracing::warn!(instance = %desired.name, %source, digest = %desired.workload.spec.module.digest, error = %failure, "module not available");
             if failure != last_failure {

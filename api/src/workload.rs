@@ -76,13 +76,22 @@ pub struct WorkloadSpec {
     pub disconnect: Disconnect,
 }
 
-/// The module to run, always pinned by digest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The module to run, always pinned by digest: a file (uploaded to the
+/// master), a URL, or an OCI registry reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModuleRef {
     /// A path (relative to the manifest, or uploaded to the master), or an `https://` URL.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
-    /// `sha256:<64 hex digits>`; checked before anything runs.
+    /// A registry reference (`registry.example.com/team/module:1.4`, or
+    /// `…@sha256:…`); the master pins it to its manifest's digest when the
+    /// workload is applied (`…:1.4@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<String>,
+    /// `sha256:<64 hex digits>` of the module's bytes; checked before anything
+    /// runs. For `oci`, the master fills it in from the registry.
+    #[serde(default)]
     pub digest: String,
 }
 
@@ -91,6 +100,16 @@ impl ModuleRef {
     /// rather than a file uploaded to the master.
     pub fn is_url(&self) -> bool {
         self.source.starts_with("https://") || self.source.starts_with("http://")
+    }
+
+    /// Whether the nodes get the module from somewhere else than the master (a URL or a registry).
+    pub fn is_remote(&self) -> bool {
+        self.is_url() || self.oci.is_some()
+    }
+
+    /// Where the module comes from, as the manifest says it.
+    pub fn origin(&self) -> &str {
+        self.oci.as_deref().unwrap_or(&self.source)
     }
 }
 
@@ -317,11 +336,25 @@ impl Workload {
         self.metadata.validate(&mut errors);
         let spec = &self.spec;
 
-        if spec.module.source.trim().is_empty() {
-            errors.push("spec.module.source", "must name a module file or an https:// URL");
+        let module = &spec.module;
+        match &module.oci {
+            None if module.source.trim().is_empty() => {
+                errors.push("spec.module", "must name the module: `source` (a file or an https:// URL) or `oci` (a registry reference)")
+            }
+            Some(_) if !module.source.is_empty() => errors.push("spec.module.oci", "give either `source` or `oci`, not both"),
+            Some(reference) => {
+                too_long(&mut errors, "spec.module.oci", reference, MAX_PATH_BYTES);
+                if let Err(problem) = check_oci_reference(reference) {
+                    errors.push("spec.module.oci", problem);
+                }
+            }
+            None => {}
         }
-        too_long(&mut errors, "spec.module.source", &spec.module.source, MAX_PATH_BYTES);
-        if let Err(problem) = check_digest(&spec.module.digest) {
+        too_long(&mut errors, "spec.module.source", &module.source, MAX_PATH_BYTES);
+        // A registry module's digest is the master's to fill in, unless the manifest pins it.
+        if (module.oci.is_none() || !module.digest.is_empty())
+            && let Err(problem) = check_digest(&module.digest)
+        {
             errors.push("spec.module.digest", problem);
         }
         if spec.replicas.is_some() && spec.placement.is_some() {
@@ -479,6 +512,23 @@ impl Workload {
     }
 }
 
+/// The shape of a registry reference (the master parses it fully when it resolves it).
+fn check_oci_reference(reference: &str) -> Result<(), String> {
+    if reference.trim().is_empty() {
+        return Err("must be a registry reference such as registry.example.com/team/module:1.4".to_string());
+    }
+    if reference.contains("://") {
+        return Err(format!("`{}`: a registry reference has no scheme (registry.example.com/team/module:1.4)", shorten(reference)));
+    }
+    if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`{}` has a space or a control character", shorten(reference)));
+    }
+    if let Some((_, digest)) = reference.split_once('@') {
+        check_digest(digest).map_err(|problem| format!("the digest after `@`: {problem}"))?;
+    }
+    Ok(())
+}
+
 fn check_digest(digest: &str) -> Result<(), String> {
     let Some(hex) = digest.strip_prefix("sha256:") else {
         return Err(format!("`{}` must be `sha256:` followed by 64 hex digits", shorten(digest)));
@@ -537,6 +587,34 @@ mod tests {
         let err = from_yaml::<Workload>(&manifest("  resources:\n    limits: {memory: 12Qi}\n")).unwrap_err().to_string();
         assert!(err.contains("spec.resources.limits.memory"), "{err}");
         assert!(err.contains("unknown suffix `Qi`"), "{err}");
+    }
+
+    #[test]
+    fn a_registry_module_needs_no_digest_and_no_source() {
+        let oci = |module: &str| {
+            from_yaml::<Workload>(&format!(
+                "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: sensor\nspec:\n  type: daemon\n  module:\n{module}"
+            ))
+            .map_err(|e| e.to_string())
+            .and_then(|w| w.validate().map(|()| w).map_err(|e| e.to_string()))
+        };
+        let w = oci("    oci: registry.example.com/team/sensor:1.4\n").unwrap();
+        assert_eq!(w.spec.module.origin(), "registry.example.com/team/sensor:1.4");
+        assert!(w.spec.module.is_remote() && !w.spec.module.is_url());
+        assert!(!serde_json::to_string(&w).unwrap().contains("\"source\""), "no empty source on the wire");
+        oci(&format!("    oci: registry.example.com/team/sensor@{DIGEST}\n    digest: {DIGEST}\n")).unwrap();
+        for (module, wanted) in [
+            ("    oci: r.example.com/a:1\n    source: a.wasm\n", "spec.module.oci: give either `source` or `oci`, not both"),
+            ("    digest: sha256:00\n", "spec.module: must name the module"),
+            ("    oci: https://r.example.com/a:1\n", "has no scheme"),
+            ("    oci: \"r.example.com/a b:1\"\n", "has a space"),
+            ("    oci: r.example.com/a@sha256:beef\n", "the digest after `@`"),
+            ("    oci: r.example.com/a:1\n    digest: md5:00\n", "spec.module.digest"),
+            ("    oci: r.example.com/a:1\n    sauce: x\n", "sauce"),
+        ] {
+            let error = oci(module).unwrap_err();
+            assert!(error.contains(wanted), "{module}: {error}");
+        }
     }
 
     #[test]

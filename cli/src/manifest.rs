@@ -165,7 +165,7 @@ fn accept(
 
 fn locate_module(workload: &Workload, base: &Path) -> std::result::Result<ModuleFile, String> {
     let module = &workload.spec.module;
-    if module.is_url() {
+    if module.is_remote() {
         return Ok(ModuleFile::Remote);
     }
     let given = Path::new(module.source.strip_prefix("file://").unwrap_or(&module.source));

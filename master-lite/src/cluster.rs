@@ -644,7 +644,7 @@ fn placeholder(name: &str, raw: &[u8]) -> Workload {
             creation_timestamp: field(&metadata["creationTimestamp"]),
         },
         spec: wasmlet_api::WorkloadSpec {
-            module: field(&spec["module"]).unwrap_or(wasmlet_api::ModuleRef { source: String::new(), digest: String::new() }),
+            module: field(&spec["module"]).unwrap_or_default(),
             kind: field(&spec["type"]).unwrap_or(wasmlet_api::WorkloadType::Daemon),
             replicas: None,
             placement: None,

@@ -162,9 +162,21 @@ pub struct MasterConfig {
     #[arg(long, global = true, env = "WASMLET_STATUS_REPORT_INTERVAL", default_value = defaults::STATUS_REPORT_INTERVAL, value_name = "DURATION")]
     pub status_report_interval: Duration,
 
-    /// Largest module accepted by an upload.
+    /// Largest module accepted by an upload (or from a registry).
     #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
     pub max_module_size: Bytes,
+
+    /// Also trust this CA (PEM) for the OCI registries the master resolves
+    /// workloads' module tags at, beside the system's (a private registry).
+    #[arg(long, global = true, env = "WASMLET_REGISTRY_CA_FILE", value_name = "FILE")]
+    pub registry_ca_file: Option<PathBuf>,
+
+    /// Credentials for resolving module tags in OCI registries: a Docker
+    /// `config.json` (as `docker login` writes it). Read at each resolve, so
+    /// renewed credentials apply without a restart; registries it does not
+    /// name are asked anonymously. Nodes pull with their own credentials.
+    #[arg(long, global = true, env = "WASMLET_REGISTRY_CREDENTIALS", value_name = "FILE")]
+    pub registry_credentials: Option<PathBuf>,
 
     /// Instances of silent nodes handed off per second at most.
     #[arg(long, global = true, env = "WASMLET_HAND_OFFS_PER_SECOND", default_value = defaults::HAND_OFFS_PER_SECOND, value_name = "N")]

@@ -72,6 +72,8 @@ pub struct Shared {
     pub leases: Mutex<Leases>,
     /// Uploaded module files.
     pub modules: ModuleStore,
+    /// Where workloads' module tags are resolved to digests.
+    pub registry: wasmlet_registry::Registry,
     pub config: MasterConfig,
     pub metrics: Metrics,
     /// Wakes the controllers outside a commit (a silent node renewing its lease).
@@ -285,6 +287,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
     let scheme = if secrets.tls.is_some() { "https" } else { "http" };
     let modules =
         ModuleStore::open(&config.data_dir, store.clone()).with_context(|| format!("opening {}/modules", config.data_dir.display()))?;
+    let registry = registry_client(&config)?;
     let leases = Leases::starting_at(cluster.nodes.keys().cloned(), tokio::time::Instant::now());
     tracing::info!(
         listen = %format!("{scheme}://{addr}"),
@@ -310,6 +313,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         cluster: Mutex::new(cluster),
         leases: Mutex::new(leases),
         modules,
+        registry,
         refusals: auth::ratelimit::RefusalLimit::new(config.refused_per_second, config.refused_burst),
         config,
         metrics,
@@ -356,4 +360,18 @@ async fn forget_idle_sources(shared: Arc<Shared>, stop: CancellationToken) {
             _ = every.tick() => shared.refusals.forget_idle(),
         }
     }
+}
+
+/// The registry client, trusting what `--registry-ca-file` adds; a credentials file that cannot be read stops the start.
+fn registry_client(config: &MasterConfig) -> anyhow::Result<wasmlet_registry::Registry> {
+    let extra_ca = match &config.registry_ca_file {
+        Some(file) => Some(std::fs::read(file).with_context(|| format!("--registry-ca-file {}: cannot read it", file.display()))?),
+        None => None,
+    };
+    if let Some(file) = &config.registry_credentials {
+        wasmlet_registry::credentials::Credentials::read(file).map_err(|e| anyhow::anyhow!("--registry-credentials {e}"))?;
+    }
+    let user_agent = concat!("wasmlet-master/", env!("CARGO_PKG_VERSION"));
+    wasmlet_registry::Registry::new(extra_ca.as_deref(), user_agent)
+        .map_err(|e| anyhow::anyhow!("{e} (the system's CAs and --registry-ca-file)"))
 }

@@ -474,7 +474,7 @@ fn a_backup_of_masters_on_etcd_restores_into_a_master_on_its_own() {
 fn masters_reach_etcd_over_mutual_tls() {
     use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
     let dir = tempfile::tempdir().expect("dir");
-    let ca = crate::test_ca::TestCa::new();
+    let ca = wasmlet_tests::test_ca::TestCa::new();
     let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let (cert, key) = ca.sign(leaf);

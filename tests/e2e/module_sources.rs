@@ -31,7 +31,7 @@ struct FlakyServer {
 
 impl FlakyServer {
     fn start(body: Vec<u8>, tls: bool) -> FlakyServer {
-        let ca = crate::test_ca::TestCa::new();
+        let ca = wasmlet_tests::test_ca::TestCa::new();
         let (cert, key) = ca.sign(rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params"));
         let ca_file = tempfile::NamedTempFile::new().expect("file");
         std::fs::write(ca_file.path(), &ca.pem).expect("write");

@@ -57,7 +57,7 @@ fn identity_of(agent: &Agent) -> String {
 
 /// A client certificate for `wasmlet-node:b` from a CA of the test's own.
 fn foreign_identity() -> String {
-    let ca = crate::test_ca::TestCa::new();
+    let ca = wasmlet_tests::test_ca::TestCa::new();
     let mut leaf = CertificateParams::new(vec!["b".to_string()]).expect("params");
     leaf.distinguished_name = DistinguishedName::new();
     leaf.distinguished_name.push(DnType::CommonName, "wasmlet-node:b");

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod etcd;
+pub mod registry;
+pub mod test_ca;
 pub use etcd::{EtcdCluster, EtcdTls};
 
 /// Where the wasmlet binaries are.

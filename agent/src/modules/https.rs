@@ -10,6 +10,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use wasmlet_api::ModuleRef;
 
+use wasmlet_security::error_chain;
+
 use super::{ModuleSource, PullError};
 
 /// Resumes of one download, at most (each must bring new bytes).
@@ -85,7 +87,7 @@ impl HttpsSource {
                     tracing::debug!(%url, error = %e, "resuming the module download");
                     continue;
                 }
-                Err(e) => return Err(PullError::Unreachable(format!("cannot download {url}: {}", chain(&e)))),
+                Err(e) => return Err(PullError::Unreachable(format!("cannot download {url}: {}", error_chain(&e)))),
             };
             let status = response.status();
             match status {
@@ -117,11 +119,11 @@ impl HttpsSource {
                 return Err(PullError::Unreachable(format!(
                     "the download of {url} broke off after {} bytes: {}",
                     bytes.len(),
-                    chain(&dropped)
+                    error_chain(&dropped)
                 )));
             }
             resumes += 1;
-            tracing::info!(%url, have = bytes.len(), error = %chain(&dropped), "the module download broke off; resuming where it stopped");
+            tracing::info!(%url, have = bytes.len(), error = %error_chain(&dropped), "the module download broke off; resuming where it stopped");
         }
     }
 }
@@ -136,18 +138,6 @@ impl ModuleSource for HttpsSource {
 fn resumes_at(response: &reqwest::Response) -> Option<u64> {
     let range = response.headers().get(CONTENT_RANGE)?.to_str().ok()?;
     range.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
-}
-
-/// An error with its causes, as reqwest's own message says only "error sending request".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -227,7 +217,7 @@ mod tests {
     }
 
     fn module(url: &str) -> ModuleRef {
-        ModuleRef { source: url.to_string(), digest: String::new() }
+        ModuleRef { source: url.to_string(), ..ModuleRef::default() }
     }
 
     #[tokio::test]

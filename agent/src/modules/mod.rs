@@ -2,7 +2,8 @@
 //!
 //! A workload names its module by a source and a digest. Each kind of source
 //! is one [`ModuleSource`]: the master (`GET /modules/{digest}`, for uploaded
-//! modules) and `https://` URLs ([`https::HttpsSource`]). Whatever the source,
+//! modules), `https://` URLs ([`https::HttpsSource`]) and OCI registries
+//! ([`oci::OciSource`]). Whatever the source,
 //! the bytes end in one content-addressed store ([`ModuleStore`]): checked
 //! against the digest before they are kept, and before anything compiles them.
 //!
@@ -11,6 +12,7 @@
 //! | `cache/modules/<hex>.wasm` | a module's bytes, named by their sha256 |
 
 pub mod https;
+pub mod oci;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,26 @@ pub enum PullError {
 pub trait ModuleSource: Send + Sync {
     /// The bytes of `module`, at most `limit` of them. The caller checks the digest.
     fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> BoxFuture<'a, Result<Vec<u8>, PullError>>;
+}
+
+/// The sources of modules the node gets from elsewhere than its master.
+#[derive(Debug)]
+pub struct Remote {
+    pub web: Arc<https::HttpsSource>,
+    pub registries: Arc<oci::OciSource>,
+}
+
+impl Remote {
+    /// The source of `module`: a registry, a web server, or else `uploaded` (the master).
+    pub fn source_of(&self, module: &ModuleRef, uploaded: &Arc<dyn ModuleSource>) -> Arc<dyn ModuleSource> {
+        if module.oci.is_some() {
+            self.registries.clone()
+        } else if module.is_url() {
+            self.web.clone()
+        } else {
+            uploaded.clone()
+        }
+    }
 }
 
 /// A module's bytes as an instance gets them: at hand (a static manifest's
@@ -131,7 +153,7 @@ impl ModuleStore {
                 let bytes = source.fetch(module, self.limit).await?;
                 let actual = sha256_digest(&bytes);
                 if actual != *digest {
-                    return Err(PullError::DigestMismatch { from: module.source.clone(), expected: digest.clone(), actual });
+                    return Err(PullError::DigestMismatch { from: module.origin().to_string(), expected: digest.clone(), actual });
                 }
                 self.keep(&path, &bytes).await?;
                 bytes
@@ -176,7 +198,7 @@ mod tests {
     }
 
     fn module(bytes: &[u8]) -> ModuleRef {
-        ModuleRef { source: "https://example.test/m.wasm".into(), digest: sha256_digest(bytes) }
+        ModuleRef { source: "https://example.test/m.wasm".into(), digest: sha256_digest(bytes), ..ModuleRef::default() }
     }
 
     #[tokio::test]

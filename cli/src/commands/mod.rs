@@ -20,6 +20,7 @@ pub mod drain;
 pub mod events;
 pub mod get;
 pub mod logs;
+pub mod push;
 pub mod top;
 pub mod uncordon;
 pub mod version;
@@ -55,6 +56,7 @@ pub enum Command {
     Drain(drain::Drain),
     Events(events::Events),
     Logs(logs::Logs),
+    Push(push::Push),
     Top(top::Top),
     Version(version::Version),
     Config(config::Config),
@@ -76,6 +78,7 @@ impl Cli {
             Command::Get(c) => c.execute(&session),
             Command::Describe(c) => c.execute(&session),
             Command::Apply(c) => c.execute(&session),
+            Command::Push(c) => c.execute(&session),
             Command::Delete(c) => c.execute(&session),
             Command::Cordon(c) => c.execute(&session),
             Command::Uncordon(c) => c.execute(&session),

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmlet_api::protocol::List;
 use wasmlet_api::protocol::{IngressEndpoint, ServiceEndpoints};
-use wasmlet_api::{ConditionStatus, EventType, Phase, Workload, WorkloadCondition, WorkloadConditionType, WorkloadStatus, WorkloadType};
+use wasmlet_api::{
+    ConditionStatus, EventType, ModuleRef, Phase, Workload, WorkloadCondition, WorkloadConditionType, WorkloadStatus, WorkloadType,
+};
 
 use super::{Failure, ListParams, decode, not_modified, wait_for_change};
 use crate::Shared;
@@ -19,6 +21,8 @@ use crate::cluster::Cluster;
 use crate::controller::workloads::max_replicas_problem;
 use crate::store::modules::ModuleProblem;
 use crate::store::{Kind, StoreError};
+use wasmlet_registry::credentials::Credentials;
+use wasmlet_registry::{RegistryAuth, RegistryError};
 
 type QueryPairs = Query<Vec<(String, String)>>;
 
@@ -160,8 +164,11 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
             max_replicas_problem(replicas, shared.config.max_replicas)
         )));
     }
+    if workload.spec.module.oci.is_some() {
+        resolve_module(shared, &name, &mut workload.spec.module).await?;
+    }
     let module = &workload.spec.module;
-    if !module.is_url() {
+    if !module.is_remote() {
         match shared.modules.ensure_valid(&module.digest).await {
             Ok(()) => {}
             Err(ModuleProblem::Missing) => {
@@ -183,6 +190,49 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
     }
     workload.status = None;
     Ok(workload)
+}
+
+/// Pins a registry module: its reference to the manifest's digest, its
+/// `digest` to the module layer's, as the registry says now (a manifest
+/// that pins both is taken as it is: the nodes check the bytes).
+async fn resolve_module(shared: &Shared, name: &str, module: &mut ModuleRef) -> Result<(), Failure> {
+    let Some(reference) = &module.oci else { return Ok(()) };
+    let invalid = |field: &str, problem: String| Failure::invalid(format!("workload `{name}` is invalid: spec.module.{field}: {problem}"));
+    let parsed = wasmlet_registry::parse(reference).map_err(|e| invalid("oci", e))?;
+    if parsed.digest().is_some() && !module.digest.is_empty() {
+        return Ok(());
+    }
+    let auth = match &shared.config.registry_credentials {
+        Some(file) => Credentials::read(file)
+            .map_err(|e| {
+                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "RegistryCredentials", format!("the master's --registry-credentials {e}"))
+            })?
+            .for_registry(parsed.resolve_registry()),
+        None => RegistryAuth::Anonymous,
+    };
+    let resolved = shared.registry.resolve(&parsed, &auth, shared.config.max_module_size.get()).await.map_err(|e| match e {
+        RegistryError::Refused(why) => invalid("oci", why),
+        RegistryError::TooLarge { what, limit } => {
+            invalid("oci", format!("{what} is larger than the {limit} bytes the master accepts (--max-module-size)"))
+        }
+        RegistryError::Unreachable(why) => Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "RegistryUnreachable",
+            format!("cannot resolve spec.module.oci of workload `{name}`: {why}; apply it again once the registry answers"),
+        ),
+    })?;
+    if !module.digest.is_empty() && module.digest != resolved.digest {
+        return Err(invalid(
+            "digest",
+            format!(
+                "{reference} holds module {}, not the {} the manifest pins: push the module again or correct the digest",
+                resolved.digest, module.digest
+            ),
+        ));
+    }
+    module.oci = Some(resolved.pinned);
+    module.digest = resolved.digest;
+    Ok(())
 }
 
 pub async fn create_workload(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Result<Response, Failure> {

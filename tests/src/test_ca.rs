@@ -9,6 +9,12 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
 }
 
+impl Default for TestCa {
+    fn default() -> TestCa {
+        TestCa::new()
+    }
+}
+
 impl TestCa {
     pub fn new() -> TestCa {
         let key = KeyPair::generate().expect("key");
