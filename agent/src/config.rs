@@ -42,6 +42,8 @@ pub mod defaults {
     pub const PROCESS_PIDS_MAX: &str = "32";
     pub const DEFAULT_EPHEMERAL_STORAGE: &str = "1Gi";
     pub const MAX_MODULE_SIZE: &str = "64Mi";
+    /// Room for a few dozen modules with their compiled code, on a board's SD card.
+    pub const MODULE_CACHE_SIZE: &str = "256Mi";
     pub const MAX_MODULE_FUNCTIONS: &str = "100000";
     pub const MAX_FUNCTION_SIZE: &str = "2Mi";
     pub const MAX_FUNCTION_NESTING: &str = "10000";
@@ -331,6 +333,12 @@ pub struct AgentConfig {
     #[arg(long, global = true, env = "WASMLET_MAX_MODULE_SIZE", default_value = defaults::MAX_MODULE_SIZE, value_name = "BYTES")]
     pub max_module_size: Bytes,
 
+    /// Most the node's module cache (`<data-dir>/cache`: module bytes and compiled modules together) may
+    /// hold on disk; the least recently used entries are evicted first. What the node's instances need
+    /// is never evicted, even when that alone is over this size (0 keeps only that).
+    #[arg(long, global = true, env = "WASMLET_MODULE_CACHE_SIZE", default_value = defaults::MODULE_CACHE_SIZE, value_name = "BYTES")]
+    pub module_cache_size: Bytes,
+
     /// Most functions a module (all core modules of a component together) may have to be compiled.
     #[arg(long, global = true, env = "WASMLET_MAX_MODULE_FUNCTIONS", default_value = defaults::MAX_MODULE_FUNCTIONS, value_name = "N")]
     pub max_module_functions: u64,
@@ -396,7 +404,8 @@ impl AgentConfig {
 
     pub fn runtime_settings(&self) -> crate::runtime::RuntimeSettings {
         crate::runtime::RuntimeSettings {
-            cache_dir: self.data_dir.join("cache").join("compiled"),
+            cache_dir: crate::modules::cache::compiled_dir(&self.data_dir),
+            module_cache: None,
             epoch_tick: self.epoch_tick.get().max(std::time::Duration::from_millis(1)),
             pool_instances: self.pool_instances,
             max_instance_memory: self.max_instance_memory.get(),
@@ -491,6 +500,7 @@ mod tests {
         assert_eq!(cli.agent.pressure_transition_period, Duration::from_secs(30));
         assert_eq!(cli.agent.memory_available_min, Bytes::new(100 << 20));
         assert_eq!(cli.agent.max_instances, 1000);
+        assert_eq!(cli.agent.module_cache_size, Bytes::new(256 << 20));
         let limit = |pooled| cli.agent.instance_limit(pooled);
         assert_eq!(limit(Some(64)), InstanceLimit { max: 64, set_by: "--pool-instances" });
         assert_eq!(limit(Some(2000)), InstanceLimit { max: 1000, set_by: "--max-instances" });

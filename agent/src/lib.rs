@@ -13,6 +13,9 @@
 //!   owns their cgroups (limits, counters, kill, removal).
 //! - `grants`: the host directories a workload is granted, checked at
 //!   admission and opened at every start without following links.
+//! - `modules`: where a module's bytes come from (the master, the web) and
+//!   where they are kept; `modules::cache` holds the node's module cache on
+//!   disk (bytes and compiled modules) to `--module-cache-size`.
 //! - `runtime`: the wasmtime engine, module cache, sandbox and limits every
 //!   workload runs with.
 //! - `supervisor`: keeps the desired instances running, with restart policies
@@ -118,7 +121,8 @@ pub async fn run_with_ingress(
     let node = report::node_name(config.name.as_deref());
     let host_paths = config.host_path_policy();
     host_paths.check_allow_list();
-    let runtime = Runtime::new(config.runtime_settings());
+    let module_cache = std::sync::Arc::new(modules::cache::DiskCache::open(&config.data_dir, config.module_cache_size.get()));
+    let runtime = Runtime::new(runtime::RuntimeSettings { module_cache: Some(module_cache.clone()), ..config.runtime_settings() });
     let limit = config.instance_limit(runtime.as_ref().ok().and_then(|r| r.allocator.instances));
     if limit.max < config.max_instances {
         tracing::info!(
@@ -158,6 +162,7 @@ pub async fn run_with_ingress(
                 reset: config.restart_backoff_reset.get(),
             },
             log_max_size: config.log_max_size.get(),
+            module_cache: module_cache.clone(),
             default_memory_limit: config.default_memory_limit.get(),
             default_ephemeral_storage: config.default_ephemeral_storage.get(),
             sources: [
@@ -230,7 +235,7 @@ pub async fn run_with_ingress(
                 insecure_http: config.insecure_http,
                 auth: auth.clone(),
                 identity: identity.clone(),
-                modules: std::sync::Arc::new(modules::ModuleStore::new(&config.data_dir, config.max_module_size.get())),
+                modules: std::sync::Arc::new(modules::ModuleStore::new(module_cache.clone(), config.max_module_size.get())),
                 remote: std::sync::Arc::new(module_downloads(&config, &node)?),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;

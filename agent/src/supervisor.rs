@@ -6,7 +6,7 @@
 //! Each instance is one tokio task. Its status, usage and log are shared with
 //! the API; a change wakes the reporter so the node's instance list follows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use crate::executor::{Entry, Executors, Exit, ExitReason, Fence, OutboundPolicy,
 use crate::grants::{GrantedDir, Preopen};
 use crate::logs::InstanceLog;
 use crate::modules::Module;
+use crate::modules::cache::DiskCache;
 use crate::scratch;
 
 /// An instance the agent should run, with everything needed to start it.
@@ -77,6 +78,8 @@ pub struct SupervisorSettings {
     pub data_dir: PathBuf,
     pub backoff: Backoff,
     pub log_max_size: u64,
+    /// The node's module cache on disk: told which modules the desired instances need.
+    pub module_cache: Arc<DiskCache>,
     pub services: ServiceSettings,
     /// Memory limit of instances whose workload sets none.
     pub default_memory_limit: u64,
@@ -273,6 +276,7 @@ impl Supervisor {
         if settings.sources.is_empty() {
             // Nothing will ever ask for an instance here.
             executors.settle(&[]);
+            settings.module_cache.pin(&[]);
         }
         Arc::new(Supervisor {
             ingress_metrics: IngressMetrics::default(),
@@ -306,6 +310,7 @@ impl Supervisor {
                 }
             }
         }
+        self.pin_modules(&instances, source, &wanted);
         let stale: Vec<String> = instances
             .iter()
             .filter(|(_, s)| s.source == source)
@@ -360,6 +365,19 @@ impl Supervisor {
         drop(unsettled);
         drop(instances);
         self.notify_change();
+    }
+
+    /// Tells the module cache which modules the node's instances need (those
+    /// of `source` about to be `wanted`, the other sources' as they are),
+    /// before any new one starts pulling or compiling. Only once every source
+    /// has said what it wants: before that, what is needed is not known.
+    fn pin_modules(&self, instances: &BTreeMap<String, Supervised>, source: Source, wanted: &BTreeMap<String, DesiredInstance>) {
+        if !self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|s| *s == source) {
+            return;
+        }
+        let others = instances.values().filter(|s| s.source != source).map(|s| &s.workload.spec.module.digest);
+        let needed: BTreeSet<&String> = others.chain(wanted.values().map(|d| &d.workload.spec.module.digest)).collect();
+        self.settings.module_cache.pin(needed);
     }
 
     fn start(self: &Arc<Self>, source: Source, desired: DesiredInstance) -> anyhow::Result<Supervised> {
@@ -467,6 +485,9 @@ impl Supervisor {
         };
         let Some(module) = self.pull(&desired, &shared, &cancel).await else { return };
         let spec = self.run_spec(&desired);
+        // Prepared once, and held while the instance is wanted (also between
+        // restarts): the compiled module stays in memory as long as an instance holds it.
+        let mut prepared_program: Option<Arc<dyn Program>> = None;
         loop {
             if !self.wait_for_fence(&shared, &cancel).await {
                 return;
@@ -479,18 +500,23 @@ impl Supervisor {
                 });
                 self.notify_change();
             }
-            let prepared = tokio::select! {
-                prepared = executor.prepare(&digest, module.clone()) => prepared,
-                _ = cancel.cancelled() => return,
-            };
-            let program = match prepared {
-                Ok(prepared) => {
-                    log.agent_line(&format!("module {digest}: {}", prepared.how));
-                    prepared.program
-                }
-                Err(e) => {
-                    self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.clone());
-                    return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e);
+            let program = match &prepared_program {
+                Some(program) => program.clone(),
+                None => {
+                    let prepared = tokio::select! {
+                        prepared = executor.prepare(&digest, module.clone()) => prepared,
+                        _ = cancel.cancelled() => return,
+                    };
+                    match prepared {
+                        Ok(prepared) => {
+                            log.agent_line(&format!("module {digest}: {}", prepared.how));
+                            prepared_program.insert(prepared.program).clone()
+                        }
+                        Err(e) => {
+                            self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.clone());
+                            return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e);
+                        }
+                    }
                 }
             };
 
@@ -1108,6 +1134,7 @@ impl Supervisor {
             scratch_bytes,
         );
         self.executors.in_process.register_metrics(&mut registry);
+        self.settings.module_cache.register_metrics(&mut registry);
         let ingress = &self.ingress_metrics;
         registry.register(
             "wasmlet_ingress_requests",
@@ -1288,10 +1315,15 @@ mod tests {
     const BACKOFF: Backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(8), reset: Duration::from_secs(60) };
 
     fn supervisor(program: &Arc<FakeProgram>, data_dir: &std::path::Path) -> Arc<Supervisor> {
+        supervisor_with_cache(program, data_dir, Arc::new(DiskCache::open(data_dir, u64::MAX)))
+    }
+
+    fn supervisor_with_cache(program: &Arc<FakeProgram>, data_dir: &std::path::Path, module_cache: Arc<DiskCache>) -> Arc<Supervisor> {
         let settings = SupervisorSettings {
             data_dir: data_dir.to_path_buf(),
             backoff: BACKOFF,
             log_max_size: 1 << 20,
+            module_cache,
             services: ServiceSettings {
                 request_timeout: Duration::from_secs(10),
                 max_request_body: 1 << 20,
@@ -1326,6 +1358,15 @@ mod tests {
             refused: None,
             fence: fence.clone(),
         }
+    }
+
+    /// `desired` named `name`, of a workload whose module has `digest`.
+    fn with_module(mut desired: DesiredInstance, name: &str, digest: &str) -> DesiredInstance {
+        let mut workload = (*desired.workload).clone();
+        workload.spec.module.digest = digest.to_string();
+        desired.workload = Arc::new(workload);
+        desired.name = name.to_string();
+        desired
     }
 
     /// Waits (in paused time) until `check` holds, for at most `within`.
@@ -1423,6 +1464,35 @@ mod tests {
         until(Duration::from_secs(5), "the second start", || program.starts().len() == 2).await;
         until(Duration::from_secs(5), "running again", || status(&supervisor).phase == Phase::Running).await;
         assert_eq!(status(&supervisor).restarts, 0, "waiting for the master is no restart");
+        supervisor.stop_all().await;
+    }
+
+    /// The module cache keeps what the instances of every source need, evicts
+    /// what none needs any more, and evicts nothing before every source has
+    /// said what it wants (the master's instances after a restart, say).
+    #[tokio::test(start_paused = true)]
+    async fn the_module_cache_keeps_what_the_instances_of_every_source_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let modules = crate::modules::cache::modules_dir(dir.path());
+        std::fs::create_dir_all(&modules).unwrap();
+        for n in 1..=3 {
+            std::fs::write(modules.join(crate::modules::cache::module_file(&digest(n))), [0u8; 100]).unwrap();
+        }
+        let kept = |n: u8| modules.join(crate::modules::cache::module_file(&digest(n))).exists();
+        // A limit of 0: only what is needed may stay.
+        let program = FakeProgram::new(Entry::Run, [Step::UntilFenced]);
+        let supervisor = supervisor_with_cache(&program, dir.path(), Arc::new(DiskCache::open(dir.path(), 0)));
+        let daemon = || desired("daemon", serde_json::json!({}), &Fence::default());
+
+        supervisor.reconcile(Source::Manifests, vec![with_module(daemon(), "a-0", &digest(1))]);
+        assert!(kept(1) && kept(2) && kept(3), "nothing is evicted while the master's instances are not known");
+        supervisor.reconcile(Source::Master, vec![with_module(daemon(), "b-0", &digest(2))]);
+        assert!(kept(1) && kept(2) && !kept(3), "what no instance needs is evicted");
+        supervisor.reconcile(Source::Master, vec![]);
+        assert!(kept(1) && !kept(2), "the master's instance is gone, and so is its module");
+        supervisor.reconcile(Source::Manifests, vec![]);
+        assert!(!kept(1));
         supervisor.stop_all().await;
     }
 }

@@ -18,6 +18,7 @@ mod ha;
 mod identity;
 mod install;
 mod mixed_versions;
+mod module_cache;
 mod module_sources;
 mod packaging;
 mod peers;

@@ -10,7 +10,11 @@
 //! | path under the data dir | what |
 //! | --- | --- |
 //! | `cache/modules/<hex>.wasm` | a module's bytes, named by their sha256 |
+//!
+//! The bytes on disk count, with the compiled modules, against the node's
+//! bounded module cache ([`cache::DiskCache`]).
 
+pub mod cache;
 pub mod https;
 pub mod oci;
 
@@ -21,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use wasmlet_api::ModuleRef;
 
+use self::cache::{DiskCache, Part};
 use crate::runtime::module::sha256_digest;
 
 /// Why a module's bytes could not be had.
@@ -91,6 +96,8 @@ impl Module {
 pub struct ModuleStore {
     dir: PathBuf,
     limit: u64,
+    /// Counts the bytes on disk, their uses, hits and misses; evicts after each write.
+    cache: Arc<DiskCache>,
     memory: Mutex<HashMap<String, Arc<Vec<u8>>>>,
     /// One pull at a time per digest: replicas of a workload on one node wait
     /// for the first one's download instead of each fetching (and writing) it.
@@ -98,14 +105,13 @@ pub struct ModuleStore {
 }
 
 impl ModuleStore {
-    /// The store under the agent's `data_dir`; no module larger than `limit` bytes is fetched.
-    pub fn new(data_dir: &Path, limit: u64) -> ModuleStore {
-        ModuleStore { dir: data_dir.join("cache").join("modules"), limit, memory: Mutex::default(), pulling: Mutex::default() }
+    /// The store in the node's module cache; no module larger than `limit` bytes is fetched.
+    pub fn new(cache: Arc<DiskCache>, limit: u64) -> ModuleStore {
+        ModuleStore { dir: cache.modules_dir().to_path_buf(), limit, cache, memory: Mutex::default(), pulling: Mutex::default() }
     }
 
     fn path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.dir.join(format!("{hex}.wasm"))
+        self.dir.join(cache::module_file(digest))
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Vec<u8>>>> {
@@ -117,13 +123,18 @@ impl ModuleStore {
     /// one digest fetch it once.
     pub async fn get(&self, module: &ModuleRef, source: &dyn ModuleSource) -> Result<Arc<Vec<u8>>, PullError> {
         let digest = &module.digest;
-        if let Some(bytes) = self.memory().get(digest) {
-            return Ok(bytes.clone());
+        let in_memory = self.memory().get(digest).cloned();
+        if let Some(bytes) = in_memory {
+            self.cache.hit(digest, Part::Module);
+            return Ok(bytes);
         }
         let turn = self.lock(digest).lock_owned().await;
         let kept = self.memory().get(digest).cloned();
         let got = match kept {
-            Some(bytes) => Ok(bytes),
+            Some(bytes) => {
+                self.cache.hit(digest, Part::Module);
+                Ok(bytes)
+            }
             None => self.load(module, source).await,
         };
         drop(turn);
@@ -148,14 +159,18 @@ impl ModuleStore {
         let digest = &module.digest;
         let path = self.path(digest);
         let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) if sha256_digest(&bytes) == *digest => bytes,
+            Ok(bytes) if sha256_digest(&bytes) == *digest => {
+                self.cache.hit(digest, Part::Module);
+                bytes
+            }
             _ => {
+                self.cache.miss(&Part::Module);
                 let bytes = source.fetch(module, self.limit).await?;
                 let actual = sha256_digest(&bytes);
                 if actual != *digest {
                     return Err(PullError::DigestMismatch { from: module.origin().to_string(), expected: digest.clone(), actual });
                 }
-                self.keep(&path, &bytes).await?;
+                self.keep(digest, &path, &bytes).await?;
                 bytes
             }
         };
@@ -164,14 +179,18 @@ impl ModuleStore {
         Ok(bytes)
     }
 
-    async fn keep(&self, path: &Path, bytes: &[u8]) -> Result<(), PullError> {
+    async fn keep(&self, digest: &str, path: &Path, bytes: &[u8]) -> Result<(), PullError> {
         let store = |error| PullError::Store { dir: self.dir.display().to_string(), error };
         tokio::fs::create_dir_all(&self.dir).await.map_err(store)?;
-        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || crate::files::write_atomically(&path, &bytes, 0o644))
-            .await
-            .map_err(|e| store(std::io::Error::other(e)))?
-            .map_err(store)
+        let (path, bytes, cache, digest) = (path.to_path_buf(), bytes.to_vec(), self.cache.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            crate::files::write_atomically(&path, &bytes, 0o644)?;
+            cache.written(&digest, Part::Module);
+            Ok(())
+        })
+        .await
+        .map_err(|e| store(std::io::Error::other(e)))?
+        .map_err(store)
     }
 
     /// Lets go of the bytes in memory of every module not in `digests` (they stay on disk).
@@ -197,6 +216,10 @@ mod tests {
         }
     }
 
+    fn open(data_dir: &Path) -> Arc<DiskCache> {
+        Arc::new(DiskCache::open(data_dir, u64::MAX))
+    }
+
     fn module(bytes: &[u8]) -> ModuleRef {
         ModuleRef { source: "https://example.test/m.wasm".into(), digest: sha256_digest(bytes), ..ModuleRef::default() }
     }
@@ -206,17 +229,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0));
         let wanted = module(&source.0);
-        let store = ModuleStore::new(dir.path(), 1 << 20);
+        let cache = open(dir.path());
+        let store = ModuleStore::new(cache.clone(), 1 << 20);
         assert_eq!(*store.get(&wanted, &source).await.unwrap(), source.0);
         assert_eq!(*store.get(&wanted, &source).await.unwrap(), source.0);
         assert_eq!(source.1.load(Ordering::SeqCst), 1, "from memory the second time");
+        let mut registry = prometheus_client::registry::Registry::default();
+        cache.register_metrics(&mut registry);
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+        for counted in [
+            "wasmlet_module_cache_misses_total{part=\"module\"} 1",
+            "wasmlet_module_cache_hits_total{part=\"module\"} 1",
+            "wasmlet_module_cache_bytes 8",
+        ] {
+            assert!(metrics.lines().any(|l| l == counted), "{counted} in\n{metrics}");
+        }
 
         // A new store (an agent restart) reads the disk; a damaged file is fetched again.
-        let again = ModuleStore::new(dir.path(), 1 << 20);
+        let again = ModuleStore::new(open(dir.path()), 1 << 20);
         assert_eq!(*again.get(&wanted, &source).await.unwrap(), source.0);
         assert_eq!(source.1.load(Ordering::SeqCst), 1, "from disk");
         std::fs::write(store.path(&wanted.digest), b"damaged").unwrap();
-        let third = ModuleStore::new(dir.path(), 1 << 20);
+        let third = ModuleStore::new(open(dir.path()), 1 << 20);
         assert_eq!(*third.get(&wanted, &source).await.unwrap(), source.0);
         assert_eq!(source.1.load(Ordering::SeqCst), 2, "a damaged file is not used");
 
@@ -241,7 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = Arc::new(Slow(Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0))));
         let wanted = module(&source.0.0);
-        let store = Arc::new(ModuleStore::new(dir.path(), 1 << 20));
+        let store = Arc::new(ModuleStore::new(open(dir.path()), 1 << 20));
         let pulls: Vec<_> = (0..8)
             .map(|_| {
                 let (store, source, wanted) = (store.clone(), source.clone(), wanted.clone());
@@ -261,12 +296,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = Fixed(b"\0asm\x01\0\0\0".to_vec(), AtomicUsize::new(0));
         let wanted = module(b"other bytes");
-        let store = ModuleStore::new(dir.path(), 1 << 20);
+        let store = ModuleStore::new(open(dir.path()), 1 << 20);
         let error = store.get(&wanted, &source).await.unwrap_err();
         assert!(matches!(error, PullError::DigestMismatch { .. }), "{error}");
         assert!(error.to_string().contains(&wanted.digest) && error.to_string().contains("refused before compiling"), "{error}");
         assert!(!store.path(&wanted.digest).exists());
-        let small = ModuleStore::new(dir.path(), 4);
+        let small = ModuleStore::new(open(dir.path()), 4);
         assert!(matches!(small.get(&module(&source.0), &source).await, Err(PullError::TooLarge { limit: 4 })));
     }
 }

@@ -41,6 +41,9 @@ pub use module::{LoadError, LoadedModule, ModuleCache, ModuleKind};
 pub struct RuntimeSettings {
     /// Where compiled modules are cached.
     pub cache_dir: PathBuf,
+    /// The node's bounded module cache on disk, which the compiled modules
+    /// count against; None for a runtime that only looks (`wasmlet-agent status`).
+    pub module_cache: Option<Arc<crate::modules::cache::DiskCache>>,
     /// How often running guests yield and have their CPU time checked.
     pub epoch_tick: Duration,
     /// Instances the pooling allocator makes room for; 0 disables pooling.
@@ -149,7 +152,7 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, settings.epoch_tick, stop.clone());
         let compiler = compiler::Compiler::new(settings.compiler.as_deref(), &engine, memory_reservation, settings.compile_budget);
-        let modules = Arc::new(ModuleCache::new(engine.clone(), settings.cache_dir.clone(), compiler)?);
+        let modules = Arc::new(ModuleCache::new(engine.clone(), settings.cache_dir.clone(), compiler, settings.module_cache.clone())?);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -183,7 +186,7 @@ impl Runtime {
             timeout: Duration::ZERO,
         };
         let compiler = compiler::Compiler::new(None, &engine, memory_reservation, nothing);
-        let modules = Arc::new(ModuleCache::new(engine.clone(), cache_dir, compiler)?);
+        let modules = Arc::new(ModuleCache::new(engine.clone(), cache_dir, compiler, None)?);
         Ok(Runtime {
             engine,
             modules,

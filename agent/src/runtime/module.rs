@@ -1,11 +1,13 @@
 //! Modules: what the bytes are, whether they are what the manifest pinned,
 //! and their compiled form, made once per digest and engine.
 //!
-//! Compiled artefacts are cached in memory (a second replica shares them) and
-//! on disk under `<cache>/<digest>-<engine hash>.cwasm` with a `.sha256`
-//! beside it, so an agent restart does not recompile. An entry is loaded only
-//! when its checksum matches and wasmtime accepts it for this engine;
-//! anything else is deleted and compiled afresh.
+//! Compiled artefacts are cached in memory while an instance holds them (a
+//! second replica shares them; when no instance holds a module any more, its
+//! memory is released) and on disk under `<cache>/<digest>-<engine hash>.cwasm`
+//! with a `.sha256` beside it, so an agent restart does not recompile. An
+//! entry is loaded only when its checksum matches and wasmtime accepts it for
+//! this engine; anything else is deleted and compiled afresh. The disk entries
+//! count against the node's bounded module cache ([`DiskCache`]).
 //!
 //! A module not found in either is checked against the compile limits
 //! ([`super::precheck`]) and compiled by the [`Compiler`], once however many
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared, WeakShared};
@@ -28,6 +30,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use super::compiler::Compiler;
 use super::http::HttpState;
 use super::sandbox::{ComponentState, CoreState};
+use crate::modules::cache::{self, DiskCache, Part};
 
 /// What a module's bytes turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +113,8 @@ pub struct ModuleCache {
 
 /// A module in memory, or on its way there.
 enum Slot {
-    Ready(Arc<LoadedModule>),
+    /// Held by the instances that use it; gone when none does.
+    Ready(Weak<LoadedModule>),
     /// Shared by every caller waiting for it; gone when none waits any more.
     Loading(WeakShared<Loading>),
 }
@@ -128,6 +132,9 @@ struct Loader {
     component_linker: ComponentLinker<ComponentState>,
     http_linker: ComponentLinker<HttpState>,
     stats: Arc<CacheStats>,
+    /// The node's bounded cache on disk, told of every artefact used and
+    /// written; None where nothing is compiled (an instance's own process).
+    disk: Option<Arc<DiskCache>>,
 }
 
 /// A hex hash of what makes compiled code fit `engine`: artefacts of engines
@@ -164,8 +171,11 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 impl ModuleCache {
-    pub fn new(engine: Engine, dir: PathBuf, compiler: Compiler) -> anyhow::Result<ModuleCache> {
+    pub fn new(engine: Engine, dir: PathBuf, compiler: Compiler, disk: Option<Arc<DiskCache>>) -> anyhow::Result<ModuleCache> {
         let engine_hash = engine_hash(&engine);
+        if let Some(disk) = &disk {
+            disk.loads_for_engine(&engine_hash);
+        }
         let mut core_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, |s: &mut CoreState| &mut s.wasi)?;
         let mut component_linker = ComponentLinker::new(&engine);
@@ -174,7 +184,7 @@ impl ModuleCache {
         wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
         let stats = Arc::new(CacheStats::default());
-        let loader = Loader { engine, dir, engine_hash, compiler, core_linker, component_linker, http_linker, stats: stats.clone() };
+        let loader = Loader { engine, dir, engine_hash, compiler, core_linker, component_linker, http_linker, stats: stats.clone(), disk };
         Ok(ModuleCache { loader: Arc::new(loader), loaded: Mutex::new(HashMap::new()), stats })
     }
 
@@ -198,10 +208,14 @@ impl ModuleCache {
         let (loading, first) = {
             let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
             let joined = match loaded.get(digest) {
-                Some(Slot::Ready(module)) => {
-                    self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((module.clone(), CacheOutcome::MemoryHit));
-                }
+                Some(Slot::Ready(weak)) => match weak.upgrade() {
+                    Some(module) => {
+                        drop(loaded);
+                        self.served(digest, CacheOutcome::MemoryHit);
+                        return Ok((module, CacheOutcome::MemoryHit));
+                    }
+                    None => None,
+                },
                 Some(Slot::Loading(weak)) => weak.upgrade(),
                 None => None,
             };
@@ -216,6 +230,11 @@ impl ModuleCache {
                     }
                     .boxed()
                     .shared();
+                    // Modules no instance holds any more are forgotten.
+                    loaded.retain(|_, slot| match slot {
+                        Slot::Ready(weak) => weak.strong_count() > 0,
+                        Slot::Loading(weak) => weak.upgrade().is_some(),
+                    });
                     if let Some(weak) = loading.downgrade() {
                         loaded.insert(digest.to_string(), Slot::Loading(weak));
                     }
@@ -235,18 +254,30 @@ impl ModuleCache {
                 return Err(e);
             }
         };
-        if !matches!(loaded.get(digest), Some(Slot::Ready(_))) {
-            loaded.insert(digest.to_string(), Slot::Ready(module.clone()));
+        if !matches!(loaded.get(digest), Some(Slot::Ready(weak)) if weak.strong_count() > 0) {
+            loaded.insert(digest.to_string(), Slot::Ready(Arc::downgrade(&module)));
         }
         drop(loaded);
         // Callers that joined a load under way count as served from memory.
         let outcome = if first { outcome } else { CacheOutcome::MemoryHit };
+        self.served(digest, outcome);
+        Ok((module, outcome))
+    }
+
+    /// Counts how a load was served.
+    fn served(&self, digest: &str, outcome: CacheOutcome) {
         match outcome {
             CacheOutcome::MemoryHit => self.stats.memory_hits.fetch_add(1, Ordering::Relaxed),
             CacheOutcome::DiskHit => self.stats.disk_hits.fetch_add(1, Ordering::Relaxed),
             CacheOutcome::Compiled => self.stats.compiled.fetch_add(1, Ordering::Relaxed),
         };
-        Ok((module, outcome))
+        if let Some(disk) = &self.loader.disk {
+            let part = Part::Compiled(self.loader.engine_hash.clone());
+            match outcome {
+                CacheOutcome::Compiled => disk.miss(&part),
+                CacheOutcome::MemoryHit | CacheOutcome::DiskHit => disk.hit(digest, part),
+            }
+        }
     }
 }
 
@@ -326,6 +357,7 @@ impl Loader {
             other => {
                 if matches!(other, ArtefactLoad::Discarded) {
                     self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                    self.written(digest).await;
                 }
                 let limits = self.compiler.budget.limits;
                 let checked = bytes.clone();
@@ -333,8 +365,9 @@ impl Loader {
                     .await
                     .map_err(|e| LoadError::Invalid(format!("checking the module failed: {e}")))?
                     .map_err(LoadError::TooCostly)?;
-                let compiled = self.compiler.compile(&engine, bytes, kind, &artefact).await?;
-                (compiled, CacheOutcome::Compiled)
+                let compiled = self.compiler.compile(&engine, bytes, kind, &artefact).await;
+                self.written(digest).await;
+                (compiled?, CacheOutcome::Compiled)
             }
         };
         let program = self.link(compiled)?;
@@ -374,8 +407,17 @@ impl Loader {
     }
 
     fn artefact_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir.join(format!("{hex}-{}.cwasm", self.engine_hash))
+        self.dir.join(cache::artefact_file(digest, &self.engine_hash))
+    }
+
+    /// Tells the disk cache the artefact of `digest` was written or removed
+    /// (it measures it again and evicts what no longer fits).
+    async fn written(&self, digest: &str) {
+        let Some(disk) = self.disk.clone() else { return };
+        let (digest, part) = (digest.to_string(), Part::Compiled(self.engine_hash.clone()));
+        if let Err(e) = tokio::task::spawn_blocking(move || disk.written(&digest, part)).await {
+            tracing::warn!(error = %e, "cannot account for a compiled module in the module cache");
+        }
     }
 }
 
@@ -484,6 +526,47 @@ pub(super) fn store_artefact(path: &Path, artefact: &[u8]) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::modules::cache::compiled_dir;
+    use crate::runtime::compiler::CompileBudget;
+    use crate::runtime::precheck::CompileLimits;
+
+    #[tokio::test]
+    async fn a_compiled_module_stays_in_memory_while_an_instance_holds_it_and_counts_in_the_disk_cache() {
+        let engine = Engine::new(&super::super::base_config(1 << 30)).unwrap();
+        let budget = CompileBudget {
+            limits: CompileLimits { module_size: 1 << 20, functions: 10, function_size: 1000, nesting: 10, locals: 10 },
+            memory: 256 << 20,
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(DiskCache::open(dir.path(), u64::MAX));
+        let compiler = Compiler::new(None, &engine, 1 << 30, budget);
+        let cache = ModuleCache::new(engine.clone(), compiled_dir(dir.path()), compiler, Some(disk.clone())).unwrap();
+        let wasm = Arc::new(wat::parse_str("(module (func (export \"_start\")))").unwrap());
+        let digest = sha256_digest(&wasm);
+
+        let (first, how) = cache.load(&digest, wasm.clone()).await.unwrap();
+        assert_eq!(how, CacheOutcome::Compiled);
+        let (second, how) = cache.load(&digest, wasm.clone()).await.unwrap();
+        assert_eq!(how, CacheOutcome::MemoryHit, "shared while an instance holds it");
+        drop((first, second));
+        let (_third, how) = cache.load(&digest, wasm.clone()).await.unwrap();
+        assert_eq!(how, CacheOutcome::DiskHit, "released from memory once no instance held it");
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        disk.register_metrics(&mut registry);
+        let mut metrics = String::new();
+        prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+        let artefact = cache.loader.artefact_path(&digest);
+        let on_disk = std::fs::metadata(&artefact).unwrap().len() + std::fs::metadata(checksum_path(&artefact)).unwrap().len();
+        for counted in [
+            "wasmlet_module_cache_misses_total{part=\"compiled\"} 1".to_string(),
+            "wasmlet_module_cache_hits_total{part=\"compiled\"} 2".to_string(),
+            format!("wasmlet_module_cache_bytes {on_disk}"),
+        ] {
+            assert!(metrics.lines().any(|l| l == counted), "{counted} in\n{metrics}");
+        }
+    }
 
     #[test]
     fn formats_are_told_apart_and_others_named() {
