@@ -323,7 +323,7 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
     page.lines("Annotations", &map_lines(&w.metadata.annotations));
     page.field("CreationTimestamp", opt_timestamp(w.metadata.creation_timestamp));
     page.field("Type", kind_name(spec.kind));
-    page.field("Module", &spec.module.source);
+    page.field("Module", spec.module.origin());
     page.field("Digest", &spec.module.digest);
     let placement = if spec.placement.is_some() { "every node".to_string() } else { format!("{} replica(s)", spec.replicas.unwrap_or(1)) };
     page.field("Placement", placement);

@@ -194,7 +194,7 @@ pub fn workloads(workloads: &[Workload], wide: bool, now: DateTime<Utc>) -> Tabl
         let mut row = vec![w.metadata.name.clone(), kind, workload_ready(w), age::since(now, w.metadata.creation_timestamp)];
         if wide {
             let selector: Vec<String> = w.spec.node_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            row.push(w.spec.module.source.clone());
+            row.push(w.spec.module.origin().to_string());
             row.push(if selector.is_empty() { "<none>".into() } else { selector.join(",") });
         }
         table.push(row);

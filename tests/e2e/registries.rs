@@ -138,6 +138,19 @@ fn a_module_pushed_to_a_registry_runs_by_tag_and_each_node_pulls_it_itself() {
     assert_eq!(status, 200, "{body}");
     let again: Workload = master.get_json("/workloads/sensor").expect("GET");
     assert_eq!(again.spec, stored.spec, "the same tag is the same workload");
+    let manifest = dir.path().join("sensor.yaml");
+    std::fs::write(&manifest, serde_json::to_string(&workload).expect("json")).expect("write");
+    let config = master.cli_config(dir.path());
+    let output =
+        Command::new(bin("wasmlet")).args(["apply", "-f"]).arg(&manifest).env("WASMLET_CONFIG", &config).output().expect("wasmlet runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "workload/sensor unchanged\n", "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(bin("wasmlet"))
+        .args(["describe", "workload", "sensor"])
+        .env("WASMLET_CONFIG", &config)
+        .output()
+        .expect("wasmlet runs");
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.contains(&v1) && page.contains(&digest), "describe shows the pinned reference and the module's digest: {page}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(names(), before, "no instance replaced");
 

@@ -136,8 +136,12 @@ pub fn apply_one(client: &Client, workload: &Workload) -> Result<Outcome> {
     let mut desired = workload.clone();
     desired.metadata.resource_version = current.metadata.resource_version;
     desired.status = None;
-    let _: serde_json::Value = client.send_json(Method::PUT, &format!("/workloads/{name}"), &desired)?;
-    Ok(Outcome::Configured)
+    let stored: Workload = client.send_json(Method::PUT, &format!("/workloads/{name}"), &desired)?;
+    // A registry tag is pinned by the master: the same tag, where it still names the same module, changes nothing.
+    let same = stored.spec == current.spec
+        && stored.metadata.labels == current.metadata.labels
+        && stored.metadata.annotations == current.metadata.annotations;
+    Ok(if same { Outcome::Unchanged } else { Outcome::Configured })
 }
 
 /// Polls until each workload has its desired instances Running (jobs: Running or Succeeded).
