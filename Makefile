@@ -132,7 +132,7 @@ bench-deps:
 			&& rm -rf /var/tmp/wasmlet-tools/build)
 
 ## Benchmarks, printed as JSON lines, on release builds (the references are release builds too).
-## `make bench SCENARIOS="report start"` runs a subset; scenarios: report start density failover schedule heartbeats http footprint.
+## `make bench SCENARIOS="report start"` runs a subset; scenarios: report start pull density failover heartbeats schedule ha http footprint.
 bench: bench-deps examples debs
 	$(CARGO) build --release --workspace --bins
 	WASMLET_BIN_DIR=$(CARGO_TARGET_DIR)/release $(CARGO_TARGET_DIR)/release/wasmlet-bench $(SCENARIOS)

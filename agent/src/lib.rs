@@ -209,9 +209,19 @@ pub async fn run_with_ingress(
         let interval = config.ephemeral_storage_check_interval.get().max(std::time::Duration::from_millis(10));
         tokio::spawn(supervisor.enforce_ephemeral_storage(interval, stop.clone()))
     });
+    // One store and one set of downloaders for every source of workloads (the cache counts them all).
+    let module_store = std::sync::Arc::new(modules::ModuleStore::new(module_cache.clone(), config.max_module_size.get()));
+    let remote = std::sync::Arc::new(module_downloads(&config, &node)?);
     let manifests = match (&config.manifests_dir, &supervisor) {
         (Some(dir), Some(supervisor)) => {
-            let watcher = manifests::ManifestWatcher::new(dir.clone(), host_paths.clone(), limit, supervisor.clone());
+            let watcher = manifests::ManifestWatcher::new(
+                dir.clone(),
+                host_paths.clone(),
+                limit,
+                supervisor.clone(),
+                module_store.clone(),
+                remote.clone(),
+            );
             Some(tokio::spawn(watcher.run(config.manifests_poll_interval.get(), stop.clone())))
         }
         (Some(dir), None) => {
@@ -235,8 +245,8 @@ pub async fn run_with_ingress(
                 insecure_http: config.insecure_http,
                 auth: auth.clone(),
                 identity: identity.clone(),
-                modules: std::sync::Arc::new(modules::ModuleStore::new(module_cache.clone(), config.max_module_size.get())),
-                remote: std::sync::Arc::new(module_downloads(&config, &node)?),
+                modules: module_store.clone(),
+                remote: remote.clone(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
             Some(tokio::spawn(link.run(stop.clone())))

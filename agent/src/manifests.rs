@@ -19,7 +19,7 @@ use wasmlet_api::{EventType, Placement, Workload};
 
 use crate::config::InstanceLimit;
 use crate::grants::{HostPathPolicy, Preopen};
-use crate::modules::Module;
+use crate::modules::{Module, ModuleStore, Remote};
 use crate::runtime::module::{detect, sha256_digest};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
 
@@ -27,7 +27,7 @@ use crate::supervisor::{DesiredInstance, Source, Supervisor};
 #[derive(Clone)]
 struct Admitted {
     workload: Arc<Workload>,
-    module: Arc<Vec<u8>>,
+    module: Module,
     host_dirs: Vec<Preopen>,
     generation: String,
 }
@@ -48,11 +48,21 @@ pub struct ManifestWatcher {
     /// Instances all manifests together may ask for.
     limit: InstanceLimit,
     supervisor: Arc<Supervisor>,
+    /// Where the modules of workloads that name a URL or a registry are pulled from, and kept.
+    store: Arc<ModuleStore>,
+    remote: Arc<Remote>,
 }
 
 impl ManifestWatcher {
-    pub fn new(dir: PathBuf, host_paths: HostPathPolicy, limit: InstanceLimit, supervisor: Arc<Supervisor>) -> Self {
-        ManifestWatcher { dir, host_paths, files: BTreeMap::new(), limit, supervisor }
+    pub fn new(
+        dir: PathBuf,
+        host_paths: HostPathPolicy,
+        limit: InstanceLimit,
+        supervisor: Arc<Supervisor>,
+        store: Arc<ModuleStore>,
+        remote: Arc<Remote>,
+    ) -> Self {
+        ManifestWatcher { dir, host_paths, files: BTreeMap::new(), limit, supervisor, store, remote }
     }
 
     /// Polls until `stop` is cancelled.
@@ -139,7 +149,7 @@ impl ManifestWatcher {
                 out.push(DesiredInstance {
                     name: format!("{}-{i}", admitted.workload.metadata.name),
                     workload: admitted.workload.clone(),
-                    module: Module::Ready(admitted.module.clone()),
+                    module: admitted.module.clone(),
                     host_dirs: admitted.host_dirs.clone(),
                     generation: admitted.generation.clone(),
                     epoch: 0,
@@ -180,35 +190,45 @@ impl ManifestWatcher {
         Ok(admitted)
     }
 
-    /// Admits one validated workload: its module read and checked, its host grants resolved.
+    /// Admits one validated workload: its module read and checked (or, from a
+    /// URL or a registry, pulled by its instances), its host grants resolved.
     fn admit(&self, manifest: &Path, workload: Workload) -> Result<Admitted, String> {
         let spec = &workload.spec;
-        let source = &spec.module.source;
-        if source.contains("://") {
-            return Err(format!(
-                "spec.module.source: `{source}`: static manifests take a file path (relative to the manifest); URLs come through a master"
-            ));
-        }
-        let base = manifest.parent().unwrap_or(Path::new("."));
-        let module_path = base.join(source);
-        let bytes = std::fs::read(&module_path).map_err(|e| format!("spec.module.source: cannot read {}: {e}", module_path.display()))?;
-        let actual = sha256_digest(&bytes);
-        if actual != spec.module.digest {
-            return Err(format!(
-                "spec.module.digest: the manifest pins {} but {} hashes to {actual}",
-                spec.module.digest,
-                module_path.display()
-            ));
-        }
-        detect(&bytes).map_err(|e| format!("spec.module.source: {}: {e}", module_path.display()))?;
-
+        let module = match self.remote.source_of(&spec.module) {
+            Some(_) if spec.module.digest.is_empty() => {
+                return Err(format!(
+                    "spec.module.digest: `{}`: a static manifest pins the module's digest (`wasmlet push` prints it); no master resolves tags here",
+                    spec.module.origin()
+                ));
+            }
+            Some(source) => Module::Pull { module: spec.module.clone(), store: self.store.clone(), source },
+            None => Module::Ready(Arc::new(read_module(manifest, spec)?)),
+        };
         let host_dirs = self.host_paths.resolve(&spec.dirs)?;
         let mut hasher = Sha256::new();
         hasher.update(serde_json::to_vec(&workload.spec).unwrap_or_default());
         hasher.update(serde_json::to_vec(&workload.metadata.labels).unwrap_or_default());
         let generation = format!("{:x}", hasher.finalize())[..16].to_string();
-        Ok(Admitted { workload: Arc::new(workload), module: Arc::new(bytes), host_dirs, generation })
+        Ok(Admitted { workload: Arc::new(workload), module, host_dirs, generation })
     }
+}
+
+/// The module file a static manifest names (relative to it), checked against its digest.
+fn read_module(manifest: &Path, spec: &wasmlet_api::WorkloadSpec) -> Result<Vec<u8>, String> {
+    let source = &spec.module.source;
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let module_path = base.join(source.strip_prefix("file://").unwrap_or(source));
+    let bytes = std::fs::read(&module_path).map_err(|e| format!("spec.module.source: cannot read {}: {e}", module_path.display()))?;
+    let actual = sha256_digest(&bytes);
+    if actual != spec.module.digest {
+        return Err(format!(
+            "spec.module.digest: the manifest pins {} but {} hashes to {actual}",
+            spec.module.digest,
+            module_path.display()
+        ));
+    }
+    detect(&bytes).map_err(|e| format!("spec.module.source: {}: {e}", module_path.display()))?;
+    Ok(bytes)
 }
 
 /// How many instances a static workload runs: its replicas, or one for `placement: everyNode`.

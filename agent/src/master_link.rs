@@ -657,7 +657,7 @@ impl MasterLink {
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
             let wanted = &workload.spec.module;
-            let source = self.settings.remote.source_of(wanted, &self.uploaded);
+            let source = self.settings.remote.source_of(wanted).unwrap_or_else(|| self.uploaded.clone());
             let module = Module::Pull { module: wanted.clone(), store: self.settings.modules.clone(), source };
             let (host_dirs, refused) = match self.settings.host_paths.resolve(&workload.spec.dirs) {
                 Ok(dirs) => (dirs, None),

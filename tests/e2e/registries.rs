@@ -237,3 +237,42 @@ fn registry_failures_wait_in_module_pull_back_off_and_recover() {
     });
     let _ = digest;
 }
+
+/// A node on its own (no master) runs a registry module from a static
+/// manifest that pins its digest, pulled with the node's credentials; one
+/// that names only a tag is refused, saying that no master resolves it here.
+#[test]
+fn a_static_manifest_runs_a_pinned_registry_module_on_a_node_alone() {
+    let registry = TestRegistry::start("team", "s3cret-pull").expect("registry starts");
+    let dir = tempfile::tempdir().expect("dir");
+    let (path, digest) = example("sensor");
+    let bytes = std::fs::read(&path).expect("the example");
+    let reference = format!("{}/team/sensor:1.0", registry.host);
+    pushed(&registry, dir.path(), &bytes, &reference);
+    let credentials = dir.path().join("config.json");
+    registry.write_credentials(&credentials, &registry.password).expect("credentials");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("dir");
+    let manifest = |name: &str, module: &str| serde_json::to_string(&oci_workload(name, module, "")).expect("json");
+    std::fs::write(manifests.join("pinned.json"), manifest("pinned", &format!("    oci: {reference}\n    digest: {digest}\n")))
+        .expect("write");
+    std::fs::write(manifests.join("tagged.json"), manifest("tagged", &format!("    oci: {reference}\n"))).expect("write");
+    let agent = Agent::start(&[
+        "--manifests-dir",
+        manifests.to_str().expect("utf-8"),
+        "--module-ca-file",
+        registry.ca_file.to_str().expect("utf-8"),
+        "--registry-credentials",
+        credentials.to_str().expect("utf-8"),
+        "--sample-interval",
+        "500ms",
+    ])
+    .expect("agent starts");
+    agent.wait_phase("pinned-0", Phase::Running, WAIT);
+    assert!(registry.blob_pulls().iter().any(|l| l.contains(&digest)), "pulled from the registry");
+    let line = wait_for(WAIT, "the tagged manifest refused", || {
+        agent.log_text().lines().find(|l| l.contains("tagged.json") && l.contains("no master resolves tags here")).map(str::to_string)
+    });
+    assert!(line.contains("spec.module.digest"), "{line}");
+    assert!(agent.instance("tagged-0").is_none());
+}

@@ -60,14 +60,14 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// The source of `module`: a registry, a web server, or else `uploaded` (the master).
-    pub fn source_of(&self, module: &ModuleRef, uploaded: &Arc<dyn ModuleSource>) -> Arc<dyn ModuleSource> {
+    /// The source of `module`: a registry or a web server; None for a file (uploaded to the master, or beside a static manifest).
+    pub fn source_of(&self, module: &ModuleRef) -> Option<Arc<dyn ModuleSource>> {
         if module.oci.is_some() {
-            self.registries.clone()
+            Some(self.registries.clone())
         } else if module.is_url() {
-            self.web.clone()
+            Some(self.web.clone())
         } else {
-            uploaded.clone()
+            None
         }
     }
 }

@@ -21,7 +21,10 @@
 //! ports, HTTP polling, placing manifests, percentiles, CPU time).
 //!
 //! Scenarios: `report` (the node report against prometheus-node-exporter),
-//! `start` (manifest to Running, cold and warm), `density` (1000 idle
+//! `start` (manifest to Running, cold and warm), `pull` (apply to Running of
+//! a 5 MiB module no cache holds, pulled from an OCI registry on loopback
+//! against uploaded to the master; needs Debian's `docker-registry`, which
+//! `make test-deps` installs), `density` (1000 idle
 //! daemons in one agent against one `wasmtime run` process each; needs the
 //! wasmtime CLI that `make bench-deps` installs), `failover` (a master and
 //! three real agents: SIGKILL of the node running 100 instances until all run
@@ -43,6 +46,7 @@ mod footprint;
 mod ha;
 mod heartbeats;
 mod http;
+mod pull;
 mod report;
 mod schedule;
 mod simnode;
@@ -74,6 +78,12 @@ const SCENARIOS: &[Scenario] = &[
         name: "start",
         about: "time from a manifest appearing to its instance Running, cold (compiling) and warm (cached), p50 and p99",
         run: start::run,
+    },
+    Scenario {
+        name: "pull",
+        about: "apply to Running of a 5 MiB module no cache holds, pulled from an OCI registry against uploaded to the master, \
+                p50 and p99",
+        run: pull::run,
     },
     Scenario {
         name: "density",
