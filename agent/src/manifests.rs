@@ -194,6 +194,11 @@ impl ManifestWatcher {
     /// URL or a registry, pulled by its instances), its host grants resolved.
     fn admit(&self, manifest: &Path, workload: Workload) -> Result<Admitted, String> {
         let spec = &workload.spec;
+        if let Some(credentials) = &spec.module.credentials {
+            return Err(format!(
+                "spec.module.credentials: `{credentials}`: no master holds registry credentials here; give the node its own (--registry-credentials)"
+            ));
+        }
         let module = match self.remote.source_of(&spec.module) {
             Some(_) if spec.module.digest.is_empty() => {
                 return Err(format!(

@@ -55,6 +55,7 @@ use crate::report::Report;
 use crate::runtime::module::sha256_digest;
 use crate::security::{ApiAuth, Credential, NodeIdentity};
 use crate::supervisor::{DesiredInstance, Source, Supervisor};
+use wasmlet_registry::RegistryAuth;
 
 /// What the link is told at start.
 #[derive(Debug, Clone)]
@@ -121,6 +122,8 @@ pub struct MasterLink {
     /// Uploaded modules, fetched from the master (through this link, held weakly:
     /// the supervisor's instances keep it and the link keeps the supervisor).
     uploaded: Arc<dyn ModuleSource>,
+    /// Registry modules whose workload names credentials the master holds.
+    held: Arc<dyn ModuleSource>,
 }
 
 struct LinkState {
@@ -232,6 +235,7 @@ impl MasterLink {
             persist: tokio::sync::Mutex::new(()),
             report_all: Notify::new(),
             uploaded: Arc::new(Uploaded(link.clone())),
+            held: Arc::new(WithHeldCredentials(link.clone())),
         }))
     }
 
@@ -657,7 +661,10 @@ impl MasterLink {
         for assigned in &assignment.instances {
             let workload = &assigned.workload;
             let wanted = &workload.spec.module;
-            let source = self.settings.remote.source_of(wanted).unwrap_or_else(|| self.uploaded.clone());
+            let source = match (&wanted.oci, &wanted.credentials) {
+                (Some(_), Some(_)) => self.held.clone(),
+                _ => self.settings.remote.source_of(wanted).unwrap_or_else(|| self.uploaded.clone()),
+            };
             let module = Module::Pull { module: wanted.clone(), store: self.settings.modules.clone(), source };
             let (host_dirs, refused) = match self.settings.host_paths.resolve(&workload.spec.dirs) {
                 Ok(dirs) => (dirs, None),
@@ -738,6 +745,33 @@ impl MasterLink {
             return Err(PullError::TooLarge { limit });
         }
         Ok(bytes.to_vec())
+    }
+
+    /// The registry credentials `name` the master holds for this node's workloads.
+    async fn registry_credentials(&self, name: &str) -> Result<RegistryAuth, PullError> {
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/nodes/{}/registry-credentials/{name}", self.settings.node);
+        let response = match self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(30)).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                self.next_master(at, "the master cannot be reached");
+                return Err(PullError::Unreachable(format!("cannot fetch registry credentials `{name}` from the master: {e}")));
+            }
+        };
+        let status = response.status();
+        if status.is_server_error() {
+            self.next_master(at, &format!("the master answered {status}"));
+            return Err(PullError::Unreachable(format!("the master answered {status} for registry credentials `{name}`")));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(PullError::Refused(format!("the master holds no registry credentials `{name}`")));
+        }
+        if !status.is_success() {
+            return Err(PullError::Refused(format!("the master answered {status} for registry credentials `{name}`")));
+        }
+        let held: wasmlet_api::RegistryCredential =
+            response.json().await.map_err(|e| PullError::Unreachable(format!("registry credentials `{name}` from the master: {e}")))?;
+        Ok(RegistryAuth::Basic(held.username, held.password.unwrap_or_default()))
     }
 
     /// Watches where every service can be reached, for the ingress to forward
@@ -961,6 +995,24 @@ async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<
     file.sync_all().await?;
     drop(file);
     tokio::fs::rename(&tmp, path).await
+}
+
+/// Registry modules whose workload names credentials the master holds: the
+/// credentials are fetched from it for each pull (never kept), then the
+/// registry is asked with them.
+struct WithHeldCredentials(std::sync::Weak<MasterLink>);
+
+impl ModuleSource for WithHeldCredentials {
+    fn fetch<'a>(&'a self, module: &'a ModuleRef, limit: u64) -> futures::future::BoxFuture<'a, Result<Vec<u8>, PullError>> {
+        Box::pin(async move {
+            let Some(link) = self.0.upgrade() else {
+                return Err(PullError::Unreachable("the agent is leaving the master".to_string()));
+            };
+            let name = module.credentials.as_deref().unwrap_or_default();
+            let auth = link.registry_credentials(name).await?;
+            link.settings.remote.registries.pull_with(module, &auth, limit).await
+        })
+    }
 }
 
 /// Uploaded modules: from the master, by digest, through the link while it lives.

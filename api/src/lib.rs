@@ -5,6 +5,7 @@
 //! - `node`: the Node, its spec (taints, cordon) and the status an agent reports:
 //!   capacity, conditions, addresses, machine facts, live usage and pressure.
 //! - `workload`, `instance`, `event`: the desired state and what happened to it.
+//! - `registry`: credentials for OCI registries the master holds for workloads.
 //! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
 //! - `decode`: JSON/YAML decoding whose errors name the offending field.
 //! - `selector`: label selectors, parsed once and matched by the master and the CLI.
@@ -24,6 +25,7 @@ pub mod meta;
 pub mod node;
 pub mod protocol;
 pub mod quantity;
+pub mod registry;
 pub mod selector;
 pub mod since;
 pub mod validate;
@@ -36,6 +38,7 @@ pub use instance::{Instance, InstanceSpec, InstanceStatus, InstanceUsage, Phase,
 pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};
+pub use registry::RegistryCredential;
 pub use selector::Selector;
 pub use since::Since;
 pub use validate::{FieldError, ValidationError};

@@ -89,6 +89,12 @@ pub struct ModuleRef {
     /// workload is applied (`…:1.4@sha256:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<String>,
+    /// For `oci`: the name of registry credentials the master holds (a
+    /// RegistryCredential), used to resolve the tag and handed to the nodes
+    /// that pull the module; without it, the master's and the nodes' own
+    /// `--registry-credentials`, else anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
     /// `sha256:<64 hex digits>` of the module's bytes; checked before anything
     /// runs. For `oci`, the master fills it in from the registry.
     #[serde(default)]
@@ -351,6 +357,14 @@ impl Workload {
             None => {}
         }
         too_long(&mut errors, "spec.module.source", &module.source, MAX_PATH_BYTES);
+        match (&module.credentials, &module.oci) {
+            (Some(_), None) => errors.push("spec.module.credentials", "only a registry module (`oci`) names credentials"),
+            (Some(name), Some(_)) if !crate::validate::is_dns_label(name) => errors.push(
+                "spec.module.credentials",
+                format!("`{}` is not the name of registry credentials (lowercase letters, digits, `-`)", shorten(name)),
+            ),
+            _ => {}
+        }
         // A registry module's digest is the master's to fill in, unless the manifest pins it.
         if (module.oci.is_none() || !module.digest.is_empty())
             && let Err(problem) = check_digest(&module.digest)
@@ -611,6 +625,11 @@ mod tests {
             ("    oci: r.example.com/a@sha256:beef\n", "the digest after `@`"),
             ("    oci: r.example.com/a:1\n    digest: md5:00\n", "spec.module.digest"),
             ("    oci: r.example.com/a:1\n    sauce: x\n", "sauce"),
+            (
+                "    source: a.wasm\n    digest: sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\n    credentials: team\n",
+                "only a registry module",
+            ),
+            ("    oci: r.example.com/a:1\n    credentials: Team_1\n", "spec.module.credentials"),
         ] {
             let error = oci(module).unwrap_err();
             assert!(error.contains(wanted), "{module}: {error}");

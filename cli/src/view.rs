@@ -103,6 +103,15 @@ pub fn masters(masters: &[wasmlet_api::protocol::MasterStatus]) -> Table {
     table
 }
 
+/// Registry credentials: which registry and user; never a password.
+pub fn registry_credentials(items: &[wasmlet_api::RegistryCredential], now: DateTime<Utc>) -> Table {
+    let mut table = Table::new(vec!["NAME", "REGISTRY", "USERNAME", "AGE"]);
+    for c in items {
+        table.push(vec![c.metadata.name.clone(), c.registry.clone(), c.username.clone(), age::since(now, c.metadata.creation_timestamp)]);
+    }
+    table
+}
+
 pub fn phase_tone(phase: Phase) -> Tone {
     match phase {
         Phase::Running | Phase::Succeeded => Tone::Good,

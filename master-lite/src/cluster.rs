@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, Workload};
+use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, RegistryCredential, Workload};
 
 use crate::api::live::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
@@ -98,6 +98,7 @@ enum Change {
     Event(Box<Event>),
     Credential(String, String),
     Token(Box<TokenRecord>),
+    RegistryCredential(Box<RegistryCredential>),
     Delete(Kind, String),
 }
 
@@ -145,6 +146,10 @@ impl Txn {
 
     pub fn put_token(&mut self, record: TokenRecord) {
         self.changes.push(Change::Token(Box::new(record)));
+    }
+
+    pub fn put_registry_credential(&mut self, credential: RegistryCredential) {
+        self.changes.push(Change::RegistryCredential(Box::new(credential)));
     }
 
     pub fn delete(&mut self, kind: Kind, name: &str) {
@@ -206,6 +211,8 @@ pub struct Cluster {
     /// Event names, oldest first, to drop the oldest beyond the cap.
     event_order: VecDeque<String>,
     credentials: HashMap<String, String>,
+    /// Registry credentials by name, passwords included (answers leave them out).
+    pub registry_credentials: BTreeMap<String, RegistryCredential>,
     /// Token records, readable without this lock.
     pub tokens: TokenTable,
     /// The revision of the last write to each collection.
@@ -236,6 +243,7 @@ impl Cluster {
             events: BTreeMap::new(),
             event_order: VecDeque::new(),
             credentials: HashMap::new(),
+            registry_credentials: BTreeMap::new(),
             tokens: TokenTable::default(),
             collection_revision: HashMap::new(),
             assignment_revision: HashMap::new(),
@@ -258,6 +266,7 @@ impl Cluster {
         self.instances.clear();
         self.events.clear();
         self.credentials.clear();
+        self.registry_credentials.clear();
         self.tokens.clear();
         self.by_node.clear();
         self.revision = snapshot.revision;
@@ -407,6 +416,15 @@ impl Cluster {
                     let expect = record.revision.map_or(Expect::Absent, Expect::Revision);
                     Op::Put { kind: Kind::Token, name: record.id.clone(), value: encode(record.as_ref())?, expect }
                 }
+                Change::RegistryCredential(credential) => {
+                    let expect = stamp(&mut credential.metadata);
+                    Op::Put {
+                        kind: Kind::RegistryCredential,
+                        name: credential.metadata.name.clone(),
+                        value: encode(credential.as_ref())?,
+                        expect,
+                    }
+                }
                 Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone(), expect: Expect::Any },
             };
             write.ops.push(op);
@@ -501,6 +519,10 @@ impl Cluster {
                 self.credentials.insert(node, credential);
             }
             Change::Token(record) => self.tokens.insert(*record),
+            Change::RegistryCredential(credential) => {
+                self.touch(Kind::RegistryCredential, revision);
+                self.registry_credentials.insert(credential.metadata.name.clone(), *credential);
+            }
             Change::Delete(kind, name) => {
                 self.touch(kind, revision);
                 match kind {
@@ -529,6 +551,7 @@ impl Cluster {
                     }
                     Kind::Credential => drop(self.credentials.remove(&name)),
                     Kind::Token => self.tokens.remove(&name),
+                    Kind::RegistryCredential => drop(self.registry_credentials.remove(&name)),
                 }
             }
         }
@@ -604,6 +627,10 @@ fn decode(kind: Kind, name: &str, revision: u64, value: &[u8]) -> Result<Change,
         Kind::Token => wasmlet_api::from_json::<TokenRecord>(value).map(|mut record| {
             record.revision = Some(revision);
             Change::Token(Box::new(record))
+        }),
+        Kind::RegistryCredential => wasmlet_api::from_json::<RegistryCredential>(value).map(|mut credential| {
+            at(&mut credential.metadata);
+            Change::RegistryCredential(Box::new(credential))
         }),
     };
     decoded.map_err(|e| e.to_string())

@@ -19,11 +19,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use oci_client::Client;
+pub use oci_client::Reference;
 use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 pub use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use wasmlet_security::error_chain;
 
 /// The media type of a module's layer.

@@ -276,3 +276,111 @@ fn a_static_manifest_runs_a_pinned_registry_module_on_a_node_alone() {
     assert!(line.contains("spec.module.digest"), "{line}");
     assert!(agent.instance("tagged-0").is_none());
 }
+
+/// Registry credentials the master holds: created with `wasmlet create
+/// registry-credentials` (the password from standard input), never shown
+/// back (API, CLI, audit log), used by the master to resolve the tag and
+/// handed only to the node that runs an instance naming them (that read
+/// audited); refused for another registry than their own, for another node,
+/// and for a viewer.
+#[test]
+fn credentials_held_by_the_master_reach_only_the_nodes_that_use_them() {
+    let registry = TestRegistry::start("team", "held-s3cret").expect("registry starts");
+    let dir = tempfile::tempdir().expect("dir");
+    let (path, digest) = example("sensor");
+    let bytes = std::fs::read(&path).expect("the example");
+    pushed(&registry, dir.path(), &bytes, &format!("{}/team/sensor:1.0", registry.host));
+    let ca = registry.ca_file.to_str().expect("utf-8");
+    // Neither the master nor the nodes have a credentials file of their own.
+    let master = Master::start(&["--registry-ca-file", ca]).expect("master starts");
+    let node = |name: &str, label: &str| {
+        Agent::start(&[
+            "--master",
+            &master.url,
+            "--join-token",
+            &master.join_token,
+            "--name",
+            name,
+            "--module-ca-file",
+            ca,
+            "--labels",
+            label,
+            "--sample-interval",
+            "500ms",
+        ])
+        .expect("agent starts")
+    };
+    let a = node("a", "pull=yes");
+    let b = node("b", "pull=no");
+    let config = master.cli_config(dir.path());
+    let wasmlet = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(bin("wasmlet"))
+            .args(args)
+            .env("WASMLET_CONFIG", &config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wasmlet runs");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("stdin");
+        let output = child.wait_with_output().expect("wasmlet ends");
+        (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    };
+    let create = ["create", "registry-credentials", "team", "--registry", &registry.host, "--username", "team", "--password-stdin"];
+    let (ok, out) = wasmlet(&create, "held-s3cret\n");
+    assert!(ok && out.contains("registry-credentials/team created"), "{out}");
+    let (ok, out) = wasmlet(&create, "held-s3cret\n");
+    assert!(!ok && out.contains("already exist"), "{out}");
+    let (ok, out) =
+        wasmlet(&["create", "registry-credentials", "elsewhere", "--registry", "other.example.com", "-u", "x", "--password-stdin"], "p\n");
+    assert!(ok, "{out}");
+    for args in [&["get", "registry-credentials"][..], &["get", "registry-credentials", "team", "-o", "json"][..]] {
+        let (ok, out) = wasmlet(args, "");
+        assert!(ok && out.contains("team") && out.contains(&registry.host), "{out}");
+        assert!(!out.contains("held-s3cret") && !out.contains("password"), "never shown back: {out}");
+    }
+
+    // Credentials for another registry are not sent to this one.
+    let module = |credentials: &str| format!("    oci: {}/team/sensor:1.0\n    credentials: {credentials}\n", registry.host);
+    let (status, body) = master.send_json(Method::POST, "/workloads", &oci_workload("wrong", &module("elsewhere"), "")).expect("POST");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("spec.module.credentials") && body.contains("other.example.com") && body.contains(&registry.host), "{body}");
+
+    let workload = oci_workload("sensor", &module("team"), "  nodeSelector: {pull: \"yes\"}\n");
+    let (status, body) = master.send_json(Method::POST, "/workloads", &workload).expect("POST");
+    assert_eq!(status, 201, "resolved with the held credentials: {body}");
+    let running = wait_for(WAIT, "Running on a, pulled with the held credentials", || {
+        master.instances().into_iter().find(|i| i.spec.workload == "sensor" && i.status.phase == Phase::Running)
+    });
+    assert_eq!(running.spec.node, "a");
+    assert!(cached(&a, &digest));
+
+    // Only node a, which runs an instance naming them, reads them.
+    let read = |token: &str, node: &str| {
+        let client = master.client_with(token).build().expect("client");
+        client.get(master.api(&format!("/nodes/{node}/registry-credentials/team"))).send().expect("answer").status().as_u16()
+    };
+    let token_of = |agent: &Agent| wait_for(WAIT, "the node's credential", || agent.credential_field("token"));
+    let (token_a, token_b) = (token_of(&a), token_of(&b));
+    assert_eq!(read(&token_a, "a"), 200);
+    assert_eq!(read(&token_b, "b"), 403, "b runs nothing that uses them");
+    assert_eq!(read(&token_b, "a"), 403, "b is not a");
+    let out = master.command(&["token", "create", "--role", "viewer", "--ttl", "1h"]);
+    let viewer = String::from_utf8_lossy(&out.stdout).lines().next().expect("token").to_string();
+    assert_eq!(read(&viewer, "a"), 403);
+    assert_eq!(read(&master.admin_token, "a"), 403, "not even an admin reads the password");
+
+    let audit = wait_for(WAIT, "the reads in the audit log", || {
+        let text = std::fs::read_to_string(master.data_dir.path().join("audit.log")).ok()?;
+        (text.contains("\"user\":\"node:a\"")
+            && text.contains("/nodes/a/registry-credentials/team")
+            && text.contains("\"user\":\"viewer\""))
+        .then_some(text)
+    });
+    assert!(audit.lines().any(|l| l.contains("POST") && l.contains("/registry-credentials") && l.contains("\"allowed\"")), "{audit}");
+    assert!(!audit.contains("held-s3cret"), "the audit log never holds the password");
+
+    let (ok, out) = wasmlet(&["delete", "registry-credentials", "team"], "");
+    assert!(ok && out.contains("registry-credentials/team deleted"), "{out}");
+}

@@ -12,6 +12,8 @@ pub enum Kind {
     Workload,
     #[value(aliases = ["nodes", "no"])]
     Node,
+    #[value(name = "registry-credentials", aliases = ["registry-credential"])]
+    RegistryCredentials,
 }
 
 impl Kind {
@@ -19,11 +21,19 @@ impl Kind {
         match self {
             Kind::Workload => "workload",
             Kind::Node => "node",
+            Kind::RegistryCredentials => "registry-credentials",
+        }
+    }
+
+    fn path(self, name: &str) -> String {
+        match self {
+            Kind::RegistryCredentials => format!("/registry-credentials/{name}"),
+            kind => format!("/{}s/{name}", kind.as_str()),
         }
     }
 }
 
-/// Delete workloads (with their instances) or nodes.
+/// Delete workloads (with their instances), nodes or registry credentials.
 #[derive(Debug, Args)]
 pub struct Delete {
     kind: Option<Kind>,
@@ -51,7 +61,7 @@ impl Delete {
         let client = session.client()?;
         let mut failures = Vec::new();
         for (kind, name) in targets {
-            let path = format!("/{}s/{name}", kind.as_str());
+            let path = kind.path(&name);
             match client.send(client.request(Method::DELETE, &path)) {
                 Ok(_) => print(&format!("{}/{name} deleted\n", kind.as_str())),
                 Err(e) if e.is_not_found() && self.ignore_not_found => {}

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasmlet_api::protocol::{List, MasterStatus};
-use wasmlet_api::{Event, Instance, Node, Workload};
+use wasmlet_api::{Event, Instance, Node, RegistryCredential, Workload};
 
 use super::{Session, print, usage};
 use crate::style::Style;
@@ -30,6 +30,9 @@ pub enum Resource {
     /// The cluster's masters and which one leads.
     #[value(aliases = ["master"])]
     Masters,
+    /// Registry credentials the master holds (never their passwords).
+    #[value(name = "registry-credentials", aliases = ["registry-credential"])]
+    RegistryCredentials,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +122,17 @@ impl Listed for MasterStatus {
     }
 }
 
+impl Listed for RegistryCredential {
+    const PATH: &'static str = "/registry-credentials";
+    const KIND: &'static str = "registry-credentials";
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn table(items: &[Self], _wide: bool, now: DateTime<Utc>) -> Table {
+        view::registry_credentials(items, now)
+    }
+}
+
 impl Get {
     pub fn execute(self, session: &Session) -> Result<()> {
         match self.resource {
@@ -128,6 +142,7 @@ impl Get {
             Resource::Events => self.run::<Event>(session),
             Resource::Masters if self.watch => Err(usage("masters cannot be watched: `wasmlet get masters` lists them as they are now")),
             Resource::Masters => self.run::<MasterStatus>(session),
+            Resource::RegistryCredentials => self.run::<RegistryCredential>(session),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod apply;
 pub mod completion;
 pub mod config;
 pub mod cordon;
+pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod drain;
@@ -50,6 +51,7 @@ pub enum Command {
     Get(get::Get),
     Describe(describe::Describe),
     Apply(apply::Apply),
+    Create(create::Create),
     Delete(delete::Delete),
     Cordon(cordon::Cordon),
     Uncordon(uncordon::Uncordon),
@@ -78,6 +80,7 @@ impl Cli {
             Command::Get(c) => c.execute(&session),
             Command::Describe(c) => c.execute(&session),
             Command::Apply(c) => c.execute(&session),
+            Command::Create(c) => c.execute(&session),
             Command::Push(c) => c.execute(&session),
             Command::Delete(c) => c.execute(&session),
             Command::Cordon(c) => c.execute(&session),

@@ -22,6 +22,7 @@ mod masters;
 mod modules;
 mod nodes;
 mod objects;
+mod registry_credentials;
 mod tokens;
 
 use std::sync::Arc;
@@ -66,6 +67,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes/{name}/assignment", get(agents::assignment))
         .route("/nodes/{name}/instances/status", put(agents::report_instances))
         .route("/modules/{digest}", put(modules::upload).get(modules::download).layer(DefaultBodyLimit::disable()))
+        .route("/registry-credentials", get(registry_credentials::list).post(registry_credentials::create))
+        .route(
+            "/registry-credentials/{name}",
+            get(registry_credentials::get).put(registry_credentials::replace).delete(registry_credentials::delete),
+        )
+        .route("/nodes/{name}/registry-credentials/{credentials}", get(registry_credentials::for_node))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/backup", get(backup::backup));

@@ -199,16 +199,37 @@ async fn resolve_module(shared: &Shared, name: &str, module: &mut ModuleRef) -> 
     let Some(reference) = &module.oci else { return Ok(()) };
     let invalid = |field: &str, problem: String| Failure::invalid(format!("workload `{name}` is invalid: spec.module.{field}: {problem}"));
     let parsed = wasmlet_registry::parse(reference).map_err(|e| invalid("oci", e))?;
+    let held = match &module.credentials {
+        Some(credentials) => {
+            let cluster = shared.cluster();
+            let held = cluster.registry_credentials.get(credentials).ok_or_else(|| {
+                invalid(
+                    "credentials",
+                    format!("the master holds no registry credentials `{credentials}`: create them first (wasmlet create registry-credentials {credentials} …)"),
+                )
+            })?;
+            // Credentials go to their own registry only.
+            if held.registry != parsed.resolve_registry() {
+                return Err(invalid(
+                    "credentials",
+                    format!("`{credentials}` are for {}, not {}, the registry of {reference}", held.registry, parsed.resolve_registry()),
+                ));
+            }
+            Some(RegistryAuth::Basic(held.username.clone(), held.password.clone().unwrap_or_default()))
+        }
+        None => None,
+    };
     if parsed.digest().is_some() && !module.digest.is_empty() {
         return Ok(());
     }
-    let auth = match &shared.config.registry_credentials {
-        Some(file) => Credentials::read(file)
+    let auth = match (held, &shared.config.registry_credentials) {
+        (Some(held), _) => held,
+        (None, Some(file)) => Credentials::read(file)
             .map_err(|e| {
                 Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "RegistryCredentials", format!("the master's --registry-credentials {e}"))
             })?
             .for_registry(parsed.resolve_registry()),
-        None => RegistryAuth::Anonymous,
+        (None, None) => RegistryAuth::Anonymous,
     };
     let resolved = shared.registry.resolve(&parsed, &auth, shared.config.max_module_size.get()).await.map_err(|e| match e {
         RegistryError::Refused(why) => invalid("oci", why),

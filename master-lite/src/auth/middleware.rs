@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 
 use super::audit::Record;
-use super::policy::{Decision, authorize, is_mutation};
+use super::policy::{Decision, Used, authorize, is_mutation};
 use super::{Caller, Role};
 use crate::Shared;
 use crate::api::Failure;
@@ -56,7 +56,9 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
         let Some(log) = &shared.audit else { return };
         let refused = code == StatusCode::UNAUTHORIZED || code == StatusCode::FORBIDDEN;
         let lease = path.ends_with("/lease");
-        if !(refused || is_mutation(&method) && !lease) {
+        // Secrets read by nodes are recorded like changes.
+        let secret = path.starts_with("/api/v1/nodes/") && path.contains("/registry-credentials/");
+        if !(refused || secret || is_mutation(&method) && !lease) {
             return;
         }
         let result = match code.as_u16() {
@@ -95,11 +97,16 @@ pub async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Ne
     let allowed = match authorize(&caller.role, &method, &template, |name| params.get(name).cloned()) {
         Decision::Allow => true,
         Decision::Deny => false,
-        Decision::AllowIfAssigned { node, digest } => shared.cluster().instances_on(&node).any(|p| p.workload.spec.module.digest == digest),
+        Decision::AllowIfUsed { node, uses: Used::Module(digest) } => {
+            shared.cluster().instances_on(&node).any(|p| p.workload.spec.module.digest == digest)
+        }
+        Decision::AllowIfUsed { node, uses: Used::RegistryCredentials(name) } => {
+            shared.cluster().instances_on(&node).any(|p| p.workload.spec.module.credentials.as_ref() == Some(&name))
+        }
     };
     if !allowed {
         let message = match &caller.role {
-            Role::Node(node) if template.ends_with("/modules/{digest}") => {
+            Role::Node(node) if template.ends_with("/modules/{digest}") || template.ends_with("/registry-credentials/{credentials}") => {
                 format!("{caller} may not read {path}: no instance assigned to node {node} uses it")
             }
             _ => format!("{caller} may not {method} {path}"),

@@ -3,9 +3,9 @@
 //! | role | may |
 //! | --- | --- |
 //! | `admin` | everything |
-//! | `viewer` | every GET but tokens and the backup |
+//! | `viewer` | every GET but tokens, the backup and nodes' registry credentials |
 //! | `join` | `POST /nodes/register` |
-//! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules assigned to `n` |
+//! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules and registry credentials its instances use |
 //!
 //! Routes are the router's templates (`/api/v1/nodes/{name}/lease`), so a
 //! new route is denied to everyone but admins until it is added here.
@@ -18,12 +18,21 @@ use super::Role;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// Allowed only if the module is referenced by an instance assigned to the node.
-    AllowIfAssigned {
+    /// Allowed only if an instance assigned to the node uses it.
+    AllowIfUsed {
         node: String,
-        digest: String,
+        uses: Used,
     },
     Deny,
+}
+
+/// What an instance of a node uses, that the node may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Used {
+    /// A module, by digest.
+    Module(String),
+    /// Registry credentials, by name.
+    RegistryCredentials(String),
 }
 
 /// Decides for `role` calling `method` on the route `template`, whose path
@@ -34,7 +43,11 @@ pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&s
     match role {
         Role::Admin => Decision::Allow,
         // The backup holds every token's hash and every node's credential for agents.
-        Role::Viewer if read && !route.starts_with("/tokens") && route != "/backup" => Decision::Allow,
+        Role::Viewer
+            if read && !route.starts_with("/tokens") && route != "/backup" && !route.starts_with("/nodes/{name}/registry-credentials") =>
+        {
+            Decision::Allow
+        }
         Role::Viewer => Decision::Deny,
         Role::Join if *method == Method::POST && route == "/nodes/register" => Decision::Allow,
         Role::Join => Decision::Deny,
@@ -48,7 +61,11 @@ pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&s
                 ("GET", "/nodes/{name}" | "/nodes/{name}/assignment") if own() => Decision::Allow,
                 ("POST", "/nodes/{name}/credential") if own() => Decision::Allow,
                 ("GET", "/modules/{digest}") => match param("digest") {
-                    Some(digest) => Decision::AllowIfAssigned { node: node.clone(), digest },
+                    Some(digest) => Decision::AllowIfUsed { node: node.clone(), uses: Used::Module(digest) },
+                    None => Decision::Deny,
+                },
+                ("GET", "/nodes/{name}/registry-credentials/{credentials}") if own() => match param("credentials") {
+                    Some(name) => Decision::AllowIfUsed { node: node.clone(), uses: Used::RegistryCredentials(name) },
                     None => Decision::Deny,
                 },
                 _ => Decision::Deny,
@@ -71,6 +88,7 @@ mod tests {
         authorize(&role, &method, template, |p| match p {
             "name" => name.map(str::to_string),
             "digest" => Some("sha256:aa".to_string()),
+            "credentials" => Some("team".to_string()),
             _ => None,
         })
     }
@@ -93,9 +111,18 @@ mod tests {
         assert_eq!(decide(a, Method::POST, "/api/v1/workloads", None), Decision::Deny);
         assert_eq!(
             decide(a, Method::GET, "/api/v1/modules/{digest}", None),
-            Decision::AllowIfAssigned { node: "a".into(), digest: "sha256:aa".into() }
+            Decision::AllowIfUsed { node: "a".into(), uses: Used::Module("sha256:aa".into()) }
         );
         assert_eq!(decide(a, Method::PUT, "/api/v1/modules/{digest}", None), Decision::Deny);
+        let credentials = "/api/v1/nodes/{name}/registry-credentials/{credentials}";
+        assert_eq!(
+            decide(a, Method::GET, credentials, Some("a")),
+            Decision::AllowIfUsed { node: "a".into(), uses: Used::RegistryCredentials("team".into()) }
+        );
+        assert_eq!(decide(a, Method::GET, credentials, Some("b")), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, credentials, Some("a")), Decision::Deny);
+        assert_eq!(decide(a, Method::GET, "/api/v1/registry-credentials/{name}", Some("team")), Decision::Deny);
+        assert_eq!(decide(a, Method::POST, "/api/v1/registry-credentials", None), Decision::Deny);
     }
 
     #[test]
@@ -103,6 +130,8 @@ mod tests {
         assert_eq!(decide("viewer", Method::GET, "/api/v1/workloads", None), Decision::Allow);
         assert_eq!(decide("viewer", Method::GET, "/metrics", None), Decision::Allow);
         assert_eq!(decide("viewer", Method::POST, "/api/v1/workloads", None), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, "/api/v1/registry-credentials", None), Decision::Allow);
+        assert_eq!(decide("viewer", Method::POST, "/api/v1/registry-credentials", None), Decision::Deny);
         assert_eq!(decide("viewer", Method::GET, "/api/v1/tokens", None), Decision::Deny);
         assert_eq!(decide("viewer", Method::GET, "/api/v1/backup", None), Decision::Deny);
         assert_eq!(decide("admin", Method::GET, "/api/v1/backup", None), Decision::Allow);

@@ -84,6 +84,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Event => "Event",
         Kind::Credential => "Credential",
         Kind::Token => "Token",
+        Kind::RegistryCredential => "RegistryCredential",
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Kind {
     Credential,
     /// A token record, by token id (not an API object).
     Token,
+    /// Registry credentials the master holds for workloads' modules.
+    RegistryCredential,
 }
 
 impl Kind {
@@ -45,7 +47,8 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.table() == name)
     }
 
-    pub const ALL: [Kind; 6] = [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token];
+    pub const ALL: [Kind; 7] =
+        [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token, Kind::RegistryCredential];
 
     pub fn table(self) -> &'static str {
         match self {
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Event => "events",
             Kind::Credential => "credentials",
             Kind::Token => "tokens",
+            Kind::RegistryCredential => "registrycredentials",
         }
     }
 }
