@@ -719,24 +719,8 @@ impl MasterLink {
     }
 
     async fn fetch_uploaded(&self, digest: &str, limit: u64) -> Result<Vec<u8>, PullError> {
-        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        let url = self.url(&format!("/modules/{digest}"));
-        let request = self.authorized(self.http.get(&url)).timeout(Duration::from_secs(600));
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => {
-                self.next_master(at, "the master cannot be reached");
-                return Err(PullError::Unreachable(format!("cannot fetch the module from the master: {e}")));
-            }
-        };
-        let status = response.status();
-        if status.is_server_error() {
-            self.next_master(at, &format!("the master answered {status}"));
-            return Err(PullError::Unreachable(format!("the master answered {status} to GET /modules/{digest}")));
-        }
-        if !status.is_success() {
-            return Err(PullError::Refused(format!("the master answered {status} to GET /modules/{digest}")));
-        }
+        let what = format!("module {digest}");
+        let response = self.get_for_pull(&format!("/modules/{digest}"), Duration::from_secs(600), &what).await?;
         if response.content_length().is_some_and(|length| length > limit) {
             return Err(PullError::TooLarge { limit });
         }
@@ -749,29 +733,34 @@ impl MasterLink {
 
     /// The registry credentials `name` the master holds for this node's workloads.
     async fn registry_credentials(&self, name: &str) -> Result<RegistryAuth, PullError> {
-        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let what = format!("registry credentials `{name}`");
         let path = format!("/nodes/{}/registry-credentials/{name}", self.settings.node);
-        let response = match self.authorized(self.http.get(self.url(&path))).timeout(Duration::from_secs(30)).send().await {
+        let response = self.get_for_pull(&path, Duration::from_secs(30), &what).await?;
+        let held: wasmlet_api::RegistryCredential =
+            response.json().await.map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
+        Ok(RegistryAuth::Basic(held.username, held.password.unwrap_or_default()))
+    }
+
+    /// `GET path` from the master for a pull: a master that cannot be reached
+    /// or fails (the next one is tried) is Unreachable, any other refusal Refused.
+    async fn get_for_pull(&self, path: &str, timeout: Duration, what: &str) -> Result<reqwest::Response, PullError> {
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let response = match self.authorized(self.http.get(self.url(path))).timeout(timeout).send().await {
             Ok(response) => response,
             Err(e) => {
                 self.next_master(at, "the master cannot be reached");
-                return Err(PullError::Unreachable(format!("cannot fetch registry credentials `{name}` from the master: {e}")));
+                return Err(PullError::Unreachable(format!("cannot fetch {what} from the master: {e}")));
             }
         };
         let status = response.status();
         if status.is_server_error() {
             self.next_master(at, &format!("the master answered {status}"));
-            return Err(PullError::Unreachable(format!("the master answered {status} for registry credentials `{name}`")));
-        }
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(PullError::Refused(format!("the master holds no registry credentials `{name}`")));
+            return Err(PullError::Unreachable(format!("the master answered {status} for {what}")));
         }
         if !status.is_success() {
-            return Err(PullError::Refused(format!("the master answered {status} for registry credentials `{name}`")));
+            return Err(PullError::Refused(format!("the master answered {status} for {what}")));
         }
-        let held: wasmlet_api::RegistryCredential =
-            response.json().await.map_err(|e| PullError::Unreachable(format!("registry credentials `{name}` from the master: {e}")))?;
-        Ok(RegistryAuth::Basic(held.username, held.password.unwrap_or_default()))
+        Ok(response)
     }
 
     /// Watches where every service can be reached, for the ingress to forward

@@ -61,23 +61,13 @@ fn oci_workload(name: &str, module: &str, extra: &str) -> Workload {
     wasmlet_api::from_yaml(&text).expect("manifest")
 }
 
-fn join(master: &Master, name: &str, registry: &TestRegistry, credentials: &Path) -> Agent {
-    let (ca, credentials) = (registry.ca_file.to_str().expect("utf-8"), credentials.to_str().expect("utf-8"));
-    Agent::start(&[
-        "--master",
-        &master.url,
-        "--join-token",
-        &master.join_token,
-        "--name",
-        name,
-        "--module-ca-file",
-        ca,
-        "--registry-credentials",
-        credentials,
-        "--sample-interval",
-        "500ms",
-    ])
-    .expect("agent starts")
+/// An agent joining `master` that trusts the registry's CA, with `extra` flags.
+fn join(master: &Master, name: &str, registry: &TestRegistry, extra: &[&str]) -> Agent {
+    let ca = registry.ca_file.to_str().expect("utf-8");
+    let mut args = vec!["--master", &master.url, "--join-token", &master.join_token, "--name", name, "--module-ca-file", ca];
+    args.extend_from_slice(extra);
+    args.extend(["--sample-interval", "500ms"]);
+    Agent::start(&args).expect("agent starts")
 }
 
 fn cached(agent: &Agent, digest: &str) -> bool {
@@ -103,8 +93,8 @@ fn a_module_pushed_to_a_registry_runs_by_tag_and_each_node_pulls_it_itself() {
     registry.write_credentials(&credentials, &registry.password).expect("credentials");
     let (ca, file) = (registry.ca_file.to_str().expect("utf-8"), credentials.to_str().expect("utf-8"));
     let master = Master::start(&["--registry-ca-file", ca, "--registry-credentials", file]).expect("master starts");
-    let a = join(&master, "a", &registry, &credentials);
-    let b = join(&master, "b", &registry, &credentials);
+    let a = join(&master, "a", &registry, &["--registry-credentials", file]);
+    let b = join(&master, "b", &registry, &["--registry-credentials", file]);
 
     let tagged = format!("    oci: {}/team/sensor:1.0\n", registry.host);
     let workload = oci_workload("sensor", &tagged, "  placement: everyNode\n");
@@ -188,7 +178,7 @@ fn registry_failures_wait_in_module_pull_back_off_and_recover() {
     registry.write_credentials(&node_credentials, "not-the-password").expect("credentials");
     let (ca, file) = (registry.ca_file.to_str().expect("utf-8"), good.to_str().expect("utf-8"));
     let master = Master::start(&["--registry-ca-file", ca, "--registry-credentials", file]).expect("master starts");
-    let node = join(&master, "edge", &registry, &node_credentials);
+    let node = join(&master, "edge", &registry, &["--registry-credentials", node_credentials.to_str().expect("utf-8")]);
 
     // A tag that is not there, and a master that cannot reach the registry: refused, saying why.
     let missing = oci_workload("missing", &format!("    oci: {}/team/sensor:9.9\n", registry.host), "");
@@ -293,25 +283,8 @@ fn credentials_held_by_the_master_reach_only_the_nodes_that_use_them() {
     let ca = registry.ca_file.to_str().expect("utf-8");
     // Neither the master nor the nodes have a credentials file of their own.
     let master = Master::start(&["--registry-ca-file", ca]).expect("master starts");
-    let node = |name: &str, label: &str| {
-        Agent::start(&[
-            "--master",
-            &master.url,
-            "--join-token",
-            &master.join_token,
-            "--name",
-            name,
-            "--module-ca-file",
-            ca,
-            "--labels",
-            label,
-            "--sample-interval",
-            "500ms",
-        ])
-        .expect("agent starts")
-    };
-    let a = node("a", "pull=yes");
-    let b = node("b", "pull=no");
+    let a = join(&master, "a", &registry, &["--labels", "pull=yes"]);
+    let b = join(&master, "b", &registry, &["--labels", "pull=no"]);
     let config = master.cli_config(dir.path());
     let wasmlet = |args: &[&str], stdin: &str| {
         let mut child = Command::new(bin("wasmlet"))
