@@ -732,13 +732,12 @@ impl MasterLink {
     }
 
     /// The registry credentials `name` the master holds for this node's workloads.
-    async fn registry_credentials(&self, name: &str) -> Result<RegistryAuth, PullError> {
+    async fn registry_credentials(&self, name: &str) -> Result<(String, RegistryAuth), PullError> {
         let what = format!("registry credentials `{name}`");
         let path = format!("/nodes/{}/registry-credentials/{name}", self.settings.node);
         let response = self.get_for_pull(&path, Duration::from_secs(30), &what).await?;
-        let held: wasmlet_api::RegistryCredential =
-            response.json().await.map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
-        Ok(RegistryAuth::Basic(held.username, held.password.unwrap_or_default()))
+        let held: HeldCredentials = response.json().await.map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
+        Ok((held.registry, RegistryAuth::Basic(held.username, held.password)))
     }
 
     /// `GET path` from the master for a pull: a master that cannot be reached
@@ -986,6 +985,14 @@ async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<
     tokio::fs::rename(&tmp, path).await
 }
 
+/// Registry credentials as the master hands them to a node (extra fields are ignored).
+#[derive(Deserialize)]
+struct HeldCredentials {
+    registry: String,
+    username: String,
+    password: String,
+}
+
 /// Registry modules whose workload names credentials the master holds: the
 /// credentials are fetched from it for each pull (never kept), then the
 /// registry is asked with them.
@@ -998,7 +1005,16 @@ impl ModuleSource for WithHeldCredentials {
                 return Err(PullError::Unreachable("the agent is leaving the master".to_string()));
             };
             let name = module.credentials.as_deref().unwrap_or_default();
-            let auth = link.registry_credentials(name).await?;
+            let (registry, auth) = link.registry_credentials(name).await?;
+            // Presented to their own registry only, whatever the master says.
+            let module_registry =
+                module.oci.as_deref().and_then(|r| wasmlet_registry::parse(r).ok()).map(|r| r.resolve_registry().to_string());
+            if module_registry.as_deref() != Some(registry.as_str()) {
+                return Err(PullError::Refused(format!(
+                    "registry credentials `{name}` are for {registry}, not the registry of {}",
+                    module.origin()
+                )));
+            }
             link.settings.remote.registries.pull_with(module, &auth, limit).await
         })
     }

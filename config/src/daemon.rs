@@ -15,8 +15,13 @@ pub enum LogFormat {
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+/// The registry client's debug lines carry registry tokens: it logs at `info` at most, whatever `RUST_LOG` says.
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match "oci_client=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

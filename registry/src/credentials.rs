@@ -17,6 +17,9 @@ use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
+/// The largest credentials file read (they hold a few entries).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// Credentials by registry host (`host[:port]`); never printed.
 #[derive(Clone, Default)]
 pub struct Credentials {
@@ -50,13 +53,24 @@ struct Entry {
 impl Credentials {
     /// Reads a `config.json`; the error names the file and what is wrong (never a secret).
     pub fn read(path: &Path) -> Result<Credentials, String> {
+        let size = std::fs::metadata(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(format!("{}: {size} bytes, more than a credentials file holds ({MAX_FILE_BYTES} at most)", path.display()));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
         Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<Credentials, String> {
-        let file: ConfigFile =
-            serde_json::from_str(text).map_err(|e| format!("not a Docker config.json ({{\"auths\": {{HOST: {{\"auth\": …}}}}}}): {e}"))?;
+        // serde's message may quote a value (a password): only where the problem is.
+        let file: ConfigFile = serde_json::from_str(text).map_err(|e| {
+            format!(
+                "not a Docker config.json ({{\"auths\": {{HOST: {{\"auth\": …}}}}}}): {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
         let mut by_registry = BTreeMap::new();
         for (key, entry) in file.auths {
             let host = registry_host(&key);
@@ -134,10 +148,11 @@ mod tests {
             (r#"{"auths": {"r.example.com": {"auth": "bm9jb2xvbg=="}}}"#, "no colon"),
             (r#"{"auths": {"r.example.com": {}}}"#, "auths.r.example.com has neither"),
             (r#"{"auths": ["#, "not a Docker config.json"),
+            (r#"{"auths": {"r.example.com": {"auth": 123456789}}}"#, "line 1 column"),
         ] {
             let error = Credentials::parse(text).unwrap_err();
             assert!(error.contains(wanted), "{text}: {error}");
-            assert!(!error.contains("bm9jb2xvbg") && !error.contains("nocolon"), "{error}");
+            assert!(!error.contains("bm9jb2xvbg") && !error.contains("nocolon") && !error.contains("123456789"), "{error}");
         }
     }
 }

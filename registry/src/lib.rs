@@ -34,6 +34,8 @@ pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// Resumes of one layer download, at most (each must bring new bytes).
 const RESUMES: u32 = 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A tag resolved at apply: the registry's whole answer, at most this long.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A registry that sends nothing for this long is given up on (and resumed).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -146,11 +148,15 @@ impl Registry {
     /// The manifest `reference` names, pinned by its digest, and its module
     /// layer; refused unless it is a wasm artifact of one layer of at most `limit` bytes.
     pub async fn resolve(&self, reference: &Reference, auth: &RegistryAuth, limit: u64) -> Result<Resolved, RegistryError> {
-        let (manifest, manifest_digest) = self
-            .client(reference, auth)
-            .await?
-            .pull_image_manifest(reference, auth)
+        let client = self.client(reference, auth).await?;
+        let (manifest, manifest_digest) = tokio::time::timeout(RESOLVE_TIMEOUT, client.pull_image_manifest(reference, auth))
             .await
+            .map_err(|_| {
+                RegistryError::Unreachable(format!(
+                    "{} did not answer for {reference} within {RESOLVE_TIMEOUT:?}",
+                    reference.resolve_registry()
+                ))
+            })?
             .map_err(|e| classify(reference, "its manifest", e))?;
         let layers: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
         let [layer] = manifest.layers.as_slice() else {
@@ -165,6 +171,15 @@ impl Registry {
                 "{reference} is not a wasm module: its layer is {}, not {WASM_LAYER}; push modules with `wasmlet push`",
                 layer.media_type
             )));
+        }
+        // Digests as the registry gives them become stored objects and cache file names: sha256 only.
+        for (what, digest) in [("manifest", &manifest_digest), ("layer", &layer.digest)] {
+            if !is_sha256(digest) {
+                return Err(RegistryError::Refused(format!(
+                    "{reference}: the registry gave its {what} digest as `{}`, not sha256:<64 hex digits>",
+                    bounded(digest)
+                )));
+            }
         }
         let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
         if size > limit {
@@ -203,7 +218,7 @@ impl Registry {
                     other => return Err(other),
                 },
             };
-            if stream.content_length.is_some_and(|length| bytes.len() as u64 + length > limit) {
+            if stream.content_length.is_some_and(|length| (bytes.len() as u64).saturating_add(length) > limit) {
                 return Err(RegistryError::TooLarge { what: what(), limit });
             }
             let before = bytes.len();
@@ -261,6 +276,14 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
 }
 
+/// What a registry wrote, as far as an error message repeats it: at most 200
+/// characters, without control characters (a registry's error page must not
+/// swell an instance's status).
+fn bounded(text: &str) -> String {
+    let clean: String = text.trim().chars().filter(|c| !c.is_control()).take(200).collect();
+    if clean.len() < text.trim().len() { format!("{clean}…") } else { clean }
+}
+
 /// The system's certificate authorities that the TLS library accepts (one it
 /// cannot take is no reason to trust none).
 fn trusted_system_roots() -> Vec<Vec<u8>> {
@@ -271,6 +294,13 @@ fn trusted_system_roots() -> Vec<Vec<u8>> {
         .filter(|certificate| store.add(certificate.clone()).is_ok())
         .map(|certificate| certificate.to_vec())
         .collect()
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+fn is_sha256(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// Sorts a client error into refused (will be the same again) or unreachable (retry).
@@ -285,7 +315,7 @@ fn classify(reference: &Reference, what: &str, error: OciDistributionError) -> R
                 401 => "401 Unauthorized (check the registry credentials)".to_string(),
                 403 => "403 Forbidden (the credentials may not pull this repository)".to_string(),
                 404 => "404 Not Found".to_string(),
-                code => format!("{code}: {}", message.trim()),
+                code => format!("{code}: {}", bounded(&message)),
             };
             RegistryError::Refused(format!("{registry} answered {why} for {what} of {reference}"))
         }
@@ -301,7 +331,7 @@ fn classify(reference: &Reference, what: &str, error: OciDistributionError) -> R
             RegistryError::Refused(format!("{registry} has no {what} of {reference} (404 Not Found): check the repository and tag"))
         }
         OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect();
+            let codes: Vec<String> = envelope.errors.iter().take(4).map(|e| format!("{:?}: {}", e.code, bounded(&e.message))).collect();
             let unauthorized = envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied));
             let hint = if unauthorized { " (check the registry credentials)" } else { "" };
             RegistryError::Refused(format!("{registry} refused {what} of {reference}: {}{hint}", codes.join("; ")))
@@ -313,5 +343,22 @@ fn classify(reference: &Reference, what: &str, error: OciDistributionError) -> R
             RegistryError::Unreachable(format!("cannot reach {registry} for {what} of {reference}: {}", error_chain(&e)))
         }
         other => RegistryError::Unreachable(format!("{registry}: {what} of {reference}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_registry_says_is_bounded_and_digests_are_sha256() {
+        let page = format!("<html>\n{}</html>", "x".repeat(1 << 20));
+        let shown = bounded(&page);
+        assert!(shown.chars().count() <= 201 && !shown.contains('\n'), "{}", shown.len());
+        assert_eq!(bounded(" manifest unknown "), "manifest unknown");
+        assert!(is_sha256(&format!("sha256:{}", "a1".repeat(32))));
+        for bad in ["sha512:00", "sha256:../../etc/passwd", &format!("sha256:{}", "A1".repeat(32)), ""] {
+            assert!(!is_sha256(bad), "{bad}");
+        }
     }
 }

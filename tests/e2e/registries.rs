@@ -354,6 +354,13 @@ fn credentials_held_by_the_master_reach_only_the_nodes_that_use_them() {
     assert!(audit.lines().any(|l| l.contains("POST") && l.contains("/registry-credentials") && l.contains("\"allowed\"")), "{audit}");
     assert!(!audit.contains("held-s3cret"), "the audit log never holds the password");
 
+    // Replaced for another registry: no longer handed out for a module on this one.
+    let replace =
+        ["create", "registry-credentials", "team", "--registry", "other.example.com", "-u", "team", "--password-stdin", "--replace"];
+    let (ok, out) = wasmlet(&replace, "new-s3cret\n");
+    assert!(ok && out.contains("registry-credentials/team replaced"), "{out}");
+    assert_eq!(read(&token_a, "a"), 403, "credentials now for other.example.com do not go to {}", registry.host);
+
     let (ok, out) = wasmlet(&["delete", "registry-credentials", "team"], "");
     assert!(ok && out.contains("registry-credentials/team deleted"), "{out}");
 }

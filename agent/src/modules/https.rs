@@ -92,8 +92,18 @@ impl HttpsSource {
             let status = response.status();
             match status {
                 StatusCode::PARTIAL_CONTENT if resumes_at(&response) == Some(bytes.len() as u64) => {}
-                // The server sent the whole module again (it ignores ranges), or another part than asked.
-                StatusCode::OK | StatusCode::PARTIAL_CONTENT => bytes.clear(),
+                // Another part than asked for: not appended; asked for again, from the start.
+                StatusCode::PARTIAL_CONTENT if resumes < RESUMES => {
+                    tracing::info!(%url, asked = bytes.len(), answered = ?resumes_at(&response), "the server sent another part than asked for; starting over");
+                    bytes.clear();
+                    resumes += 1;
+                    continue;
+                }
+                StatusCode::PARTIAL_CONTENT => {
+                    return Err(PullError::Unreachable(format!("{url} keeps answering with other parts than asked for")));
+                }
+                // The server sent the whole module again (it ignores ranges).
+                StatusCode::OK => bytes.clear(),
                 status if status.is_client_error() => {
                     return Err(PullError::Refused(format!("{url} answered {status}")));
                 }
@@ -228,6 +238,38 @@ mod tests {
         let bytes = source.fetch(&module(&url), 1 << 20).await.unwrap();
         assert_eq!(bytes, module_bytes());
         assert_eq!(*ranges.lock().unwrap(), [None, Some(30_000), Some(10_000)]);
+    }
+
+    /// Answers a range request with another part than asked for (from `start`).
+    fn elsewhere(start: usize) -> Answer {
+        Box::new(move |_| {
+            let body = module_bytes();
+            let mut out = format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {start}-{}/{}\r\ncontent-length: {}\r\n\r\n",
+                body.len() - 1,
+                body.len(),
+                body.len() - start
+            )
+            .into_bytes();
+            out.extend_from_slice(&body[start..]);
+            out
+        })
+    }
+
+    #[tokio::test(start_paused = false)]
+    async fn a_part_other_than_asked_for_is_not_appended() {
+        let (url, ranges) = server(vec![cut_at(30_000), elsewhere(5_000), ranged()]).await;
+        let source = HttpsSource::new(None, true).unwrap();
+        let bytes = tokio::time::timeout(std::time::Duration::from_secs(20), source.fetch(&module(&url), 1 << 20)).await.unwrap().unwrap();
+        assert_eq!(bytes, module_bytes());
+        assert_eq!(*ranges.lock().unwrap(), [None, Some(30_000), None], "asked again from the start");
+
+        // A server that never sends the part asked for is given up on.
+        let (url, ranges) = server(vec![cut_at(30_000), elsewhere(5_000)]).await;
+        let error =
+            tokio::time::timeout(std::time::Duration::from_secs(20), source.fetch(&module(&url), 1 << 20)).await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("other parts than asked for"), "{error}");
+        assert!(ranges.lock().unwrap().len() <= 2 + 2 * RESUMES as usize);
     }
 
     #[tokio::test]

@@ -166,6 +166,8 @@ async fn workload_from(shared: &Shared, body: &[u8], headers: &HeaderMap) -> Res
     }
     if workload.spec.module.oci.is_some() {
         resolve_module(shared, &name, &mut workload.spec.module).await?;
+        // What the registry said is checked as if the user had written it.
+        workload.validate().map_err(|e| Failure::invalid(format!("workload `{name}` is invalid as resolved: {e}")))?;
     }
     let module = &workload.spec.module;
     if !module.is_remote() {

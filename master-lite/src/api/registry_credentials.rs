@@ -117,5 +117,31 @@ pub async fn for_node(
     }
     let cluster = shared.cluster();
     let credential = cluster.registry_credentials.get(&name).ok_or_else(|| Failure::not_found("registry credentials", &name))?;
-    Ok(Json(credential).into_response())
+    // Only for a module on their own registry (they may have been replaced for another since the workload was applied).
+    let own_registry = cluster.instances_on(&node).any(|p| {
+        let module = &p.workload.spec.module;
+        module.credentials.as_ref() == Some(&name)
+            && module
+                .oci
+                .as_deref()
+                .and_then(|r| wasmlet_registry::parse(r).ok())
+                .is_some_and(|r| r.resolve_registry() == credential.registry)
+    });
+    if !own_registry {
+        return Err(Failure::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("registry credentials `{name}` are for {}, which no module of node {node}'s instances is on", credential.registry),
+        ));
+    }
+    let password = credential.password.clone().unwrap_or_default();
+    Ok(Json(HeldCredentials { registry: credential.registry.clone(), username: credential.username.clone(), password }).into_response())
+}
+
+/// Registry credentials as a node gets them (a wire message: nodes ignore fields they do not know).
+#[derive(serde::Serialize)]
+struct HeldCredentials {
+    registry: String,
+    username: String,
+    password: String,
 }
