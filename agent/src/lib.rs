@@ -35,6 +35,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod channel;
 pub mod config;
 pub mod events;
 pub mod executor;
@@ -249,7 +250,7 @@ pub async fn run_with_ingress(
                 remote: remote.clone(),
             };
             let link = master_link::MasterLink::new(settings, supervisor.clone(), reports.clone())?;
-            Some(tokio::spawn(link.run(stop.clone())))
+            Some(link)
         }
         (Some(_), None) => {
             tracing::error!("not joining the master: the WASM runtime did not start");
@@ -274,6 +275,15 @@ pub async fn run_with_ingress(
         auth,
         connections: connections.clone(),
     });
+    // The master link, and the channels to the masters that serve the API's router.
+    let link = link.map(|link| {
+        let channels = tokio::spawn(channel::hold(link.clone(), app.clone(), stop.clone()));
+        let run = tokio::spawn(link.run(stop.clone()));
+        async move {
+            let _ = tokio::join!(run, channels);
+        }
+    });
+    let link = link.map(tokio::spawn);
     let signal = stop.clone();
     tokio::spawn(async move {
         shutdown.await;

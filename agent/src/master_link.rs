@@ -42,8 +42,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::protocol::{
-    ApiError, Assignment, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal, LeaseResponse,
-    PROTOCOL_VERSION, RegisterRequest, RegisterResponse, RenewedCredential, instance_status_for_master, node_status_for_master,
+    ApiError, Assignment, CHANNEL_VERSION, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal,
+    LeaseResponse, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, RenewedCredential, instance_status_for_master,
+    node_status_for_master,
 };
 use wasmlet_api::{EventType, InstanceStatus, ModuleRef, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
@@ -124,6 +125,8 @@ pub struct MasterLink {
     uploaded: Arc<dyn ModuleSource>,
     /// Registry modules whose workload names credentials the master holds.
     held: Arc<dyn ModuleSource>,
+    /// Counts the node credentials taken into use: the channels open again with each.
+    credential_taken: watch::Sender<u64>,
 }
 
 struct LinkState {
@@ -236,11 +239,35 @@ impl MasterLink {
             report_all: Notify::new(),
             uploaded: Arc::new(Uploaded(link.clone())),
             held: Arc::new(WithHeldCredentials(link.clone())),
+            credential_taken: watch::Sender::new(0),
         }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The masters of `--master`.
+    pub fn masters(&self) -> &[String] {
+        &self.masters
+    }
+
+    /// Changes each time the node takes another credential into use.
+    pub fn credential_changes(&self) -> watch::Receiver<u64> {
+        self.credential_taken.subscribe()
+    }
+
+    /// The request that opens the node's channel to `master` (without its
+    /// upgrade headers), once the node holds a credential and the master it
+    /// talks to speaks a protocol with channels.
+    pub fn channel_request(&self, master: &str) -> Option<reqwest::RequestBuilder> {
+        let state = self.lock();
+        let credential = state.credential.as_ref()?;
+        if state.master_protocol < CHANNEL_VERSION {
+            return None;
+        }
+        let url = format!("{master}/api/v1/nodes/{}/channel", self.settings.node);
+        Some(self.http.get(url).bearer_auth(&credential.token))
     }
 
     fn link_dir(&self) -> PathBuf {
@@ -427,7 +454,11 @@ impl MasterLink {
             }
         }
         if saved.is_some() {
+            let changed = self.lock().credential.as_ref().map(|c| &c.token) != saved.as_ref().map(|c| &c.token);
             self.lock().credential = saved;
+            if changed {
+                self.credential_taken.send_modify(|n| *n += 1);
+            }
         }
         self.settings.auth.set_master(response.master_token.clone());
         if let (Some(identity), Some(chain)) = (&self.settings.identity, &response.serving_certificate) {
@@ -479,6 +510,7 @@ impl MasterLink {
         // Saved before it is used: after a crash the agent starts with the credential the master knows.
         credential.save(&self.settings.data_dir).map_err(|e| LinkError::Local(format!("cannot save the renewed credential: {e:#}")))?;
         self.lock().credential = Some(credential);
+        self.credential_taken.send_modify(|n| *n += 1);
         if let (Some(identity), Some(chain)) = (&self.settings.identity, &renewed.serving_certificate) {
             identity
                 .install(chain, renewed.nodes_ca_certificate.as_deref())
@@ -1041,14 +1073,14 @@ fn jitter(base: Duration, fraction: f64) -> Duration {
 }
 
 /// Exponential back-off with jitter.
-struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         Backoff { initial, max, current: initial }
     }
 
@@ -1056,13 +1088,13 @@ impl Backoff {
         self.current
     }
 
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let delay = jitter(self.current, 0.2);
         self.current = (self.current * 2).min(self.max);
         delay
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.initial;
     }
 }

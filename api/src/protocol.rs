@@ -10,12 +10,15 @@
 //! | `PUT /nodes/{name}/instances/status` | [`InstanceStatusBatch`] → `204` |
 //! | `POST /nodes/{name}/credential` | [`CredentialRenewal`] → [`RenewedCredential`] (before the credential or certificate expires) |
 //! | `GET /modules/{digest}` | → the module's bytes |
+//! | `GET /nodes/{name}/channel` | `Upgrade: wasmlet-channel` → `101`, then the master's HTTP/2 requests to the agent's API over the connection (version 4) |
 //!
 //! The master reaches an agent's own API only to serve operators live data
-//! (`GET /instances/{name}/logs`, `GET /nodes/{name}/live`), at the address
-//! the registration came from and the `apiPort` it named, over TLS with the
-//! node certificate it issued (checked against the node CA, for the node's
-//! name), presenting the `masterToken`.
+//! (`GET /instances/{name}/logs`, `GET /nodes/{name}/live`), presenting the
+//! `masterToken`: through the channel the agent opened to it, so a node
+//! behind NAT is reached; without one (agents of version 3 or older, or
+//! while the channel is down), at the address the registration came from and
+//! the `apiPort` it named, over TLS with the node certificate it issued
+//! (checked against the node CA, for the node's name).
 //!
 //! Versions: an agent says which protocol it speaks ([`PROTOCOL_VERSION`]);
 //! the master sends the fields of a newer version only to agents that speak
@@ -55,7 +58,14 @@ use crate::workload::{Isolation, Workload};
 ///   `cpuThrottledPeriods`, `cpuThrottledSeconds`, `oomKills`,
 ///   `cpuPressure`, `memoryPressure`); and the master's own version in
 ///   [`RegisterResponse`] and [`LeaseResponse`].
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - Version 4 adds the channel the agent opens (`GET /nodes/{name}/channel`).
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// The first version whose agents open a channel and whose masters accept one.
+pub const CHANNEL_VERSION: u32 = 4;
+
+/// The `Upgrade` token of the agent's channel.
+pub const CHANNEL_UPGRADE: &str = "wasmlet-channel";
 
 /// The first version with isolation modes: older agents refuse a workload
 /// that names one, older masters a status that reports one.

@@ -93,6 +93,8 @@ pub struct Shared {
     /// Per node that renewed its credential: the id of the newest one. The
     /// older ones stay valid until the node first uses it, then are revoked.
     pub renewed_credentials: Mutex<std::collections::HashMap<String, String>>,
+    /// The channels agents hold open to this master, by node.
+    pub channels: api::channel::Channels,
 }
 
 impl Shared {
@@ -324,6 +326,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         ca_fingerprint: secrets.tls.as_ref().map(|_| secrets.pki.fingerprint()),
         pki: secrets.pki,
         renewed_credentials: Mutex::default(),
+        channels: Default::default(),
     });
     tokio::spawn(follow(shared.clone(), Some(watch), stop.clone()));
     shared.commit(not_acted_on).await.context("recording the stored objects it cannot act on")?;

@@ -13,6 +13,12 @@ use wasmlet_api::{ConditionStatus, ConditionType, Phase};
 
 use crate::cluster::Cluster;
 
+/// How a live request reached the agent: `channel` or `dial`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViaLabel {
+    pub via: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabel {
     pub ready: String,
@@ -47,6 +53,10 @@ pub struct Metrics {
     pub is_leader: Gauge,
     /// What the API's listener accepted, refused and closed.
     pub connections: wasmlet_security::serve::ConnectionMetrics,
+    /// Channels agents hold open to this master.
+    pub agent_channels: Gauge,
+    /// Operators' live requests relayed to agents, by way (`channel` or `dial`).
+    pub live_requests: Family<ViaLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -65,6 +75,8 @@ impl Default for Metrics {
             not_acted_on: Gauge::default(),
             is_leader: Gauge::default(),
             connections: Default::default(),
+            agent_channels: Gauge::default(),
+            live_requests: Family::default(),
         };
         registry.register("nodes", "Nodes by their Ready condition", m.nodes.clone());
         registry.register("instances", "Instances by phase", m.instances.clone());
@@ -84,6 +96,12 @@ impl Default for Metrics {
             m.not_acted_on.clone(),
         );
         registry.register("is_leader", "1 while this master leads the cluster and runs its controllers, else 0", m.is_leader.clone());
+        registry.register("agent_channels", "Channels agents hold open to this master", m.agent_channels.clone());
+        registry.register(
+            "live_requests",
+            "Live requests (logs, live report, live instances) relayed to agents, by way: through the agent's channel or by dialing it",
+            m.live_requests.clone(),
+        );
         m.connections.register(&mut registry);
         Metrics { registry, ..m }
     }

@@ -16,7 +16,8 @@
 //!   for [`ConnectionLimits::idle_timeout`] is closed.
 //!
 //! A request in flight (a long poll, a streamed log) is never cut by these
-//! timers. What a listener refused and closed is counted in
+//! timers, nor is a connection a request upgraded to another protocol (an
+//! agent's channel: its own keepalive watches it). What a listener refused and closed is counted in
 //! [`ConnectionMetrics`], which the daemons render on `/metrics`.
 //!
 //! [`raise_open_files_limit`] lifts the process's soft limit on open files to
@@ -37,6 +38,7 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use hyper_util::rt::TokioExecutor;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -196,13 +198,16 @@ pub(crate) fn bounded_server(
     let gate = Gate::new(connections);
     // Listening again on a listening socket sets its backlog anew.
     rustix::net::listen(&listener, BACKLOG)?;
-    let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle).http1_only();
+    let server = axum_server::from_tcp(listener.into_std()?)?.handle(handle);
     Ok((configure(server, limits), gate))
 }
 
-/// hyper's own header timer as a backstop: it starts when the connection
-/// waits for a request, so it covers the idle time and the header together.
+/// HTTP/1 only, with upgrades (axum-server's own `http1_only` turns them
+/// off), and hyper's own header timer as a backstop: it starts when the
+/// connection waits for a request, so it covers the idle time and the header together.
 fn configure<A>(mut server: axum_server::Server<SocketAddr, A>, limits: ConnectionLimits) -> axum_server::Server<SocketAddr, A> {
+    let builder = std::mem::replace(server.http_builder(), hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    *server.http_builder() = builder.http1_only();
     let backstop = limits.header_read_timeout.checked_add(limits.idle_timeout);
     server.http_builder().http1().header_read_timeout(backstop);
     server
@@ -281,13 +286,15 @@ enum Wait {
     /// Waiting for a request since `since`; its header's time runs from `header_from`
     /// (the opening, or the first byte after an idle spell).
     Waiting { since: Instant, header_from: Option<Instant> },
+    /// Upgraded to another protocol (`101 Switching Protocols`): no more HTTP/1 requests, no timer.
+    Upgraded,
 }
 
 impl Wait {
     /// When the connection is to be closed, and why, if nothing more arrives.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, &'static str)> {
         match *self {
-            Wait::Busy(_) => None,
+            Wait::Busy(_) | Wait::Upgraded => None,
             Wait::Waiting { header_from: Some(from), .. } => from.checked_add(limits.header_read_timeout).map(|t| (t, "header")),
             Wait::Waiting { since, header_from: None } => since.checked_add(limits.idle_timeout).map(|t| (t, "idle")),
         }
@@ -389,6 +396,7 @@ impl Busy {
             *state = match *state {
                 Wait::Busy(n) => Wait::Busy(n + 1),
                 Wait::Waiting { .. } => Wait::Busy(1),
+                Wait::Upgraded => Wait::Upgraded,
             };
         }
         Busy(wait)
@@ -400,6 +408,7 @@ impl Drop for Busy {
         let mut state = lock(&self.0);
         *state = match *state {
             Wait::Busy(n) if n > 1 => Wait::Busy(n - 1),
+            Wait::Upgraded => Wait::Upgraded,
             _ => Wait::Waiting { since: Instant::now(), header_from: None },
         };
     }
@@ -432,6 +441,9 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
+            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                *lock(&busy.0) = Wait::Upgraded;
+            }
             Ok(response.map(|body| BusyBody { body, _busy: busy }))
         })
     }
@@ -554,6 +566,60 @@ mod tests {
         let n = again.read(&mut answer).await.expect("answer");
         assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
         assert_eq!(count(&metrics, "t_connection_limit{listener=\"test\"}"), 2.0);
+        stop.cancel();
+    }
+
+    /// An upgraded connection (an agent's channel) outlives the header and idle timers;
+    /// a request with `Upgrade` that is answered without `101` stays under them.
+    #[tokio::test]
+    async fn an_upgraded_connection_is_not_cut_by_the_timers() {
+        use axum::response::IntoResponse;
+        let limits = ConnectionLimits {
+            max_connections: 10,
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let echo = |mut request: axum::extract::Request| async move {
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = io.read(&mut buf).await {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut response = hyper::StatusCode::SWITCHING_PROTOCOLS.into_response();
+            response.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+            response.headers_mut().insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("echo"));
+            response
+        };
+        let app = Router::new().route("/echo", axum::routing::get(echo)).route("/", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let connections = Connections { listener: "test", limits, metrics: ConnectionMetrics::default() };
+        tokio::spawn(serve(listener, app, None, connections, stop.clone()));
+
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.expect("request");
+        let mut answer = [0u8; 256];
+        let n = stream.read(&mut answer).await.expect("answer");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&answer[..n]));
+        // Longer than both timers, silent, then a few bytes: echoed.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stream.write_all(b"still here").await.expect("write");
+        let mut echoed = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.expect("in time").expect("echoed");
+        assert_eq!(&echoed, b"still here");
+
+        // Asking for an upgrade a route does not give: an ordinary connection, closed when idle.
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        plain.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.expect("request");
+        let text = until_closed(&mut plain).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         stop.cancel();
     }
 

@@ -92,6 +92,15 @@ fn three_masters_serve_one_cluster_and_survive_losing_the_leader() {
     wait_for(WAIT, "two Ready nodes on every master", || {
         masters.iter().all(|m| m.nodes().iter().filter(|n| n.is_ready()).count() == 2).then_some(())
     });
+    // Each agent holds a channel to every master, so any master serves live data.
+    wait_for(WAIT, "both nodes' channels on every master", || {
+        masters.iter().all(|m| m.metric("wasmlet_master_agent_channels") == Some(2.0)).then_some(())
+    });
+    for master in &masters {
+        let live: wasmlet_api::Node = master.get_json("/nodes/b/live").expect("b's live report through every master");
+        assert_eq!(live.metadata.name, "b");
+        assert_eq!(master.metric("wasmlet_master_live_requests_total{via=\"dial\"}"), None, "through the channel");
+    }
     let (status, body) = masters[followers[0]].send_json(Method::POST, "/workloads", &sensor("s", 2)).expect("POST");
     assert_eq!(status, 201, "{body}");
     // A create of the same name through another master is refused: one store, one answer.

@@ -20,6 +20,7 @@ mod install;
 mod mixed_versions;
 mod module_cache;
 mod module_sources;
+mod nat;
 mod packaging;
 mod peers;
 mod process;

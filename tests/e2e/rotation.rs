@@ -77,6 +77,15 @@ fn certificates_and_credentials_are_renewed_while_the_cluster_runs() {
         .expect("wasmlet runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello from wasmlet"));
+    // The agent opened its channel again with each credential, and live requests travel through it.
+    let opened = agent.log_text().matches("opened the channel to the master").count();
+    assert!(opened >= 3, "a channel per credential: {opened}");
+    let via_channel = || master.metric("wasmlet_master_live_requests_total{via=\"channel\"}").unwrap_or(0.0);
+    let before = via_channel();
+    wait_for(WAIT, "a live read through the renewed channel", || {
+        let live = master.client().get(master.api("/nodes/rotating/live")).send().expect("an answer");
+        (live.status().is_success() && via_channel() > before).then_some(())
+    });
 
     // The first credential was replaced, then refused.
     let as_first = master.client_with(&first).build().expect("client");

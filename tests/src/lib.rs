@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod etcd;
+pub mod nat;
 pub mod registry;
 pub mod test_ca;
 pub use etcd::{EtcdCluster, EtcdTls};
@@ -493,6 +494,8 @@ pub struct Master {
     /// The cluster CA, PEM.
     pub ca_pem: String,
     port: u16,
+    /// The address it listens on: loopback, unless the test chose another.
+    host: String,
     pub data_dir: tempfile::TempDir,
     args: Vec<String>,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -501,6 +504,11 @@ pub struct Master {
 impl Master {
     /// Starts a master with short timings for tests: heartbeat 200 ms, grace 800 ms, lostAfter 2 s.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<Master> {
+        Self::start_on("127.0.0.1", extra_args)
+    }
+
+    /// Starts a master listening on `host` (an address of this machine; its certificate names it too).
+    pub fn start_on(host: &str, extra_args: &[&str]) -> anyhow::Result<Master> {
         let data_dir = tempfile::Builder::new().prefix("wasmlet-master-").tempdir()?;
         let mut args: Vec<String> =
             ["--heartbeat-interval", "200ms", "--node-grace-period", "800ms", "--lost-after", "2s", "--log-format", "json"]
@@ -511,11 +519,12 @@ impl Master {
         let port = free_port();
         let mut master = Master {
             child: None,
-            url: format!("{scheme}://127.0.0.1:{port}"),
+            url: format!("{scheme}://{host}:{port}"),
             join_token: String::new(),
             admin_token: String::new(),
             ca_pem: String::new(),
             port,
+            host: host.to_string(),
             data_dir,
             args,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -525,7 +534,7 @@ impl Master {
             match master.spawn() {
                 Err(e) if e.to_string().contains("cannot listen") => {
                     master.port = free_port();
-                    master.url = format!("{scheme}://127.0.0.1:{}", master.port);
+                    master.url = format!("{scheme}://{host}:{}", master.port);
                     master.logs.lock().expect("log lock").clear();
                 }
                 other => return other.map(|()| master),
@@ -561,7 +570,7 @@ impl Master {
     /// `token` and `client-config` commands), returning its output.
     pub fn command(&self, args: &[&str]) -> std::process::Output {
         let mut command = Command::new(bin("wasmlet-master"));
-        command.arg("--data-dir").arg(self.data_dir.path()).args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        command.arg("--data-dir").arg(self.data_dir.path()).args(["--listen", &format!("{}:{}", self.host, self.port)]);
         if self.url.starts_with("http://") {
             command.arg("--insecure-http");
         }
@@ -588,7 +597,7 @@ impl Master {
         let mut child = Command::new(bin("wasmlet-master"))
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.host, self.port)])
             .args(&self.args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -647,6 +656,12 @@ impl Master {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         self.spawn()
+    }
+
+    /// A figure of the master's `/metrics`, by its whole series (`name{labels}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.client().get(format!("{}/metrics", self.url)).send().and_then(|r| r.text()).ok()?;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

@@ -34,7 +34,15 @@ impl Describe {
         let now = Utc::now();
         let page = match self.kind {
             Kind::Node => {
-                let node: Node = client.get(&format!("/nodes/{name}"))?;
+                let mut node: Node = client.get(&format!("/nodes/{name}"))?;
+                // The usage and pressure its agent has now (through the master), when the node is Ready.
+                if node.is_ready() {
+                    match client.get::<Node>(&format!("/nodes/{name}/live")) {
+                        Ok(live) if live.status.usage.is_some() => node.status.usage = live.status.usage,
+                        Ok(_) => {}
+                        Err(e) => note(&format!("node/{name}: no live usage ({e}); showing its last report")),
+                    }
+                }
                 let instances: List<Instance> = client.list("/instances", None)?;
                 let workloads: List<Workload> = client.list("/workloads", None)?;
                 describe::node(&node, &instances.items, &workloads.items, &events.items, now)

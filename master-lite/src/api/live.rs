@@ -1,9 +1,11 @@
 //! Live data served from the agents themselves, for operators: an
 //! instance's log (streamed with `follow=true`), a node's current report and
-//! its instances with their usage. The master reaches an agent's API at the
-//! address its registration came from and the port it named
-//! (annotation [`AGENT_API`] on the Node), and accepts only that node's
-//! certificate from the node CA: not the cluster CA's, not another node's.
+//! its instances with their usage. The master reaches an agent's API through
+//! the channel the agent holds open to it ([`super::channel`]); without one
+//! (an agent of protocol 3 or older, or while its channel is down), at the
+//! address its registration came from and the port it named (annotation
+//! [`AGENT_API`] on the Node), accepting only that node's certificate from
+//! the node CA: not the cluster CA's, not another node's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,27 +87,52 @@ fn endpoint_of(shared: &Shared, node: &str) -> Result<(String, Option<String>), 
     Ok((url, cluster.credential(node).map(str::to_string)))
 }
 
-/// Forwards a GET to the node's agent and streams the answer back.
+/// Forwards a GET to the node's agent and streams the answer back: through
+/// the channel the node holds open to this master, else by dialing its API.
 async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
+    let timeout = (!follow).then_some(Duration::from_secs(10));
+    let token = {
+        let cluster = shared.cluster();
+        if !cluster.nodes.contains_key(node) {
+            return Err(Failure::not_found("node", node));
+        }
+        cluster.credential(node).map(str::to_string)
+    };
+    if let Some(answer) = super::channel::get(shared, node, &path_and_query, token.as_deref(), timeout).await {
+        shared.metrics.live_requests.get_or_create(&crate::metrics::ViaLabel { via: "channel".into() }).inc();
+        let (parts, body) = answer.into_parts();
+        return Ok(relayed(parts.status, parts.headers.get(header::CONTENT_TYPE).cloned(), body));
+    }
     let (base, token) = endpoint_of(shared, node)?;
     let url = format!("{base}{path_and_query}");
     let mut request = agent_client(shared, node)?.get(&url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    if !follow {
-        request = request.timeout(Duration::from_secs(10));
+    if let Some(timeout) = timeout {
+        request = request.timeout(timeout);
     }
     let answer = request.send().await.map_err(|e| {
         let why = wasmlet_security::error_chain(&e);
-        Failure::new(StatusCode::BAD_GATEWAY, "AgentUnreachable", format!("cannot reach the agent of node `{node}` at {base}: {why}"))
+        Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "AgentUnreachable",
+            format!("cannot reach the agent of node `{node}` at {base} (and it holds no channel to this master): {why}"),
+        )
     })?;
+    shared.metrics.live_requests.get_or_create(&crate::metrics::ViaLabel { via: "dial".into() }).inc();
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
+    let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
+    Ok(relayed(status, content_type, Body::from_stream(answer.bytes_stream())))
+}
+
+/// An agent's answer as the master relays it: its status, its content type and its body, streamed.
+fn relayed(status: StatusCode, content_type: Option<HeaderValue>, body: Body) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
+    let content_type = content_type.unwrap_or(HeaderValue::from_static("application/octet-stream"));
     response.headers_mut().insert(header::CONTENT_TYPE, content_type);
-    Ok(response)
+    response
 }
 
 /// The parameters of a log read, checked here so a bad one is the caller's

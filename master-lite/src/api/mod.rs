@@ -16,6 +16,7 @@
 
 mod agents;
 mod backup;
+pub mod channel;
 mod health;
 pub mod live;
 mod masters;
@@ -62,6 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes/{name}/uncordon", post(nodes::uncordon))
         .route("/nodes/{name}/drain", post(nodes::drain))
         .route("/nodes/{name}/lease", put(agents::renew_lease))
+        .route("/nodes/{name}/channel", get(channel::open))
         .route("/nodes/{name}/credential", post(agents::renew_credential))
         .route("/nodes/{name}/status", put(agents::report_status))
         .route("/nodes/{name}/assignment", get(agents::assignment))

@@ -72,6 +72,7 @@ pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
         })
         .await?;
     shared.leases().forget(&name);
+    shared.channels.close(&name);
     Ok(Json(node).into_response())
 }
 

@@ -2,10 +2,10 @@
 //!
 //! | role | may |
 //! | --- | --- |
-//! | `admin` | everything |
-//! | `viewer` | every GET but tokens, the backup and nodes' registry credentials |
+//! | `admin` | everything but open a node's channel |
+//! | `viewer` | every GET but tokens, the backup, nodes' registry credentials and channels |
 //! | `join` | `POST /nodes/register` |
-//! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; read Node `n`, the endpoints, and the modules and registry credentials its instances use |
+//! | `node:<n>` | register as `n`; renew `n`'s lease and `n`'s credential; report `n`'s status and its instances' status; watch `n`'s assignment; open `n`'s channel; read Node `n`, the endpoints, and the modules and registry credentials its instances use |
 //!
 //! Routes are the router's templates (`/api/v1/nodes/{name}/lease`), so a
 //! new route is denied to everyone but admins until it is added here.
@@ -40,11 +40,18 @@ pub enum Used {
 pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&str) -> Option<String>) -> Decision {
     let read = *method == Method::GET || *method == Method::HEAD;
     let route = template.strip_prefix("/api/v1").unwrap_or(template);
+    // A node's channel carries answers in the node's name: its own credential alone opens it.
+    let channel = route == "/nodes/{name}/channel";
     match role {
+        Role::Admin if channel => Decision::Deny,
         Role::Admin => Decision::Allow,
         // The backup holds every token's hash and every node's credential for agents.
         Role::Viewer
-            if read && !route.starts_with("/tokens") && route != "/backup" && !route.starts_with("/nodes/{name}/registry-credentials") =>
+            if read
+                && !channel
+                && !route.starts_with("/tokens")
+                && route != "/backup"
+                && !route.starts_with("/nodes/{name}/registry-credentials") =>
         {
             Decision::Allow
         }
@@ -58,7 +65,7 @@ pub fn authorize(role: &Role, method: &Method, template: &str, param: impl Fn(&s
                 ("POST", "/nodes/register") => Decision::Allow,
                 ("GET", "/version" | "/endpoints") => Decision::Allow,
                 ("PUT", "/nodes/{name}/lease" | "/nodes/{name}/status" | "/nodes/{name}/instances/status") if own() => Decision::Allow,
-                ("GET", "/nodes/{name}" | "/nodes/{name}/assignment") if own() => Decision::Allow,
+                ("GET", "/nodes/{name}" | "/nodes/{name}/assignment" | "/nodes/{name}/channel") if own() => Decision::Allow,
                 ("POST", "/nodes/{name}/credential") if own() => Decision::Allow,
                 ("GET", "/modules/{digest}") => match param("digest") {
                     Some(digest) => Decision::AllowIfUsed { node: node.clone(), uses: Used::Module(digest) },
@@ -123,6 +130,16 @@ mod tests {
         assert_eq!(decide("viewer", Method::GET, credentials, Some("a")), Decision::Deny);
         assert_eq!(decide(a, Method::GET, "/api/v1/registry-credentials/{name}", Some("team")), Decision::Deny);
         assert_eq!(decide(a, Method::POST, "/api/v1/registry-credentials", None), Decision::Deny);
+    }
+
+    #[test]
+    fn a_channel_is_opened_by_its_own_node_alone() {
+        let channel = "/api/v1/nodes/{name}/channel";
+        assert_eq!(decide("node:a", Method::GET, channel, Some("a")), Decision::Allow);
+        assert_eq!(decide("node:a", Method::GET, channel, Some("b")), Decision::Deny);
+        assert_eq!(decide("admin", Method::GET, channel, Some("a")), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, channel, Some("a")), Decision::Deny);
+        assert_eq!(decide("join", Method::GET, channel, Some("a")), Decision::Deny);
     }
 
     #[test]
