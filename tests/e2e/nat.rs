@@ -182,5 +182,12 @@ fn a_node_behind_nat_serves_logs_top_and_describe_through_its_channel_and_answer
     let live = master.client().get(master.api("/nodes/edge/live")).send().and_then(|r| r.text()).expect("an answer");
     assert!(live.contains("\"name\":\"edge\""), "{live}");
     assert_eq!(metric(&master, BY_DIAL), 0.0, "nothing was dialed");
+
+    // An agent that stops answering on its channel: a timeout naming the node, not a hang.
+    edge.freeze();
+    let late = master.client().get(master.api("/nodes/edge/live")).send().expect("an answer");
+    assert_eq!(late.status(), 504);
+    let text = late.text().expect("body");
+    assert!(text.contains("AgentTimeout") && text.contains("node `edge`"), "{text}");
     drop(edge);
 }

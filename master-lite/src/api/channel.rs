@@ -150,9 +150,16 @@ pub async fn open(
 }
 
 /// A GET of `path_and_query` on node `node`'s agent through its channel,
-/// presenting `token`; None when the node holds no channel to this master or
-/// it broke (then the caller dials).
-pub async fn get(shared: &Shared, node: &str, path_and_query: &str, token: Option<&str>, timeout: Option<Duration>) -> Option<Response> {
+/// presenting `token`: its answer; None when the node holds no channel to
+/// this master or it broke (then the caller dials); a `504` when the agent
+/// did not answer within `timeout`.
+pub async fn get(
+    shared: &Shared,
+    node: &str,
+    path_and_query: &str,
+    token: Option<&str>,
+    timeout: Option<Duration>,
+) -> Option<Result<Response, Failure>> {
     let (id, mut sender) = shared.channels.sender(node, &shared.tokens)?;
     let mut request = axum::http::Request::get(format!("http://{node}{path_and_query}"));
     if let Some(token) = token {
@@ -170,18 +177,23 @@ pub async fn get(shared: &Shared, node: &str, path_and_query: &str, token: Optio
         sender.send_request(request).await
     };
     let answer = match timeout {
-        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-        None => Some(sent.await),
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Some(Err(Failure::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "AgentTimeout",
+                    format!("the agent of node `{node}` did not answer within {} s through its channel", limit.as_secs()),
+                )));
+            }
+        },
+        None => sent.await,
     };
     match answer {
-        Some(Ok(answer)) => Some(answer.map(Body::new)),
-        Some(Err(e)) => {
+        Ok(answer) => Some(Ok(answer.map(Body::new))),
+        Err(e) => {
             tracing::warn!(node, error = %e, "a request through the node's channel failed: dialing its agent instead");
             shared.channels.remove(node, id);
-            None
-        }
-        None => {
-            tracing::warn!(node, "the node's channel did not answer in time: dialing its agent instead");
             None
         }
     }

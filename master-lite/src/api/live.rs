@@ -99,6 +99,7 @@ async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bo
         cluster.credential(node).map(str::to_string)
     };
     if let Some(answer) = super::channel::get(shared, node, &path_and_query, token.as_deref(), timeout).await {
+        let answer = answer?;
         shared.metrics.live_requests.get_or_create(&crate::metrics::ViaLabel { via: "channel".into() }).inc();
         let (parts, body) = answer.into_parts();
         return Ok(relayed(parts.status, parts.headers.get(header::CONTENT_TYPE).cloned(), body));
