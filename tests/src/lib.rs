@@ -493,6 +493,8 @@ pub struct Master {
     /// The cluster CA, PEM.
     pub ca_pem: String,
     port: u16,
+    /// The address it listens on: `127.0.0.1`, or `0.0.0.0` for all interfaces (its URL stays on loopback).
+    listen_host: String,
     pub data_dir: tempfile::TempDir,
     args: Vec<String>,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -501,6 +503,11 @@ pub struct Master {
 impl Master {
     /// Starts a master with short timings for tests: heartbeat 200 ms, grace 800 ms, lostAfter 2 s.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<Master> {
+        Self::start_on("127.0.0.1", extra_args)
+    }
+
+    /// Starts a master listening on `host` (`0.0.0.0`: all interfaces), otherwise as [`Master::start`].
+    pub fn start_on(host: &str, extra_args: &[&str]) -> anyhow::Result<Master> {
         let data_dir = tempfile::Builder::new().prefix("wasmlet-master-").tempdir()?;
         let mut args: Vec<String> =
             ["--heartbeat-interval", "200ms", "--node-grace-period", "800ms", "--lost-after", "2s", "--log-format", "json"]
@@ -516,6 +523,7 @@ impl Master {
             admin_token: String::new(),
             ca_pem: String::new(),
             port,
+            listen_host: host.to_string(),
             data_dir,
             args,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -561,11 +569,11 @@ impl Master {
     /// `token` and `client-config` commands), returning its output.
     pub fn command(&self, args: &[&str]) -> std::process::Output {
         let mut command = Command::new(bin("wasmlet-master"));
-        command.arg("--data-dir").arg(self.data_dir.path()).args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        command.arg("--data-dir").arg(self.data_dir.path()).args(["--listen", &format!("{}:{}", self.listen_host, self.port)]);
         if self.url.starts_with("http://") {
             command.arg("--insecure-http");
         }
-        command.args(args).env_remove("WASMLET_CONFIG").output().expect("wasmlet-master runs")
+        command.args(args).env_remove("WASMLET_CONFIG").env_remove("WASMLETCONFIG").output().expect("wasmlet-master runs")
     }
 
     /// `--master URL --join-token TOKEN`, to start an agent that joins this master.
@@ -588,7 +596,7 @@ impl Master {
         let mut child = Command::new(bin("wasmlet-master"))
             .arg("--data-dir")
             .arg(self.data_dir.path())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.listen_host, self.port)])
             .args(&self.args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
