@@ -58,7 +58,7 @@ cat <<EOF
 
 wasmlet is running: master $master_url, agent https://127.0.0.1:$agent_port, ingress http://127.0.0.1:$ingress_port (Ctrl-C stops both).
 The CLI's context "local" points at this master (its CA and admin token are in $run/master/).
-$(bash "$here/join-command.sh" "$listen" "$master_port" "$(cat "$run/master/join.token")")
+$(bash "$here/join-command.sh" "$bin" "$run/master" "$listen_addr")
 In another terminal (the CLI is $bin/wasmlet):
   wasmlet get nodes -o wide
   wasmlet get instances

@@ -88,7 +88,7 @@ fn the_readme_tour_works_as_written() {
     // On loopback (the default), `make run` says no other machine can join, and what to change.
     let printed = printed.lock().expect("summary").clone();
     assert!(
-        printed.contains("Other machines cannot join: the master listens on 127.0.0.1") && printed.contains("make run LISTEN=0.0.0.0"),
+        printed.contains("Other machines cannot join: this master is at 127.0.0.1") && printed.contains("make run LISTEN=0.0.0.0"),
         "{printed}"
     );
     let instances = Command::new(bin_dir().join("wasmlet"))
