@@ -130,6 +130,24 @@ fn set_context_changes_an_existing_file_and_nothing_else() {
     assert!(!path.with_extension("toml.tmp").exists());
 }
 
+/// `WASMLETCONFIG=wasmlet.toml`: a file in the current directory, which does
+/// not exist yet, is created, private like any new one.
+#[test]
+fn set_context_creates_a_file_named_without_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin("wasmlet"))
+        .args(["config", "set-context", "lab", "--master", "https://10.0.0.5:7070"])
+        .env("WASMLETCONFIG", "wasmlet.toml")
+        .env_remove("WASMLET_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .expect("wasmlet runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = dir.path().join("wasmlet.toml");
+    assert_eq!(mode(&path), 0o600);
+    assert!(std::fs::read_to_string(&path).expect("read").contains("https://10.0.0.5:7070"));
+}
+
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts")
 }
