@@ -434,8 +434,6 @@ fn exports_http_handler(engine: &Engine, component: &Component) -> bool {
     component.component_type().exports(engine).any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
 }
 
-/// Linking fails for one reason in practice: an import the agent does not
-/// provide. wasmtime's message names the import.
 /// Why a WASI 0.3 component does not run, in words (wasmtime's own message
 /// names a canonical builtin and a feature, not the WASI version).
 pub const WASI_P3_REFUSED: &str = "this is a WASI 0.3 (p3) component: it uses the component model's async features \
@@ -457,6 +455,8 @@ fn is_wasi_p3_component(bytes: &[u8]) -> bool {
         && Validator::new_with_features(all.difference(concurrency)).validate_all(bytes).is_err()
 }
 
+/// Linking fails for one reason in practice: an import the agent does not
+/// provide. wasmtime's message names the import.
 fn import_error(e: &wasmtime::Error) -> String {
     let text = format!("{e:#}");
     if text.contains("unknown import") { format!("it imports something this agent does not provide: {text}") } else { text }
