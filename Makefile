@@ -39,8 +39,10 @@ examples: test-deps
 	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR)/wasm-examples bash wasm-examples/build.sh
 
 ## Builds, then starts a master and one agent on this machine and deploys the hello and sensor examples; Ctrl-C stops them.
+## The master listens on LISTEN: loopback by default; `make run LISTEN=0.0.0.0` lets other machines join it.
+LISTEN ?= 127.0.0.1
 run: build examples
-	bash scripts/run-local.sh $(BIN) $(RUN_DIR)
+	WASMLET_RUN_LISTEN=$(LISTEN) bash scripts/run-local.sh $(BIN) $(RUN_DIR)
 
 ## Three etcd members, three masters on them and two agents on this machine, with the examples applied; Ctrl-C stops them.
 run-ha: build examples test-deps

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run-ha`: three etcd members, three masters on them and two agents, all
 # on loopback, with the hello (job) and sensor (daemon) examples applied.
-# Ctrl-C stops everything. The CLI's context `ha` (in $WASMLET_CONFIG, else
+# Ctrl-C stops everything. The CLI's context `ha` (in $WASMLETCONFIG, else
 # ~/.config/wasmlet/config.toml) lists the three masters.
 # Usage: run-ha.sh BIN_DIR RUN_DIR
 # Ports: WASMLET_RUN_HA_PORT (first of a range of 20, default 17000): etcd

@@ -513,6 +513,8 @@ impl Supervisor {
                             prepared_program.insert(prepared.program).clone()
                         }
                         Err(e) => {
+                            // In the instance's log too: `wasmlet logs` is where a user looks first.
+                            log.agent_line(&format!("module {digest} cannot run: {e}"));
                             self.events.record(EventType::Warning, "FailedToLoad", "Instance", &name, e.clone());
                             return self.finish(&shared, Phase::Failed, None, "InvalidModule", &e);
                         }

@@ -3,9 +3,11 @@
 //! In order: `--master`/`--token`/`--certificate-authority` flags (or
 //! `WASMLET_MASTER`/`WASMLET_TOKEN`/`WASMLET_CA`), then the context named by
 //! `--context` or `current-context` in the config file, then
-//! `https://127.0.0.1:7070`. The file is `$WASMLET_CONFIG`, else
+//! `https://127.0.0.1:7070`. The file is `$WASMLETCONFIG`, else
 //! `$XDG_CONFIG_HOME/wasmlet/config.toml`, else `~/.config/wasmlet/config.toml`
-//! (`wasmlet-master client-config` prints one):
+//! (`wasmlet-master client-config` prints one). The CLI's variable is not the
+//! daemons' `WASMLET_CONFIG` (their settings file): one shell can set both, as
+//! kubectl's `KUBECONFIG` sits beside a kubelet's `--config`.
 //!
 //! ```toml
 //! current-context = "lab"
@@ -25,6 +27,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// The mode of a config file the CLI creates: it holds tokens.
+const NEW_FILE_MODE: u32 = 0o600;
 
 /// The master a fresh installation talks to (`make run` listens there).
 pub const DEFAULT_MASTER: &str = "https://127.0.0.1:7070";
@@ -65,16 +70,39 @@ impl ConfigFile {
         }
     }
 
-    /// Writes the file whole: to a temporary file first, then renamed over the old one.
+    /// Writes the file whole: to a temporary file first, then renamed over the
+    /// old one. A new file (and its missing parent directories) is created,
+    /// readable by its owner alone (0600: it holds tokens); an existing file
+    /// keeps its mode.
     pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let fail = |e: std::io::Error| Error::Failed(format!("cannot write {}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
         let text = toml::to_string(self).map_err(|e| Error::Failed(format!("cannot encode the configuration: {e}")))?;
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(fail)?;
-        std::fs::rename(&tmp, path).map_err(fail)
+        let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(NEW_FILE_MODE);
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut file| {
+                // The umask narrows `mode` at creation, and a leftover temporary file keeps its own: set it.
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                file.write_all(text.as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(fail)
     }
 
     pub fn context(&self, name: &str) -> Option<&Context> {
@@ -90,20 +118,42 @@ impl ConfigFile {
     }
 }
 
-/// The config file's path, from `WASMLET_CONFIG`, `XDG_CONFIG_HOME` or `HOME`.
+/// The variable naming the CLI's config file.
+pub const CONFIG_VAR: &str = "WASMLETCONFIG";
+
+/// The daemons' settings file, which the CLI used to share; read only to give a hint.
+const DAEMON_CONFIG_VAR: &str = "WASMLET_CONFIG";
+
+/// The config file's path, from `WASMLETCONFIG`, `XDG_CONFIG_HOME` or `HOME`.
 pub fn config_path(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
     let set = |key: &str| env(key).filter(|v| !v.is_empty());
-    if let Some(path) = set("WASMLET_CONFIG") {
+    if let Some(path) = set(CONFIG_VAR) {
         return Ok(PathBuf::from(path));
     }
     let base = match (set("XDG_CONFIG_HOME"), set("HOME")) {
         (Some(xdg), _) => PathBuf::from(xdg),
         (None, Some(home)) => Path::new(&home).join(".config"),
         (None, None) => {
-            return Err(Error::Usage("neither WASMLET_CONFIG, XDG_CONFIG_HOME nor HOME is set: cannot find the config file".into()));
+            return Err(Error::Usage(format!("neither {CONFIG_VAR}, XDG_CONFIG_HOME nor HOME is set: cannot find the config file")));
         }
     };
     Ok(base.join("wasmlet").join("config.toml"))
+}
+
+/// A one-line hint for a user who still points `WASMLET_CONFIG` at the CLI's
+/// file: given when the CLI's own file (`path`) does not exist and
+/// `WASMLETCONFIG` is not set.
+pub fn moved_variable_hint(env: &dyn Fn(&str) -> Option<String>, path: &Path) -> Option<String> {
+    let set = |key: &str| env(key).filter(|v| !v.is_empty());
+    let old = set(DAEMON_CONFIG_VAR)?;
+    if set(CONFIG_VAR).is_some() || path.exists() {
+        return None;
+    }
+    Some(format!(
+        "hint: the CLI reads its contexts from {CONFIG_VAR} (not {DAEMON_CONFIG_VAR}, the daemons' settings file); \
+         no config file at {}: if {old} is your CLI config, `export {CONFIG_VAR}={old}`",
+        path.display()
+    ))
 }
 
 /// What the flags say; `None` where they say nothing.
@@ -174,8 +224,25 @@ mod tests {
     fn the_config_path_follows_xdg() {
         assert_eq!(config_path(&env(&[("HOME", "/home/a")])).unwrap(), PathBuf::from("/home/a/.config/wasmlet/config.toml"));
         assert_eq!(config_path(&env(&[("HOME", "/home/a"), ("XDG_CONFIG_HOME", "/x")])).unwrap(), PathBuf::from("/x/wasmlet/config.toml"));
-        assert_eq!(config_path(&env(&[("XDG_CONFIG_HOME", "/x"), ("WASMLET_CONFIG", "/c.toml")])).unwrap(), PathBuf::from("/c.toml"));
-        assert!(config_path(&env(&[])).is_err());
+        assert_eq!(config_path(&env(&[("XDG_CONFIG_HOME", "/x"), ("WASMLETCONFIG", "/c.toml")])).unwrap(), PathBuf::from("/c.toml"));
+        assert_eq!(
+            config_path(&env(&[("XDG_CONFIG_HOME", "/x"), ("WASMLET_CONFIG", "/daemon.toml")])).unwrap(),
+            PathBuf::from("/x/wasmlet/config.toml"),
+            "WASMLET_CONFIG is the daemons' file"
+        );
+        assert!(config_path(&env(&[])).unwrap_err().to_string().contains("WASMLETCONFIG"));
+    }
+
+    #[test]
+    fn a_user_still_setting_wasmlet_config_gets_a_hint_when_the_cli_finds_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("wasmlet/config.toml");
+        let hint = moved_variable_hint(&env(&[("WASMLET_CONFIG", "/old/cli.toml")]), &missing).unwrap();
+        assert!(hint.contains("export WASMLETCONFIG=/old/cli.toml") && hint.contains(&missing.display().to_string()), "{hint}");
+        assert_eq!(moved_variable_hint(&env(&[("WASMLET_CONFIG", "/a"), ("WASMLETCONFIG", "/b")]), &missing), None);
+        assert_eq!(moved_variable_hint(&env(&[]), &missing), None);
+        std::fs::write(dir.path().join("found.toml"), "").unwrap();
+        assert_eq!(moved_variable_hint(&env(&[("WASMLET_CONFIG", "/a")]), &dir.path().join("found.toml")), None);
     }
 
     #[test]
@@ -215,5 +282,19 @@ mod tests {
         });
         file.save(&path).unwrap();
         assert_eq!(ConfigFile::load(&path).unwrap(), file);
+    }
+
+    #[test]
+    fn a_new_file_is_private_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/config");
+        ConfigFile::default().save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        ConfigFile { current_context: Some("x".into()), ..Default::default() }.save(&path).unwrap();
+        assert_eq!(mode(&path), 0o640);
+        assert!(!dir.path().join("a/b/config.tmp").exists());
     }
 }

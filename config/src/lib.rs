@@ -100,6 +100,13 @@ fn file_arguments(command: &Command, matches: &clap::ArgMatches, path: &Path, te
         .get_arguments()
         .filter(|a| a.get_long().is_some() && a.get_id() != "config" && !matches!(a.get_action(), ArgAction::Help | ArgAction::Version))
         .collect();
+    if let Some(key) = ["contexts", "current-context"].into_iter().find(|k| table.contains_key(*k)) {
+        return Err(file_error(format!(
+            "key `{key}`: this is the wasmlet CLI's contexts file, not a daemon's settings file; \
+             the CLI reads it from WASMLETCONFIG: set that instead of WASMLET_CONFIG (or --config), \
+             which name the daemons' settings file"
+        )));
+    }
     let mut out = FileArguments { args: Vec::new(), keys: BTreeSet::new() };
     for (key, value) in &table {
         let Some(arg) = settable.iter().find(|a| a.get_long() == Some(key.as_str())) else {
@@ -248,6 +255,13 @@ mod tests {
         assert!(err.contains("key `port`"), "{err}");
         assert!(err.contains("many"), "{err}");
         assert!(err.contains(f.path().to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn the_cli_contexts_file_is_named_as_such() {
+        let f = file("current-context = \"lab\"\n[[contexts]]\nname = \"lab\"\nmaster = \"https://m\"\n");
+        let err = load::<Settings, _, _>(["x", "--config", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("the wasmlet CLI's contexts file") && err.contains("WASMLETCONFIG"), "{err}");
     }
 
     #[test]

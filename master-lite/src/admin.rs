@@ -100,7 +100,7 @@ pub fn client_config(config: &MasterConfig, context: &str, server: Option<&str>)
     let server = server.map(str::to_string).unwrap_or_else(|| advertised_url(config));
     let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
     Ok(format!(
-        "# wasmlet CLI configuration: save as ~/.config/wasmlet/config.toml (or point WASMLET_CONFIG at it).\n\
+        "# wasmlet CLI configuration: save as ~/.config/wasmlet/config.toml (or point WASMLETCONFIG at it).\n\
          # It holds the cluster's admin token: keep it private (chmod 600).\n\
          current-context = {ctx}\n\n[[contexts]]\nname = {ctx}\nmaster = {server}\ntoken = {token}\ncertificate-authority-data = '''\n{ca}'''\n",
         ctx = quote(context),

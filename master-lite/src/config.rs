@@ -70,6 +70,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// TOML file with settings; keys are the long flag names (`data-dir = "/srv/wasmlet-master"`).
+    /// Not the CLI's contexts file, which is `WASMLETCONFIG`'s.
     #[arg(long, global = true, env = "WASMLET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

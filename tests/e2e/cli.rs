@@ -17,13 +17,13 @@ const WAIT: Duration = Duration::from_secs(60);
 /// it with its CA and admin token (so the user's never matters).
 fn wasmlet(master: &Master, args: &[&str]) -> Output {
     let config = master.cli_config(master.data_dir.path());
-    cli().args(args).env("WASMLET_CONFIG", config).output().expect("wasmlet runs")
+    cli().args(args).env("WASMLETCONFIG", config).output().expect("wasmlet runs")
 }
 
 /// Runs `wasmlet --master URL args…` with an empty config file.
 fn wasmlet_at(url: &str, args: &[&str]) -> Output {
     let config = std::env::temp_dir().join(format!("wasmlet-cli-test-{}/config.toml", std::process::id()));
-    cli().arg("--master").arg(url).args(args).env("WASMLET_CONFIG", config).output().expect("wasmlet runs")
+    cli().arg("--master").arg(url).args(args).env("WASMLETCONFIG", config).output().expect("wasmlet runs")
 }
 
 fn cli() -> Command {
@@ -204,9 +204,9 @@ fn a_master_whose_certificate_is_not_trusted_is_refused_with_what_to_do() {
     assert!(config.status.success(), "{}", String::from_utf8_lossy(&config.stderr));
     let path = master.data_dir.path().join("printed.toml");
     std::fs::write(&path, &config.stdout).expect("write");
-    let o = cli().args(["version"]).env("WASMLET_CONFIG", &path).output().expect("wasmlet runs");
+    let o = cli().args(["version"]).env("WASMLETCONFIG", &path).output().expect("wasmlet runs");
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cli().args(["get", "nodes"]).env("WASMLET_CONFIG", &path).output().expect("wasmlet runs");
+    let o = cli().args(["get", "nodes"]).env("WASMLETCONFIG", &path).output().expect("wasmlet runs");
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -286,7 +286,7 @@ fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
 
     let mut child = Command::new(bin("wasmlet"))
         .args(["logs", "workload/sensor", "-f", "--tail", "1"])
-        .env("WASMLET_CONFIG", master.cli_config(master.data_dir.path()))
+        .env("WASMLETCONFIG", master.cli_config(master.data_dir.path()))
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -178,7 +178,7 @@ fn a_stored_object_the_master_cannot_act_on_is_marked_and_the_rest_runs() {
     let config = master.cli_config(master.data_dir.path());
     let out = std::process::Command::new(bin("wasmlet"))
         .args(["describe", "workload", "huge"])
-        .env("WASMLET_CONFIG", config)
+        .env("WASMLETCONFIG", config)
         .env("NO_COLOR", "1")
         .output()
         .expect("wasmlet runs");

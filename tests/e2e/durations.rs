@@ -112,7 +112,7 @@ fn absurd_durations_and_times_are_refused_naming_them() {
     let config = tempfile::tempdir().expect("tempdir");
     let output = Command::new(bin("wasmlet"))
         .args(["--master", &master.url, "logs", &name, "--since", "300000y"])
-        .env("WASMLET_CONFIG", master.cli_config(config.path()))
+        .env("WASMLETCONFIG", master.cli_config(config.path()))
         .env_remove("WASMLET_MASTER")
         .stdin(Stdio::null())
         .output()

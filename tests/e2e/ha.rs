@@ -144,7 +144,7 @@ fn three_masters_serve_one_cluster_and_survive_losing_the_leader() {
         masters[second].admin_token, masters[second].ca_pem
     );
     std::fs::write(&config, text).expect("writing the CLI config");
-    let get_masters = || cli(&["get", "masters"], ("WASMLET_CONFIG", &config), "WASMLET_MASTER");
+    let get_masters = || cli(&["get", "masters"], ("WASMLETCONFIG", &config), "WASMLET_MASTER");
     let row = |table: &str, i: usize| table.lines().find(|l| l.starts_with(&masters[i].url)).map(str::to_string);
     let other = followers.iter().copied().find(|i| *i != second).expect("a follower");
     // The killed master's listing lapses with its etcd lease (three leader leases).
@@ -411,6 +411,7 @@ fn make_run_ha_starts_three_masters_on_etcd_and_the_examples() {
         .env("WASMLET_RUN_HA_PORT", free_range().to_string())
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env_remove("WASMLET_CONFIG")
+        .env_remove("WASMLETCONFIG")
         .env_remove("WASMLET_MASTER")
         .current_dir(dir.path())
         .process_group(0)
@@ -434,7 +435,7 @@ fn make_run_ha_starts_three_masters_on_etcd_and_the_examples() {
         panic!("make run-ha's script did not report the cluster running; its log:\n{log}");
     }
     let config_home = dir.path().join("config");
-    let wasmlet = |args: &[&str]| cli(args, ("XDG_CONFIG_HOME", &config_home), "WASMLET_CONFIG");
+    let wasmlet = |args: &[&str]| cli(args, ("XDG_CONFIG_HOME", &config_home), "WASMLETCONFIG");
     let masters = wasmlet(&["get", "masters"]);
     assert_eq!(masters.lines().filter(|l| l.contains("https://127.0.0.1:")).count(), 3, "{masters}");
     assert_eq!(masters.matches("Leader").count(), 1, "{masters}");
@@ -463,7 +464,13 @@ fn a_backup_of_masters_on_etcd_restores_into_a_master_on_its_own() {
 
     let restore = |dir: &std::path::Path, extra: &[&str]| {
         let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
-        command.arg("--data-dir").arg(dir).args(["restore", file.to_str().expect("utf-8")]).args(extra).env_remove("WASMLET_CONFIG");
+        command
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["restore", file.to_str().expect("utf-8")])
+            .args(extra)
+            .env_remove("WASMLET_CONFIG")
+            .env_remove("WASMLETCONFIG");
         wasmlet_tests::run_to_exit(command, WAIT).expect("restore ends")
     };
     let refused = restore(work.path().join("etcd-master").as_path(), &["--store", "etcd", "--etcd-endpoints", &etcd.endpoints()]);
@@ -516,7 +523,7 @@ fn masters_reach_etcd_over_mutual_tls() {
     let refused = |args: &[&str]| {
         let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
         command.arg("--data-dir").arg(dir.path().join("other")).args(["--listen", "127.0.0.1:0", "--store", "etcd"]).args(args);
-        command.env_remove("WASMLET_CONFIG");
+        command.env_remove("WASMLET_CONFIG").env_remove("WASMLETCONFIG");
         wasmlet_tests::run_to_exit(command, WAIT).expect("the master stops")
     };
     let no_certificate = refused(&["--etcd-endpoints", &endpoints, "--etcd-ca-file", &ca]);
@@ -553,7 +560,7 @@ fn a_stopped_leader_hands_over_at_once_and_the_masters_share_ca_and_tokens() {
     let dir = stranger.data_dir.path().to_path_buf();
     let mut command = std::process::Command::new(wasmlet_tests::bin("wasmlet-master"));
     command.arg("--data-dir").arg(&dir).args(["--listen", "127.0.0.1:0"]).args(args);
-    command.env_remove("WASMLET_CONFIG");
+    command.env_remove("WASMLET_CONFIG").env_remove("WASMLETCONFIG");
     let refused = wasmlet_tests::run_to_exit(command, WAIT).expect("the master stops");
     assert!(!refused.status.success() && refused.stderr.contains("not this cluster's"), "{}", refused.stderr);
 }

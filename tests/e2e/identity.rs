@@ -167,7 +167,7 @@ fn cli_as_admin(master: &Master, dir: &std::path::Path, url: &str, args: &[&str]
         master.admin_token, master.ca_pem
     );
     std::fs::write(&path, text).expect("a CLI config");
-    std::process::Command::new(bin("wasmlet")).args(args).env("WASMLET_CONFIG", &path).output().expect("wasmlet runs")
+    std::process::Command::new(bin("wasmlet")).args(args).env("WASMLETCONFIG", &path).output().expect("wasmlet runs")
 }
 
 #[test]

@@ -202,6 +202,7 @@ impl Bench {
             .env("PATH", path)
             .env("WASMLET_INSTALL_ROOT", root)
             .env_remove("WASMLET_CONFIG")
+            .env_remove("WASMLETCONFIG")
             .env_remove("WASMLET_MASTER")
             .env_remove("WASMLET_JOIN_TOKEN")
             .env_remove("WASMLET_NAME")

@@ -13,6 +13,7 @@ mod connections;
 mod control_plane;
 mod durations;
 mod ephemeral_storage;
+mod first_run;
 mod grants;
 mod ha;
 mod identity;

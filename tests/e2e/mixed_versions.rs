@@ -181,7 +181,7 @@ fn wasmlet(master: &Master, args: &[&str]) -> String {
     let config = master.cli_config(master.data_dir.path());
     let o = std::process::Command::new(bin("wasmlet"))
         .args(args)
-        .env("WASMLET_CONFIG", config)
+        .env("WASMLETCONFIG", config)
         .env("NO_COLOR", "1")
         .env_remove("WASMLET_MASTER")
         .env_remove("WASMLET_TOKEN")

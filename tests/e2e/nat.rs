@@ -24,7 +24,6 @@ fn cli(master: &Master, args: &[&str]) -> Command {
     let mut command = Command::new(bin("wasmlet"));
     command
         .args(args)
-        .env("WASMLET_CONFIG", &config)
         .env("WASMLETCONFIG", &config)
         .env("NO_COLOR", "1")
         .env_remove("WASMLET_MASTER")

@@ -132,13 +132,10 @@ fn a_module_pushed_to_a_registry_runs_by_tag_and_each_node_pulls_it_itself() {
     std::fs::write(&manifest, serde_json::to_string(&workload).expect("json")).expect("write");
     let config = master.cli_config(dir.path());
     let output =
-        Command::new(bin("wasmlet")).args(["apply", "-f"]).arg(&manifest).env("WASMLET_CONFIG", &config).output().expect("wasmlet runs");
+        Command::new(bin("wasmlet")).args(["apply", "-f"]).arg(&manifest).env("WASMLETCONFIG", &config).output().expect("wasmlet runs");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "workload/sensor unchanged\n", "{}", String::from_utf8_lossy(&output.stderr));
-    let output = Command::new(bin("wasmlet"))
-        .args(["describe", "workload", "sensor"])
-        .env("WASMLET_CONFIG", &config)
-        .output()
-        .expect("wasmlet runs");
+    let output =
+        Command::new(bin("wasmlet")).args(["describe", "workload", "sensor"]).env("WASMLETCONFIG", &config).output().expect("wasmlet runs");
     let page = String::from_utf8_lossy(&output.stdout);
     assert!(page.contains(&v1) && page.contains(&digest), "describe shows the pinned reference and the module's digest: {page}");
     std::thread::sleep(Duration::from_secs(1));
@@ -289,7 +286,7 @@ fn credentials_held_by_the_master_reach_only_the_nodes_that_use_them() {
     let wasmlet = |args: &[&str], stdin: &str| {
         let mut child = Command::new(bin("wasmlet"))
             .args(args)
-            .env("WASMLET_CONFIG", &config)
+            .env("WASMLETCONFIG", &config)
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -72,7 +72,7 @@ fn certificates_and_credentials_are_renewed_while_the_cluster_runs() {
     let config = master.cli_config(dir.path());
     let out = std::process::Command::new(bin("wasmlet"))
         .args(["logs", &instance.metadata.name])
-        .env("WASMLET_CONFIG", &config)
+        .env("WASMLETCONFIG", &config)
         .output()
         .expect("wasmlet runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

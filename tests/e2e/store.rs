@@ -32,7 +32,13 @@ fn running(master: &Master, workload: &str) -> usize {
 /// `wasmlet-master --data-dir DIR ARGS`, to its end.
 fn master_command(dir: &std::path::Path, args: &[&str]) -> wasmlet_tests::Exit {
     let mut command = Command::new(bin("wasmlet-master"));
-    command.arg("--data-dir").arg(dir).args(["--listen", "127.0.0.1:0", "--log-format", "json"]).args(args).env_remove("WASMLET_CONFIG");
+    command
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env_remove("WASMLET_CONFIG")
+        .env_remove("WASMLETCONFIG");
     run_to_exit(command, WAIT).expect("wasmlet-master ends")
 }
 

@@ -38,6 +38,7 @@ fn the_readme_tour_works_as_written() {
         .env("WASMLET_RUN_INGRESS_PORT", ingress_port.to_string())
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .env_remove("WASMLET_CONFIG")
+        .env_remove("WASMLETCONFIG")
         .env_remove("WASMLET_MASTER")
         .env_remove("WASMLET_TOKEN")
         .current_dir(dir.path())
@@ -50,8 +51,11 @@ fn the_readme_tour_works_as_written() {
     let stdout = child.stdout.take().expect("stdout");
     let _running = ProcessGroup(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let summary = printed.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            summary.lock().expect("summary").push_str(&format!("{line}\n"));
             if line.contains("wasmlet is running") {
                 let _ = tx.send(());
             }
@@ -81,6 +85,12 @@ fn the_readme_tour_works_as_written() {
     for needle in ["Ready", "Succeeded", "\"seq\":", "workload/sensor configured", "Registered"] {
         assert!(transcript.contains(needle), "the tour shows {needle}:\n{transcript}");
     }
+    // On loopback (the default), `make run` says no other machine can join, and what to change.
+    let printed = printed.lock().expect("summary").clone();
+    assert!(
+        printed.contains("Other machines cannot join: this master is at 127.0.0.1") && printed.contains("make run LISTEN=0.0.0.0"),
+        "{printed}"
+    );
     let instances = Command::new(bin_dir().join("wasmlet"))
         .args(["get", "instances", "-o", "json"])
         .env("XDG_CONFIG_HOME", dir.path().join("config"))

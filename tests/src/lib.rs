@@ -507,8 +507,11 @@ impl Master {
         Self::start_on("127.0.0.1", extra_args)
     }
 
-    /// Starts a master listening on `host` (an address of this machine; its certificate names it too).
+    /// Starts a master listening on `host`: an address of this machine (its URL then names it; pass
+    /// `--tls-san` for its certificate), or `0.0.0.0` for all interfaces (its URL stays on loopback).
     pub fn start_on(host: &str, extra_args: &[&str]) -> anyhow::Result<Master> {
+        let listen = host;
+        let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
         let data_dir = tempfile::Builder::new().prefix("wasmlet-master-").tempdir()?;
         let mut args: Vec<String> =
             ["--heartbeat-interval", "200ms", "--node-grace-period", "800ms", "--lost-after", "2s", "--log-format", "json"]
@@ -524,7 +527,7 @@ impl Master {
             admin_token: String::new(),
             ca_pem: String::new(),
             port,
-            host: host.to_string(),
+            host: listen.to_string(),
             data_dir,
             args,
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -574,7 +577,7 @@ impl Master {
         if self.url.starts_with("http://") {
             command.arg("--insecure-http");
         }
-        command.args(args).env_remove("WASMLET_CONFIG").output().expect("wasmlet-master runs")
+        command.args(args).env_remove("WASMLET_CONFIG").env_remove("WASMLETCONFIG").output().expect("wasmlet-master runs")
     }
 
     /// `--master URL --join-token TOKEN`, to start an agent that joins this master.

@@ -365,9 +365,17 @@ impl Loader {
                     .await
                     .map_err(|e| LoadError::Invalid(format!("checking the module failed: {e}")))?
                     .map_err(LoadError::TooCostly)?;
-                let compiled = self.compiler.compile(&engine, bytes, kind, &artefact).await;
+                let compiled = self.compiler.compile(&engine, bytes.clone(), kind, &artefact).await;
                 self.written(digest).await;
-                (compiled?, CacheOutcome::Compiled)
+                let compiled = match compiled {
+                    Err(LoadError::Invalid(why)) if kind == ModuleKind::Component => {
+                        let checked = bytes.clone();
+                        let p3 = tokio::task::spawn_blocking(move || is_wasi_p3_component(&checked)).await.unwrap_or(false);
+                        return Err(if p3 { LoadError::Unsupported(WASI_P3_REFUSED.to_string()) } else { LoadError::Invalid(why) });
+                    }
+                    other => other?,
+                };
+                (compiled, CacheOutcome::Compiled)
             }
         };
         let program = self.link(compiled)?;
@@ -424,6 +432,27 @@ impl Loader {
 /// Whether a component exports `wasi:http/incoming-handler` (any 0.2 version).
 fn exports_http_handler(engine: &Engine, component: &Component) -> bool {
     component.component_type().exports(engine).any(|(name, _)| name.starts_with("wasi:http/incoming-handler@"))
+}
+
+/// Why a WASI 0.3 component does not run, in words (wasmtime's own message
+/// names a canonical builtin and a feature, not the WASI version).
+pub const WASI_P3_REFUSED: &str = "this is a WASI 0.3 (p3) component: it uses the component model's async features \
+(such as `task.return`), and wasmlet does not run WASI 0.3 components yet; \
+build it for WASI 0.2 (the wasm32-wasip2 target), or as a WASI preview 1 module (wasm32-wasip1)";
+
+/// Whether `bytes` is a component that is valid only with the component
+/// model's async features (WASI 0.3), which this agent's engine leaves off.
+/// Asked only of a component the engine refused, so it costs nothing on the way to running.
+fn is_wasi_p3_component(bytes: &[u8]) -> bool {
+    use wasmparser::{Validator, WasmFeatures};
+    let concurrency = WasmFeatures::CM_ASYNC
+        | WasmFeatures::CM_ASYNC_STACKFUL
+        | WasmFeatures::CM_MORE_ASYNC_BUILTINS
+        | WasmFeatures::CM_THREADING
+        | WasmFeatures::CM_ERROR_CONTEXT;
+    let all = WasmFeatures::all();
+    Validator::new_with_features(all).validate_all(bytes).is_ok()
+        && Validator::new_with_features(all.difference(concurrency)).validate_all(bytes).is_err()
 }
 
 /// Linking fails for one reason in practice: an import the agent does not
@@ -529,6 +558,31 @@ mod tests {
     use crate::modules::cache::compiled_dir;
     use crate::runtime::compiler::CompileBudget;
     use crate::runtime::precheck::CompileLimits;
+
+    #[tokio::test]
+    async fn a_wasi_p3_component_is_refused_in_words() {
+        let engine = Engine::new(&super::super::base_config(1 << 30)).unwrap();
+        let budget = CompileBudget {
+            limits: CompileLimits { module_size: 1 << 20, functions: 10, function_size: 1000, nesting: 10, locals: 10 },
+            memory: 256 << 20,
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            ModuleCache::new(engine.clone(), dir.path().to_path_buf(), Compiler::new(None, &engine, 1 << 30, budget), None).unwrap();
+        let load = |text: &str| {
+            let wasm = Arc::new(wat::parse_str(text).unwrap());
+            let digest = sha256_digest(&wasm);
+            let cache = &cache;
+            async move { cache.load(&digest, wasm).await.err().expect("refused") }
+        };
+        let p3 = load("(component (core func (canon task.return)))").await;
+        assert!(matches!(&p3, LoadError::Unsupported(m) if m == WASI_P3_REFUSED), "{p3}");
+        assert!(p3.to_string().contains("WASI 0.3 (p3) component") && p3.to_string().contains("wasm32-wasip2"), "{p3}");
+        // Any other refusal keeps wasmtime's words.
+        let invalid = load("(component (core module (func (result i32))))").await;
+        assert!(matches!(invalid, LoadError::Invalid(_)), "{invalid}");
+    }
 
     #[tokio::test]
     async fn a_compiled_module_stays_in_memory_while_an_instance_holds_it_and_counts_in_the_disk_cache() {

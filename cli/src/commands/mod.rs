@@ -6,7 +6,7 @@ use std::io::Write as _;
 use clap::{Parser, Subcommand};
 
 use crate::client::Client;
-use crate::config::{ConfigFile, Connection, Overrides, config_path};
+use crate::config::{ConfigFile, Connection, Overrides, config_path, moved_variable_hint};
 use crate::style::Style;
 use crate::{Error, Result};
 
@@ -107,16 +107,22 @@ impl Session {
         config_path(&|key| std::env::var(key).ok())
     }
 
+    /// The config file; a missing one is empty, with a hint if `WASMLET_CONFIG` may have been meant.
     pub fn config_file(&self) -> Result<ConfigFile> {
-        ConfigFile::load(&self.config_path()?)
+        let path = self.config_path()?;
+        if let Some(hint) = moved_variable_hint(&|key| std::env::var(key).ok(), &path) {
+            note(&hint);
+        }
+        ConfigFile::load(&path)
     }
 
     pub fn connection(&self) -> Result<Connection> {
-        // Without a context to look up, a broken or unreadable config file does not matter.
-        let file = match self.config_file() {
-            Ok(file) => file,
-            Err(_) if self.overrides.master.is_some() && self.overrides.context.is_none() => ConfigFile::default(),
-            Err(e) => return Err(e),
+        // With `--master` and no `--context`, a broken, unreadable or missing config file does not matter
+        // (nor is there a hint about it): the file only adds the current context's token and CA.
+        let file = if self.overrides.master.is_some() && self.overrides.context.is_none() {
+            self.config_path().and_then(|path| ConfigFile::load(&path)).unwrap_or_default()
+        } else {
+            self.config_file()?
         };
         Connection::resolve(&self.overrides, &file)
     }
