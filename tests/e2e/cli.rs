@@ -2,9 +2,8 @@
 //! read (`get`, `describe`) shows the real machine, `apply` reports
 //! created/unchanged/configured, failures exit non-zero with the reason.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use wasmlet_api::protocol::List;
@@ -75,16 +74,6 @@ fn sensor_manifest(dir: &Path, name: &str, extra: &str) -> String {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, text).expect("write manifest");
     file.display().to_string()
-}
-
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -284,34 +273,13 @@ fn logs_follow_streams_sensor_lines_and_top_shows_instances() {
     let file = sensor_manifest(dir.path(), "sensor", "");
     ok(&master, &["apply", "-f", &file, "--wait", "--timeout", "60s"]);
 
-    let mut child = Command::new(bin("wasmlet"))
+    let mut follow = Command::new(bin("wasmlet"));
+    follow
         .args(["logs", "workload/sensor", "-f", "--tail", "1"])
         .env("WASMLETCONFIG", master.cli_config(master.data_dir.path()))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wasmlet logs runs");
-    let out = child.stdout.take().expect("stdout");
-    let running = Running(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seqs = Vec::new();
-    while seqs.len() < 3 {
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no sensor line streamed; got {seqs:?}"));
-        // Each line is `TIME STREAM TEXT`; the sensor's text is one JSON object.
-        let json = line.find('{').map(|i| &line[i..]).unwrap_or_else(|| panic!("not a sensor line: {line}"));
-        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{line}: {e}"));
-        seqs.push(value["seq"].as_u64().expect("seq"));
-    }
+        .env("NO_COLOR", "1");
+    let seqs = wasmlet_tests::followed_sensor_seqs(follow, 3);
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "lines arrive in order while following: {seqs:?}");
-    drop(running);
 
     let top = ok(&master, &["top", "instances"]);
     assert!(top.lines().any(|l| l.contains("sensor") && l.contains("cli-logs")), "{top}");

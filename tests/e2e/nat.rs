@@ -5,7 +5,6 @@
 //! `describe node` reach it through the channel the agent holds open to the
 //! master; and a node's credential cannot answer for another node through it.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -55,16 +54,6 @@ fn join(master: &Master, command: Command, name: &str) -> Agent {
     agent
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_node_behind_nat_serves_logs_top_and_describe_through_its_channel_and_answers_only_for_itself() {
     let lab = NatLab::create().expect("the NAT lab (root, ip, iptables)");
@@ -94,27 +83,8 @@ fn a_node_behind_nat_serves_logs_top_and_describe_through_its_channel_and_answer
     ok(&master, &["apply", "-f", manifest.to_str().expect("utf-8"), "--wait", "--timeout", "60s"]);
 
     // Followed logs stream through the channel.
-    let mut follow =
-        cli(&master, &["logs", "workload/sensor", "-f", "--tail", "1"]).stdout(Stdio::piped()).spawn().expect("wasmlet logs -f");
-    let out = follow.stdout.take().expect("stdout");
-    let follow = Killed(follow);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seqs = Vec::new();
-    while seqs.len() < 3 {
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("no sensor line streamed; got {seqs:?}"));
-        let json = line.find('{').map(|i| &line[i..]).unwrap_or_else(|| panic!("not a sensor line: {line}"));
-        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{line}: {e}"));
-        seqs.push(value["seq"].as_u64().expect("seq"));
-    }
+    let seqs = wasmlet_tests::followed_sensor_seqs(cli(&master, &["logs", "workload/sensor", "-f", "--tail", "1"]), 3);
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "new lines arrive while following: {seqs:?}");
-    drop(follow);
 
     let top = ok(&master, &["top", "instances"]);
     assert!(top.lines().any(|l| l.contains("sensor") && l.contains("edge")), "{top}");

@@ -467,6 +467,36 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// Runs `command` (a `wasmlet logs -f` of sensor instances) until it has
+/// printed `count` sensor lines, then kills it: the lines' `seq` numbers.
+/// Each line is `TIME STREAM TEXT`; the sensor's text is one JSON object.
+pub fn followed_sensor_seqs(mut command: Command, count: usize) -> Vec<u64> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the follower runs");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    while seqs.len() < count {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no sensor line streamed; got {seqs:?}");
+        };
+        let json = line.find('{').map(|i| &line[i..]).unwrap_or_else(|| panic!("not a sensor line: {line}"));
+        let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{line}: {e}"));
+        seqs.push(value["seq"].as_u64().expect("seq"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seqs
+}
+
 /// A free TCP port on loopback (bound and released: a tiny race, fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
