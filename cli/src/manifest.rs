@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
 use sha2::Digest as _;
-use wasmlet_api::{DecodeError, WORKLOAD_KIND, Workload};
+use wasmlet_api::{WORKLOAD_KIND, Workload};
 
 use crate::{Error, Result};
 
@@ -137,10 +137,9 @@ fn accept(
         problems.push(format!("{origin}: kind: `{kind}` cannot be applied; only {WORKLOAD_KIND} objects can"));
         return;
     }
-    let workload: Workload = match serde_path_to_error::deserialize(value) {
+    let workload: Workload = match wasmlet_api::decode::strict(value) {
         Ok(w) => w,
         Err(e) => {
-            let e = DecodeError { path: e.path().to_string(), message: e.into_inner().to_string() };
             problems.push(format!("{origin}: {e}"));
             return;
         }
