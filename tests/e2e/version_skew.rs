@@ -407,3 +407,57 @@ fn an_agent_refuses_a_master_older_than_its_minimum_until_it_is_upgraded() {
     master.version.store(old, Ordering::SeqCst);
     wait_for(WAIT, "refused after the rollback", || (refused(&agent) > before).then_some(()));
 }
+
+/// The proxy itself: an HTTP/1.1 upgrade (the channel an agent opens) passes
+/// through untouched, its bytes copied both ways, while JSON is rewritten.
+#[test]
+fn the_proxy_passes_upgrades_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("a port");
+    let upstream = format!("http://{}", listener.local_addr().expect("an address"));
+    // An upstream that echoes what comes over an upgraded connection.
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|mut request: Request<Incoming>| async move {
+                let upgraded = hyper::upgrade::on(&mut request);
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = upgraded.await {
+                        let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut read, &mut write).await;
+                    }
+                });
+                let response = Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header(UPGRADE, "echo")
+                    .header(hyper::header::CONNECTION, "upgrade")
+                    .body(Full::new(Bytes::new()))
+                    .expect("a response");
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades());
+        }
+    });
+    let proxy = SkewProxy::start(&upstream);
+    let address = proxy.url.trim_start_matches("http://").to_string();
+    let echoed = runtime.block_on(async move {
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("the proxy");
+        let request = "GET /api/v1/nodes/n/channel HTTP/1.1\r\nHost: master\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("written");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.expect("the answer's head");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        stream.write_all(b"{\"not\":\"rewritten\"}").await.expect("written");
+        let mut echoed = [0u8; 19];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut echoed)).await.expect("in time").expect("echoed");
+        echoed
+    });
+    assert_eq!(&echoed, b"{\"not\":\"rewritten\"}");
+    assert!(proxy.forwarded().contains("GET /nodes/*/channel"), "{:?}", proxy.forwarded());
+    assert!(proxy.rewritten().is_empty(), "{:?}", proxy.rewritten());
+    runtime.shutdown_background();
+}
