@@ -367,7 +367,7 @@ impl MasterLink {
                 ingress_port: Some(self.settings.ingress_port),
             };
             match self.send(self.http.post(self.url("/nodes/register")).bearer_auth(&bearer).json(&request)).await {
-                // An older master refuses the fields it does not know: speak its version, one step down at a time.
+                // A master of version 3 or older refuses fields it does not know: speak the version the field says it has.
                 Err(LinkError::Refused { status: 400, message }) if speaks > MIN_PROTOCOL_VERSION && message.contains("unknown field") => {
                     speaks = older_than_refused_field(speaks, &message).max(MIN_PROTOCOL_VERSION);
                     tracing::warn!(master = %self.master(), protocol = speaks, "{}", older_master(speaks));

@@ -5,8 +5,9 @@
 //! unknown fields (scalars, objects, arrays, nested) to every JSON object of
 //! every request and every answer, as peers of a newer version would: the
 //! node registers, renews its lease and its credential, reports its status
-//! and its instances, runs a daemon and a service, and the service's
-//! endpoints appear. Then registrations announcing versions this master does
+//! and its instances, runs a daemon, a service and a module pulled from a
+//! registry with credentials the master holds, and the service's endpoints
+//! appear. Then registrations announcing versions this master does
 //! not speak are refused, naming both sides' versions, and a real agent
 //! refuses a master older than its own minimum.
 
@@ -24,7 +25,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use wasmlet_api::Workload;
 use wasmlet_api::protocol::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use wasmlet_tests::{Agent, Master, wait_for, workload_manifest};
+use wasmlet_tests::registry::TestRegistry;
+use wasmlet_tests::{Agent, Master, bin, example, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -192,6 +194,27 @@ impl Drop for SkewProxy {
     }
 }
 
+/// Pushes the sensor example to `registry` as `team/sensor:1.0` with `wasmlet push`.
+fn push_sensor(registry: &TestRegistry) {
+    use std::io::Write as _;
+    let (path, _) = example("sensor");
+    let mut child = std::process::Command::new(bin("wasmlet"))
+        .arg("push")
+        .arg(&path)
+        .arg(format!("{}/team/sensor:1.0", registry.host))
+        .args(["--username", &registry.user, "--password-stdin", "--registry-ca-file"])
+        .arg(&registry.ca_file)
+        .env("HOME", registry.ca_file.parent().unwrap_or(std::path::Path::new("/nonexistent")))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("wasmlet runs");
+    child.stdin.take().expect("stdin").write_all(format!("{}\n", registry.password).as_bytes()).expect("password");
+    let output = child.wait_with_output().expect("wasmlet ends");
+    assert!(output.status.success(), "push: {}", String::from_utf8_lossy(&output.stderr));
+}
+
 fn create(master: &Master, text: &str) {
     let workload: Workload = wasmlet_api::from_yaml(text).expect("manifest");
     let (status, body) = master.send_json(reqwest::Method::POST, "/workloads", &workload).expect("POST /workloads");
@@ -200,19 +223,42 @@ fn create(master: &Master, text: &str) {
 
 #[test]
 fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
+    // A module in a registry, pulled with credentials the master holds and hands to the node for each pull.
+    let registry = TestRegistry::start("team", "skew-s3cret").expect("registry starts");
+    push_sensor(&registry);
+    let ca = registry.ca_file.to_str().expect("utf-8");
     // A short credential lifetime: the agent renews it (at two thirds) within the test.
-    let master = Master::start(&["--insecure-http", "--node-credential-ttl", "6s"]).expect("master starts");
+    let master = Master::start(&["--insecure-http", "--node-credential-ttl", "6s", "--registry-ca-file", ca]).expect("master starts");
     let proxy = SkewProxy::start(&master.url);
     master.upload_example("sensor").expect("upload sensor");
     master.upload_example("http-hello").expect("upload http-hello");
     let join = master.join_args();
-    let agent =
-        Agent::start(&["--master", &proxy.url, join[2], join[3], "--insecure-http", "--name", "skewed", "--sample-interval", "300ms"])
-            .expect("agent starts");
+    let agent = Agent::start(&[
+        "--master",
+        &proxy.url,
+        join[2],
+        join[3],
+        "--insecure-http",
+        "--name",
+        "skewed",
+        "--sample-interval",
+        "300ms",
+        "--module-ca-file",
+        ca,
+    ])
+    .expect("agent starts");
+    let held = json!({"metadata": {"name": "team"}, "registry": registry.host, "username": "team", "password": "skew-s3cret"});
+    let (status, body) = master.send_json(reqwest::Method::POST, "/registry-credentials", &held).expect("POST /registry-credentials");
+    assert_eq!(status, 201, "{body}");
+    let pulled = format!(
+        "apiVersion: wasmlet.io/v1\nkind: Workload\nmetadata:\n  name: pulled\nspec:\n  type: daemon\n  module:\n    oci: {}/team/sensor:1.0\n    credentials: team\n  args: [\"--interval\", \"200\"]\n",
+        registry.host
+    );
+    create(&master, &pulled);
 
     create(&master, &workload_manifest("sensor", "sensor", "daemon", "  args: [\"--interval\", \"200\"]\n"));
     create(&master, &workload_manifest("hello", "http-hello", "service", "  route: {pathPrefix: /hello}\n"));
-    for workload in ["sensor", "hello"] {
+    for workload in ["sensor", "hello", "pulled"] {
         wait_for(WAIT, &format!("{workload} Running on the node, as the master sees it"), || {
             master
                 .instances()
@@ -260,6 +306,7 @@ fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
         "→ POST /nodes/*/credential",
         "← POST /nodes/*/credential",
         "← GET /endpoints",
+        "← GET /nodes/*/registry-credentials/*",
     ] {
         assert!(rewritten.contains(route), "the proxy rewrote no {route}: {rewritten:?}");
     }

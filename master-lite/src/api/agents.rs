@@ -112,11 +112,6 @@ pub async fn register(
 ) -> Result<Response, Failure> {
     let request: RegisterRequest = decode_wire(&body, "registration")?;
     let name = request.name.clone();
-    // The version both speak: the agent's newest, or this master's when the agent is newer.
-    let version = negotiate(request.min_protocol_version, request.protocol_version.unwrap_or(1)).map_err(|why| {
-        tracing::warn!(node = %name, "refusing a registration: {why}");
-        unsupported(why)
-    })?;
     let issue_credential = match &caller.role {
         Role::Join | Role::Admin => true,
         Role::Node(own) if *own == name => false,
@@ -129,6 +124,11 @@ pub async fn register(
             "node `{name}` cannot register: `{name}` is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
         )));
     }
+    // The version both speak: the agent's newest, or this master's when the agent is newer.
+    let version = negotiate(request.min_protocol_version, request.protocol_version.unwrap_or(1)).map_err(|why| {
+        tracing::warn!(node = %name, "refusing a registration: {why}");
+        unsupported(why)
+    })?;
     let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
     let secure = serving_certificate.is_some();
     let scheme = if secure { "https" } else { "http" };
