@@ -220,6 +220,14 @@ mod tests {
         let err = read(std::slice::from_ref(&file), true).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{file}: document 2: spec.replicas: ")), "{err}");
 
+        // Strict, in YAML and JSON alike: an unknown field is named with its path.
+        let typo = write(dir.path(), "t.yaml", &GOOD.replace("NAME", "t").replace("    digest:", "    digestt: x\n    digest:"));
+        let err = read(std::slice::from_ref(&typo), true).unwrap_err().to_string();
+        assert_eq!(err, format!("{typo}: document 1: spec.module: unknown field `digestt`"));
+        let json = write(dir.path(), "t.json", r#"{"metadata": {"name": "t", "colour": "red"}, "spec": {"type": "daemon", "module": {}}}"#);
+        let err = read(std::slice::from_ref(&json), true).unwrap_err().to_string();
+        assert_eq!(err, format!("{json}: document 1: metadata: unknown field `colour`"));
+
         let invalid = write(dir.path(), "v.yaml", &GOOD.replace("NAME", "Bad_Name"));
         let err = read(std::slice::from_ref(&invalid), true).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{invalid}: document 1: metadata.name: ")), "{err}");

@@ -293,6 +293,26 @@ fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
         (renewed && proxy.rewritten().contains("← PUT /nodes/*/lease")).then_some(())
     });
 
+    // The CLI reads a master's answers as tolerantly: with unknown fields in every object, it works.
+    for args in
+        [&["get", "nodes"][..], &["get", "instances", "-o", "wide"], &["describe", "node", "skewed"], &["describe", "workload", "hello"]]
+    {
+        let output = std::process::Command::new(bin("wasmlet"))
+            .args(args)
+            .env("WASMLET_MASTER", &proxy.url)
+            .env("WASMLET_TOKEN", &master.admin_token)
+            .env("WASMLET_CONFIG", master.data_dir.path().join("no-cli-config.toml"))
+            .env("NO_COLOR", "1")
+            .env_remove("WASMLET_CA")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("wasmlet runs");
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "wasmlet {args:?}: {}{out}", String::from_utf8_lossy(&output.stderr));
+        assert!(out.contains("skewed") || out.contains("hello"), "wasmlet {args:?}: {out}");
+    }
+    assert!(proxy.rewritten().contains("← GET /nodes"), "{:?}", proxy.rewritten());
+
     let rewritten = proxy.rewritten();
     for route in [
         "→ POST /nodes/register",
