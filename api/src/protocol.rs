@@ -29,8 +29,8 @@
 //! ranges overlap, each side then speaking the older of the two newest
 //! versions, and otherwise refuses it (`400 UnsupportedProtocolVersion`,
 //! naming both ranges: [`negotiate`]). The master names its version in
-//! [`RegisterResponse::protocol_version`] and every
-//! [`LeaseResponse::protocol_version`]; an agent refuses a master older than
+//! [`RegisterResponse::protocol_version`] and, to agents of version 3 or
+//! newer, in every [`LeaseResponse::protocol_version`]; an agent refuses a master older than
 //! its own minimum ([`master_unsupported`]) and keeps trying, so an upgraded
 //! master is picked up.
 //!
@@ -57,7 +57,7 @@ use crate::instance::{Instance, InstanceStatus};
 use crate::node::{Node, NodeStatus, Taint};
 use crate::workload::{Isolation, Workload};
 
-/// The protocol this build speaks. An agent that sends no version speaks version 1.
+/// The newest protocol this build speaks. An agent that sends no version speaks version 1.
 ///
 /// - Version 2 adds the node CA, the renewal of credentials and node
 ///   certificates (`POST /nodes/{name}/credential`) and the peer side of
