@@ -42,9 +42,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::protocol::{
-    ApiError, Assignment, CHANNEL_VERSION, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, InstanceStatusUpdate, LeaseRenewal,
-    LeaseResponse, PROTOCOL_VERSION, RegisterRequest, RegisterResponse, RenewedCredential, instance_status_for_master,
-    node_status_for_master,
+    ApiError, Assignment, CHANNEL_VERSION, CredentialRenewal, HeldCredentials, ISOLATION_VERSION, InstanceStatusBatch,
+    InstanceStatusUpdate, LeaseRenewal, LeaseResponse, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RegisterRequest, RegisterResponse,
+    RenewedCredential, UNSUPPORTED_PROTOCOL_VERSION, instance_status_for_master, master_unsupported, node_status_for_master,
 };
 use wasmlet_api::{EventType, InstanceStatus, ModuleRef, NodeStatus, Taint};
 use wasmlet_security::{Fingerprint, JoinToken};
@@ -157,6 +157,9 @@ enum LinkError {
     Unreachable { url: String, source: reqwest::Error },
     #[error("{0}")]
     Local(String),
+    /// The master's protocol versions and this agent's do not meet (either side found it).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl MasterLink {
@@ -330,6 +333,9 @@ impl MasterLink {
                     };
                     tracing::error!(retry_in = ?backoff.peek(), "the master refused {presented}: {message}");
                 }
+                Err(LinkError::Unsupported(why)) => {
+                    tracing::error!(master = %self.master(), retry_in = ?backoff.peek(), "cannot work with the master: {why}; workloads keep running");
+                }
                 Err(e) => tracing::warn!(error = %e, retry_in = ?backoff.peek(), "cannot register with the master; workloads keep running"),
             }
             tokio::select! {
@@ -379,22 +385,31 @@ impl MasterLink {
                 taints: self.settings.taints.clone(),
                 status: node_status_for_master(report.node.status.clone(), speaks),
                 protocol_version: (speaks >= 2).then_some(PROTOCOL_VERSION),
+                // Sent with the version: a master of version 1 refuses both.
+                min_protocol_version: (speaks >= 2).then_some(MIN_PROTOCOL_VERSION),
                 serving_csr: serving_csr.clone(),
                 api_port: Some(self.settings.api_port),
                 api_url: None,
                 ingress_port: Some(self.settings.ingress_port),
             };
             match self.send(self.http.post(self.url("/nodes/register")).bearer_auth(&bearer).json(&request)).await {
-                // An older master refuses the fields it does not know: speak its version, one step down at a time.
-                Err(LinkError::Refused { status: 400, message }) if speaks > 1 && message.contains("unknown field") => {
-                    speaks -= 1;
+                // A master of version 3 or older refuses fields it does not know: speak the version the field says it has.
+                Err(LinkError::Refused { status: 400, message }) if speaks > MIN_PROTOCOL_VERSION && message.contains("unknown field") => {
+                    speaks = older_than_refused_field(speaks, &message).max(MIN_PROTOCOL_VERSION);
                     tracing::warn!(master = %self.master(), protocol = speaks, "{}", older_master(speaks));
+                }
+                Err(LinkError::Refused { message, .. }) if message.starts_with(UNSUPPORTED_PROTOCOL_VERSION) => {
+                    return Err(LinkError::Unsupported(message));
                 }
                 answer => break answer?,
             }
         };
+        let master = master_protocol(speaks, response.protocol_version);
+        if let Some(why) = master_unsupported(master) {
+            return Err(LinkError::Unsupported(why));
+        }
         self.accept_registration(&response).map_err(|e| LinkError::Local(format!("{e:#}")))?;
-        self.lock().master_protocol = master_protocol(speaks, response.protocol_version);
+        self.lock().master_protocol = master;
         Ok(Timings { heartbeat: response.heartbeat_interval.get(), status_report: response.status_report_interval.get() })
     }
 
@@ -402,7 +417,10 @@ impl MasterLink {
     /// answer to an agent of version 3 or newer; one that names none is older.
     /// So a master upgraded, or rolled back, under a running agent is noticed
     /// at the next heartbeat, and the agent sends what its version reads from then on.
-    fn learn_master_protocol(&self, named: Option<u32>) {
+    /// A master that now names a version older than this agent's minimum
+    /// (rolled back too far) ends the session: the registration that follows
+    /// says why, and is retried until the master is upgraded.
+    fn learn_master_protocol(&self, named: Option<u32>) -> Result<(), String> {
         let (before, speaks) = {
             let mut state = self.lock();
             let speaks = master_protocol(state.master_protocol, named);
@@ -412,6 +430,7 @@ impl MasterLink {
             tracing::info!(master = %self.master(), protocol = speaks, was = before, "the master speaks another protocol version now");
             self.report_all.notify_one();
         }
+        master_unsupported(speaks).map_or(Ok(()), Err)
     }
 
     /// A signing request for the node's key (None without TLS).
@@ -582,7 +601,9 @@ impl MasterLink {
                         tracing::info!("the master answers again");
                     }
                     self.contact(sent_at);
-                    self.learn_master_protocol(response.protocol_version);
+                    if let Err(why) = self.learn_master_protocol(response.protocol_version) {
+                        return format!("cannot work with the master: {why}");
+                    }
                     if response.assignment_revision == revision {
                         self.extend_fences(sent_at);
                     } else {
@@ -592,6 +613,9 @@ impl MasterLink {
                 }
                 Err(LinkError::Refused { status: 404 | 401, message }) => {
                     return format!("the master no longer knows this node: {message}");
+                }
+                Err(LinkError::Refused { message, .. }) if message.starts_with(UNSUPPORTED_PROTOCOL_VERSION) => {
+                    return format!("the master no longer serves this agent's protocol versions: {message}");
                 }
                 Err(e) => {
                     if failing_since.is_none() {
@@ -768,7 +792,9 @@ impl MasterLink {
         let what = format!("registry credentials `{name}`");
         let path = format!("/nodes/{}/registry-credentials/{name}", self.settings.node);
         let response = self.get_for_pull(&path, Duration::from_secs(30), &what).await?;
-        let held: HeldCredentials = response.json().await.map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
+        let body = response.bytes().await.map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
+        let held: HeldCredentials =
+            wasmlet_api::decode::from_wire(&body).map_err(|e| PullError::Unreachable(format!("{what} from the master: {e}")))?;
         Ok((held.registry, RegistryAuth::Basic(held.username, held.password)))
     }
 
@@ -947,7 +973,7 @@ impl MasterLink {
         }
         let body = response.bytes().await.map_err(|source| LinkError::Unreachable { url, source })?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ApiError>(&body)
+            let message = wasmlet_api::decode::from_wire::<ApiError>(&body)
                 .map(|e| format!("{}: {}", e.reason, e.message))
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_string());
             return Err(LinkError::Refused { status: status.as_u16(), message });
@@ -955,7 +981,7 @@ impl MasterLink {
         if body.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&body)
+        wasmlet_api::decode::from_wire(&body)
             .map(Some)
             .map_err(|e| LinkError::Refused { status: status.as_u16(), message: format!("an answer this agent cannot read: {e}") })
     }
@@ -968,6 +994,21 @@ fn master_protocol(spoken: u32, named: Option<u32>) -> u32 {
     match named {
         Some(version) => version.min(PROTOCOL_VERSION),
         None => spoken.min(ISOLATION_VERSION - 1),
+    }
+}
+
+/// The newest version a master that refused a field as unknown (named in
+/// `message`, as serde names it) can speak, below `speaks`: masters of
+/// version 4 and newer refuse none, those of version 2 and 3 only fields of
+/// a newer version, and those of version 1 the version itself.
+fn older_than_refused_field(speaks: u32, message: &str) -> u32 {
+    let field = message.split("unknown field `").nth(1).and_then(|rest| rest.split('`').next()).unwrap_or_default();
+    if field == "protocolVersion" || field == "minProtocolVersion" {
+        1
+    } else if wasmlet_api::protocol::VERSION_3_KEYS.contains(&field) {
+        speaks.min(ISOLATION_VERSION) - 1
+    } else {
+        speaks.min(ISOLATION_VERSION + 1) - 1
     }
 }
 
@@ -1015,14 +1056,6 @@ async fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<
     file.sync_all().await?;
     drop(file);
     tokio::fs::rename(&tmp, path).await
-}
-
-/// Registry credentials as the master hands them to a node (extra fields are ignored).
-#[derive(Deserialize)]
-struct HeldCredentials {
-    registry: String,
-    username: String,
-    password: String,
 }
 
 /// Registry modules whose workload names credentials the master holds: the
@@ -1102,6 +1135,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_field_says_how_old_the_master_is() {
+        let refused = |field: &str| format!("Invalid: the registration cannot be decoded: unknown field `{field}`, expected one of `name`");
+        assert_eq!(older_than_refused_field(PROTOCOL_VERSION, &refused("protocolVersion")), 1);
+        assert_eq!(older_than_refused_field(PROTOCOL_VERSION, &refused("isolation")), 2);
+        assert_eq!(older_than_refused_field(3, &refused("cgroups")), 2);
+        assert_eq!(older_than_refused_field(PROTOCOL_VERSION, &refused("peerUrl")), 3, "no master of version 4 or newer refuses a field");
+        assert_eq!(older_than_refused_field(3, &refused("peerUrl")), 2);
+    }
 
     #[test]
     fn the_master_protocol_is_what_the_master_names_or_at_most_version_2() {

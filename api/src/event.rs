@@ -8,7 +8,7 @@ use crate::meta::{ObjectMeta, api_version};
 pub const EVENT_KIND: &str = "Event";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     #[serde(default = "api_version")]
     pub api_version: String,
@@ -37,7 +37,7 @@ pub enum EventType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
     pub kind: String,
     pub name: String,

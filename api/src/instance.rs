@@ -8,7 +8,7 @@ use crate::meta::{ObjectMeta, api_version};
 pub const INSTANCE_KIND: &str = "Instance";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Instance {
     #[serde(default = "api_version")]
     pub api_version: String,
@@ -25,7 +25,7 @@ fn instance_kind() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
     pub workload: String,
     pub node: String,
@@ -35,7 +35,7 @@ pub struct InstanceSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     #[serde(default)]
     pub phase: Phase,
@@ -59,7 +59,7 @@ pub struct InstanceStatus {
 
 /// The end of one run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Termination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -69,8 +69,7 @@ pub struct Termination {
     pub finished_at: DateTime<Utc>,
 }
 
-/// What an instance uses now. Extended in protocol version 3, it tolerates
-/// fields it does not know: those of newer agents. The figures after
+/// What an instance uses now, extended in protocol version 3. The figures after
 /// `cpuSeconds` come from the instance's cgroup, in process isolation only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,7 +7,8 @@
 //! - `workload`, `instance`, `event`: the desired state and what happened to it.
 //! - `registry`: credentials for OCI registries the master holds for workloads.
 //! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
-//! - `decode`: JSON/YAML decoding whose errors name the offending field.
+//! - `decode`: JSON/YAML decoding whose errors name the offending field: strict
+//!   for what people write, tolerant of unknown fields for the master ↔ agent protocol.
 //! - `selector`: label selectors, parsed once and matched by the master and the CLI.
 //! - `since`: where a log read starts, a duration ago or a time.
 //! - `validate`: rules serde cannot express; every problem is reported with its field.

@@ -13,7 +13,7 @@ pub const API_VERSION: &str = "wasmlet.io/v1";
 
 /// Identity and bookkeeping of an object, as in Kubernetes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -14,7 +14,7 @@ use crate::workload::Isolation;
 pub const NODE_KIND: &str = "Node";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Node {
     #[serde(default = "api_version")]
     pub api_version: String,
@@ -71,7 +71,7 @@ impl Node {
 
 /// What the operator decides about a node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// Cordoned: no new instances are placed here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -82,7 +82,7 @@ pub struct NodeSpec {
 
 /// Repels instances that do not tolerate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Taint {
     pub key: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -99,7 +99,7 @@ pub enum TaintEffect {
 
 /// What the node reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
     #[serde(default)]
     pub capacity: ResourceList,
@@ -124,8 +124,7 @@ pub struct NodeStatus {
     pub insecure_http: bool,
 }
 
-/// How the node's WASM runtime is set up. Extended in protocol version 3, it
-/// tolerates fields it does not know: those of newer agents.
+/// How the node's WASM runtime is set up. Extended in protocol version 3.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeRuntime {
@@ -165,7 +164,7 @@ impl NodeRuntime {
 
 /// Amounts of each resource a node has or offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ResourceList {
     pub cpu: Cpu,
     pub memory: Bytes,
@@ -175,7 +174,7 @@ pub struct ResourceList {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
     pub kind: ConditionType,
@@ -240,7 +239,7 @@ impl fmt::Display for ConditionStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeAddress {
     #[serde(rename = "type")]
     pub kind: AddressType,
@@ -258,7 +257,7 @@ pub enum AddressType {
 
 /// Facts about the machine that change rarely (on reboot or upgrade).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     #[serde(rename = "machineID")]
     pub machine_id: String,
@@ -280,7 +279,7 @@ pub struct NodeInfo {
 
 /// Live use of the machine, sampled by the agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeUsage {
     pub sample_time: DateTime<Utc>,
     /// Busy share of all CPUs since the previous sample, 0–100.
@@ -293,7 +292,7 @@ pub struct NodeUsage {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MemoryUsage {
     pub total_bytes: u64,
     pub used_bytes: u64,
@@ -302,7 +301,7 @@ pub struct MemoryUsage {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DiskUsage {
     pub path: String,
     pub total_bytes: u64,
@@ -314,7 +313,7 @@ pub struct DiskUsage {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PidUsage {
     /// Processes and threads alive on the machine.
     pub used: u64,
@@ -325,7 +324,7 @@ pub struct PidUsage {
 /// Pressure stall information. Unavailable is not the same as zero: a kernel
 /// without PSI says nothing about stalls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Pressure {
     pub available: bool,
     /// Why it is unavailable, when it is.
@@ -340,7 +339,7 @@ pub struct Pressure {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ResourcePressure {
     /// Share of time some tasks were stalled.
     pub some: PressureAverages,
@@ -351,7 +350,6 @@ pub struct ResourcePressure {
 
 /// Percentages over the last 10 and 60 seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PressureAverages {
     pub avg10: f64,
     pub avg60: f64,
@@ -359,7 +357,7 @@ pub struct PressureAverages {
 
 /// One line of the node's instance list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceSummary {
     pub name: String,
     pub workload: String,
@@ -391,8 +389,8 @@ mod tests {
 
     #[test]
     fn the_runtime_tolerates_fields_of_newer_agents_and_keeps_its_own() {
-        let runtime: NodeRuntime = serde_json::from_str(
-            r#"{"allocator":"pooling","allocatorReason":"fits","isolation":["in-process"],"isolationReason":"no cgroup",
+        let runtime: NodeRuntime = crate::decode::from_wire(
+            br#"{"allocator":"pooling","allocatorReason":"fits","isolation":["in-process"],"isolationReason":"no cgroup",
                 "defaultIsolation":"in-process","cgroups":"v2 at /sys/fs/cgroup","sandboxes":"gvisor"}"#,
         )
         .unwrap();

@@ -10,6 +10,8 @@
 //! | `PUT /nodes/{name}/instances/status` | [`InstanceStatusBatch`] → `204` |
 //! | `POST /nodes/{name}/credential` | [`CredentialRenewal`] → [`RenewedCredential`] (before the credential or certificate expires) |
 //! | `GET /modules/{digest}` | → the module's bytes |
+//! | `GET /endpoints?watch=true&since=REV` | → [`List`] of [`ServiceEndpoints`] (long poll) |
+//! | `GET /nodes/{name}/registry-credentials/{c}` | → [`HeldCredentials`] (for each pull of a module that names them) |
 //! | `GET /nodes/{name}/channel` | `Upgrade: wasmlet-channel` → `101`, then the master's HTTP/2 requests to the agent's API over the connection (version 4) |
 //!
 //! The master reaches an agent's own API only to serve operators live data
@@ -20,15 +22,28 @@
 //! the `apiPort` it named, over TLS with the node certificate it issued
 //! (checked against the node CA, for the node's name).
 //!
-//! Versions: an agent says which protocol it speaks ([`PROTOCOL_VERSION`]);
+//! Versions. Every message is decoded tolerantly on both sides
+//! ([`crate::decode::from_wire`]): a field the reader does not know, a newer
+//! peer's, is dropped, so a new field never breaks an older peer of version
+//! 4 or newer. Each build speaks a range of versions, from
+//! [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`]. An agent names its range
+//! at registration ([`RegisterRequest::protocol_version`],
+//! [`RegisterRequest::min_protocol_version`]); the master serves it when the
+//! ranges overlap, each side then speaking the older of the two newest
+//! versions, and otherwise refuses it (`400 UnsupportedProtocolVersion`,
+//! naming both ranges: [`negotiate`]). The master names its version in
+//! [`RegisterResponse::protocol_version`] and, to agents of version 3 or
+//! newer, in every [`LeaseResponse::protocol_version`]; an agent refuses a master older than
+//! its own minimum ([`master_unsupported`]) and keeps trying, so an upgraded
+//! master is picked up.
+//!
+//! Agents and masters of version 3 or older refuse most fields they do not
+//! know, so each side sends a peer of those versions only what it reads:
 //! the master sends the fields of a newer version only to agents that speak
-//! it, since agents of version 1 refuse fields they do not know. The messages
-//! new in version 2 or 3, and those they extend, tolerate unknown fields.
-//! From version 3 the master says which version it speaks too
-//! ([`RegisterResponse::protocol_version`], [`LeaseResponse::protocol_version`]),
-//! and an agent sends a master of version 2 or older only what that version
-//! reads ([`node_status_for_master`], [`instance_status_for_master`]); the
-//! master does the same for older agents ([`assigned_for_agent`]).
+//! it ([`assigned_for_agent`]), and an agent sends a master of version 2 or
+//! older only what that version reads ([`node_status_for_master`],
+//! [`instance_status_for_master`]). Golden copies of every message of
+//! version 4 are in `api/tests/golden/`; later builds must still read them.
 //!
 //! Every request carries `Authorization: Bearer <token>`: the first
 //! registration a join token's `<id>.<secret>`, everything after it the node
@@ -45,7 +60,7 @@ use crate::instance::{Instance, InstanceStatus};
 use crate::node::{Node, NodeStatus, Taint};
 use crate::workload::{Isolation, Workload};
 
-/// The protocol this build speaks. An agent that sends no version speaks version 1.
+/// The newest protocol this build speaks. An agent that sends no version speaks version 1.
 ///
 /// - Version 2 adds the node CA, the renewal of credentials and node
 ///   certificates (`POST /nodes/{name}/credential`) and the peer side of
@@ -58,7 +73,7 @@ use crate::workload::{Isolation, Workload};
 ///   `cpuThrottledPeriods`, `cpuThrottledSeconds`, `oomKills`,
 ///   `cpuPressure`, `memoryPressure`); and the master's own version in
 ///   [`RegisterResponse`] and [`LeaseResponse`].
-/// - Version 4 adds the channel the agent opens (`GET /nodes/{name}/channel`).
+/// - Version 4 adds the channel the agent opens (`GET /nodes/{name}/channel`) and tolerant decoding of every message.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first version whose agents open a channel and whose masters accept one.
@@ -66,6 +81,44 @@ pub const CHANNEL_VERSION: u32 = 4;
 
 /// The `Upgrade` token of the agent's channel.
 pub const CHANNEL_UPGRADE: &str = "wasmlet-channel";
+
+/// The oldest protocol this build serves: a master, the agents it registers;
+/// an agent, the masters it registers with. Raised only when a release
+/// drops an older version; the README's "Upgrading a fleet" says what that means.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// `protocol 7` or `protocol 7 to 9`.
+fn versions(min: u32, max: u32) -> String {
+    if min == max { format!("protocol {max}") } else { format!("protocol {min} to {max}") }
+}
+
+/// The version a master of this build speaks with an agent that speaks
+/// `min..=max` (`min` absent: 1), or why it cannot serve it, naming both ranges.
+pub fn negotiate(min: Option<u32>, max: u32) -> Result<u32, String> {
+    let min = min.unwrap_or(1).min(max);
+    let master = versions(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+    if max == 0 {
+        return Err(format!("this agent speaks protocol 0, which no wasmlet speaks; this master speaks {master}"));
+    }
+    if min > PROTOCOL_VERSION {
+        return Err(format!("this agent speaks {}; this master speaks {master}: upgrade the masters first", versions(min, max)));
+    }
+    if max < MIN_PROTOCOL_VERSION {
+        return Err(format!("this agent speaks {}; this master speaks {master}: upgrade the agent", versions(min, max)));
+    }
+    Ok(max.min(PROTOCOL_VERSION))
+}
+
+/// Why an agent of this build cannot work with a master that speaks
+/// `master` (the newest version it named), naming both; None when it can.
+pub fn master_unsupported(master: u32) -> Option<String> {
+    (master < MIN_PROTOCOL_VERSION).then(|| {
+        format!(
+            "this master speaks protocol {master}; this agent speaks {}: upgrade the masters first",
+            versions(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION)
+        )
+    })
+}
 
 /// The first version with isolation modes: older agents refuse a workload
 /// that names one, older masters a status that reports one.
@@ -115,9 +168,12 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub taints: Vec<Taint>,
     pub status: NodeStatus,
-    /// The protocol version the agent speaks; absent: 1.
+    /// The newest protocol version the agent speaks; absent: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// The oldest protocol version the agent speaks; absent: 1. Version 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<u32>,
     /// A PEM certificate signing request for the node's key: the master signs
     /// the key with the node CA for the node's name and the address it
     /// registers from, and nothing else the request asks for.
@@ -225,13 +281,13 @@ pub struct RenewedCredential {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LeaseRenewal {
     /// The assignment revision the agent runs now.
     pub assignment_revision: u64,
 }
 
-/// Extended in version 3, it tolerates fields it does not know.
+/// Extended in version 3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseResponse {
@@ -247,7 +303,7 @@ pub struct LeaseResponse {
 /// The authoritative list of what a node must run. The agent runs exactly
 /// these instances, each under its epoch, and stops anything else it finds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Assignment {
     pub revision: u64,
     pub instances: Vec<AssignedInstance>,
@@ -255,7 +311,7 @@ pub struct Assignment {
 
 /// One instance to run, with the workload it belongs to (as of the instance's epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AssignedInstance {
     pub instance: Instance,
     pub workload: Workload,
@@ -263,13 +319,13 @@ pub struct AssignedInstance {
 
 /// Phase changes of a node's instances, sent together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceStatusBatch {
     pub updates: Vec<InstanceStatusUpdate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceStatusUpdate {
     pub name: String,
     /// The epoch the agent runs the instance under; an update from an older epoch is ignored.
@@ -277,9 +333,29 @@ pub struct InstanceStatusUpdate {
     pub status: InstanceStatus,
 }
 
+/// Registry credentials the master holds, as it hands them to a node for
+/// one pull of a module on that registry (`GET /nodes/{name}/registry-credentials/{c}`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCredentials {
+    /// The registry they are for (`host[:port]`); presented to no other.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for HeldCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldCredentials").field("registry", &self.registry).field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// The reason of the refusal of a peer whose protocol versions this build does not speak.
+pub const UNSUPPORTED_PROTOCOL_VERSION: &str = "UnsupportedProtocolVersion";
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ApiError {
     /// One CamelCase word: `NotFound`, `Conflict`, `Invalid`, `TooLarge`, `Unauthorized`, …
     pub reason: String,
@@ -289,7 +365,7 @@ pub struct ApiError {
 
 /// A list answer: the items and the collection's revision, to watch from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct List<T> {
     pub revision: u64,
     pub items: Vec<T>,
@@ -297,7 +373,7 @@ pub struct List<T> {
 
 /// One master of the cluster, as `GET /api/v1/masters` lists them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MasterStatus {
     /// Its URL, as it advertises it.
     pub name: String,
@@ -420,6 +496,30 @@ mod tests {
         assert_eq!(older.usage.as_ref().map(|u| (u.memory_bytes, u.cpu_seconds)), Some((3 << 20, 1.25)));
         assert_eq!(older.reason.as_deref(), Some("OOMKilled"), "reasons are words, in every version");
         assert_eq!(instance_status_for_master(status.clone(), 3), status);
+    }
+
+    #[test]
+    fn a_master_serves_an_agent_whose_versions_overlap_its_own_and_names_both_otherwise() {
+        assert_eq!(negotiate(None, 1), Ok(1), "an agent that names no version speaks 1");
+        assert_eq!(negotiate(None, 3), Ok(3));
+        assert_eq!(negotiate(Some(1), PROTOCOL_VERSION + 5), Ok(PROTOCOL_VERSION), "a newer agent speaks down to this master");
+        assert_eq!(negotiate(Some(PROTOCOL_VERSION), PROTOCOL_VERSION + 5), Ok(PROTOCOL_VERSION));
+        let too_new = negotiate(Some(PROTOCOL_VERSION + 3), PROTOCOL_VERSION + 5).unwrap_err();
+        let master = format!("this master speaks protocol {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}");
+        assert_eq!(
+            too_new,
+            format!("this agent speaks protocol {} to {}; {master}: upgrade the masters first", PROTOCOL_VERSION + 3, PROTOCOL_VERSION + 5)
+        );
+        let zero = negotiate(None, 0).unwrap_err();
+        assert_eq!(zero, format!("this agent speaks protocol 0, which no wasmlet speaks; {master}"));
+        assert_eq!(negotiate(Some(0), 2), Ok(2), "a minimum of 0 is a range that reaches 1");
+        assert_eq!(
+            master_unsupported(0),
+            Some(format!(
+                "this master speaks protocol 0; this agent speaks protocol {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}: upgrade the masters first"
+            ))
+        );
+        assert_eq!(master_unsupported(MIN_PROTOCOL_VERSION), None);
     }
 
     #[test]

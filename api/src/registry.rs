@@ -14,7 +14,7 @@ pub const REGISTRY_CREDENTIAL_KIND: &str = "RegistryCredential";
 pub const MAX_PASSWORD_BYTES: usize = 4096;
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RegistryCredential {
     #[serde(default = "api_version")]
     pub api_version: String,

@@ -17,7 +17,7 @@ use crate::validate::{Errors, ValidationError, is_label_key, is_label_value, sho
 pub const WORKLOAD_KIND: &str = "Workload";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Workload {
     #[serde(default = "api_version")]
     pub api_version: String,
@@ -34,7 +34,7 @@ fn workload_kind() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     pub module: ModuleRef,
     #[serde(rename = "type")]
@@ -79,7 +79,7 @@ pub struct WorkloadSpec {
 /// The module to run, always pinned by digest: a file (uploaded to the
 /// master), a URL, or an OCI registry reference.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ModuleRef {
     /// A path (relative to the manifest, or uploaded to the master), or an `https://` URL.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -138,7 +138,7 @@ pub enum Placement {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Toleration {
     /// Empty with `operator: Exists` tolerates every taint.
     #[serde(default)]
@@ -162,7 +162,7 @@ pub enum TolerationOperator {
 /// A directory opened for the guest at `path`: a fresh scratch directory of
 /// the instance, or a host directory inside the agent's allow-list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DirGrant {
     /// Where the guest sees it, e.g. `/data`.
     pub path: String,
@@ -173,7 +173,7 @@ pub struct DirGrant {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Resources {
     #[serde(default)]
     pub requests: ResourceRequests,
@@ -183,7 +183,7 @@ pub struct Resources {
 
 /// What the scheduler sets aside on a node for one instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ResourceRequests {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Cpu>,
@@ -193,7 +193,7 @@ pub struct ResourceRequests {
 
 /// What one instance may use at most.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ResourceLimits {
     /// Linear memories and tables together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,7 +264,7 @@ pub enum RestartPolicy {
 
 /// Where the ingress sends traffic for a service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -274,7 +274,7 @@ pub struct Route {
 
 /// What happens when the node running an instance stops reporting.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Disconnect {
     /// Silence after which the instance counts as Lost (master default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,7 +289,7 @@ pub struct Disconnect {
 
 /// What the master observes of a workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
     #[serde(default)]
     pub desired: u32,
@@ -310,7 +310,7 @@ pub struct WorkloadStatus {
 
 /// Something true of a workload as a whole, as the master sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadCondition {
     #[serde(rename = "type")]
     pub kind: WorkloadConditionType,

@@ -149,7 +149,8 @@ impl Client {
 
     pub fn decode<T: DeserializeOwned>(&self, response: Response, path: &str) -> Result<T> {
         let body = response.bytes().map_err(|e| self.transport(e))?;
-        serde_json::from_slice(&body).map_err(|e| {
+        // Tolerant, as the agents are: a newer master's fields must not break an older CLI.
+        wasmlet_api::decode::from_wire(&body).map_err(|e| {
             Error::Failed(format!(
                 "the master's answer to {path} cannot be read: {e} (is {} a wasmlet master of this version?)",
                 self.master()
@@ -191,7 +192,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 fn api_error(response: Response) -> Error {
     let status = response.status();
     let body = response.text().unwrap_or_default();
-    match serde_json::from_str::<ApiError>(&body) {
+    match wasmlet_api::decode::from_wire::<ApiError>(body.as_bytes()) {
         Ok(e) => Error::Api { status: status.as_u16(), reason: e.reason, message: e.message },
         Err(_) => {
             let text = body.trim();

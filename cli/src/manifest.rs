@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
 use sha2::Digest as _;
-use wasmlet_api::{DecodeError, WORKLOAD_KIND, Workload};
+use wasmlet_api::{WORKLOAD_KIND, Workload};
 
 use crate::{Error, Result};
 
@@ -137,10 +137,9 @@ fn accept(
         problems.push(format!("{origin}: kind: `{kind}` cannot be applied; only {WORKLOAD_KIND} objects can"));
         return;
     }
-    let workload: Workload = match serde_path_to_error::deserialize(value) {
+    let workload: Workload = match wasmlet_api::decode::strict(value) {
         Ok(w) => w,
         Err(e) => {
-            let e = DecodeError { path: e.path().to_string(), message: e.into_inner().to_string() };
             problems.push(format!("{origin}: {e}"));
             return;
         }
@@ -220,6 +219,14 @@ mod tests {
         let file = write(dir.path(), "w.yaml", &format!("{}---\n{bad}", GOOD.replace("NAME", "a")));
         let err = read(std::slice::from_ref(&file), true).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{file}: document 2: spec.replicas: ")), "{err}");
+
+        // Strict, in YAML and JSON alike: an unknown field is named with its path.
+        let typo = write(dir.path(), "t.yaml", &GOOD.replace("NAME", "t").replace("    digest:", "    digestt: x\n    digest:"));
+        let err = read(std::slice::from_ref(&typo), true).unwrap_err().to_string();
+        assert_eq!(err, format!("{typo}: document 1: spec.module: unknown field `digestt`"));
+        let json = write(dir.path(), "t.json", r#"{"metadata": {"name": "t", "colour": "red"}, "spec": {"type": "daemon", "module": {}}}"#);
+        let err = read(std::slice::from_ref(&json), true).unwrap_err().to_string();
+        assert_eq!(err, format!("{json}: document 1: metadata: unknown field `colour`"));
 
         let invalid = write(dir.path(), "v.yaml", &GOOD.replace("NAME", "Bad_Name"));
         let err = read(std::slice::from_ref(&invalid), true).unwrap_err().to_string();

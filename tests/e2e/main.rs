@@ -33,3 +33,4 @@ mod security;
 mod services;
 mod store;
 mod tour;
+mod version_skew;

@@ -16,7 +16,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use reqwest::Method as HttpMethod;
 use serde_json::{Value, json};
-use wasmlet_api::protocol::{AssignedInstance, Assignment, version_3_keys};
+use wasmlet_api::protocol::{AssignedInstance, Assignment, PROTOCOL_VERSION, version_3_keys};
 use wasmlet_api::{Instance, InstanceSpec, Workload};
 use wasmlet_tests::{Agent, Master, bin, example, wait_for, workload_manifest};
 
@@ -92,7 +92,7 @@ fn an_older_agent_is_never_sent_what_it_refuses() {
     let ancient = register(&master, "ancient", None, quiet.clone());
     assert!(ancient.get("protocolVersion").is_none(), "a version 1 agent refuses the field: {ancient}");
     let old = register(&master, "old", Some(2), quiet);
-    assert_eq!(old["protocolVersion"], json!(3), "{old}");
+    assert_eq!(old["protocolVersion"], json!(PROTOCOL_VERSION), "{old}");
     // A version 2 node claiming process isolation: no real agent of that version can, but a node may say anything.
     let liar = register(&master, "liar", Some(2), offers.clone());
     let new = register(&master, "new", Some(3), offers);
@@ -146,7 +146,7 @@ fn an_older_agent_is_never_sent_what_it_refuses() {
     };
     assert!(lease(&old, "old").get("protocolVersion").is_none());
     assert!(lease(&ancient, "ancient").get("protocolVersion").is_none());
-    assert_eq!(lease(&new, "new")["protocolVersion"], json!(3));
+    assert_eq!(lease(&new, "new")["protocolVersion"], json!(PROTOCOL_VERSION));
 
     // What people read: the workload's mode and limit, the modes each node offers.
     let page = wasmlet(&master, &["describe", "workload", "proc-old"]);
@@ -355,16 +355,16 @@ fn an_agent_speaks_an_older_masters_version() {
         let refusals = received[..registered].len();
         let version = master.state.version.load(Ordering::SeqCst);
         match version {
-            // 3 (protocolVersion refused), 2 (likewise), then 1.
+            // The newest version (protocolVersion refused), then 1.
             1 => {
-                assert_eq!(refusals, 2, "{received:?}");
+                assert_eq!(refusals, 1, "{received:?}");
                 assert!(received[registered].1.get("protocolVersion").is_none(), "{:?}", received[registered]);
                 assert!(agent.log_text().contains("no renewals"), "the agent says what it gives up");
             }
             // Refused only for the fields of version 3, when the agent has any to report.
             _ => {
                 assert_eq!(refusals, usize::from(has_version_3), "{received:?}");
-                assert_eq!(received[registered].1["protocolVersion"], json!(3), "the agent still says what it speaks");
+                assert_eq!(received[registered].1["protocolVersion"], json!(PROTOCOL_VERSION), "the agent still says what it speaks");
             }
         }
     }

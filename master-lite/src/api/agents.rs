@@ -25,12 +25,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use wasmlet_api::protocol::{
     AssignedInstance, Assignment, CredentialRenewal, ISOLATION_VERSION, InstanceStatusBatch, LeaseRenewal, LeaseResponse, PROTOCOL_VERSION,
-    RegisterRequest, RegisterResponse, RenewedCredential, assigned_for_agent,
+    RegisterRequest, RegisterResponse, RenewedCredential, UNSUPPORTED_PROTOCOL_VERSION, assigned_for_agent, negotiate,
 };
 use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
 use super::live::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA, agent_protocol};
-use super::{Failure, ListParams, decode, not_modified};
+use super::{Failure, ListParams, decode_wire, not_modified};
 use crate::Shared;
 use crate::auth::{Caller, Role, TokenRecord};
 use crate::cluster::random_hex;
@@ -39,6 +39,21 @@ use crate::scheduler::UNREACHABLE_TAINT;
 
 fn not_registered(name: &str) -> Failure {
     Failure::new(StatusCode::NOT_FOUND, "NotFound", format!("node `{name}` is not registered: POST /api/v1/nodes/register first"))
+}
+
+/// An agent whose protocol versions this master does not speak (see `wasmlet_api::protocol::negotiate`).
+fn unsupported(why: String) -> Failure {
+    Failure::new(StatusCode::BAD_REQUEST, UNSUPPORTED_PROTOCOL_VERSION, why)
+}
+
+/// Refuses every call of a node whose agent registered with a protocol this
+/// master no longer serves (before the master was upgraded past it): it must
+/// be upgraded, then it registers again.
+fn check_protocol(shared: &Shared, name: &str) -> Result<(), Failure> {
+    match shared.agents.get(name) {
+        Some(agent) => negotiate(None, agent.protocol).map(|_| ()).map_err(unsupported),
+        None => Ok(()),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -95,9 +110,8 @@ pub async fn register(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let request: RegisterRequest = decode(&body, "registration")?;
+    let request: RegisterRequest = decode_wire(&body, "registration")?;
     let name = request.name.clone();
-    let version = request.protocol_version.unwrap_or(1);
     let issue_credential = match &caller.role {
         Role::Join | Role::Admin => true,
         Role::Node(own) if *own == name => false,
@@ -110,6 +124,11 @@ pub async fn register(
             "node `{name}` cannot register: `{name}` is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
         )));
     }
+    // The version both speak: the agent's newest, or this master's when the agent is newer.
+    let version = negotiate(request.min_protocol_version, request.protocol_version.unwrap_or(1)).map_err(|why| {
+        tracing::warn!(node = %name, "refusing a registration: {why}");
+        unsupported(why)
+    })?;
     let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
     let secure = serving_certificate.is_some();
     let scheme = if secure { "https" } else { "http" };
@@ -222,7 +241,8 @@ pub async fn renew_credential(
     if caller.role != Role::Node(name.clone()) {
         return Err(Failure::new(StatusCode::FORBIDDEN, "Forbidden", format!("{caller} may not renew the credential of node `{name}`")));
     }
-    let request: CredentialRenewal = decode(&body, "credential renewal")?;
+    check_protocol(&shared, &name)?;
+    let request: CredentialRenewal = decode_wire(&body, "credential renewal")?;
     let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
     let now = Utc::now();
     let description = format!("credential of node {name}, renewed from token {}", caller.token_id);
@@ -325,8 +345,9 @@ pub async fn renew_lease(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    let _renewal: LeaseRenewal = decode(&body, "lease renewal")?;
+    let _renewal: LeaseRenewal = decode_wire(&body, "lease renewal")?;
     let agent = shared.agents.get(&name).ok_or_else(|| not_registered(&name))?;
+    negotiate(None, agent.protocol).map_err(unsupported)?;
     retire_older_credentials(&shared, &name, &caller.token_id).await;
     shared.leases().renew(&name, tokio::time::Instant::now());
     if agent.unreachable {
@@ -341,7 +362,8 @@ pub async fn renew_lease(
 }
 
 pub async fn report_status(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
-    let status: NodeStatus = decode(&body, "node status")?;
+    check_protocol(&shared, &name)?;
+    let status: NodeStatus = decode_wire(&body, "node status")?;
     shared
         .update(|cluster| {
             let mut node = cluster.nodes.get(&name).cloned().ok_or_else(|| not_registered(&name))?;
@@ -361,6 +383,7 @@ pub async fn assignment(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, Failure> {
     let params = ListParams::parse(&query)?;
+    check_protocol(&shared, &name)?;
     let changes = shared.agents.subscribe(&name).ok_or_else(|| not_registered(&name))?;
     if let Some(failure) = shared.cluster().nodes.get(&name).and_then(|node| must_register_again(&shared, node)) {
         return Err(failure);
@@ -420,7 +443,8 @@ async fn wait_for_assignment(shared: &Shared, mut changes: watch::Receiver<u64>,
 }
 
 pub async fn report_instances(State(shared): State<Arc<Shared>>, Path(name): Path<String>, body: Bytes) -> Result<Response, Failure> {
-    let batch: InstanceStatusBatch = decode(&body, "instance status batch")?;
+    check_protocol(&shared, &name)?;
+    let batch: InstanceStatusBatch = decode_wire(&body, "instance status batch")?;
     shared
         .update(|cluster| {
             if !cluster.nodes.contains_key(&name) {

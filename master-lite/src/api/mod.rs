@@ -153,6 +153,12 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure
     wasmlet_api::from_json(body).map_err(|e| Failure::invalid(format!("the {what} cannot be decoded: {e}")))
 }
 
+/// Decodes a body an agent sent (the master ↔ agent protocol): fields of a
+/// newer agent are dropped, bad values of known ones are `Invalid`, naming the field.
+pub fn decode_wire<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
+    wasmlet_api::decode::from_wire(body).map_err(|e| Failure::invalid(format!("the {what} cannot be decoded: {e}")))
+}
+
 pub use wasmlet_api::Selector;
 
 /// The query parameters of lists and watches.

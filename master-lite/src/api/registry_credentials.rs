@@ -135,13 +135,10 @@ pub async fn for_node(
         ));
     }
     let password = credential.password.clone().unwrap_or_default();
-    Ok(Json(HeldCredentials { registry: credential.registry.clone(), username: credential.username.clone(), password }).into_response())
-}
-
-/// Registry credentials as a node gets them (a wire message: nodes ignore fields they do not know).
-#[derive(serde::Serialize)]
-struct HeldCredentials {
-    registry: String,
-    username: String,
-    password: String,
+    Ok(Json(wasmlet_api::protocol::HeldCredentials {
+        registry: credential.registry.clone(),
+        username: credential.username.clone(),
+        password,
+    })
+    .into_response())
 }

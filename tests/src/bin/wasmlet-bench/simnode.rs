@@ -305,6 +305,7 @@ async fn register_one(client: &reqwest::Client, api: &str, join_token: &str, nam
         taints: Vec::new(),
         status: node_status(name),
         protocol_version: None,
+        min_protocol_version: None,
         serving_csr: None,
         api_port: None,
         api_url: None,
