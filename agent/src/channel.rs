@@ -10,7 +10,8 @@
 //! over the connection as an HTTP/2 server, so the master's requests pass
 //! the same checks (the master token) as on the agent's listener. One
 //! channel per master of `--master`, each reopened with back-off when it
-//! ends, and again with the new credential after a renewal. Both sides ping:
+//! ends, and at once with the new credential after a renewal (the older
+//! channel serving on until its successor is open). Both sides ping:
 //! a connection a NAT forgot is noticed within [`KEEPALIVE`] and
 //! [`KEEPALIVE_TIMEOUT`], and opened again.
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wasmlet_api::protocol::CHANNEL_UPGRADE;
 
@@ -53,19 +55,30 @@ enum Refused {
 async fn hold_one(link: Arc<MasterLink>, master: String, app: Router, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut last_error = String::new();
+    // A channel opened with a credential since renewed: it serves on until its successor is open.
+    let mut retiring: Option<oneshot::Sender<()>> = None;
     loop {
         let credentials = link.credential_changes();
-        let wait = match open(&link, &master).await {
+        let opened = open(&link, &master).await;
+        if let Some(retire) = retiring.take() {
+            let _ = retire.send(());
+        }
+        let wait = match opened {
             Ok(upgraded) => {
                 backoff.reset();
                 last_error.clear();
                 tracing::info!(master = %master, "opened the channel to the master");
-                let why = serve(upgraded, app.clone(), credentials, &stop).await;
-                if stop.is_cancelled() {
-                    return;
+                match serve(upgraded, app.clone(), credentials, &stop).await {
+                    Ended::Stopping => return,
+                    Ended::Renewed(retire) => {
+                        retiring = Some(retire);
+                        Duration::ZERO
+                    }
+                    Ended::Closed(why) => {
+                        tracing::info!(master = %master, why = %why, "the channel to the master closed; opening it again");
+                        backoff.next()
+                    }
                 }
-                tracing::info!(master = %master, why = %why, "the channel to the master closed; opening it again");
-                backoff.next()
             }
             Err(Refused::NotYet) => Duration::from_secs(1),
             Err(Refused::Failed(why)) => {
@@ -103,15 +116,24 @@ async fn open(link: &MasterLink, master: &str) -> Result<reqwest::Upgraded, Refu
     answer.upgrade().await.map_err(|e| Refused::Failed(format!("the upgrade failed: {}", wasmlet_security::error_chain(&e))))
 }
 
-/// Serves the agent's API over the channel until it ends (its why), the
-/// credential changes or `stop`. Requests in flight on a channel left for a
-/// new credential go on to their end.
+/// How serving a channel ended.
+enum Ended {
+    /// The connection ended: why.
+    Closed(String),
+    /// The node's credential was renewed: the channel serves on (requests in
+    /// flight included) until the sender fires, then ends gracefully.
+    Renewed(oneshot::Sender<()>),
+    Stopping,
+}
+
+/// Serves the agent's API over the channel until it ends, the credential
+/// changes or `stop`.
 async fn serve(
     upgraded: reqwest::Upgraded,
     app: Router,
     mut credentials: tokio::sync::watch::Receiver<u64>,
     stop: &CancellationToken,
-) -> String {
+) -> Ended {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -120,19 +142,28 @@ async fn serve(
         .max_concurrent_streams(MAX_STREAMS);
     let mut connection = Box::pin(builder.serve_connection(TokioIo::new(upgraded), TowerToHyperService::new(app)));
     tokio::select! {
-        ended = connection.as_mut() => match ended {
+        ended = connection.as_mut() => Ended::Closed(match ended {
             Ok(()) => "the master closed it".into(),
             Err(e) => e.to_string(),
-        },
+        }),
         _ = credentials.changed() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::spawn(connection);
-            "the node's credential was renewed".into()
+            let (retire, retired) = oneshot::channel::<()>();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = retired => {}
+                    () = stop.cancelled() => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(60), connection).await;
+            });
+            Ended::Renewed(retire)
         }
         () = stop.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
-            "stopping".into()
+            Ended::Stopping
         }
     }
 }

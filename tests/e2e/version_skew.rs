@@ -301,7 +301,7 @@ fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
             .args(args)
             .env("WASMLET_MASTER", &proxy.url)
             .env("WASMLET_TOKEN", &master.admin_token)
-            .env("WASMLET_CONFIG", master.data_dir.path().join("no-cli-config.toml"))
+            .env("WASMLETCONFIG", master.data_dir.path().join("no-cli-config.toml"))
             .env("NO_COLOR", "1")
             .env_remove("WASMLET_CA")
             .stdin(std::process::Stdio::null())
@@ -332,6 +332,14 @@ fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
     }
     let forwarded = proxy.forwarded();
     assert!(forwarded.contains("GET /modules/*"), "modules pass through as bytes: {forwarded:?}");
+    // The agent's channel passed the proxy too, and the master asks the agent through it.
+    assert!(forwarded.contains("GET /nodes/*/channel"), "the channel: {forwarded:?}");
+    let via_channel = || master.metric("wasmlet_master_live_requests_total{via=\"channel\"}").unwrap_or(0.0);
+    let before = via_channel();
+    wait_for(WAIT, "a live request through the channel", || {
+        let live = master.client().get(master.api("/nodes/skewed/live")).send().expect("an answer");
+        (live.status().is_success() && via_channel() > before).then_some(())
+    });
     // Nothing was refused: the agent never stepped down nor re-registered for a field.
     let log = agent.log_text();
     for refusal in ["unknown field", "older version", "cannot read", "heartbeat failed", "registering again"] {
