@@ -4,6 +4,7 @@
 //! ever written by the master itself.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -33,7 +34,7 @@ impl Admin {
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1{path}", self.url);
-        let mut request = crate::api::live::trusting_client(&self.ca_pem)?.request(method, &url).bearer_auth(&self.token);
+        let mut request = crate::admin::trusting_client(&self.ca_pem)?.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -118,4 +119,14 @@ fn table(rows: &[[String; 5]]) -> String {
         let _ = writeln!(out, "{}", line.join("   ").trim_end());
     }
     out
+}
+
+/// A client that trusts the cluster CA only: `wasmlet-master token …` calls the master with it.
+pub fn trusting_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()?)
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, RegistryCredential, Workload};
 
-use crate::api::live::agent_protocol;
+use crate::annotations::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;

@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod annotations;
 pub mod api;
 pub mod auth;
 pub mod backup;

@@ -19,7 +19,7 @@ use std::fmt;
 use wasmlet_api::protocol::ISOLATION_VERSION;
 use wasmlet_api::{ConditionStatus, ConditionType, Isolation, Node, Phase, Taint, TaintEffect, Toleration, TolerationOperator, Workload};
 
-use crate::api::live::agent_protocol;
+use crate::annotations::agent_protocol;
 use crate::cluster::Cluster;
 use crate::config::Scoring;
 
@@ -454,7 +454,7 @@ mod tests {
     fn process_isolation_goes_only_to_nodes_that_offer_it() {
         let node = |name: &str, memory: u64, protocol: u32, modes: &[&str]| {
             let mut node = ready_node(name, 1000, memory);
-            node.metadata.annotations.insert(crate::api::live::AGENT_PROTOCOL.into(), protocol.to_string());
+            node.metadata.annotations.insert(crate::annotations::AGENT_PROTOCOL.into(), protocol.to_string());
             node.status.runtime = Some(wasmlet_api::NodeRuntime {
                 allocator: "pooling".into(),
                 isolation: modes.iter().map(|m| m.to_string()).collect(),

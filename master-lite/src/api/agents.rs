@@ -29,9 +29,9 @@ use wasmlet_api::protocol::{
 };
 use wasmlet_api::{EventType, Node, NodeStatus, Phase};
 
-use super::live::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA, agent_protocol};
 use super::{Failure, ListParams, decode_wire, not_modified};
 use crate::Shared;
+use crate::annotations::{AGENT_API, AGENT_INGRESS, AGENT_INGRESS_PEER, AGENT_PROTOCOL, NODE_CA, agent_protocol};
 use crate::auth::{Caller, Role, TokenRecord};
 use crate::cluster::random_hex;
 use crate::controller::lifecycle::is_unreachable;
@@ -132,10 +132,11 @@ pub async fn register(
     let serving_certificate = node_certificate(&shared, &name, request.serving_csr.as_deref(), peer.ip())?;
     let secure = serving_certificate.is_some();
     let scheme = if secure { "https" } else { "http" };
-    let endpoint = super::live::agent_endpoint(scheme, peer, request.api_port, request.api_url.as_deref());
-    let ingress = super::live::agent_endpoint("http", peer, request.ingress_port, None);
+    let endpoint = crate::annotations::agent_endpoint(scheme, peer, request.api_port, request.api_url.as_deref());
+    let ingress = crate::annotations::agent_endpoint("http", peer, request.ingress_port, None);
     // Version 2 agents serve their peers mutual TLS on the ingress port.
-    let ingress_peer = (secure && version >= 2).then(|| super::live::agent_endpoint("https", peer, request.ingress_port, None)).flatten();
+    let ingress_peer =
+        (secure && version >= 2).then(|| crate::annotations::agent_endpoint("https", peer, request.ingress_port, None)).flatten();
     let now = Utc::now();
     let (node, credential, master_token, unreachable) = {
         let (credential, master_token) = shared

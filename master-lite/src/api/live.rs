@@ -4,7 +4,7 @@
 //! the channel the agent holds open to it ([`super::channel`]); without one
 //! (an agent of protocol 3 or older, or while its channel is down), at the
 //! address its registration came from and the port it named (annotation
-//! [`AGENT_API`] on the Node), accepting only that node's certificate from
+//! [`AGENT_API`](crate::annotations::AGENT_API) on the Node), accepting only that node's certificate from
 //! the node CA: not the cluster CA's, not another node's.
 
 use std::sync::Arc;
@@ -19,48 +19,6 @@ use serde::Deserialize;
 
 use super::Failure;
 use crate::Shared;
-
-/// Node annotation holding the base URL of the node's agent API.
-pub const AGENT_API: &str = "wasmlet.io/agent-api";
-
-/// Node annotation holding the base URL of the node's ingress.
-pub const AGENT_INGRESS: &str = "wasmlet.io/ingress";
-
-/// Node annotation holding where peers reach the node's ingress over mutual TLS.
-pub const AGENT_INGRESS_PEER: &str = "wasmlet.io/ingress-peer";
-
-/// Node annotation holding the protocol version the node's agent speaks (absent: 1).
-pub const AGENT_PROTOCOL: &str = "wasmlet.io/agent-protocol";
-
-/// The protocol version the node's agent registered with: what the master may send it.
-pub fn agent_protocol(node: &wasmlet_api::Node) -> u32 {
-    node.metadata.annotations.get(AGENT_PROTOCOL).and_then(|v| v.parse().ok()).unwrap_or(1)
-}
-
-/// Node annotation holding the fingerprint of the node CA that signed the node's certificate.
-pub const NODE_CA: &str = "wasmlet.io/node-ca";
-
-/// The agent API of a registration: `apiUrl` when given, else `scheme`, the source address and `apiPort`.
-pub fn agent_endpoint(scheme: &str, peer: std::net::SocketAddr, api_port: Option<u16>, api_url: Option<&str>) -> Option<String> {
-    if let Some(url) = api_url {
-        return Some(url.trim_end_matches('/').to_string());
-    }
-    let port = api_port?;
-    Some(match peer.ip() {
-        std::net::IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}"),
-        std::net::IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}"),
-    })
-}
-
-/// A client that trusts the cluster CA only: `wasmlet-master token …` calls the master with it.
-pub fn trusting_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())?;
-    Ok(reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()?)
-}
 
 /// A client for node `node`'s agent: it accepts that node's certificate from the node CA only.
 fn agent_client(shared: &Shared, node: &str) -> Result<reqwest::Client, Failure> {
@@ -77,7 +35,7 @@ fn agent_client(shared: &Shared, node: &str) -> Result<reqwest::Client, Failure>
 fn endpoint_of(shared: &Shared, node: &str) -> Result<(String, Option<String>), Failure> {
     let cluster = shared.cluster();
     let Some(n) = cluster.nodes.get(node) else { return Err(Failure::not_found("node", node)) };
-    let url = n.metadata.annotations.get(AGENT_API).cloned().ok_or_else(|| {
+    let url = n.metadata.annotations.get(crate::annotations::AGENT_API).cloned().ok_or_else(|| {
         Failure::new(
             StatusCode::BAD_GATEWAY,
             "AgentUnreachable",
@@ -185,19 +143,4 @@ pub async fn node_live(State(shared): State<Arc<Shared>>, Path(name): Path<Strin
 /// `GET /nodes/{name}/instances/live`: the agent's instances with their usage now.
 pub async fn node_instances_live(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
     forward(&shared, &name, "/instances".to_string(), false).await.map(IntoResponse::into_response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_come_from_the_peer_and_the_named_port() {
-        let v4: std::net::SocketAddr = "10.0.0.7:53211".parse().unwrap();
-        assert_eq!(agent_endpoint("https", v4, Some(7071), None).as_deref(), Some("https://10.0.0.7:7071"));
-        let v6: std::net::SocketAddr = "[fd00::2]:53211".parse().unwrap();
-        assert_eq!(agent_endpoint("http", v6, Some(7071), None).as_deref(), Some("http://[fd00::2]:7071"));
-        assert_eq!(agent_endpoint("http", v4, Some(7071), Some("https://edge-1:9000/")).as_deref(), Some("https://edge-1:9000"));
-        assert_eq!(agent_endpoint("http", v4, None, None), None);
-    }
 }

@@ -69,7 +69,7 @@ pub async fn list_endpoints(
 ) -> Result<Response, Failure> {
     list(&shared, &query, Kind::Instance, |c, _| {
         let peer_urls = match &caller.role {
-            Role::Node(own) => c.nodes.get(own).is_some_and(|n| super::live::agent_protocol(n) >= 2),
+            Role::Node(own) => c.nodes.get(own).is_some_and(|n| crate::annotations::agent_protocol(n) >= 2),
             _ => true,
         };
         c.workloads
@@ -83,8 +83,8 @@ pub async fn list_endpoints(
                     .filter(|p| p.instance.status.phase == wasmlet_api::Phase::Running && p.instance.status.reason.is_none())
                     .filter_map(|p| {
                         let node = c.nodes.get(&p.instance.spec.node)?;
-                        let url = node.metadata.annotations.get(super::live::AGENT_INGRESS)?;
-                        let peer_url = node.metadata.annotations.get(super::live::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
+                        let url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS)?;
+                        let peer_url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
                         Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone(), peer_url })
                     })
                     .collect();

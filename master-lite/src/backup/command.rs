@@ -40,7 +40,7 @@ pub async fn backup(config: &MasterConfig, file: &Path) -> anyhow::Result<String
     };
     let download = Partial::new(&dir, file, "download")?;
     let url = format!("{}/api/v1/backup", admin.url);
-    let response = crate::api::live::trusting_client(&admin.ca_pem)?
+    let response = crate::admin::trusting_client(&admin.ca_pem)?
         .get(&url)
         .bearer_auth(&admin.token)
         .send()
