@@ -559,14 +559,20 @@ mod tests {
     use crate::runtime::compiler::CompileBudget;
     use crate::runtime::precheck::CompileLimits;
 
-    #[tokio::test]
-    async fn a_wasi_p3_component_is_refused_in_words() {
+    /// An engine as the agent makes one, and a small compile budget.
+    fn engine_and_budget() -> (Engine, CompileBudget) {
         let engine = Engine::new(&super::super::base_config(1 << 30)).unwrap();
         let budget = CompileBudget {
             limits: CompileLimits { module_size: 1 << 20, functions: 10, function_size: 1000, nesting: 10, locals: 10 },
             memory: 256 << 20,
             timeout: std::time::Duration::from_secs(60),
         };
+        (engine, budget)
+    }
+
+    #[tokio::test]
+    async fn a_wasi_p3_component_is_refused_in_words() {
+        let (engine, budget) = engine_and_budget();
         let dir = tempfile::tempdir().unwrap();
         let cache =
             ModuleCache::new(engine.clone(), dir.path().to_path_buf(), Compiler::new(None, &engine, 1 << 30, budget), None).unwrap();
@@ -586,12 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_compiled_module_stays_in_memory_while_an_instance_holds_it_and_counts_in_the_disk_cache() {
-        let engine = Engine::new(&super::super::base_config(1 << 30)).unwrap();
-        let budget = CompileBudget {
-            limits: CompileLimits { module_size: 1 << 20, functions: 10, function_size: 1000, nesting: 10, locals: 10 },
-            memory: 256 << 20,
-            timeout: std::time::Duration::from_secs(60),
-        };
+        let (engine, budget) = engine_and_budget();
         let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(DiskCache::open(dir.path(), u64::MAX));
         let compiler = Compiler::new(None, &engine, 1 << 30, budget);
