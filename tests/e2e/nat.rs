@@ -99,7 +99,7 @@ fn a_node_behind_nat_serves_logs_top_and_describe_through_its_channel_and_answer
     // Another node's credential: it cannot open edge's channel, nor can an admin's token.
     let mut other = join(&master, Command::new(bin("wasmlet-agent")), "other");
     // Saved by the agent once the registration's answer is in, a moment after the master sees it Ready.
-    let stolen = wait_for(WAIT, "other's saved credential", || other.credential_field("token"));
+    let stolen = crate::identity::credential(&other);
     other.kill();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = reqwest::Client::builder()
