@@ -18,7 +18,7 @@ p1_target=wasm32-wasip1
 p2_target=wasm32-wasip2
 p2_bins=(hello-component net-probe)
 # wasi:http components: cdylib crates using the `wasi` crate (the only dependency of the workspace).
-p2_libs=(http-hello http-echo http-slow http-fetch)
+p2_libs=(http-hello http-echo http-slow http-fetch http-version)
 p2_crates=("${p2_bins[@]}" "${p2_libs[@]}")
 
 # Every other crate of the workspace is a wasip1 core module.

@@ -30,7 +30,7 @@ use hyper::StatusCode;
 use std::net::SocketAddr;
 
 use wasmlet_api::Route;
-use wasmlet_api::protocol::IngressEndpoint;
+use wasmlet_api::protocol::{CanarySplit, IngressEndpoint};
 use wasmlet_security::peering::PeerNode;
 
 use crate::executor::plain;
@@ -39,12 +39,59 @@ use crate::supervisor::Supervisor;
 
 /// Marks a request one ingress forwarded to another, naming the node it came from.
 const FORWARDED_BY: &str = "x-wasmlet-forwarded-by";
+/// On a forwarded request during a gray release: the revision the first ingress chose, `new` or `previous`.
+const REVISION: &str = "x-wasmlet-revision";
+
+/// Which revision of a service a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Revision {
+    /// No gray release: any instance.
+    Any,
+    New,
+    Previous,
+}
+
+impl Revision {
+    fn header_value(self) -> Option<&'static str> {
+        match self {
+            Revision::Any => None,
+            Revision::New => Some("new"),
+            Revision::Previous => Some("previous"),
+        }
+    }
+}
+
+/// The revision a forwarded request was pinned to by the ingress that chose
+/// it; the header is removed from every request (from the public's, it means nothing).
+fn pinned_revision(request: &mut Request, forwarded: bool) -> Option<bool> {
+    let value = request.headers_mut().remove(REVISION)?;
+    match value.as_bytes() {
+        b"new" if forwarded => Some(true),
+        b"previous" if forwarded => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a request goes to the new revision: when it carries the canary
+/// header, else for `weight` of every 100 requests (spread evenly by `turn`).
+fn wants_new(split: &CanarySplit, request: &Request, turn: &AtomicUsize) -> bool {
+    if let Some(header) = &split.header
+        && request.headers().get_all(header.name.as_str()).iter().any(|v| v.as_bytes() == header.value.as_bytes())
+    {
+        return true;
+    }
+    let weight = split.weight.min(100) as usize;
+    let n = turn.fetch_add(1, Ordering::Relaxed) % 100;
+    (n + 1) * weight / 100 > n * weight / 100
+}
 
 #[derive(Clone)]
 struct Ingress {
     supervisor: Arc<Supervisor>,
     /// Next endpoint to use, per workload.
     turns: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
+    /// Where each workload's gray release is in its round of 100 requests.
+    split_turns: Arc<Mutex<HashMap<String, Arc<AtomicUsize>>>>,
     /// Plain HTTP connections to peer ingresses (`--insecure-http`, agents of protocol version 1), pooled.
     peers: reqwest::Client,
     /// Mutual TLS to peers; None under `--insecure-http` or without a master.
@@ -57,7 +104,14 @@ pub fn router(supervisor: Arc<Supervisor>, identity: Option<Arc<NodeIdentity>>) 
     let answer_within = supervisor.service_settings().request_timeout + std::time::Duration::from_secs(5);
     let peers = peer_client_builder(answer_within).build().unwrap_or_default();
     let peer_tls = identity.map(|identity| Arc::new(PeerClients { identity, answer_within, clients: Mutex::default() }));
-    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), peers, peer_tls })
+    Router::new().fallback(route).with_state(Ingress { supervisor, turns: Arc::default(), split_turns: Arc::default(), peers, peer_tls })
+}
+
+impl Ingress {
+    fn split_turn(&self, workload: &str) -> Arc<AtomicUsize> {
+        let mut turns = self.split_turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.entry(workload.to_string()).or_default().clone()
+    }
 }
 
 fn peer_client_builder(answer_within: std::time::Duration) -> reqwest::ClientBuilder {
@@ -130,31 +184,70 @@ async fn route(State(ingress): State<Ingress>, ConnectInfo(client): ConnectInfo<
     let in_flight = metrics.in_flight.get_or_create(&labels).clone();
     in_flight.inc();
 
-    let mut endpoints: Vec<_> = ingress.supervisor.endpoints().into_iter().filter(|e| e.workload.metadata.name == name).collect();
-    let response = if !endpoints.is_empty() {
-        endpoints.sort_by(|a, b| a.instance.cmp(&b.instance));
-        let endpoint = endpoints.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % endpoints.len());
-        // Waiting for a permit is the back-pressure when the instance is busy.
-        match endpoint.permits.clone().acquire_owned().await {
-            Ok(_permit) => endpoint.service.handle(request).await,
-            Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
-        }
-    } else if forwarded {
-        plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("service `{name}` has no Ready instance on this node (a forwarded request is not forwarded again)"),
-        )
-    } else {
-        let me = ingress.supervisor.node().to_string();
-        let peers: Vec<IngressEndpoint> =
-            remote.iter().filter(|e| e.workload == name).flat_map(|e| e.endpoints.iter().filter(|p| p.node != me).cloned()).collect();
-        if peers.is_empty() {
-            plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` has no Ready instance on any node"))
-        } else {
-            let start = turn.fetch_add(1, Ordering::Relaxed);
-            forward(&ingress, &me, client, &host_header, &name, request, &peers, start).await
+    let me = ingress.supervisor.node().to_string();
+    let service = remote.iter().find(|e| e.workload == name);
+    let split = service.and_then(|e| e.canary.as_ref());
+    let pinned = pinned_revision(&mut request, forwarded);
+    let mut local: Vec<_> = ingress.supervisor.endpoints().into_iter().filter(|e| e.workload.metadata.name == name).collect();
+    local.sort_by(|a, b| a.instance.cmp(&b.instance));
+    // The revisions to try, the chosen one first: the new one gets the split's share of requests, the header's, and
+    // those another ingress chose it for; a revision with no Ready instance anywhere leaves its requests to the other.
+    let order = match split {
+        None => vec![Revision::Any],
+        Some(split) => {
+            let new = pinned.unwrap_or_else(|| wants_new(split, &request, &ingress.split_turn(&name)));
+            if new { vec![Revision::New, Revision::Previous] } else { vec![Revision::Previous, Revision::New] }
         }
     };
+    let mut response = None;
+    for revision in order {
+        let of = |instance: &str| match (revision, split) {
+            (Revision::Any, _) | (_, None) => true,
+            (Revision::New, Some(split)) => split.instances.iter().any(|i| i == instance),
+            (Revision::Previous, Some(split)) => !split.instances.iter().any(|i| i == instance),
+        };
+        let mut here: Vec<_> = local.iter().filter(|e| of(&e.instance)).collect();
+        if !here.is_empty() {
+            let endpoint = here.swap_remove(turn.fetch_add(1, Ordering::Relaxed) % here.len()).clone();
+            // Waiting for a permit is the back-pressure when the instance is busy.
+            let answer = match endpoint.permits.clone().acquire_owned().await {
+                Ok(_permit) => {
+                    let started = std::time::Instant::now();
+                    let answer = endpoint.service.handle(request).await;
+                    endpoint.traffic.record(answer.status(), started.elapsed());
+                    answer
+                }
+                Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` is stopping")),
+            };
+            response = Some(answer);
+            break;
+        }
+        if forwarded {
+            continue;
+        }
+        let listed = match (revision, split, service) {
+            (Revision::New, Some(split), _) => split.endpoints.as_slice(),
+            (_, _, Some(service)) => service.endpoints.as_slice(),
+            _ => &[],
+        };
+        let peers: Vec<IngressEndpoint> = listed.iter().filter(|p| p.node != me).cloned().collect();
+        if !peers.is_empty() {
+            let start = turn.fetch_add(1, Ordering::Relaxed);
+            let pin = split.map(|_| revision);
+            response = Some(forward(&ingress, &me, client, &host_header, &name, request, &peers, start, pin).await);
+            break;
+        }
+    }
+    let response = response.unwrap_or_else(|| {
+        if forwarded {
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("service `{name}` has no Ready instance on this node (a forwarded request is not forwarded again)"),
+            )
+        } else {
+            plain(StatusCode::SERVICE_UNAVAILABLE, format!("service `{name}` has no Ready instance on any node"))
+        }
+    });
     in_flight.dec();
     metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let class = format!("{}xx", response.status().as_u16() / 100);
@@ -174,6 +267,7 @@ async fn forward(
     request: Request,
     peers: &[IngressEndpoint],
     start: usize,
+    pin: Option<Revision>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
     // Only requests without a body that may be sent twice are retried on another node.
@@ -194,7 +288,7 @@ async fn forward(
         };
         let mut outgoing = client.request(parts.method.clone(), format!("{base}{path}"));
         for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != hyper::header::HOST {
+            if !is_hop_by_hop(name) && name != hyper::header::HOST && name != REVISION {
                 outgoing = outgoing.header(name, value);
             }
         }
@@ -210,6 +304,9 @@ async fn forward(
             .header("x-forwarded-host", host)
             .header("x-forwarded-proto", "http")
             .header(hyper::header::FORWARDED, format!("for=\"{client_ip}\";host=\"{host}\";proto=http"));
+        if let Some(value) = pin.and_then(Revision::header_value) {
+            outgoing = outgoing.header(REVISION, value);
+        }
         if let Some(body) = body.take() {
             outgoing = outgoing.body(body);
         }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,6 +111,40 @@ pub struct Endpoint {
     pub service: Arc<dyn Service>,
     /// Bounds concurrent requests; waiting for a permit is the back-pressure.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// What the ingress counted of the instance's answers.
+    pub traffic: Arc<Traffic>,
+}
+
+/// What the ingress counted of one instance's answers since it started on
+/// this agent: requests, server errors, latency buckets
+/// ([`wasmlet_api::rollout::LATENCY_BUCKETS_MS`]). Read by the master for
+/// the health gates of a gray release (`status.usage.requests`).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    requests: AtomicU64,
+    server_errors: AtomicU64,
+    buckets: [AtomicU64; wasmlet_api::rollout::LATENCY_BUCKETS_MS.len()],
+}
+
+impl Traffic {
+    /// Counts one answer of `status` given after `elapsed`.
+    pub fn record(&self, status: hyper::StatusCode, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buckets[wasmlet_api::RequestFigures::bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures so far; None before the first request.
+    pub fn figures(&self) -> Option<wasmlet_api::RequestFigures> {
+        let requests = self.requests.load(Ordering::Relaxed);
+        (requests > 0).then(|| wasmlet_api::RequestFigures {
+            requests,
+            server_errors: self.server_errors.load(Ordering::Relaxed),
+            latency_buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        })
+    }
 }
 
 /// Metric labels: name and value pairs.
@@ -195,6 +229,8 @@ struct Shared {
     log: InstanceLog,
     /// Set while a service instance takes requests.
     serving: Mutex<Option<Endpoint>>,
+    /// What the ingress counted of its answers, over all its runs.
+    traffic: Arc<Traffic>,
     /// Most its scratch dirs may hold (`limits.ephemeralStorage` or the node's default).
     ephemeral_limit: u64,
     /// Whether it has scratch dirs at all (else there is nothing to measure).
@@ -263,6 +299,7 @@ impl Shared {
             figures.cpu_pressure = pressure(stats.cpu_pressure);
             figures.memory_pressure = pressure(stats.memory_pressure);
         }
+        figures.requests = self.traffic.figures();
         status.usage = Some(figures);
         let mut instance =
             Instance::new(&self.name, InstanceSpec { workload: self.workload.clone(), node: String::new(), epoch: self.epoch });
@@ -407,6 +444,7 @@ impl Supervisor {
             cpu_before: Mutex::new(Duration::ZERO),
             log,
             serving: Mutex::new(None),
+            traffic: Arc::default(),
             ephemeral_limit: desired
                 .workload
                 .spec
@@ -773,6 +811,7 @@ impl Supervisor {
             workload: desired.workload.clone(),
             service,
             permits: Arc::new(tokio::sync::Semaphore::new(defaults.concurrency.max(1))),
+            traffic: shared.traffic.clone(),
         };
         let started_at = match shared.status.lock().unwrap_or_else(|p| p.into_inner()).started_at {
             Some(at) if resumed => at,

@@ -104,6 +104,10 @@ pub struct InstanceUsage {
     /// The instance's own memory pressure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_pressure: Option<PressureFigures>,
+    /// A service's answers as the node's ingress counted them, since the
+    /// instance started on this agent (protocol version 5; absent before its first request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::rollout::RequestFigures>,
 }
 
 /// Pressure stall information of one cgroup and one resource (`cpu.pressure`,

@@ -5,6 +5,8 @@
 //! - `node`: the Node, its spec (taints, cordon) and the status an agent reports:
 //!   capacity, conditions, addresses, machine facts, live usage and pressure.
 //! - `workload`, `instance`, `event`: the desired state and what happened to it.
+//! - `rollout`: how a changed workload reaches its instances (Canary, Waves,
+//!   health gates), and the master's record of revisions and rollouts.
 //! - `registry`: credentials for OCI registries the master holds for workloads.
 //! - `quantity`, `duration`: `250m`, `128Mi`, `2s` — parsed exactly, printed canonically.
 //! - `decode`: JSON/YAML decoding whose errors name the offending field: strict
@@ -27,6 +29,7 @@ pub mod node;
 pub mod protocol;
 pub mod quantity;
 pub mod registry;
+pub mod rollout;
 pub mod selector;
 pub mod since;
 pub mod validate;
@@ -40,6 +43,7 @@ pub use meta::{API_VERSION, ObjectMeta};
 pub use node::*;
 pub use quantity::{Bytes, Cpu, QuantityError};
 pub use registry::RegistryCredential;
+pub use rollout::{RequestFigures, Rollout, RolloutPhase, RolloutSpec, RolloutStatus, Strategy};
 pub use selector::Selector;
 pub use since::Since;
 pub use validate::{FieldError, ValidationError};

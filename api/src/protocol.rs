@@ -74,7 +74,14 @@ use crate::workload::{Isolation, Workload};
 ///   `cpuPressure`, `memoryPressure`); and the master's own version in
 ///   [`RegisterResponse`] and [`LeaseResponse`].
 /// - Version 4 adds the channel the agent opens (`GET /nodes/{name}/channel`) and tolerant decoding of every message.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// - Version 5 adds gray releases: a service's [`CanarySplit`] in
+///   [`ServiceEndpoints`], which every ingress follows, and an instance's
+///   request figures in `status.usage.requests` (what the ingress counted of
+///   its answers), which the master reads for the health gates of a rollout.
+pub const PROTOCOL_VERSION: u32 = 5;
+
+/// The first version whose ingresses split a service's traffic between two revisions.
+pub const CANARY_VERSION: u32 = 5;
 
 /// The first version whose agents open a channel and whose masters accept one.
 pub const CHANNEL_VERSION: u32 = 4;
@@ -203,6 +210,36 @@ pub struct ServiceEndpoints {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<crate::workload::Route>,
     pub endpoints: Vec<IngressEndpoint>,
+    /// During a gray release: the new revision's share of the requests and
+    /// where it runs; `endpoints` then lists the nodes of the previous revision.
+    /// Absent for agents older than [`CANARY_VERSION`] (they would refuse it, or not follow it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySplit>,
+}
+
+/// How an ingress splits a service's requests between its previous revision
+/// and the new one: `weight` percent to the new one, all of them when the
+/// request carries the header; a request another ingress forwarded goes to the
+/// revision that ingress chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySplit {
+    /// Percent of the requests for the new revision, 0–100.
+    pub weight: u32,
+    /// A request with this header (lowercase name) and value goes to the new revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<CanaryHeader>,
+    /// The nodes with a Ready instance of the new revision.
+    pub endpoints: Vec<IngressEndpoint>,
+    /// The new revision's instances: a node's own instances named here serve its share.
+    pub instances: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryHeader {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,6 +448,10 @@ pub fn node_status_for_master(mut status: NodeStatus, master: u32) -> NodeStatus
 /// An instance's status as an agent sends it to a master of protocol `master`:
 /// without the cgroup figures when the master is older than isolation modes.
 pub fn instance_status_for_master(mut status: InstanceStatus, master: u32) -> InstanceStatus {
+    // Request figures change with every request: the master reads them live, when a rollout needs them.
+    if let Some(usage) = &mut status.usage {
+        usage.requests = None;
+    }
     if master < ISOLATION_VERSION
         && let Some(usage) = &mut status.usage
     {
@@ -427,6 +468,8 @@ pub fn instance_status_for_master(mut status: InstanceStatus, master: u32) -> In
 /// none there; this holds also for instances placed before the agent was
 /// downgraded, or by a node that claims more than its version can do).
 pub fn assigned_for_agent(mut assigned: AssignedInstance, agent: u32) -> Option<AssignedInstance> {
+    // How the workload changes is the master's business alone (and agents of version 3 would refuse the field).
+    assigned.workload.spec.rollout = None;
     if agent < ISOLATION_VERSION {
         let spec = &mut assigned.workload.spec;
         if spec.isolation == Some(Isolation::Process) {
@@ -488,6 +531,7 @@ mod tests {
             oom_kills: Some(1),
             cpu_pressure: Some(figures()),
             memory_pressure: Some(figures()),
+            requests: None,
         };
         let status = InstanceStatus { usage: Some(usage), reason: Some("OOMKilled".into()), ..Default::default() };
         assert_eq!(version_3_keys(&status).len(), 9);
@@ -496,6 +540,12 @@ mod tests {
         assert_eq!(older.usage.as_ref().map(|u| (u.memory_bytes, u.cpu_seconds)), Some((3 << 20, 1.25)));
         assert_eq!(older.reason.as_deref(), Some("OOMKilled"), "reasons are words, in every version");
         assert_eq!(instance_status_for_master(status.clone(), 3), status);
+        // Request figures are read live; no report carries them, to a master of any version.
+        let mut serving = status.clone();
+        if let Some(usage) = &mut serving.usage {
+            usage.requests = Some(crate::RequestFigures { requests: 5, server_errors: 1, latency_buckets: vec![5] });
+        }
+        assert_eq!(instance_status_for_master(serving, PROTOCOL_VERSION), status);
     }
 
     #[test]

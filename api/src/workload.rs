@@ -74,6 +74,18 @@ pub struct WorkloadSpec {
     pub liveness_path: Option<String>,
     #[serde(default)]
     pub disconnect: Disconnect,
+    /// How a changed spec reaches the instances (one replica at a time when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
+}
+
+impl WorkloadSpec {
+    /// Whether instances of `self` and of `other` run alike: the same spec but
+    /// for `rollout`, which says how to change and is no part of what runs.
+    pub fn runs_like(&self, other: &WorkloadSpec) -> bool {
+        let strip = |spec: &WorkloadSpec| WorkloadSpec { rollout: None, ..spec.clone() };
+        strip(self) == strip(other)
+    }
 }
 
 /// The module to run, always pinned by digest: a file (uploaded to the
@@ -288,7 +300,7 @@ pub struct Disconnect {
 }
 
 /// What the master observes of a workload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatus {
     #[serde(default)]
@@ -306,6 +318,9 @@ pub struct WorkloadStatus {
     /// What keeps the master from acting on the workload, when something does.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<WorkloadCondition>,
+    /// The workload's revision, its rollout (when one is under way or was the last), and its history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// Something true of a workload as a whole, as the master sees it.
@@ -484,6 +499,9 @@ impl Workload {
         }
         if spec.resources.limits.ephemeral_storage.is_some_and(|b| b.get() == 0) {
             errors.push("spec.resources.limits.ephemeralStorage", "must be more than 0 (leave it out for the node's default)");
+        }
+        if let Some(rollout) = &spec.rollout {
+            rollout.validate(&mut errors, spec.kind, spec.placement == Some(Placement::EveryNode));
         }
         if spec.kind == WorkloadType::Job && spec.restart_policy == Some(RestartPolicy::Always) {
             errors.push("spec.restartPolicy", "a job runs to completion: use OnFailure or Never");

@@ -389,6 +389,9 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
             d.stop_on_agent_after.map(|x| x.to_string()).unwrap_or_else(|| "<none>".into())
         ),
     );
+    if let Some(rollout) = w.status.as_ref().and_then(|s| s.rollout.as_ref()) {
+        page.0.push_str(&self::rollout(rollout, now));
+    }
     let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.spec.workload == *name).collect();
     mine.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     if mine.is_empty() {
@@ -409,6 +412,48 @@ pub fn workload(w: &Workload, instances: &[Instance], events: &[Event], now: Dat
         page.table(&table);
     }
     events_section(&mut page, &events_of(events, "Workload", name), now);
+    page.0
+}
+
+/// A workload's revision and rollout: the step under way, the traffic
+/// split, the gates' readings, and the revisions with their modules
+/// (`describe workload`, `rollout status`).
+pub fn rollout(s: &wasmlet_api::RolloutStatus, now: DateTime<Utc>) -> String {
+    let mut page = Page(String::new());
+    page.field("Revision", s.revision);
+    let strategy = s.strategy.map_or("one replica at a time", |s| s.as_str());
+    page.field("Rollout", format!("{strategy}, {}", s.phase));
+    if !s.message.is_empty() {
+        page.field("Rollout Message", &s.message);
+    }
+    if s.phase.active() && s.strategy.is_some() {
+        let mut pairs = vec![("step", format!("{} of {}", s.step + 1, s.step_count + 1))];
+        if s.strategy == Some(wasmlet_api::Strategy::Canary) {
+            let previous = s.previous.as_ref().map_or("the previous revision".to_string(), |p| format!("revision {}", p.revision));
+            pairs.push(("weight", format!("{}% to revision {}, {}% to {previous}", s.weight, s.revision, 100 - s.weight.min(100))));
+        }
+        pairs.push(("step started", s.step_started_at.map_or("<unset>".into(), |t| age::since(now, Some(t)) + " ago")));
+        pairs.push(("all running since", s.step_ready_at.map_or("<not yet>".into(), |t| age::since(now, Some(t)) + " ago")));
+        page.heading("Step");
+        page.pairs(&pairs);
+    }
+    if s.gates.is_empty() {
+        page.field("Gates", "<none read>");
+    } else {
+        page.heading("Gates");
+        let mut table = Table::new(["Gate", "Value", "Limit", "Passed"]).underlined();
+        for g in &s.gates {
+            table.push([g.gate.clone(), g.value.clone(), g.limit.clone(), if g.passed { "yes" } else { "NO" }.to_string()]);
+        }
+        page.table(&table);
+    }
+    page.heading("History");
+    let mut table = Table::new(["Revision", "Digest", "Module", "Outcome", "Age", "Message"]).underlined();
+    for r in &s.history {
+        let digest = r.digest.strip_prefix("sha256:").map_or(r.digest.clone(), |hex| format!("sha256:{}", &hex[..hex.len().min(12)]));
+        table.push([r.revision.to_string(), digest, r.module.clone(), r.outcome.clone(), age::since(now, Some(r.at)), r.message.clone()]);
+    }
+    page.table(&table);
     page.0
 }
 

@@ -142,6 +142,7 @@ fn cgroup_usage() -> InstanceUsage {
         oom_kills: Some(1),
         cpu_pressure: Some(PressureFigures { some_avg10: 37.5, full_avg10: 12.25, some_seconds: 4.5, full_seconds: 1.5 }),
         memory_pressure: Some(PressureFigures { some_avg10: 0.0, full_avg10: 0.0, some_seconds: 0.125, full_seconds: 0.0 }),
+        requests: None,
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, RegistryCredential, Workload};
+use wasmlet_api::{Event, EventType, Instance, Node, ObjectReference, Phase, RegistryCredential, Rollout, Workload};
 
 use crate::annotations::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
@@ -99,6 +99,7 @@ enum Change {
     Credential(String, String),
     Token(Box<TokenRecord>),
     RegistryCredential(Box<RegistryCredential>),
+    Rollout(Box<Rollout>),
     Delete(Kind, String),
 }
 
@@ -150,6 +151,11 @@ impl Txn {
 
     pub fn put_registry_credential(&mut self, credential: RegistryCredential) {
         self.changes.push(Change::RegistryCredential(Box::new(credential)));
+    }
+
+    /// Puts a workload's rollout record; it expects the record's `resourceVersion` (none: a new record).
+    pub fn put_rollout(&mut self, rollout: Rollout) {
+        self.changes.push(Change::Rollout(Box::new(rollout)));
     }
 
     pub fn delete(&mut self, kind: Kind, name: &str) {
@@ -213,6 +219,9 @@ pub struct Cluster {
     credentials: HashMap<String, String>,
     /// Registry credentials by name, passwords included (answers leave them out).
     pub registry_credentials: BTreeMap<String, RegistryCredential>,
+    /// Each workload's revisions and rollout, by workload (none for a workload
+    /// stored by a master older than rollouts, until it changes).
+    pub rollouts: BTreeMap<String, Rollout>,
     /// Token records, readable without this lock.
     pub tokens: TokenTable,
     /// The revision of the last write to each collection.
@@ -244,6 +253,7 @@ impl Cluster {
             event_order: VecDeque::new(),
             credentials: HashMap::new(),
             registry_credentials: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             tokens: TokenTable::default(),
             collection_revision: HashMap::new(),
             assignment_revision: HashMap::new(),
@@ -425,6 +435,10 @@ impl Cluster {
                         expect,
                     }
                 }
+                Change::Rollout(rollout) => {
+                    let expect = stamp(&mut rollout.metadata);
+                    Op::Put { kind: Kind::Rollout, name: rollout.metadata.name.clone(), value: encode(rollout.as_ref())?, expect }
+                }
                 Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone(), expect: Expect::Any },
             };
             write.ops.push(op);
@@ -523,6 +537,10 @@ impl Cluster {
                 self.touch(Kind::RegistryCredential, revision);
                 self.registry_credentials.insert(credential.metadata.name.clone(), *credential);
             }
+            Change::Rollout(rollout) => {
+                self.touch(Kind::Rollout, revision);
+                self.rollouts.insert(rollout.metadata.name.clone(), *rollout);
+            }
             Change::Delete(kind, name) => {
                 self.touch(kind, revision);
                 match kind {
@@ -552,6 +570,7 @@ impl Cluster {
                     Kind::Credential => drop(self.credentials.remove(&name)),
                     Kind::Token => self.tokens.remove(&name),
                     Kind::RegistryCredential => drop(self.registry_credentials.remove(&name)),
+                    Kind::Rollout => drop(self.rollouts.remove(&name)),
                 }
             }
         }
@@ -632,6 +651,10 @@ fn decode(kind: Kind, name: &str, revision: u64, value: &[u8]) -> Result<Change,
             at(&mut credential.metadata);
             Change::RegistryCredential(Box::new(credential))
         }),
+        Kind::Rollout => wasmlet_api::from_json::<Rollout>(value).map(|mut rollout| {
+            at(&mut rollout.metadata);
+            Change::Rollout(Box::new(rollout))
+        }),
     };
     decoded.map_err(|e| e.to_string())
 }
@@ -688,6 +711,7 @@ fn placeholder(name: &str, raw: &[u8]) -> Workload {
             readiness_path: None,
             liveness_path: None,
             disconnect: Default::default(),
+            rollout: None,
         },
         status: None,
     }

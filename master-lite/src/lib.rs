@@ -96,6 +96,8 @@ pub struct Shared {
     pub renewed_credentials: Mutex<std::collections::HashMap<String, String>>,
     /// The channels agents hold open to this master, by node.
     pub channels: api::channel::Channels,
+    /// What the ingresses counted for the new revision of each rollout under way (read by the leader).
+    pub traffic: controller::rollouts::TrafficReadings,
 }
 
 impl Shared {
@@ -328,6 +330,7 @@ pub async fn run(config: MasterConfig, listener: TcpListener, shutdown: impl Fut
         pki: secrets.pki,
         renewed_credentials: Mutex::default(),
         channels: Default::default(),
+        traffic: Default::default(),
     });
     tokio::spawn(follow(shared.clone(), Some(watch), stop.clone()));
     shared.commit(not_acted_on).await.context("recording the stored objects it cannot act on")?;

@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `wasmlet args…` against `master`, with a config file of its own naming
 /// it with its CA and admin token (so the user's never matters).
-fn wasmlet(master: &Master, args: &[&str]) -> Output {
+pub fn wasmlet(master: &Master, args: &[&str]) -> Output {
     let config = master.cli_config(master.data_dir.path());
     cli().args(args).env("WASMLETCONFIG", config).output().expect("wasmlet runs")
 }
@@ -31,11 +31,11 @@ fn cli() -> Command {
     command
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

@@ -26,6 +26,7 @@ mod packaging;
 mod peers;
 mod process;
 mod registries;
+mod rollouts;
 mod rotation;
 mod runtime;
 mod sandbox;

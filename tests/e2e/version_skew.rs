@@ -268,7 +268,8 @@ fn a_master_and_an_agent_keep_working_with_unknown_fields_in_every_message() {
     }
     let node = master.nodes().into_iter().find(|n| n.metadata.name == "skewed").expect("the node");
     assert!(node.is_ready(), "{node:?}");
-    assert_eq!(node.metadata.annotations.get("wasmlet.io/agent-protocol").map(String::as_str), Some("4"), "{node:?}");
+    let spoken = wasmlet_api::protocol::PROTOCOL_VERSION.to_string();
+    assert_eq!(node.metadata.annotations.get("wasmlet.io/agent-protocol"), Some(&spoken), "{node:?}");
     assert!(!node.metadata.labels.contains_key("futureScalar"), "labels are the user's: nothing was added there");
 
     // The service's endpoints: at the master, and served at the node's ingress.

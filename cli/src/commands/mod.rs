@@ -22,6 +22,7 @@ pub mod events;
 pub mod get;
 pub mod logs;
 pub mod push;
+pub mod rollout;
 pub mod top;
 pub mod uncordon;
 pub mod version;
@@ -59,6 +60,7 @@ pub enum Command {
     Events(events::Events),
     Logs(logs::Logs),
     Push(push::Push),
+    Rollout(rollout::Rollout),
     Top(top::Top),
     Version(version::Version),
     Config(config::Config),
@@ -82,6 +84,7 @@ impl Cli {
             Command::Apply(c) => c.execute(&session),
             Command::Create(c) => c.execute(&session),
             Command::Push(c) => c.execute(&session),
+            Command::Rollout(c) => c.execute(&session),
             Command::Delete(c) => c.execute(&session),
             Command::Cordon(c) => c.execute(&session),
             Command::Uncordon(c) => c.execute(&session),

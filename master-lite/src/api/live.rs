@@ -47,7 +47,7 @@ fn endpoint_of(shared: &Shared, node: &str) -> Result<(String, Option<String>), 
 
 /// Forwards a GET to the node's agent and streams the answer back: through
 /// the channel the node holds open to this master, else by dialing its API.
-async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
+pub(crate) async fn forward(shared: &Shared, node: &str, path_and_query: String, follow: bool) -> Result<Response, Failure> {
     let timeout = (!follow).then_some(Duration::from_secs(10));
     let token = {
         let cluster = shared.cluster();

@@ -3,6 +3,7 @@
 //! long-poll watches).
 //!
 //! - `objects`: workloads, instances and events, for operators.
+//! - `rollouts`: a workload's revisions and rollout: read, pause, resume, undo.
 //! - `nodes`: nodes for operators: list, delete, cordon, drain.
 //! - `agents`: the master ↔ agent protocol of `wasmlet_api::protocol`.
 //! - `modules`: module upload and download, content-addressed.
@@ -24,6 +25,7 @@ mod modules;
 mod nodes;
 mod objects;
 mod registry_credentials;
+pub mod rollouts;
 mod tokens;
 
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let v1 = Router::new()
         .route("/workloads", get(objects::list_workloads).post(objects::create_workload))
         .route("/workloads/{name}", get(objects::get_workload).put(objects::replace_workload).delete(objects::delete_workload))
+        .route("/workloads/{name}/rollout", get(rollouts::get))
+        .route("/workloads/{name}/rollout/{action}", post(rollouts::act))
         .route("/instances", get(objects::list_instances))
         .route("/instances/{name}", get(objects::get_instance))
         .route("/version", get(health::version))
@@ -111,6 +115,11 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Failure { status, reason, message: message.into() }
     }

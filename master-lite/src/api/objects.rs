@@ -9,9 +9,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmlet_api::protocol::List;
-use wasmlet_api::protocol::{IngressEndpoint, ServiceEndpoints};
+use wasmlet_api::protocol::{CanaryHeader, CanarySplit, IngressEndpoint, ServiceEndpoints};
 use wasmlet_api::{
-    ConditionStatus, EventType, ModuleRef, Phase, Workload, WorkloadCondition, WorkloadConditionType, WorkloadStatus, WorkloadType,
+    ConditionStatus, EventType, ModuleRef, Phase, Rollout, Workload, WorkloadCondition, WorkloadConditionType, WorkloadStatus, WorkloadType,
 };
 
 use super::{Failure, ListParams, decode, not_modified, wait_for_change};
@@ -33,11 +33,22 @@ async fn list<T: serde::Serialize>(
     kind: Kind,
     items: impl Fn(&Cluster, &super::Selector) -> Vec<T>,
 ) -> Result<Response, Failure> {
+    list_of(shared, query, &[kind], items).await
+}
+
+/// A list made of several collections: a watch returns when any of them moves past `since`.
+async fn list_of<T: serde::Serialize>(
+    shared: &Shared,
+    query: &[(String, String)],
+    kinds: &[Kind],
+    items: impl Fn(&Cluster, &super::Selector) -> Vec<T>,
+) -> Result<Response, Failure> {
     let params = ListParams::parse(query)?;
     if params.watch {
         super::check_since(shared, params.since).await?;
     }
-    if params.watch && !wait_for_change(shared, params.since, params.timeout, |c| c.collection_revision(kind)).await {
+    let revision = |c: &Cluster| kinds.iter().map(|k| c.collection_revision(*k)).max().unwrap_or(0);
+    if params.watch && !wait_for_change(shared, params.since, params.timeout, revision).await {
         return Ok(not_modified());
     }
     let cluster = shared.cluster();
@@ -67,34 +78,77 @@ pub async fn list_endpoints(
     Extension(caller): Extension<Caller>,
     Query(query): QueryPairs,
 ) -> Result<Response, Failure> {
-    list(&shared, &query, Kind::Instance, |c, _| {
+    let canary_readers = match &caller.role {
+        Role::Node(own) => node_protocol(&shared, own) >= wasmlet_api::protocol::CANARY_VERSION,
+        _ => true,
+    };
+    list_of(&shared, &query, &[Kind::Instance, Kind::Rollout, Kind::Workload], |c, _| {
         let peer_urls = match &caller.role {
             Role::Node(own) => c.nodes.get(own).is_some_and(|n| crate::annotations::agent_protocol(n) >= 2),
             _ => true,
+        };
+        let ingress = |p: &crate::cluster::Placed| {
+            let node = c.nodes.get(&p.instance.spec.node)?;
+            let url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS)?;
+            let peer_url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
+            Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone(), peer_url })
+        };
+        let sorted = |mut endpoints: Vec<IngressEndpoint>| {
+            endpoints.sort_by(|a, b| a.node.cmp(&b.node));
+            endpoints.dedup();
+            endpoints
         };
         c.workloads
             .values()
             .filter(|w| w.spec.kind == wasmlet_api::WorkloadType::Service)
             .map(|w| {
-                let mut endpoints: Vec<IngressEndpoint> = c
+                let ready: Vec<&crate::cluster::Placed> = c
                     .instances
                     .values()
                     .filter(|p| p.instance.spec.workload == w.metadata.name)
                     .filter(|p| p.instance.status.phase == wasmlet_api::Phase::Running && p.instance.status.reason.is_none())
-                    .filter_map(|p| {
-                        let node = c.nodes.get(&p.instance.spec.node)?;
-                        let url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS)?;
-                        let peer_url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
-                        Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone(), peer_url })
-                    })
                     .collect();
-                endpoints.sort_by(|a, b| a.node.cmp(&b.node));
-                endpoints.dedup();
-                ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints }
+                // During a gray release the new revision's instances get the step's weight; after a rollback
+                // the bad revision's get nothing while they stop.
+                let record = c.rollouts.get(&w.metadata.name);
+                let split = match crate::controller::rollouts::stepping(c, w) {
+                    Some((rollout, _, spec)) if spec.strategy == wasmlet_api::Strategy::Canary => {
+                        let header = spec.canary_header().map(|(name, value)| CanaryHeader { name, value });
+                        Some((rollout.status.weight, header, true))
+                    }
+                    Some(_) => None,
+                    None if record.is_some_and(|r| r.status.phase == wasmlet_api::RolloutPhase::RolledBack) => Some((0, None, false)),
+                    None => None,
+                };
+                let split = split.filter(|_| canary_readers);
+                let Some((weight, header, new_is_current)) = split else {
+                    let endpoints = sorted(ready.iter().filter_map(|p| ingress(p)).collect());
+                    return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
+                };
+                let in_split = |p: &crate::cluster::Placed| crate::controller::rollouts::is_new(p, w) == new_is_current;
+                let (new, old): (Vec<_>, Vec<_>) = ready.into_iter().partition(|p| in_split(p));
+                let instances: Vec<String> = c
+                    .instances
+                    .values()
+                    .filter(|p| p.instance.spec.workload == w.metadata.name && in_split(p))
+                    .map(|p| p.instance.metadata.name.clone())
+                    .collect();
+                if instances.is_empty() && !new_is_current {
+                    let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
+                    return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
+                }
+                let canary = CanarySplit { weight, header, endpoints: sorted(new.iter().filter_map(|p| ingress(p)).collect()), instances };
+                let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
+                ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: Some(canary) }
             })
             .collect()
     })
     .await
+}
+
+/// The protocol version of node `node`'s agent.
+fn node_protocol(shared: &Shared, node: &str) -> u32 {
+    shared.cluster().nodes.get(node).map_or(1, crate::annotations::agent_protocol)
 }
 
 pub async fn list_events(State(shared): State<Arc<Shared>>, Query(query): QueryPairs) -> Result<Response, Failure> {
@@ -145,6 +199,7 @@ fn with_status(cluster: &Cluster, workload: &Workload) -> Workload {
             message: format!("{problem}; the master neither places nor removes its instances: apply a valid workload or delete it"),
         });
     }
+    status.rollout = cluster.rollouts.get(&workload.metadata.name).map(|r| r.status.clone());
     let mut workload = workload.clone();
     workload.status = Some(status);
     workload
@@ -278,6 +333,7 @@ pub async fn create_workload(State(shared): State<Arc<Shared>>, headers: HeaderM
         }
         cluster.txn()
     };
+    txn.put_rollout(Rollout::first(&name, &workload.spec, chrono::Utc::now()));
     txn.put_workload(workload);
     txn.event(EventType::Normal, "Created", ("Workload", &name), format!("workload {name} created"));
     match shared.commit(txn).await {
@@ -307,7 +363,7 @@ pub async fn replace_workload(
         ))
     };
     let given = workload.metadata.resource_version;
-    let (mut txn, rolled) = {
+    let (mut txn, rolled, rollout) = {
         let cluster = shared.cluster();
         let current = cluster.workloads.get(&name).ok_or_else(|| Failure::not_found("workload", &name))?;
         if let Some(given) = given
@@ -319,17 +375,17 @@ pub async fn replace_workload(
         workload.metadata.resource_version = current.metadata.resource_version;
         workload.metadata.uid = current.metadata.uid.clone();
         workload.metadata.creation_timestamp = current.metadata.creation_timestamp;
-        (cluster.txn(), current.spec != workload.spec)
+        let rollout = super::rollouts::after_change(&cluster, current, &workload.spec);
+        (cluster.txn(), !current.spec.runs_like(&workload.spec), rollout)
     };
     let read_at = workload.metadata.resource_version.unwrap_or(0);
     txn.put_workload(workload);
-    if rolled {
-        txn.event(
-            EventType::Normal,
-            "Updated",
-            ("Workload", &name),
-            format!("workload {name} changed: rolling its instances over one at a time"),
-        );
+    if let Some(rollout) = rollout {
+        if rolled {
+            let (revision, how) = (rollout.status.revision, &rollout.status.message);
+            txn.event(EventType::Normal, "Updated", ("Workload", &name), format!("workload {name} changed to revision {revision}: {how}"));
+        }
+        txn.put_rollout(rollout);
     }
     match shared.commit(txn).await {
         Err(StoreError::Conflict { kind: Kind::Workload, .. }) => {
@@ -351,6 +407,9 @@ pub async fn delete_workload(State(shared): State<Arc<Shared>>, Path(name): Path
             // The workload first; its instances may follow in pieces (the controller removes any left).
             txn.divisible();
             txn.delete(Kind::Workload, &name);
+            if cluster.rollouts.contains_key(&name) {
+                txn.delete(Kind::Rollout, &name);
+            }
             let instances: Vec<String> =
                 cluster.instances.values().filter(|p| p.instance.spec.workload == name).map(|p| p.instance.metadata.name.clone()).collect();
             for instance in &instances {

@@ -15,6 +15,8 @@
 
 pub mod lifecycle;
 pub mod relay;
+pub mod rollouts;
+pub mod traffic;
 pub mod workloads;
 
 use std::sync::Arc;
@@ -75,6 +77,7 @@ pub async fn lead(shared: Arc<Shared>, shutdown: CancellationToken) {
         *shared.leases() = lifecycle::Leases::starting_at(nodes, tokio::time::Instant::now());
         tokio::spawn(relay::follow(shared.clone(), lost.clone()));
         tokio::spawn(compact(shared.clone(), lost.clone()));
+        tokio::spawn(traffic::follow(shared.clone(), lost.clone()));
         run(shared.clone(), lost.clone(), fence).await;
         shared.metrics.is_leader.set(0);
         lost.cancel();
@@ -136,11 +139,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
     let mut changes = shared.cluster().subscribe();
     let mut resync = tokio::time::interval(shared.config.resync_interval());
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While a rollout steps, its holds and gates are looked at this often.
+    let mut rollout_tick = tokio::time::interval(rollouts::ROLLOUT_INTERVAL);
+    rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<Seen> = None;
     // Set when the workload controller stopped at its batch limit: the next pass follows at once.
     let mut again = false;
     loop {
-        let (mut timer, mut woken) = (false, false);
+        let (mut timer, mut woken, mut rollout_due) = (false, false, false);
         if again {
             // Let waiting requests have the cluster lock between two batches.
             tokio::task::yield_now().await;
@@ -151,11 +157,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = resync.tick() => timer = true,
+                _ = rollout_tick.tick() => rollout_due = true,
                 changed = changes.changed() => if changed.is_err() { break },
                 _ = shared.wake.notified() => woken = true,
             }
+            if rollout_due && !shared.cluster().rollouts.values().any(wasmlet_api::Rollout::stepping) {
+                continue;
+            }
         }
-        if !timer && !again {
+        if !timer && !again && !rollout_due {
             // Gather what else happens in the window; a timer tick or wake-up in it joins this pass.
             let window = tokio::time::sleep(COALESCE);
             tokio::pin!(window);
@@ -183,7 +193,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
             let cluster = shared.cluster();
             let current = Seen::of(&cluster);
             let due = match seen {
-                _ if timer || again => true,
+                _ if timer || again || rollout_due => true,
                 None => true,
                 Some(last) => {
                     last.workloads != current.workloads
@@ -193,7 +203,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken, fence: Fence)
                                 || cluster.workloads.values().any(|w| w.spec.placement == Some(EveryNode::EveryNode))))
                 }
             };
-            due.then(|| workloads.reconcile(&cluster, &shared.config, &shared.metrics, now))
+            due.then(|| workloads.reconcile(&cluster, &shared.config, &shared.metrics, &shared.traffic, now))
         };
         if let Some(mut txn) = txn {
             txn.fence(fence);

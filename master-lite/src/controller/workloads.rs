@@ -24,6 +24,9 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 use wasmlet_api::{EventType, Instance, InstanceSpec, Phase, Placement as EveryNode, Workload, WorkloadType};
 
+use wasmlet_api::{Rollout, RolloutSpec, Strategy};
+
+use super::rollouts::{self, TrafficReadings};
 use crate::cluster::{Cluster, Placed, Txn};
 use crate::config::{MasterConfig, defaults};
 use crate::metrics::Metrics;
@@ -85,6 +88,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Credential => "Credential",
         Kind::Token => "Token",
         Kind::RegistryCredential => "RegistryCredential",
+        Kind::Rollout => "Rollout",
     }
 }
 
@@ -117,7 +121,15 @@ impl WorkloadController {
         self.more
     }
 
-    pub fn reconcile(&mut self, cluster: &Cluster, config: &MasterConfig, metrics: &Metrics, now: Instant) -> Txn {
+    pub fn reconcile(
+        &mut self,
+        cluster: &Cluster,
+        config: &MasterConfig,
+        metrics: &Metrics,
+        traffic: &TrafficReadings,
+        now: Instant,
+    ) -> Txn {
+        let wall = chrono::Utc::now();
         let mut txn = cluster.txn();
         self.more = false;
         // Built on the first placement: most passes place nothing.
@@ -141,14 +153,46 @@ impl WorkloadController {
                 continue;
             }
             let mine = by_workload.get(workload.metadata.name.as_str()).map(Vec::as_slice).unwrap_or_default();
-            let mut plan =
-                Plan { workload, txn: &mut txn, placement: &mut placement, metrics, unschedulable: None, budget: &mut budget, more: false };
+            if let Some(decision) = rollouts::progress(cluster, workload, mine, traffic, wall, &mut txn) {
+                txn.put_rollout(decision.rollout);
+                if let Some(reverted) = decision.rolled_back {
+                    // Back on the previous revision: the next pass places it.
+                    txn.put_workload(reverted);
+                    continue;
+                }
+            }
             let may_schedule = self.may_schedule(cluster, workload);
             let replace_failed = self.replace_failed(workload, mine, now);
-            if workload.spec.placement == Some(EveryNode::EveryNode) {
-                plan.every_node(cluster, mine, may_schedule, replace_failed);
-            } else {
-                plan.replicas(mine, may_schedule, replace_failed);
+            let stepping = rollouts::stepping(cluster, workload);
+            let previous = stepping.map(|(_, previous, _)| rollouts::previous_workload(workload, previous));
+            let mut plan = Plan {
+                workload,
+                txn: &mut txn,
+                placement: &mut placement,
+                metrics,
+                unschedulable: None,
+                budget: &mut budget,
+                more: false,
+                desired: None,
+            };
+            match (stepping, &previous) {
+                (Some((rollout, _, spec)), Some(previous)) if spec.strategy == Strategy::Canary => {
+                    plan.canary(mine, rollout, previous, spec, may_schedule, replace_failed);
+                }
+                (Some((rollout, _, spec)), Some(previous)) => {
+                    let new_here = rollouts::wave_nodes(cluster, workload, spec, rollout.status.step as usize, mine);
+                    plan.every_node(
+                        cluster,
+                        mine,
+                        may_schedule,
+                        replace_failed,
+                        |node| if new_here.contains(node) { workload } else { previous },
+                    );
+                }
+                _ if workload.spec.placement == Some(EveryNode::EveryNode) => {
+                    plan.every_node(cluster, mine, may_schedule, replace_failed, |_| workload);
+                }
+                _ => plan.replicas(mine, may_schedule, replace_failed),
             }
             let (unschedulable, more) = (plan.unschedulable.take(), plan.more);
             self.more |= more;
@@ -220,6 +264,8 @@ struct Plan<'a, 'c> {
     budget: &'a mut usize,
     /// Whether this workload wanted more instances than the budget allowed.
     more: bool,
+    /// How many instances to keep, when not the workload's own count (a revision of a canary).
+    desired: Option<usize>,
 }
 
 /// The scheduler's view of the nodes, built when first needed.
@@ -251,17 +297,21 @@ enum Standing {
 }
 
 impl Plan<'_, '_> {
-    fn standing(&self, placed: &Placed) -> Standing {
-        let spec = &self.workload.spec;
+    /// How `placed` counts for the workload at `target` (its spec now, or the revision its node runs in a rollout).
+    fn standing(&self, placed: &Placed, target: &Workload) -> Standing {
+        let spec = &target.spec;
         let phase = placed.instance.status.phase;
         let draining = placed.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION);
         let replaced_when_lost = spec.disconnect.replace != Some(false) && spec.placement != Some(EveryNode::EveryNode);
+        let other_revision = !placed.workload.spec.runs_like(spec);
         match phase {
             Phase::Succeeded => Standing::Done,
             Phase::Failed if spec.kind == WorkloadType::Job => Standing::Done,
+            // A failed instance of another revision is replaced by the rollout, not after a back-off.
+            Phase::Failed if other_revision => Standing::Old,
             Phase::Failed => Standing::Failed,
             Phase::Lost if replaced_when_lost => Standing::Lost,
-            _ if draining || placed.workload.spec != *spec => Standing::Old,
+            _ if draining || other_revision => Standing::Old,
             _ => Standing::Current,
         }
     }
@@ -273,7 +323,7 @@ impl Plan<'_, '_> {
         let mut done = 0u32;
         let mut failed = Vec::new();
         for p in mine {
-            match self.standing(p) {
+            match self.standing(p, self.workload) {
                 Standing::Current => current.push(*p),
                 Standing::Old => old.push(*p),
                 Standing::Done => done += 1,
@@ -285,7 +335,7 @@ impl Plan<'_, '_> {
         if spec.kind == WorkloadType::Job {
             desired = desired.saturating_sub(done);
         }
-        let desired = desired as usize;
+        let desired = self.desired.unwrap_or(desired as usize);
         if replace_failed {
             for p in &failed {
                 self.txn.delete(Kind::Instance, &p.instance.metadata.name);
@@ -318,10 +368,19 @@ impl Plan<'_, '_> {
         }
     }
 
-    fn every_node(&mut self, cluster: &Cluster, mine: &[&Placed], may_schedule: bool, replace_failed: bool) {
+    /// One instance per eligible node, of the revision `target` says for the node.
+    fn every_node<'w>(
+        &mut self,
+        cluster: &Cluster,
+        mine: &[&Placed],
+        may_schedule: bool,
+        replace_failed: bool,
+        target: impl Fn(&str) -> &'w Workload,
+    ) {
         let mut on_node: HashMap<&str, Vec<(&Placed, Standing)>> = HashMap::new();
         for p in mine {
-            on_node.entry(p.instance.spec.node.as_str()).or_default().push((p, self.standing(p)));
+            let node = p.instance.spec.node.as_str();
+            on_node.entry(node).or_default().push((p, self.standing(p, target(node))));
         }
         let held_back = !replace_failed && on_node.values().flatten().any(|(_, s)| *s == Standing::Failed);
         for node in cluster.nodes.values() {
@@ -356,13 +415,14 @@ impl Plan<'_, '_> {
             }
             let placement = self.placement.get();
             let load = placement.index_of(name).map(|i| &placement.nodes[i]);
-            if load.is_some_and(|l| l.fits(self.workload).is_ok()) {
+            let target = target(name);
+            if load.is_some_and(|l| l.fits(target).is_ok()) {
                 if *self.budget == 0 {
                     self.more = true;
                     continue;
                 }
                 *self.budget -= 1;
-                self.create_on(name);
+                self.create_on(name, target);
             }
         }
         // Instances on nodes that no longer exist.
@@ -371,11 +431,11 @@ impl Plan<'_, '_> {
         }
     }
 
-    /// Places one new instance on `node`.
-    fn create_on(&mut self, node: &str) {
+    /// Places one new instance of `target` on `node`.
+    fn create_on(&mut self, node: &str, target: &Workload) {
         self.metrics.scheduling_attempts.inc();
-        self.placement.get().add_to(node, self.workload);
-        self.put(node);
+        self.placement.get().add_to(node, target);
+        self.put(node, target);
     }
 
     /// Places up to `count` new instances wherever the scheduler says, one
@@ -397,15 +457,44 @@ impl Plan<'_, '_> {
             }
         }
         for target in &targets {
-            self.put(target);
+            self.put(target, self.workload);
         }
         targets.len()
     }
 
-    fn put(&mut self, target: &str) {
-        let placed = new_instance(self.placement.cluster, self.txn, self.workload, target);
-        tracing::debug!(instance = %placed.instance.metadata.name, node = %target, "placed");
+    fn put(&mut self, node: &str, workload: &Workload) {
+        let placed = new_instance(self.placement.cluster, self.txn, workload, node);
+        tracing::debug!(instance = %placed.instance.metadata.name, node = %node, "placed");
         self.txn.put_instance(placed);
+    }
+}
+
+impl<'a> Plan<'a, '_> {
+    /// A canary step: the previous revision keeps its instances and the new one
+    /// gets the step's share of them; once the final step's all run, the previous revision's go.
+    fn canary(
+        &mut self,
+        mine: &[&Placed],
+        rollout: &Rollout,
+        previous: &'a Workload,
+        spec: &RolloutSpec,
+        may_schedule: bool,
+        replace_failed: bool,
+    ) {
+        let (new, old): (Vec<&Placed>, Vec<&Placed>) = mine.iter().partition(|p| rollouts::is_new(p, self.workload));
+        let step = rollout.status.step as usize;
+        let replicas = self.workload.spec.replicas.unwrap_or(1);
+        let wanted = rollouts::canary_replicas(spec, step, replicas) as usize;
+        self.desired = Some(wanted);
+        self.replicas(&new, may_schedule, replace_failed);
+        let running = new.iter().filter(|p| p.instance.status.phase == Phase::Running && p.instance.status.reason.is_none()).count();
+        let promoted = step >= spec.step_count() && running >= wanted;
+        let workload = self.workload;
+        self.workload = previous;
+        self.desired = Some(if promoted { 0 } else { previous.spec.replicas.unwrap_or(1) as usize });
+        self.replicas(&old, may_schedule, replace_failed);
+        self.workload = workload;
+        self.desired = None;
     }
 }
 

@@ -39,6 +39,8 @@ pub enum Kind {
     Token,
     /// Registry credentials the master holds for workloads' modules.
     RegistryCredential,
+    /// A workload's revisions and the rollout under way, by workload.
+    Rollout,
 }
 
 impl Kind {
@@ -47,8 +49,8 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.table() == name)
     }
 
-    pub const ALL: [Kind; 7] =
-        [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token, Kind::RegistryCredential];
+    pub const ALL: [Kind; 8] =
+        [Kind::Node, Kind::Workload, Kind::Instance, Kind::Event, Kind::Credential, Kind::Token, Kind::RegistryCredential, Kind::Rollout];
 
     pub fn table(self) -> &'static str {
         match self {
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Credential => "credentials",
             Kind::Token => "tokens",
             Kind::RegistryCredential => "registrycredentials",
+            Kind::Rollout => "rollouts",
         }
     }
 }
