@@ -8,6 +8,17 @@
 //! upstream: 502; each with a short body saying which. A forwarded request
 //! is never forwarded again, so requests cannot loop.
 //!
+//! Gray releases. During a Canary the master's endpoints carry a
+//! [`CanarySplit`]: the new revision's instances and nodes and its weight.
+//! Each ingress sends that share of every 100 requests to the new revision
+//! (a turn per service, so the share holds on every node, evenly spread),
+//! every request with the workload's canary header too, and the rest to the
+//! previous revision: its own instances of the chosen revision first, else a
+//! node that has one, else the other revision. A forwarded request carries the
+//! chosen revision (`x-wasmlet-revision`), believed from peers only. Each
+//! instance's answers are counted (requests, 5xx, latency buckets) for the
+//! master's health gates ([`crate::supervisor::Traffic`]).
+//!
 //! Peers. Joined to a master over TLS, the ingress port also serves peers
 //! over mutual TLS (`wasmlet_security::peering`): a request is "forwarded"
 //! when it arrived over a connection authenticated with a node certificate
@@ -414,6 +425,47 @@ mod tests {
         assert_eq!(pick("x", "/").as_deref(), Some("root"));
         let none = [route("api", None, Some("/api"))];
         assert_eq!(best_route(none.iter().map(|(n, r)| (n.as_str(), r)), "x", "/other"), None);
+    }
+
+    fn split(weight: u32) -> CanarySplit {
+        let header = Some(wasmlet_api::protocol::CanaryHeader { name: "x-canary".into(), value: "always".into() });
+        CanarySplit { weight, header, endpoints: vec![], instances: vec![] }
+    }
+
+    #[test]
+    fn a_split_sends_exactly_its_weight_of_every_hundred_requests_evenly() {
+        for weight in [0, 1, 10, 33, 50, 99, 100] {
+            let turn = AtomicUsize::new(0);
+            let request = Request::new(Body::empty());
+            let picks: Vec<bool> = (0..300).map(|_| wants_new(&split(weight), &request, &turn)).collect();
+            assert_eq!(picks.iter().filter(|p| **p).count(), 3 * weight as usize, "weight {weight}");
+            // Spread out: no run of the new revision longer than its share needs.
+            if (1..=50).contains(&weight) {
+                assert!(picks.windows(2).all(|w| !(w[0] && w[1])), "weight {weight}: never twice in a row");
+            }
+        }
+    }
+
+    #[test]
+    fn the_canary_header_pins_a_request_and_only_its_value_does() {
+        let turn = AtomicUsize::new(0);
+        let with = |value: &str| Request::builder().header("x-canary", value).body(Body::empty()).unwrap();
+        assert!((0..50).all(|_| wants_new(&split(0), &with("always"), &turn)));
+        assert!((0..50).all(|_| !wants_new(&split(0), &with("never"), &turn)));
+    }
+
+    #[test]
+    fn only_a_forwarded_request_keeps_the_revision_another_ingress_chose() {
+        let pinned = |value: &str, forwarded: bool| {
+            let mut request = Request::builder().header(REVISION, value).body(Body::empty()).unwrap();
+            let revision = pinned_revision(&mut request, forwarded);
+            assert!(!request.headers().contains_key(REVISION), "the header never reaches the guest");
+            revision
+        };
+        assert_eq!(pinned("new", true), Some(true));
+        assert_eq!(pinned("previous", true), Some(false));
+        assert_eq!(pinned("new", false), None, "from the public it means nothing");
+        assert_eq!(pinned("other", true), None);
     }
 
     #[test]

@@ -784,6 +784,72 @@ mod tests {
         assert_eq!(fourth.status.previous.as_ref().map(|p| p.revision), Some(1), "still the one that served before");
     }
 
+    /// Every problem of a rollout, named with its field.
+    #[test]
+    fn a_rollout_that_cannot_work_is_refused_naming_the_field() {
+        let problems = |kind: &str, placement: &str, rollout: &str| -> String {
+            let text = format!(
+                "metadata: {{name: w}}\nspec:\n  type: {kind}\n  module: {{source: m.wasm, digest: sha256:{}}}\n{placement}  rollout:\n{rollout}",
+                "0".repeat(64)
+            );
+            match crate::from_yaml::<crate::Workload>(&text) {
+                Ok(w) => w.validate().err().map(|e| e.to_string()).unwrap_or_default(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let steps = "    strategy: Canary\n    steps: [{weight: 10, hold: 1m}]\n";
+        assert_eq!(problems("service", "", steps), "", "a valid canary");
+        let waves = "    strategy: Waves\n    waves: [{nodes: 1, hold: 1m}]\n";
+        assert_eq!(problems("daemon", "  placement: everyNode\n", waves), "", "valid waves");
+        for (kind, placement, rollout, needle) in [
+            ("daemon", "", steps, "Canary splits a service's traffic"),
+            ("service", "  placement: everyNode\n", steps, "use `Waves`, or `replicas`"),
+            ("daemon", "", waves, "it needs `placement: everyNode`"),
+            ("service", "", "    strategy: Canary\n", "spec.rollout.steps: a Canary rollout needs at least one step"),
+            (
+                "service",
+                "",
+                "    strategy: Canary\n    steps: [{weight: 50, hold: 1m}, {weight: 20, hold: 1m}]\n",
+                "spec.rollout.steps[1].weight: 20 must be more than the step before (50)",
+            ),
+            ("service", "", "    strategy: Canary\n    steps: [{weight: 100, hold: 1m}]\n", "100 is not a weight from 1 to 99"),
+            (
+                "service",
+                "",
+                "    strategy: Canary\n    steps: [{weight: 10, hold: 1m}]\n    canaryHeader: \"x-wasmlet-revision: new\"\n",
+                "spec.rollout.canaryHeader",
+            ),
+            (
+                "service",
+                "",
+                "    strategy: Canary\n    steps: [{weight: 10, hold: 1m}]\n    gates: {minRequests: 5}\n",
+                "counts only with `maxErrorRate` or `maxP99`",
+            ),
+            (
+                "daemon",
+                "  placement: everyNode\n",
+                "    strategy: Waves\n    waves: [{nodes: 1}]\n    gates: {maxErrorRate: 1%}\n",
+                "use `maxRestarts`",
+            ),
+            (
+                "daemon",
+                "  placement: everyNode\n",
+                "    strategy: Waves\n    waves: [{nodes: 1}]\n    maxUnavailable: 0\n",
+                "spec.rollout.maxUnavailable: must be at least 1",
+            ),
+            (
+                "service",
+                "",
+                "    strategy: Canary\n    steps: [{weight: 10, hold: 1m}]\n    surge: 2\n",
+                "spec.rollout: unknown field `surge`",
+            ),
+            ("service", "", "    strategy: Blue\n", "spec.rollout.strategy"),
+        ] {
+            let got = problems(kind, placement, rollout);
+            assert!(got.contains(needle), "{kind} {placement:?} {rollout:?}: wanted {needle:?} in {got:?}");
+        }
+    }
+
     #[test]
     fn the_canary_header_is_a_name_and_a_value() {
         let mut spec = RolloutSpec {

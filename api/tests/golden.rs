@@ -1,4 +1,5 @@
-//! Golden copies of every message of the master ↔ agent protocol, version 4.
+//! Golden copies of every message of the master ↔ agent protocol, version 4,
+//! and of those version 5 changed.
 //!
 //! NEVER EDIT A GOLDEN FILE OF A RELEASED VERSION: they are what peers of
 //! that version send, and every later build must still read them. A new
@@ -144,12 +145,23 @@ fn every_message_of_version_4_reads_back_the_same_with_or_without_unknown_fields
     check::<Vec<Instance>>(v, "agent-instances");
 }
 
+/// Version 5 adds gray releases: a service's canary split, an instance's request figures.
+#[test]
+fn the_messages_version_5_changed_read_back_the_same_with_or_without_unknown_fields() {
+    let v = "v5";
+    check::<List<ServiceEndpoints>>(v, "service-endpoints");
+    check::<Vec<Instance>>(v, "agent-instances");
+}
+
 #[test]
 fn every_golden_file_is_checked() {
-    let dir = format!("{}/tests/golden/v4", env!("CARGO_MANIFEST_DIR"));
     let source = include_str!("golden.rs");
-    for entry in std::fs::read_dir(&dir).expect("the golden folder") {
-        let name = entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_string();
-        assert!(source.contains(&format!("(v, \"{name}\")")), "golden/v4/{name}.json is checked by no line above");
+    for version in ["v4", "v5"] {
+        let dir = format!("{}/tests/golden/{version}", env!("CARGO_MANIFEST_DIR"));
+        let test = source.split(&format!("let v = \"{version}\";")).nth(1).and_then(|rest| rest.split("\n}\n").next()).unwrap_or_default();
+        for entry in std::fs::read_dir(&dir).expect("the golden folder") {
+            let name = entry.expect("an entry").file_name().to_string_lossy().trim_end_matches(".json").to_string();
+            assert!(test.contains(&format!("(v, \"{name}\")")), "golden/{version}/{name}.json is checked by no line of its version's test");
+        }
     }
 }

@@ -255,7 +255,7 @@ fn a_release_that_fails_half_its_requests_is_rolled_back_and_the_old_version_nev
 
 #[test]
 fn a_daemon_that_crashes_is_stopped_after_its_first_wave_and_rolled_back_there() {
-    let (master, _agents) = cluster();
+    let (master, agents) = cluster();
     master.upload_example("sensor").expect("upload");
     master.upload_example("crasher").expect("upload");
     let waves = "  placement: everyNode\n  rollout:\n    strategy: Waves\n    orderBy: ring\n    waves:\n    - {nodes: 1, hold: 3s}\n    - {nodes: 1, hold: 3s}\n    gates: {maxRestarts: 0}\n";
@@ -268,6 +268,8 @@ fn a_daemon_that_crashes_is_stopped_after_its_first_wave_and_rolled_back_there()
         (now.len() == 3).then(|| now.into_iter().map(|i| (i.spec.node, i.metadata.name)).collect())
     });
 
+    let fetched = |part: &str| agents[0].metric(&format!("wasmlet_module_cache_misses_total{{part=\"{part}\"}}")).unwrap_or(0.0);
+    let (modules_before, compiled_before) = (fetched("module"), fetched("compiled"));
     let crasher: Workload =
         wasmlet_api::from_yaml(&workload_manifest("probe", "crasher", "daemon", &format!("  args: [\"--after-ms\", \"200\"]\n{waves}")))
             .expect("manifest");
@@ -300,6 +302,8 @@ fn a_daemon_that_crashes_is_stopped_after_its_first_wave_and_rolled_back_there()
     }
     let workload: Workload = master.get_json("/workloads/probe").expect("the workload");
     assert_eq!(workload.spec.module.digest, sensor.spec.module.digest, "the workload is back on the sensor");
+    // Node a fetched and compiled the new module only: the sensor came back from its module cache.
+    assert_eq!((fetched("module"), fetched("compiled")), (modules_before + 1.0, compiled_before + 1.0), "a's module cache misses");
     let status = cli_ok(&master, &["rollout", "status", "probe"]);
     assert!(status.contains("RolledBack"), "{status}");
 }

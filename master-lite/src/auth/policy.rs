@@ -143,6 +143,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_is_read_by_viewers_and_steered_by_admins_alone() {
+        let (read, act) = ("/api/v1/workloads/{name}/rollout", "/api/v1/workloads/{name}/rollout/{action}");
+        assert_eq!(decide("viewer", Method::GET, read, Some("web")), Decision::Allow);
+        assert_eq!(decide("viewer", Method::POST, act, Some("web")), Decision::Deny);
+        assert_eq!(decide("admin", Method::POST, act, Some("web")), Decision::Allow);
+        for role in ["node:a", "join"] {
+            assert_eq!(decide(role, Method::GET, read, Some("web")), Decision::Deny, "{role}");
+            assert_eq!(decide(role, Method::POST, act, Some("web")), Decision::Deny, "{role}");
+        }
+    }
+
+    #[test]
     fn viewers_read_and_joiners_only_join() {
         assert_eq!(decide("viewer", Method::GET, "/api/v1/workloads", None), Decision::Allow);
         assert_eq!(decide("viewer", Method::GET, "/metrics", None), Decision::Allow);

@@ -330,7 +330,9 @@ pub fn roll_back(mut rollout: Rollout, workload: &Workload, previous: &Revision,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmlet_api::rollout::{CanaryStep, Gates};
+    use crate::store::{Kind, Snapshot, Stored};
+    use wasmlet_api::rollout::{CanaryStep, Gates, NodeShare, Wave};
+    use wasmlet_api::{Instance, InstanceSpec, Node};
 
     fn canary(weights: &[u32]) -> RolloutSpec {
         RolloutSpec {
@@ -345,6 +347,57 @@ mod tests {
         }
     }
 
+    fn waves(shares: &[NodeShare], max_unavailable: Option<u32>) -> RolloutSpec {
+        RolloutSpec {
+            strategy: Strategy::Waves,
+            steps: vec![],
+            waves: shares.iter().map(|n| Wave { nodes: *n, hold: wasmlet_api::Duration::from_secs(1) }).collect(),
+            canary_header: None,
+            order_by: Some("ring".into()),
+            max_unavailable,
+            progress_deadline: None,
+            gates: Gates::default(),
+        }
+    }
+
+    fn workload(version: &str, rollout: RolloutSpec) -> Workload {
+        let mut w: Workload = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "w"},
+            "spec": {"type": "service", "replicas": 2, "module": {"source": "w.wasm", "digest": format!("sha256:{}", "0".repeat(64))},
+                     "env": {"VERSION": version}}
+        }))
+        .unwrap();
+        w.spec.rollout = Some(rollout);
+        w
+    }
+
+    /// A cluster of `nodes` (name, `ring` label), the workload at `new`, its
+    /// record stepping from `old`, and instances (name, node, of `new`?, phase).
+    fn cluster(nodes: &[(&str, Option<&str>)], new: &Workload, old: &Workload, instances: &[(&str, &str, bool, Phase)]) -> Cluster {
+        let mut objects = Vec::new();
+        let mut put = |kind: Kind, name: &str, value: Vec<u8>| {
+            objects.push(Stored { kind, name: name.to_string(), revision: objects.len() as u64 + 1, value });
+        };
+        for (name, ring) in nodes {
+            let mut node = Node::new(*name);
+            if let Some(ring) = ring {
+                node.metadata.labels.insert("ring".into(), ring.to_string());
+            }
+            put(Kind::Node, name, serde_json::to_vec(&node).unwrap());
+        }
+        put(Kind::Workload, "w", serde_json::to_vec(new).unwrap());
+        let record = Rollout::first("w", &old.spec, Utc::now()).changed(&old.spec, &new.spec, Utc::now());
+        put(Kind::Rollout, "w", serde_json::to_vec(&record).unwrap());
+        for (name, node, is_new, phase) in instances {
+            let mut instance = Instance::new(*name, InstanceSpec { workload: "w".into(), node: node.to_string(), epoch: 1 });
+            instance.status.phase = *phase;
+            let placed = Placed { instance, workload: if *is_new { new.clone() } else { old.clone() } };
+            put(Kind::Instance, name, serde_json::to_vec(&placed).unwrap());
+        }
+        let revision = objects.len() as u64;
+        Cluster::new(Snapshot { revision, epoch: 1, objects })
+    }
+
     #[test]
     fn a_canary_has_its_weight_of_the_replicas_and_at_least_one() {
         let spec = canary(&[10, 50]);
@@ -353,5 +406,74 @@ mod tests {
         assert_eq!(canary_replicas(&spec, 2, 3), 3, "the final step: every replica");
         assert_eq!(canary_replicas(&spec, 0, 20), 2);
         assert_eq!(canary_replicas(&spec, 0, 1), 1);
+    }
+
+    #[test]
+    fn waves_go_in_label_order_and_change_at_most_max_unavailable_nodes_at_once() {
+        let spec = waves(&[NodeShare::Count(1), NodeShare::Percent(wasmlet_api::rollout::Percent::new(50.0).unwrap())], Some(1));
+        let (old, new) = (workload("1", spec.clone()), workload("2", spec.clone()));
+        let nodes = [("d", None), ("c", Some("1")), ("b", Some("2")), ("a", Some("2"))];
+        let c = cluster(&nodes, &new, &old, &[]);
+        assert_eq!(wave_order(&c, &new, &spec), ["c", "a", "b", "d"], "by ring, then name; unlabelled last");
+        let mine: Vec<&Placed> = Vec::new();
+        assert_eq!(wave_nodes(&c, &new, &spec, 0, &mine), BTreeSet::from(["c"]));
+        // Wave 2 adds half of four nodes, one at a time: c is done, a starts.
+        let c = cluster(&nodes, &new, &old, &[("w-1", "c", true, Phase::Running)]);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        assert_eq!(wave_nodes(&c, &new, &spec, 1, &mine), BTreeSet::from(["c", "a"]));
+        // a runs: b may start; d is in no wave yet.
+        let c = cluster(&nodes, &new, &old, &[("w-1", "c", true, Phase::Running), ("w-2", "a", true, Phase::Running)]);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        assert_eq!(wave_nodes(&c, &new, &spec, 1, &mine), BTreeSet::from(["c", "a", "b"]));
+        assert_eq!(wave_nodes(&c, &new, &spec, 2, &mine), BTreeSet::from(["c", "a", "b", "d"]), "the final wave: d joins the earlier ones");
+    }
+
+    #[test]
+    fn a_gate_reads_only_after_enough_requests_and_a_failing_one_rolls_back() {
+        let mut spec = canary(&[20]);
+        spec.gates.max_error_rate = wasmlet_api::rollout::Percent::new(5.0);
+        let (old, new) = (workload("1", spec.clone()), workload("2", spec));
+        let instances = [("w-1", "a", false, Phase::Running), ("w-2", "b", false, Phase::Running), ("w-3", "a", true, Phase::Running)];
+        let c = cluster(&[("a", None), ("b", None)], &new, &old, &instances);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        let traffic = TrafficReadings::default();
+        let figures = |requests, server_errors| RequestFigures { requests, server_errors, latency_buckets: vec![requests] };
+        traffic.set("w", TrafficReading { revision: 2, figures: figures(10, 5) });
+        let mut txn = c.txn();
+        let decision = progress(&c, &new, &mine, &traffic, Utc::now(), &mut txn).expect("the step is ready: a change");
+        assert!(decision.rolled_back.is_none(), "10 requests are fewer than the 20 the gate needs");
+        assert!(decision.rollout.status.gates.iter().any(|g| g.gate == "maxErrorRate" && g.passed && g.value == "10 of 20 requests"));
+
+        traffic.set("w", TrafficReading { revision: 2, figures: figures(40, 20) });
+        let decision = progress(&c, &new, &mine, &traffic, Utc::now(), &mut txn).expect("a failed gate");
+        let reverted = decision.rolled_back.expect("rolled back");
+        assert_eq!(reverted.spec.env.get("VERSION").map(String::as_str), Some("1"), "back to the previous revision's spec");
+        let status = &decision.rollout.status;
+        assert_eq!((status.phase, status.revision), (RolloutPhase::RolledBack, 1));
+        assert!(
+            status.message.contains("50.0% of the new revision's answers were server errors (20 of 40), more than 5%"),
+            "{}",
+            status.message
+        );
+        // Figures of another revision (read before this one began) count for nothing.
+        traffic.set("w", TrafficReading { revision: 7, figures: figures(40, 20) });
+        let decision = progress(&c, &new, &mine, &traffic, Utc::now(), &mut txn).expect("a change");
+        assert!(decision.rolled_back.is_none());
+    }
+
+    #[test]
+    fn a_crash_looping_new_instance_fails_the_step_whatever_the_gates() {
+        let spec = canary(&[50]);
+        let (old, new) = (workload("1", spec.clone()), workload("2", spec));
+        let c = cluster(&[("a", None)], &new, &old, &[("w-1", "a", false, Phase::Running), ("w-2", "a", true, Phase::Failed)]);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        let mut txn = c.txn();
+        let decision = progress(&c, &new, &mine, &TrafficReadings::default(), Utc::now(), &mut txn).expect("a failed gate");
+        assert!(decision.rolled_back.is_some());
+        assert!(
+            decision.rollout.status.message.contains("gate crashLoop failed: instance w-2 on a"),
+            "{}",
+            decision.rollout.status.message
+        );
     }
 }
