@@ -24,6 +24,7 @@ use crate::annotations::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
+use crate::usage_history::UsageHistory;
 use crate::store::{Batch, Expect, Fence, Kind, Op, Snapshot, StoreError, Write};
 
 /// An instance together with the workload as it was when the instance was
@@ -223,6 +224,8 @@ pub struct Cluster {
     by_node: HashMap<String, BTreeSet<String>>,
     /// What lease renewals and assignment watches read, without this lock.
     agents: AgentViews,
+    /// Each node's recent usage, recorded as its statuses are applied (for the dashboard's plots).
+    pub usage_history: UsageHistory,
     /// Carries the global revision to watchers and controllers.
     changes: watch::Sender<u64>,
 }
@@ -249,6 +252,7 @@ impl Cluster {
             assignment_revision: HashMap::new(),
             by_node: HashMap::new(),
             agents: AgentViews::default(),
+            usage_history: UsageHistory::default(),
             changes: watch::Sender::new(snapshot.revision),
         };
         cluster.fill(snapshot);
@@ -272,6 +276,7 @@ impl Cluster {
         self.revision = snapshot.revision;
         self.epoch = snapshot.epoch;
         self.fill(snapshot);
+        self.usage_history.retain(|n| !gone.iter().any(|g| g == n));
         self.publish(gone);
         self.changes.send_replace(self.revision);
     }
@@ -475,6 +480,9 @@ impl Cluster {
                 self.touch(Kind::Node, revision);
                 self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
                 touched.push(node.metadata.name.clone());
+                if let Some(usage) = &node.status.usage {
+                    self.usage_history.record(&node.metadata.name, usage);
+                }
                 self.nodes.insert(node.metadata.name.clone(), *node);
             }
             Change::Workload(workload) => {
@@ -528,6 +536,7 @@ impl Cluster {
                 match kind {
                     Kind::Node => {
                         self.nodes.remove(&name);
+                        self.usage_history.forget(&name);
                         self.assignment_revision.insert(name.clone(), revision);
                         touched.push(name);
                     }
