@@ -24,8 +24,8 @@ use crate::annotations::agent_protocol;
 use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
-use crate::usage_history::UsageHistory;
 use crate::store::{Batch, Expect, Fence, Kind, Op, Snapshot, StoreError, Write};
+use crate::usage_history::UsageHistory;
 
 /// An instance together with the workload as it was when the instance was
 /// created: what its node runs, even while the workload rolls to a new spec.

@@ -42,7 +42,11 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 /// The file `name` with the security headers, or 404.
 fn asset(name: &str) -> Response {
     let Some((_, media_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
-        return (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("no file `{name}` in the dashboard\n"))
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("no file `{name}` in the dashboard\n"),
+        )
             .into_response();
     };
     let mut response = (*body).into_response();

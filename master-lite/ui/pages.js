@@ -127,10 +127,11 @@ async function act(button, ctx, what, run) {
 
 // ---- overview -----------------------------------------------------------
 
-function overview(element, _name, ctx) {
+function overview(element) {
   heading(element, 'Cluster');
   const body = h('div', { class: 'grid' });
   element.append(body);
+  let marked = false;
   return follow(['nodes', 'workloads', 'events'], ({ nodes: ns, workloads: ws, events: es }) => {
     const ready = ns.filter((n) => readiness(n) === 'True');
     const notReady = ns.filter((n) => readiness(n) !== 'True');
@@ -153,6 +154,9 @@ function overview(element, _name, ctx) {
         h('ul', { class: 'plain' }, [...health].map(([state, n]) => h('li', {}, `${n} ${state}`))),
         link('/workloads', 'All workloads')),
       h('section', { class: 'card wide' }, h('h2', {}, 'Recent warnings'), eventsTable(warnings, 'No warnings.'), link('/events', 'All events')));
+    // When the cluster first showed, for anyone measuring the page (User Timing).
+    if (!marked) performance.mark('wasmlet-overview-shown');
+    marked = true;
   });
 }
 
@@ -209,19 +213,22 @@ function nodes(element, _name, ctx) {
 
 function node(element, name, ctx) {
   heading(element, 'Node ', h('span', { class: 'name' }, name));
-  const top = h('div');
+  const head = h('div');
   const plots = h('section', { class: 'card wide', id: 'plots' }, h('h2', {}, 'Last hour'), h('p', { class: 'muted' }, 'Loading…'));
+  const top = h('div');
   const rest = h('div');
-  element.append(top, plots, rest);
-  let lastSample = null;
+  element.append(head, plots, top, rest);
+  let drawn; // the sample time the plots show
   let fetching = false;
+  let wanted = null;
   const stop = new AbortController();
 
   // The history is read again when the node's status moves on (the nodes watch says so): no timer.
   async function refreshPlots(sampleTime) {
-    if (fetching || sampleTime === lastSample) return;
+    wanted = sampleTime;
+    if (fetching || wanted === drawn) return;
     fetching = true;
-    lastSample = sampleTime;
+    drawn = wanted;
     try {
       const history = await call('GET', `/nodes/${encodeURIComponent(name)}/usage-history`, { signal: stop.signal });
       const samples = history.samples;
@@ -247,12 +254,14 @@ function node(element, name, ctx) {
     } finally {
       fetching = false;
     }
+    if (wanted !== drawn && !stop.signal.aborted) refreshPlots(wanted);
   }
 
   const unfollow = follow(['nodes', 'instances', 'workloads', 'events'], ({ nodes: ns, instances: is, workloads: ws, events: es }) => {
     const n = ns.find((x) => x.metadata.name === name);
     if (!n) {
-      fill(top, h('p', { class: 'error' }, `Node ${name} does not exist (any more). `, link('/nodes', 'All nodes')));
+      fill(head, h('p', { class: 'error' }, `Node ${name} does not exist (any more). `, link('/nodes', 'All nodes')));
+      fill(top);
       fill(rest);
       return;
     }
@@ -262,8 +271,8 @@ function node(element, name, ctx) {
     const alloc = allocated(name, is, wmap);
     const cap = st.allocatable || {};
     const ready = condition(n, 'Ready');
+    fill(head, h('div', { class: 'row', 'data-node': name, 'data-ready': readiness(n) }, readyBadge(n), ' ', nodeActions(n, ctx)));
     fill(top,
-      h('div', { class: 'row', 'data-node': name, 'data-ready': readiness(n) }, readyBadge(n), ' ', nodeActions(n, ctx)),
       h('div', { class: 'grid' },
         section('Node',
           facts([
@@ -281,11 +290,11 @@ function node(element, name, ctx) {
             ['CPU Model', info.cpuModel], ['Machine ID', info.machineID || info.machineId], ['Boot ID', info.bootID || info.bootId],
             ['Agent Version', info.agentVersion], ['Runtime Version', info.runtimeVersion ? `wasmtime/${info.runtimeVersion}` : ''],
           ])),
-        section('Capacity and requests',
+        h('section', { class: 'card span2' }, h('h2', {}, 'Capacity and requests'),
           table(['Resource', 'Capacity', 'Allocatable', 'Requested'], [
             ['cpu', st.capacity?.cpu ?? '—', cap.cpu ?? '—', [meter(alloc.cpu, parseCpu(cap.cpu), 'CPU requested'), ` ${alloc.cpu}m (${percent(alloc.cpu, parseCpu(cap.cpu))})`]],
-            ['memory', st.capacity?.memory ?? '—', cap.memory ?? '—', [meter(alloc.memory, parseBytes(cap.memory), 'memory requested'), ` ${bytes(alloc.memory)} (${percent(alloc.memory, parseBytes(cap.memory))})`]],
-            ['ephemeral-storage', st.capacity?.ephemeralStorage ?? '—', cap.ephemeralStorage ?? '—', ''],
+            ['memory', bytes(parseBytes(st.capacity?.memory)), bytes(parseBytes(cap.memory)), [meter(alloc.memory, parseBytes(cap.memory), 'memory requested'), ` ${bytes(alloc.memory)} (${percent(alloc.memory, parseBytes(cap.memory))})`]],
+            ['ephemeral-storage', bytes(parseBytes(st.capacity?.ephemeralStorage)), bytes(parseBytes(cap.ephemeralStorage)), ''],
             ['instances', String(st.capacity?.instances ?? '—'), String(cap.instances ?? '—'), `${alloc.count}`],
           ])),
         section('Usage now', usageFacts(st.usage))),

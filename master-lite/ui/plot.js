@@ -4,7 +4,7 @@ import { h, svg } from './dom.js';
 
 const W = 600;
 const H = 160;
-const PAD = { left: 56, right: 10, top: 10, bottom: 22 };
+const PAD = { left: 66, right: 10, top: 10, bottom: 22 };
 
 /**
  * A figure with one line per series over time.
