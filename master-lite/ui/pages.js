@@ -277,6 +277,7 @@ function node(element, name, ctx) {
         section('Node',
           facts([
             ['Labels', Object.entries(n.metadata.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ')],
+            ['Annotations', Object.entries(n.metadata.annotations || {}).map(([k, v]) => `${k}=${v}`).join(', ')],
             ['Taints', (n.spec?.taints || []).map((t) => `${t.key}${t.value ? '=' + t.value : ''}:${t.effect}`).join(', ')],
             ['Unschedulable', String(!!n.spec?.unschedulable)],
             ['Created', clock(n.metadata.creationTimestamp)],
@@ -289,6 +290,11 @@ function node(element, name, ctx) {
             ['OS Image', info.osImage], ['Operating System', info.operatingSystem], ['Architecture', info.architecture],
             ['CPU Model', info.cpuModel], ['Machine ID', info.machineID || info.machineId], ['Boot ID', info.bootID || info.bootId],
             ['Agent Version', info.agentVersion], ['Runtime Version', info.runtimeVersion ? `wasmtime/${info.runtimeVersion}` : ''],
+            ...(st.runtime ? [
+              ['Allocator', `${st.runtime.allocator} (${st.runtime.allocatorReason})`],
+              ['Compiler', st.runtime.compiler ? `${st.runtime.compiler} (${st.runtime.compilerReason})` : ''],
+              ['Isolation', `${(st.runtime.isolation || []).join(', ')}${st.runtime.defaultIsolation ? ` (default ${st.runtime.defaultIsolation})` : ''}`],
+            ] : []),
           ])),
         h('section', { class: 'card span2' }, h('h2', {}, 'Capacity and requests'),
           table(['Resource', 'Capacity', 'Allocatable', 'Requested'], [

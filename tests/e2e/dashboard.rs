@@ -16,6 +16,9 @@ use wasmlet_api::{Phase, Workload};
 use wasmlet_tests::{Agent, Master, free_port, wait_for, workload_manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// WebDriver's codes of the Enter and Tab keys.
+const ENTER: &str = "\u{E007}";
+const TAB: &str = "\u{E004}";
 /// The page shows the sign-in form alone (visible as rendered, not only by attribute).
 const SIGNED_OUT: &str = "return document.getElementById('signin').checkVisibility() && !document.getElementById('nav').checkVisibility() \
      && document.getElementById('page').childElementCount === 0";
@@ -33,6 +36,11 @@ struct Browser {
 
 impl Browser {
     fn start() -> Browser {
+        Self::start_with(&[])
+    }
+
+    /// A browser with more command-line switches for Chromium.
+    fn start_with(switches: &[&str]) -> Browser {
         let port = free_port();
         let profile = tempfile::Builder::new().prefix("wasmlet-chromium-").tempdir().expect("a profile dir");
         let driver = Command::new("chromedriver")
@@ -49,15 +57,23 @@ impl Browser {
         wait_for(Duration::from_secs(20), "chromedriver to answer", || {
             reqwest::blocking::get(format!("{url}/status")).ok().filter(|r| r.status().is_success()).map(|_| ())
         });
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--ignore-certificate-errors",
+            "--window-size=1280,1000",
+        ]
+        .map(String::from)
+        .into();
+        args.push(format!("--user-data-dir={}", browser.profile.path().display()));
+        args.extend(switches.iter().map(|s| s.to_string()));
         let capabilities = json!({
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--ignore-certificate-errors", "--window-size=1280,1000",
-                    format!("--user-data-dir={}", browser.profile.path().display()),
-                ],
+                "args": args,
             },
         });
         let Value::Object(capabilities) = capabilities else { unreachable!() };
@@ -91,6 +107,12 @@ impl Browser {
         let Some(dir) = std::env::var_os("WASMLET_DASHBOARD_SCREENSHOTS") else { return };
         let png = self.runtime.block_on(self.client().screenshot()).expect("a screenshot");
         std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).expect("writing the screenshot");
+    }
+
+    /// Sends `keys` to the element that has the focus, as typed.
+    fn press(&self, keys: &str) {
+        let focused = self.runtime.block_on(self.client().active_element()).expect("a focused element");
+        self.runtime.block_on(focused.send_keys(keys)).unwrap_or_else(|e| panic!("pressing {keys:?}: {e}"));
     }
 
     fn click(&self, css: &str) {
@@ -232,6 +254,16 @@ fn a_signed_out_page_asks_for_a_token_and_no_url_carries_it() {
     browser.click("#signout");
     browser.wait("the sign-in form again", SIGNED_OUT);
     assert_eq!(browser.run("return sessionStorage.getItem('wasmlet.token')"), Value::Null);
+    drop(browser);
+
+    // In a dark room: the system's dark mode turns the page dark.
+    let dark = Browser::start_with(&["--force-dark-mode"]);
+    dark.goto(&format!("{}/ui/", master.url));
+    dark.wait("the sign-in form", SIGNED_OUT);
+    assert_eq!(dark.run("return matchMedia('(prefers-color-scheme: dark)').matches"), json!(true));
+    let background = dark.run("return getComputedStyle(document.body).backgroundColor");
+    assert_eq!(background, json!("rgb(18, 21, 27)"), "the dark background");
+    dark.screenshot("signin-dark");
 }
 
 #[test]
@@ -390,10 +422,15 @@ fn an_admin_drains_a_node_from_the_page_and_follows_a_log() {
     // Drain node-a from the nodes page, confirming in the dialog.
     browser.run("location.hash = '#/nodes'");
     browser.wait("admin buttons", "return document.querySelectorAll('.admin-action').length >= 4");
-    browser.click("tr[data-node='node-a'] button[data-action='drain']");
+    // With the keyboard alone: Enter on the button, Tab from Cancel to Drain in the dialog, Enter.
+    browser.run("document.querySelector('tr[data-node=\"node-a\"] button[data-action=\"drain\"]').focus()");
+    browser.press(ENTER);
     browser.wait("the confirmation", "return document.getElementById('confirm').open");
+    assert_eq!(browser.run("return document.activeElement.id"), json!("confirm-cancel"), "the safe choice has the focus");
     browser.screenshot("drain-confirmation");
-    browser.click("#confirm-ok");
+    browser.press(TAB);
+    assert_eq!(browser.run("return document.activeElement.id"), json!("confirm-ok"));
+    browser.press(ENTER);
     let moved = wait_for(WAIT, "the sensor's instances to move off node-a", || {
         let running = wait_running(&master, "sensor", 2);
         running.iter().all(|i| i.spec.node == "node-b").then_some(running)
@@ -410,6 +447,33 @@ fn an_admin_drains_a_node_from_the_page_and_follows_a_log() {
     browser.wait("the workloads page", "return document.querySelector('tr[data-workload=\"sensor\"]') !== null");
     browser.screenshot("workloads-admin");
 
+    // Scale and delete, each through its confirmation.
+    browser.click("tr[data-workload='sensor'] button[data-action='scale']");
+    browser
+        .wait("the scale dialog", "return document.getElementById('confirm').open && document.getElementById('scale-replicas') !== null");
+    browser.run("document.getElementById('scale-replicas').value = ''");
+    browser.type_into("#scale-replicas", "1");
+    browser.click("#confirm-ok");
+    wait_for(WAIT, "sensor scaled to 1", || {
+        let w: Workload = master.get_json("/workloads/sensor").ok()?;
+        (w.spec.replicas == Some(1)).then_some(())
+    });
+    wait_running(&master, "sensor", 1);
+    browser.wait(
+        "one desired replica on the page",
+        "return document.querySelector('tr[data-workload=\"sensor\"] td:nth-child(3)').textContent === '1'",
+    );
+    browser.click("tr[data-workload='sensor'] button[data-action='delete']");
+    browser.wait("the delete confirmation", "return document.getElementById('confirm').open");
+    browser.click("#confirm-cancel");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(master.get_json::<Workload>("/workloads/sensor").is_ok(), "Cancel deletes nothing");
+    browser.click("tr[data-workload='sensor'] button[data-action='delete']");
+    browser.wait("the delete confirmation", "return document.getElementById('confirm').open");
+    browser.click("#confirm-ok");
+    wait_for(WAIT, "sensor deleted", || master.get_json::<Workload>("/workloads/sensor").is_err().then_some(()));
+    browser.wait("the workload gone from the page", "return document.querySelector('tr[data-workload=\"sensor\"]') === null");
+
     // On a phone-sized screen the pages fit the width (wide tables scroll inside their card).
     browser.runtime.block_on(browser.client().set_window_size(390, 844)).expect("a phone-sized window");
     for page in ["#/", "#/nodes", "#/nodes/node-a", "#/workloads", "#/workloads/sensor", "#/instances", "#/events"] {
@@ -420,4 +484,41 @@ fn an_admin_drains_a_node_from_the_page_and_follows_a_log() {
     }
     browser.run("location.hash = '#/nodes'");
     browser.screenshot("nodes-phone");
+}
+
+/// Three masters on etcd: the agent reports to one, yet every master holds the
+/// node's usage history (each applies every Node status from the store's
+/// watch); killing the one it reported to, the others' plots go on with the
+/// samples from before.
+#[test]
+fn every_master_of_three_holds_the_usage_history_and_keeps_it_through_a_failover() {
+    let etcd = wasmlet_tests::EtcdCluster::start(3).expect("etcd starts");
+    let endpoints = etcd.endpoints();
+    let mut masters: Vec<Master> = (0..3)
+        .map(|_| {
+            Master::start(&["--store", "etcd", "--etcd-endpoints", &endpoints, "--etcd-prefix", "/usage", "--status-report-interval", "1s"])
+                .expect("a master starts")
+        })
+        .collect();
+    let urls: Vec<&str> = masters.iter().map(|m| m.url.as_str()).collect();
+    let list = urls.join(",");
+    let _agent = Agent::start(&["--master", &list, "--join-token", &masters[0].join_token, "--name", "edge", "--sample-interval", "500ms"])
+        .expect("agent starts");
+    let samples = |master: &Master| -> Vec<String> {
+        master
+            .get_json::<Value>("/nodes/edge/usage-history")
+            .ok()
+            .and_then(|h| h["samples"].as_array().map(|s| s.iter().filter_map(|s| s["time"].as_str().map(String::from)).collect()))
+            .unwrap_or_default()
+    };
+    for master in &masters {
+        wait_for(WAIT, "two samples on every master", || (samples(master).len() >= 2).then_some(()));
+    }
+    let before = samples(&masters[1]);
+    masters[0].kill();
+    wait_for(WAIT, "newer samples on the masters left, the older ones kept", || {
+        let after = samples(&masters[1]);
+        (after.len() >= before.len() + 2 && after.starts_with(&before[..1])).then_some(())
+    });
+    assert!(samples(&masters[2]).len() >= before.len() + 2);
 }
