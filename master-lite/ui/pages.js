@@ -384,8 +384,10 @@ function workloads(element, _name, ctx) {
           link(`/workloads/${w.metadata.name}`, w.metadata.name), w.spec.type,
           w.spec.placement === 'everyNode' ? `every node (${s.desired ?? 0})` : String(s.desired ?? w.spec.replicas ?? 1),
           String(s.ready ?? 0), h('span', { class: `badge ${tone}` }, state),
-          // ROLLOUT: status.rollout is added by the rollouts work; until then nothing is shown here.
-          h('span', { class: 'rollout', 'data-rollout': s.rollout ? 'present' : 'none' }, s.rollout ? 'in progress' : '—'),
+          // ROLLOUT: status.rollout comes with the rollouts work, its format defined there; until this
+          // page learns it, a workload that has one links to its page, where its fields are listed.
+          s.rollout ? h('span', { class: 'rollout', 'data-rollout': 'present' }, link(`/workloads/${w.metadata.name}`, 'see rollout'))
+            : h('span', { class: 'rollout', 'data-rollout': 'none' }, '—'),
           since(w.metadata.creationTimestamp), workloadActions(w, ctx),
         ],
       };
