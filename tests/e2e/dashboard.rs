@@ -287,7 +287,7 @@ fn a_viewer_sees_nodes_live_plots_and_hand_offs_but_cannot_act() {
          const fcp = performance.getEntriesByName('first-contentful-paint')[0]; \
          return { assetBytes: nav.transferSize + mine.reduce((s, e) => s + e.transferSize, 0), \
                   assetBodyBytes: nav.decodedBodySize + mine.reduce((s, e) => s + e.decodedBodySize, 0), \
-                  assetFiles: 1 + mine.length, apiBytes: api.reduce((s, e) => s + e.transferSize, 0), \
+                  assetFiles: 1 + mine.length, files: mine.map(e => e.name.split('/ui/')[1]), apiBytes: api.reduce((s, e) => s + e.transferSize, 0), \
                   firstContentfulPaintMs: fcp ? Math.round(fcp.startTime) : null, \
                   domContentLoadedMs: Math.round(nav.domContentLoadedEventEnd), \
                   clusterShownMs: Math.round(performance.getEntriesByName('wasmlet-overview-shown')[0].startTime) }",
