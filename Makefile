@@ -18,7 +18,8 @@ build-deps:
 ## Toolchain pieces the build and the tests need (idempotent, quick when present), the
 ## etcd servers the three-master tests start (Debian's etcd-server), the OCI registry
 ## the module-source tests push to (Debian's docker-registry; the tests start their own),
-## and `ip` and `iptables`, with which the NAT test builds a masquerading router of namespaces.
+## `ip` and `iptables`, with which the NAT test builds a masquerading router of namespaces,
+## and Debian's headless-capable Chromium with its WebDriver, in which the dashboard tests run.
 test-deps: build-deps
 	@command -v etcd >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server)
@@ -26,6 +27,8 @@ test-deps: build-deps
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry)
 	@command -v iptables >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2)
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	@rustup target list --installed | grep -qx wasm32-wasip1 && rustup target list --installed | grep -qx wasm32-wasip2 \
 		|| rustup target add wasm32-wasip1 wasm32-wasip2
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked

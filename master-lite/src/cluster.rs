@@ -25,6 +25,7 @@ use crate::auth::{TokenRecord, TokenTable};
 use crate::config::defaults;
 use crate::controller::lifecycle::is_unreachable;
 use crate::store::{Batch, Expect, Fence, Kind, Op, Snapshot, StoreError, Write};
+use crate::usage_history::UsageHistory;
 
 /// An instance together with the workload as it was when the instance was
 /// created: what its node runs, even while the workload rolls to a new spec.
@@ -232,6 +233,8 @@ pub struct Cluster {
     by_node: HashMap<String, BTreeSet<String>>,
     /// What lease renewals and assignment watches read, without this lock.
     agents: AgentViews,
+    /// Each node's recent usage, recorded as its statuses are applied (for the dashboard's plots).
+    pub usage_history: UsageHistory,
     /// Carries the global revision to watchers and controllers.
     changes: watch::Sender<u64>,
 }
@@ -259,6 +262,7 @@ impl Cluster {
             assignment_revision: HashMap::new(),
             by_node: HashMap::new(),
             agents: AgentViews::default(),
+            usage_history: UsageHistory::default(),
             changes: watch::Sender::new(snapshot.revision),
         };
         cluster.fill(snapshot);
@@ -282,6 +286,7 @@ impl Cluster {
         self.revision = snapshot.revision;
         self.epoch = snapshot.epoch;
         self.fill(snapshot);
+        self.usage_history.retain(|n| !gone.iter().any(|g| g == n));
         self.publish(gone);
         self.changes.send_replace(self.revision);
     }
@@ -489,6 +494,9 @@ impl Cluster {
                 self.touch(Kind::Node, revision);
                 self.assignment_revision.entry(node.metadata.name.clone()).or_insert(revision);
                 touched.push(node.metadata.name.clone());
+                if let Some(usage) = &node.status.usage {
+                    self.usage_history.record(&node.metadata.name, usage);
+                }
                 self.nodes.insert(node.metadata.name.clone(), *node);
             }
             Change::Workload(workload) => {
@@ -546,6 +554,7 @@ impl Cluster {
                 match kind {
                     Kind::Node => {
                         self.nodes.remove(&name);
+                        self.usage_history.forget(&name);
                         self.assignment_revision.insert(name.clone(), revision);
                         touched.push(name);
                     }

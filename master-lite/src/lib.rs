@@ -24,6 +24,10 @@
 //!   certificate, renewed while it runs.
 //! - `admin`: `wasmlet-master token …` and `client-config`, run beside a master.
 //! - `backup`: the backup archive, and `wasmlet-master backup` / `restore`.
+//! - `usage_history`: a bounded ring of each node's recent usage, in memory,
+//!   for the dashboard's plots.
+//! - `ui`: the dashboard under `/ui/`: static files embedded in the binary,
+//!   served with strict security headers; the page itself calls `/api/v1`.
 //!
 //! `main.rs` only parses settings, sets up logging and calls [`run`], so tests
 //! start the very same master in-process with their own listener and shutdown.
@@ -40,6 +44,8 @@ pub mod controller;
 pub mod metrics;
 pub mod scheduler;
 pub mod store;
+pub mod ui;
+pub mod usage_history;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};

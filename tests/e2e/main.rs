@@ -11,6 +11,7 @@ mod cluster;
 mod compile_bombs;
 mod connections;
 mod control_plane;
+mod dashboard;
 mod durations;
 mod ephemeral_storage;
 mod first_run;

@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (the store is loaded and the
-//! controllers run), `/metrics` (OpenMetrics text) and `/api/v1/version`.
+//! controllers run), `/metrics` (OpenMetrics text), `/api/v1/version`, and
+//! `/api/v1/self` (who the caller's token says it is).
 
 use std::sync::Arc;
 
@@ -25,6 +26,12 @@ pub async fn version(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json
         "tls": tls,
         "caFingerprint": shared.ca_fingerprint.map(|f| f.to_string()),
     }))
+}
+
+/// `GET /api/v1/self`: the caller's role and token id, so a client (the
+/// dashboard) offers only what the role may do. The server decides anyway.
+pub async fn caller(axum::Extension(caller): axum::Extension<crate::auth::Caller>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "role": caller.role.to_string(), "tokenId": caller.token_id }))
 }
 
 pub async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -13,7 +13,8 @@
 //! - `tokens`: join, viewer and admin tokens, for admins.
 //! - `backup`: one consistent read of the store and the modules it uses, for admins.
 //!
-//! Every route but `/healthz` and `/readyz` passes [`crate::auth::middleware::guard`] first.
+//! Every route but `/healthz`, `/readyz` and the dashboard's static files
+//! ([`crate::ui`]) passes [`crate::auth::middleware::guard`] first.
 
 mod agents;
 mod backup;
@@ -63,6 +64,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/register", post(agents::register))
         .route("/nodes/{name}", get(nodes::get).delete(nodes::delete))
+        .route("/nodes/{name}/usage-history", get(nodes::usage_history))
+        .route("/self", get(health::caller))
         .route("/nodes/{name}/cordon", post(nodes::cordon))
         .route("/nodes/{name}/uncordon", post(nodes::uncordon))
         .route("/nodes/{name}/drain", post(nodes::drain))
@@ -88,6 +91,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route_layer(axum::middleware::from_fn_with_state(shared.clone(), crate::auth::middleware::guard))
+        .merge(crate::ui::router())
         .fallback(|| async {
             Failure::new(
                 StatusCode::NOT_FOUND,

@@ -1,4 +1,5 @@
-//! Nodes for operators: list, get, delete, cordon, uncordon and drain.
+//! Nodes for operators: list, get, delete, cordon, uncordon and drain, and
+//! a node's recent usage for the dashboard's plots.
 //!
 //! Deleting a node revokes its credentials too: the name is free for a new
 //! join, and the deleted node's agent cannot bring it back on its own.
@@ -42,6 +43,16 @@ pub async fn get(State(shared): State<Arc<Shared>>, Path(name): Path<String>) ->
     let cluster = shared.cluster();
     let node = cluster.nodes.get(&name).ok_or_else(|| Failure::not_found("node", &name))?;
     Ok(Json(node).into_response())
+}
+
+/// `GET /nodes/{name}/usage-history`: the node's recent usage samples, oldest
+/// first, as this master recorded them ([`crate::usage_history`]).
+pub async fn usage_history(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {
+    let cluster = shared.cluster();
+    if !cluster.nodes.contains_key(&name) {
+        return Err(Failure::not_found("node", &name));
+    }
+    Ok(Json(cluster.usage_history.history(&name, chrono::Utc::now())).into_response())
 }
 
 pub async fn delete(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Response, Failure> {

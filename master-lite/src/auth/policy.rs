@@ -170,4 +170,29 @@ mod tests {
         assert_eq!(decide("admin", Method::DELETE, "/api/v1/tokens/{id}", None), Decision::Allow);
         assert!(is_mutation(&Method::PUT) && !is_mutation(&Method::GET));
     }
+
+    #[test]
+    fn usage_history_and_self_are_for_operators_only() {
+        let history = "/api/v1/nodes/{name}/usage-history";
+        assert_eq!(decide("viewer", Method::GET, history, Some("a")), Decision::Allow);
+        assert_eq!(decide("admin", Method::GET, history, Some("a")), Decision::Allow);
+        assert_eq!(decide("viewer", Method::DELETE, history, Some("a")), Decision::Deny);
+        // Not even a node's own history: nodes read only what they need to run.
+        assert_eq!(decide("node:a", Method::GET, history, Some("a")), Decision::Deny);
+        assert_eq!(decide("node:a", Method::GET, history, Some("b")), Decision::Deny);
+        assert_eq!(decide("join", Method::GET, history, Some("a")), Decision::Deny);
+        assert_eq!(decide("viewer", Method::GET, "/api/v1/self", None), Decision::Allow);
+        assert_eq!(decide("node:a", Method::GET, "/api/v1/self", None), Decision::Deny);
+        assert_eq!(decide("join", Method::GET, "/api/v1/self", None), Decision::Deny);
+        // What the dashboard's admin buttons call is refused to a viewer's token.
+        for (method, route) in [
+            (Method::POST, "/api/v1/nodes/{name}/drain"),
+            (Method::POST, "/api/v1/nodes/{name}/cordon"),
+            (Method::PUT, "/api/v1/workloads/{name}"),
+            (Method::DELETE, "/api/v1/workloads/{name}"),
+        ] {
+            assert_eq!(decide("viewer", method.clone(), route, Some("a")), Decision::Deny, "{method} {route}");
+            assert_eq!(decide("admin", method, route, Some("a")), Decision::Allow);
+        }
+    }
 }
