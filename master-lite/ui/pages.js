@@ -384,10 +384,7 @@ function workloads(element, _name, ctx) {
           link(`/workloads/${w.metadata.name}`, w.metadata.name), w.spec.type,
           w.spec.placement === 'everyNode' ? `every node (${s.desired ?? 0})` : String(s.desired ?? w.spec.replicas ?? 1),
           String(s.ready ?? 0), h('span', { class: `badge ${tone}` }, state),
-          // ROLLOUT: status.rollout comes with the rollouts work, its format defined there; until this
-          // page learns it, a workload that has one links to its page, where its fields are listed.
-          s.rollout ? h('span', { class: 'rollout', 'data-rollout': 'present' }, link(`/workloads/${w.metadata.name}`, 'see rollout'))
-            : h('span', { class: 'rollout', 'data-rollout': 'none' }, '—'),
+          rolloutBadge(s.rollout),
           since(w.metadata.creationTimestamp), workloadActions(w, ctx),
         ],
       };
@@ -418,15 +415,51 @@ function workload(element, name, ctx) {
           ['Restart policy', spec.restartPolicy], ['Route', spec.route ? [spec.route.host, spec.route.pathPrefix].filter(Boolean).join(' ') : ''],
         ])),
         section('Replicas', facts([['Desired', String(s.desired ?? 0)], ['Ready', String(s.ready ?? 0)], ['Running', String(s.running ?? 0)], ['Succeeded', String(s.succeeded ?? 0)], ['Failed', String(s.failed ?? 0)]])),
-        // ROLLOUT: the place for `status.rollout` (gray release). Its format is defined by that work;
-        // until then its fields are listed as they come, as text.
-        h('section', { class: 'card', id: 'rollout', 'data-rollout': s.rollout ? 'present' : 'none' }, h('h2', {}, 'Rollout'),
-          s.rollout ? facts(Object.entries(s.rollout).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)]))
-            : h('p', { class: 'muted' }, 'No rollout reported for this workload.'))),
+        rolloutSection(s.rollout)),
       section('Instances', instancesTable(mine, es)),
       section('Events', eventsTable(newestFirst(es.filter((e) => (e.involvedObject?.kind === 'Workload' && e.involvedObject?.name === name)
         || (e.involvedObject?.kind === 'Instance' && mineNames.has(e.involvedObject?.name)))).slice(0, 50))));
   });
+}
+
+// ---- rollouts -----------------------------------------------------------
+
+/** Whether a rollout takes steps now (Canary or Waves, progressing or paused). */
+function stepping(r) {
+  return r && r.strategy && (r.phase === 'Progressing' || r.phase === 'Paused');
+}
+
+/** A rollout in a few words: the step under way and its weight, a rollback, or the revision. */
+function rolloutBadge(r) {
+  if (!r) return h('span', { class: 'rollout', 'data-rollout': 'none' }, '—');
+  const step = `${r.strategy === 'Waves' ? 'wave' : 'step'} ${(r.step ?? 0) + 1}/${(r.stepCount ?? 0) + 1}`;
+  const [text, tone] = stepping(r)
+    ? [`${r.strategy} ${step}${r.strategy === 'Canary' ? `, ${r.weight}%` : ''}${r.phase === 'Paused' ? ', paused' : ''}`, 'warn']
+    : r.phase === 'RolledBack' ? [`rolled back to rev ${r.revision}`, 'bad'] : [`rev ${r.revision}`, 'good'];
+  return h('span', { class: `rollout badge ${tone}`, 'data-rollout': r.phase }, text);
+}
+
+/** The rollout: where it is, its traffic split, its gates' readings and the history of revisions. */
+function rolloutSection(r) {
+  if (!r) return h('section', { class: 'card', id: 'rollout', 'data-rollout': 'none' }, h('h2', {}, 'Rollout'),
+    h('p', { class: 'muted' }, 'No record yet: the workload gets one when its spec changes.'));
+  const pairs = [['Revision', String(r.revision)], ['Strategy', r.strategy || 'one replica at a time'], ['Phase', rolloutBadge(r)]];
+  if (stepping(r)) {
+    pairs.push(['Step', `${(r.step ?? 0) + 1} of ${(r.stepCount ?? 0) + 1}`]);
+    if (r.strategy === 'Canary') {
+      pairs.push(['Traffic', `${r.weight}% to revision ${r.revision}, ${100 - r.weight}% to revision ${r.previous?.revision ?? '?'}`]);
+    }
+  }
+  pairs.push(['Message', r.message || '']);
+  const gates = (r.gates || []).map((g) => ({
+    attrs: { 'data-gate': g.gate },
+    cells: [g.gate, g.value, g.limit, h('span', { class: `badge ${g.passed ? 'good' : 'bad'}` }, g.passed ? 'holds' : 'failed')],
+  }));
+  const history = [...(r.history || [])].reverse().map((v) => [String(v.revision), v.digest.replace(/^(sha256:.{12}).*$/, '$1…'),
+    v.module || '', v.outcome, age(v.at), v.message || '']);
+  return h('section', { class: 'card', id: 'rollout', 'data-rollout': r.phase }, h('h2', {}, 'Rollout'), facts(pairs),
+    h('h3', {}, 'Gates'), table(['Gate', 'Value', 'Limit', ''], gates, 'No gate read yet.'),
+    h('h3', {}, 'History'), table(['Revision', 'Digest', 'Module', 'Outcome', 'Age', 'Message'], history, 'No revisions.'));
 }
 
 // ---- instances ----------------------------------------------------------

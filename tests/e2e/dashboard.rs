@@ -463,6 +463,21 @@ fn an_admin_drains_a_node_from_the_page_and_follows_a_log() {
         "one desired replica on the page",
         "return document.querySelector('tr[data-workload=\"sensor\"] td:nth-child(3)').textContent === '1'",
     );
+    // Scaling made revision 2: the list and the workload's page show it, with the history of revisions.
+    browser
+        .wait("revision 2 in the list", "return document.querySelector('tr[data-workload=\"sensor\"] .rollout').textContent === 'rev 2'");
+    browser.run("location.hash = '#/workloads/sensor'");
+    browser.wait(
+        "the rollout's history on the workload's page",
+        "const r = document.getElementById('rollout'); \
+         return r && r.dataset.rollout === 'Complete' && r.textContent.includes('one replica at a time') \
+           && r.querySelectorAll('tbody tr').length === 2 && r.querySelector('tbody tr td').textContent === '2'",
+    );
+    browser.run("location.hash = '#/workloads'");
+    browser.wait(
+        "the workloads page",
+        "return document.querySelector('tr[data-workload=\"sensor\"] button[data-action=\"delete\"]') !== null",
+    );
     browser.click("tr[data-workload='sensor'] button[data-action='delete']");
     browser.wait("the delete confirmation", "return document.getElementById('confirm').open");
     browser.click("#confirm-cancel");
