@@ -499,7 +499,13 @@ pub fn followed_sensor_seqs(mut command: Command, count: usize) -> Vec<u64> {
 
 /// A free TCP port on loopback (bound and released: a tiny race, fine for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `host`. For `0.0.0.0` it must be free on every address:
+/// a port free on 127.0.0.1 may be held on 127.0.12.3 by another test's connection.
+pub fn free_port_on(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A client builder that sends `token` as the bearer token on every request.
@@ -549,7 +555,7 @@ impl Master {
                 .into();
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let scheme = if extra_args.contains(&"--insecure-http") { "http" } else { "https" };
-        let port = free_port();
+        let port = free_port_on(listen);
         let mut master = Master {
             child: None,
             url: format!("{scheme}://{host}:{port}"),
@@ -566,7 +572,7 @@ impl Master {
         for _ in 0..3 {
             match master.spawn() {
                 Err(e) if e.to_string().contains("cannot listen") => {
-                    master.port = free_port();
+                    master.port = free_port_on(listen);
                     master.url = format!("{scheme}://{host}:{}", master.port);
                     master.logs.lock().expect("log lock").clear();
                 }

@@ -70,7 +70,9 @@ pub async fn list_instances(State(shared): State<Arc<Shared>>, Query(query): Que
 }
 
 /// `GET /endpoints`: for every service, the ingresses of the nodes with a
-/// Ready instance of it. Watchable: it changes with the instances. Peer URLs
+/// Ready instance of it, and during a gray release the new revision's share
+/// ([`service_endpoints`]). Watchable: it changes with the instances, the
+/// workloads and their rollouts. Peer URLs
 /// go only to callers that know the field: agents of protocol version 1
 /// refuse fields they do not know.
 pub async fn list_endpoints(
@@ -93,57 +95,68 @@ pub async fn list_endpoints(
             let peer_url = node.metadata.annotations.get(crate::annotations::AGENT_INGRESS_PEER).filter(|_| peer_urls).cloned();
             Some(IngressEndpoint { node: node.metadata.name.clone(), url: url.clone(), peer_url })
         };
-        let sorted = |mut endpoints: Vec<IngressEndpoint>| {
-            endpoints.sort_by(|a, b| a.node.cmp(&b.node));
-            endpoints.dedup();
-            endpoints
-        };
         c.workloads
             .values()
             .filter(|w| w.spec.kind == wasmlet_api::WorkloadType::Service)
-            .map(|w| {
-                let ready: Vec<&crate::cluster::Placed> = c
-                    .instances
-                    .values()
-                    .filter(|p| p.instance.spec.workload == w.metadata.name)
-                    .filter(|p| p.instance.status.phase == wasmlet_api::Phase::Running && p.instance.status.reason.is_none())
-                    .collect();
-                // During a gray release the new revision's instances get the step's weight; after a rollback
-                // the bad revision's get nothing while they stop.
-                let record = c.rollouts.get(&w.metadata.name);
-                let split = match crate::controller::rollouts::stepping(c, w) {
-                    Some((rollout, _, spec)) if spec.strategy == wasmlet_api::Strategy::Canary => {
-                        let header = spec.canary_header().map(|(name, value)| CanaryHeader { name, value });
-                        Some((rollout.status.weight, header, true))
-                    }
-                    Some(_) => None,
-                    None if record.is_some_and(|r| r.status.phase == wasmlet_api::RolloutPhase::RolledBack) => Some((0, None, false)),
-                    None => None,
-                };
-                let split = split.filter(|_| canary_readers);
-                let Some((weight, header, new_is_current)) = split else {
-                    let endpoints = sorted(ready.iter().filter_map(|p| ingress(p)).collect());
-                    return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
-                };
-                let in_split = |p: &crate::cluster::Placed| crate::controller::rollouts::is_new(p, w) == new_is_current;
-                let (new, old): (Vec<_>, Vec<_>) = ready.into_iter().partition(|p| in_split(p));
-                let instances: Vec<String> = c
-                    .instances
-                    .values()
-                    .filter(|p| p.instance.spec.workload == w.metadata.name && in_split(p))
-                    .map(|p| p.instance.metadata.name.clone())
-                    .collect();
-                if instances.is_empty() && !new_is_current {
-                    let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
-                    return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
-                }
-                let canary = CanarySplit { weight, header, endpoints: sorted(new.iter().filter_map(|p| ingress(p)).collect()), instances };
-                let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
-                ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: Some(canary) }
-            })
+            .map(|w| service_endpoints(c, w, canary_readers, &ingress))
             .collect()
     })
     .await
+}
+
+/// Where `w`, a service, is served: the nodes with a Ready instance; during a
+/// gray release (for callers that follow one) split into the previous and the
+/// new revision's, with the new one's weight; after a rollback, the bad
+/// revision's instances set apart with no weight while they stop.
+fn service_endpoints(
+    c: &Cluster,
+    w: &Workload,
+    canary_readers: bool,
+    ingress: &impl Fn(&crate::cluster::Placed) -> Option<IngressEndpoint>,
+) -> ServiceEndpoints {
+    let sorted = |mut endpoints: Vec<IngressEndpoint>| {
+        endpoints.sort_by(|a, b| a.node.cmp(&b.node));
+        endpoints.dedup();
+        endpoints
+    };
+    let ready: Vec<&crate::cluster::Placed> = c
+        .instances
+        .values()
+        .filter(|p| p.instance.spec.workload == w.metadata.name)
+        .filter(|p| p.instance.status.phase == wasmlet_api::Phase::Running && p.instance.status.reason.is_none())
+        .collect();
+    // During a gray release the new revision's instances get the step's weight; after a rollback
+    // the bad revision's get nothing while they stop.
+    let record = c.rollouts.get(&w.metadata.name);
+    let split = match crate::controller::rollouts::stepping(c, w) {
+        Some((rollout, _, spec)) if spec.strategy == wasmlet_api::Strategy::Canary => {
+            let header = spec.canary_header().map(|(name, value)| CanaryHeader { name, value });
+            Some((rollout.status.weight, header, true))
+        }
+        Some(_) => None,
+        None if record.is_some_and(|r| r.status.phase == wasmlet_api::RolloutPhase::RolledBack) => Some((0, None, false)),
+        None => None,
+    };
+    let split = split.filter(|_| canary_readers);
+    let Some((weight, header, new_is_current)) = split else {
+        let endpoints = sorted(ready.iter().filter_map(|p| ingress(p)).collect());
+        return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
+    };
+    let in_split = |p: &crate::cluster::Placed| crate::controller::rollouts::is_new(p, w) == new_is_current;
+    let (new, old): (Vec<_>, Vec<_>) = ready.into_iter().partition(|p| in_split(p));
+    let instances: Vec<String> = c
+        .instances
+        .values()
+        .filter(|p| p.instance.spec.workload == w.metadata.name && in_split(p))
+        .map(|p| p.instance.metadata.name.clone())
+        .collect();
+    if instances.is_empty() && !new_is_current {
+        let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
+        return ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: None };
+    }
+    let canary = CanarySplit { weight, header, endpoints: sorted(new.iter().filter_map(|p| ingress(p)).collect()), instances };
+    let endpoints = sorted(old.iter().filter_map(|p| ingress(p)).collect());
+    ServiceEndpoints { workload: w.metadata.name.clone(), route: w.spec.route.clone(), endpoints, canary: Some(canary) }
 }
 
 /// The protocol version of node `node`'s agent.

@@ -8,7 +8,9 @@
 //!   that doubles per failure, so a broken module does not loop hot.
 //! - A changed spec, or an instance marked for drain, rolls over one replica
 //!   at a time: a new instance is created first and the old one removed only
-//!   once enough new ones are Running (surge 1, nothing unavailable).
+//!   once enough new ones are Running (surge 1, nothing unavailable). A spec
+//!   with `rollout` goes step by step instead ([`super::rollouts`]): each
+//!   pass first reads its gates and steps, then keeps each revision's share.
 //! - An instance whose workload is gone is removed.
 //! - A workload that cannot be placed gets one `FailedScheduling` event per
 //!   distinct answer, and is retried when nodes (or the workload) change.
