@@ -230,6 +230,29 @@ impl<'de> Deserialize<'de> for NodeShare {
 }
 
 impl RolloutSpec {
+    /// A Canary of `steps`, with no header and no gates.
+    pub fn canary(steps: Vec<CanaryStep>) -> RolloutSpec {
+        RolloutSpec::of(Strategy::Canary, steps, Vec::new())
+    }
+
+    /// Waves of `waves`, in node-name order, with no gates.
+    pub fn waves(waves: Vec<Wave>) -> RolloutSpec {
+        RolloutSpec::of(Strategy::Waves, Vec::new(), waves)
+    }
+
+    fn of(strategy: Strategy, steps: Vec<CanaryStep>, waves: Vec<Wave>) -> RolloutSpec {
+        RolloutSpec {
+            strategy,
+            steps,
+            waves,
+            canary_header: None,
+            order_by: None,
+            max_unavailable: None,
+            progress_deadline: None,
+            gates: Gates::default(),
+        }
+    }
+
     /// The header that pins requests to the new revision: its lowercased name and its value.
     pub fn canary_header(&self) -> Option<(String, String)> {
         let text = self.canary_header.as_deref()?;
@@ -753,16 +776,7 @@ mod tests {
             )
             .unwrap()
         };
-        let canary = RolloutSpec {
-            strategy: Strategy::Canary,
-            steps: vec![CanaryStep { weight: 10, hold: Duration::from_secs(5) }],
-            waves: vec![],
-            canary_header: None,
-            order_by: None,
-            max_unavailable: None,
-            progress_deadline: None,
-            gates: Gates::default(),
-        };
+        let canary = RolloutSpec::canary(vec![CanaryStep { weight: 10, hold: Duration::from_secs(5) }]);
         let now = Utc::now();
         let first = Rollout::first("web", &spec('a'), now);
         let mut b = spec('b');
@@ -852,16 +866,8 @@ mod tests {
 
     #[test]
     fn the_canary_header_is_a_name_and_a_value() {
-        let mut spec = RolloutSpec {
-            strategy: Strategy::Canary,
-            steps: vec![],
-            waves: vec![],
-            canary_header: Some("X-Canary: always".into()),
-            order_by: None,
-            max_unavailable: None,
-            progress_deadline: None,
-            gates: Gates::default(),
-        };
+        let mut spec = RolloutSpec::canary(vec![]);
+        spec.canary_header = Some("X-Canary: always".into());
         assert_eq!(spec.canary_header(), Some(("x-canary".into(), "always".into())));
         spec.canary_header = Some("x-beta".into());
         assert_eq!(spec.canary_header(), Some(("x-beta".into(), DEFAULT_CANARY_HEADER_VALUE.into())));

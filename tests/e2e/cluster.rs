@@ -32,7 +32,7 @@ fn wait_ready(master: &Master, count: usize) {
 }
 
 /// Creates a workload running the sensor example; `extra` is YAML appended to its spec.
-fn create_sensor(master: &Master, name: &str, extra: &str) {
+pub fn create_sensor(master: &Master, name: &str, extra: &str) {
     master.upload_example("sensor").expect("upload");
     let text = workload_manifest(name, "sensor", "daemon", &format!("  args: [\"--interval\", \"200\"]\n{extra}"));
     let workload: Workload = wasmlet_api::from_yaml(&text).expect("manifest");

@@ -10,10 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use reqwest::Method;
 use serde_json::{Value, json};
 use wasmlet_api::{Phase, Workload};
-use wasmlet_tests::{Agent, Master, free_port, wait_for, workload_manifest};
+use wasmlet_tests::{Agent, Master, free_port, wait_for};
+
+use crate::cluster::create_sensor;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// WebDriver's codes of the Enter and Tab keys.
@@ -168,14 +169,6 @@ fn viewer_token(master: &Master) -> String {
     let out = master.command(&["token", "create", "--role", "viewer", "--ttl", "1h"]);
     assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().next().expect("a token").trim().to_string()
-}
-
-fn create_sensor(master: &Master, name: &str, extra: &str) {
-    master.upload_example("sensor").expect("upload");
-    let text = workload_manifest(name, "sensor", "daemon", &format!("  args: [\"--interval\", \"200\"]\n{extra}"));
-    let workload: Workload = wasmlet_api::from_yaml(&text).expect("manifest");
-    let (status, body) = master.send_json(Method::POST, "/workloads", &workload).expect("POST /workloads");
-    assert!(status == 201 || status == 200, "{status}: {body}");
 }
 
 fn wait_running(master: &Master, workload: &str, count: usize) -> Vec<wasmlet_api::Instance> {

@@ -331,33 +331,18 @@ pub fn roll_back(mut rollout: Rollout, workload: &Workload, previous: &Revision,
 mod tests {
     use super::*;
     use crate::store::{Kind, Snapshot, Stored};
-    use wasmlet_api::rollout::{CanaryStep, Gates, NodeShare, Wave};
+    use wasmlet_api::rollout::{CanaryStep, NodeShare, Wave};
     use wasmlet_api::{Instance, InstanceSpec, Node};
 
     fn canary(weights: &[u32]) -> RolloutSpec {
-        RolloutSpec {
-            strategy: Strategy::Canary,
-            steps: weights.iter().map(|w| CanaryStep { weight: *w, hold: wasmlet_api::Duration::from_secs(1) }).collect(),
-            waves: vec![],
-            canary_header: None,
-            order_by: None,
-            max_unavailable: None,
-            progress_deadline: None,
-            gates: Gates::default(),
-        }
+        RolloutSpec::canary(weights.iter().map(|w| CanaryStep { weight: *w, hold: wasmlet_api::Duration::from_secs(1) }).collect())
     }
 
     fn waves(shares: &[NodeShare], max_unavailable: Option<u32>) -> RolloutSpec {
-        RolloutSpec {
-            strategy: Strategy::Waves,
-            steps: vec![],
-            waves: shares.iter().map(|n| Wave { nodes: *n, hold: wasmlet_api::Duration::from_secs(1) }).collect(),
-            canary_header: None,
-            order_by: Some("ring".into()),
-            max_unavailable,
-            progress_deadline: None,
-            gates: Gates::default(),
-        }
+        let mut spec = RolloutSpec::waves(shares.iter().map(|n| Wave { nodes: *n, hold: wasmlet_api::Duration::from_secs(1) }).collect());
+        spec.order_by = Some("ring".into());
+        spec.max_unavailable = max_unavailable;
+        spec
     }
 
     fn workload(version: &str, rollout: RolloutSpec) -> Workload {
