@@ -117,13 +117,13 @@ pub struct Endpoint {
 
 /// What the ingress counted of one instance's answers since it started on
 /// this agent: requests, server errors, latency buckets
-/// ([`wasmlet_api::rollout::LATENCY_BUCKETS_MS`]). Read by the master for
+/// ([`wasmlet_api::instance::LATENCY_BUCKETS_MS`]). Read by the master for
 /// the health gates of a gray release (`status.usage.requests`).
 #[derive(Debug, Default)]
 pub struct Traffic {
     requests: AtomicU64,
     server_errors: AtomicU64,
-    buckets: [AtomicU64; wasmlet_api::rollout::LATENCY_BUCKETS_MS.len()],
+    buckets: [AtomicU64; wasmlet_api::instance::LATENCY_BUCKETS_MS.len()],
 }
 
 impl Traffic {

@@ -107,7 +107,7 @@ pub struct InstanceUsage {
     /// A service's answers as the node's ingress counted them, since the
     /// instance started on this agent (protocol version 5; absent before its first request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<crate::rollout::RequestFigures>,
+    pub requests: Option<RequestFigures>,
 }
 
 /// Pressure stall information of one cgroup and one resource (`cpu.pressure`,
@@ -167,5 +167,76 @@ impl Phase {
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Upper bounds of the latency buckets an ingress counts answers in (the last is open-ended).
+pub const LATENCY_BUCKETS_MS: [u64; 14] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, u64::MAX];
+
+/// What an ingress counted of the answers of an instance (or of several, summed):
+/// every request it handed to the instance, those answered with a server
+/// error (5xx), and the answers by latency ([`LATENCY_BUCKETS_MS`], one count each).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestFigures {
+    pub requests: u64,
+    pub server_errors: u64,
+    #[serde(default)]
+    pub latency_buckets: Vec<u64>,
+}
+
+impl RequestFigures {
+    pub fn add(&mut self, other: &RequestFigures) {
+        self.requests += other.requests;
+        self.server_errors += other.server_errors;
+        if self.latency_buckets.len() < other.latency_buckets.len() {
+            self.latency_buckets.resize(other.latency_buckets.len(), 0);
+        }
+        for (mine, theirs) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *mine += theirs;
+        }
+    }
+
+    /// What came after `earlier` (counters that went back, an agent restarted, count from zero).
+    pub fn since(&self, earlier: &RequestFigures) -> RequestFigures {
+        if self.requests < earlier.requests || self.server_errors < earlier.server_errors {
+            return self.clone();
+        }
+        let buckets =
+            self.latency_buckets.iter().enumerate().map(|(i, n)| n.saturating_sub(earlier.latency_buckets.get(i).copied().unwrap_or(0)));
+        RequestFigures {
+            requests: self.requests - earlier.requests,
+            server_errors: self.server_errors - earlier.server_errors,
+            latency_buckets: buckets.collect(),
+        }
+    }
+
+    /// The share of server errors, in percent (None without requests).
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.server_errors as f64 * 100.0 / self.requests as f64)
+    }
+
+    /// The upper bound of the bucket holding the 99th percentile answer, in
+    /// milliseconds (`u64::MAX` when beyond the last bound), None without answers.
+    pub fn p99_ms(&self) -> Option<u64> {
+        let total: u64 = self.latency_buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (total * 99).div_ceil(100);
+        let mut seen = 0;
+        for (i, n) in self.latency_buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+
+    /// The bucket an answer after `elapsed` counts in.
+    pub fn bucket_of(elapsed: std::time::Duration) -> usize {
+        let ms = elapsed.as_millis();
+        LATENCY_BUCKETS_MS.iter().position(|bound| ms <= u128::from(*bound)).unwrap_or(LATENCY_BUCKETS_MS.len() - 1)
     }
 }

@@ -27,7 +27,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use wasmlet_api::rollout::{GateReading, RequestFigures, Revision};
+use wasmlet_api::RequestFigures;
+use wasmlet_api::rollout::{GateReading, Revision};
 use wasmlet_api::{EventType, Phase, Rollout, RolloutPhase, RolloutSpec, Strategy, Workload};
 
 use crate::cluster::{Cluster, Placed, Txn};

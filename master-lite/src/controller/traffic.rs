@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wasmlet_api::RequestFigures;
 use wasmlet_api::Strategy;
-use wasmlet_api::rollout::RequestFigures;
 
 use super::rollouts::{self, ROLLOUT_INTERVAL, TrafficReading};
 use crate::Shared;
