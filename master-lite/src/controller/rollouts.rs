@@ -108,7 +108,7 @@ pub fn wave_nodes<'a>(cluster: &'a Cluster, workload: &Workload, spec: &RolloutS
     let max_changing = spec.max_unavailable.map_or(usize::MAX, |n| n as usize);
     let mut state: HashMap<&str, bool> = HashMap::new();
     for p in mine.iter().filter(|p| is_new(p, workload)) {
-        let running = p.instance.status.phase == Phase::Running;
+        let running = done_or_running(p);
         let entry = state.entry(p.instance.spec.node.as_str()).or_insert(false);
         *entry |= running;
     }
@@ -126,6 +126,12 @@ pub fn wave_nodes<'a>(cluster: &'a Cluster, workload: &Workload, spec: &RolloutS
         chosen.insert(node);
     }
     chosen
+}
+
+/// Whether a new instance counts as up: Running and Ready, or (a job) finished.
+fn done_or_running(p: &Placed) -> bool {
+    let status = &p.instance.status;
+    (status.phase == Phase::Running && status.reason.is_none()) || status.phase == Phase::Succeeded
 }
 
 /// What one pass decides about a rollout under way.
@@ -154,7 +160,7 @@ pub fn progress(
         Strategy::Canary => canary_replicas(spec, step, workload.spec.replicas.unwrap_or(1)) as usize,
         Strategy::Waves => spec.nodes_through(step, wave_order(cluster, workload, spec).len()),
     };
-    let running = new.iter().filter(|p| p.instance.status.phase == Phase::Running && p.instance.status.reason.is_none()).count();
+    let running = new.iter().filter(|p| done_or_running(p)).count();
     let ready = running >= expected;
 
     // The gates.
@@ -411,6 +417,10 @@ mod tests {
         let c = cluster(&nodes, &new, &old, &[("w-1", "c", true, Phase::Running), ("w-2", "a", true, Phase::Running)]);
         let mine: Vec<&Placed> = c.instances.values().collect();
         assert_eq!(wave_nodes(&c, &new, &spec, 1, &mine), BTreeSet::from(["c", "a", "b"]));
+        // A job that finished on a counts as done there too.
+        let finished = cluster(&nodes, &new, &old, &[("w-1", "c", true, Phase::Running), ("w-2", "a", true, Phase::Succeeded)]);
+        let done: Vec<&Placed> = finished.instances.values().collect();
+        assert_eq!(wave_nodes(&finished, &new, &spec, 1, &done), BTreeSet::from(["c", "a", "b"]));
         assert_eq!(wave_nodes(&c, &new, &spec, 2, &mine), BTreeSet::from(["c", "a", "b", "d"]), "the final wave: d joins the earlier ones");
     }
 

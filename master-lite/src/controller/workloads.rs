@@ -391,6 +391,7 @@ impl Plan<'_, '_> {
             let selected = self.workload.spec.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v));
             let mut has_current = false;
             let mut current_running = false;
+            let revision = &target(name).spec;
             for (p, standing) in &here {
                 let draining = p.instance.metadata.annotations.contains_key(DRAINING_ANNOTATION);
                 match standing {
@@ -398,6 +399,11 @@ impl Plan<'_, '_> {
                     Standing::Current => {
                         has_current = true;
                         current_running |= p.instance.status.phase == Phase::Running;
+                    }
+                    // A job of this revision finished here: it does not run again.
+                    Standing::Done if p.workload.spec.runs_like(revision) => {
+                        has_current = true;
+                        current_running = true;
                     }
                     Standing::Old if draining || !selected => self.txn.delete(Kind::Instance, &p.instance.metadata.name),
                     Standing::Failed if replace_failed => self.txn.delete(Kind::Instance, &p.instance.metadata.name),
