@@ -354,3 +354,32 @@ fn a_canary_goes_on_from_its_step_after_the_master_is_killed_and_undo_goes_back(
     let forged = as_viewer.post(master.api("/workloads/web/rollout/undo")).send().expect("answer");
     assert_eq!(forged.status().as_u16(), 403, "a viewer cannot undo");
 }
+
+#[test]
+fn a_job_on_every_node_runs_once_per_node_and_revision_wave_by_wave() {
+    let (master, _agents) = cluster();
+    master.upload_example("exit-code").expect("upload");
+    let job = |code: &str| -> Workload {
+        let extra = format!(
+            "  args: [\"{code}\"]\n  placement: everyNode\n  rollout:\n    strategy: Waves\n    orderBy: ring\n    waves:\n    - {{nodes: 1, hold: 1s}}\n"
+        );
+        wasmlet_api::from_yaml(&workload_manifest("once", "exit-code", "job", &extra)).expect("manifest")
+    };
+    let succeeded = || master.instances().iter().filter(|i| i.spec.workload == "once" && i.status.phase == Phase::Succeeded).count();
+    apply(&master, &job("0"));
+    wait_for(WAIT, "the job done on every node", || (succeeded() == 3).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(master.instances().iter().filter(|i| i.spec.workload == "once").count(), 3, "a finished job does not run again");
+
+    // Another revision, wave by wave: once per node again, then done.
+    let first_wave = Instant::now();
+    apply(&master, &job("00"));
+    let done =
+        wait_rollout(&master, "once", "the waves to complete", |r| r.status.phase == RolloutPhase::Complete && r.status.revision == 2);
+    assert!(first_wave.elapsed() >= Duration::from_secs(1), "the first wave was held");
+    assert_eq!(done.status.history.last().map(|r| r.outcome.as_str()), Some("Complete"));
+    // Finished runs are kept, as a job's are: one per node and revision.
+    wait_for(WAIT, "one finished run per node of revision 2", || (succeeded() == 6).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(master.instances().iter().filter(|i| i.spec.workload == "once").count(), 6, "nor does the new revision's");
+}
