@@ -15,6 +15,8 @@ use wasmlet_api::{Phase, Workload};
 use wasmlet_tests::{Agent, Master, free_port, wait_for};
 
 use crate::cluster::create_sensor;
+use crate::rollouts::{apply, web};
+use reqwest::Method;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// WebDriver's codes of the Enter and Tab keys.
@@ -481,6 +483,30 @@ fn an_admin_drains_a_node_from_the_page_and_follows_a_log() {
     browser.click("#confirm-ok");
     wait_for(WAIT, "sensor deleted", || master.get_json::<Workload>("/workloads/sensor").is_err().then_some(()));
     browser.wait("the workload gone from the page", "return document.querySelector('tr[data-workload=\"sensor\"]') === null");
+
+    // A gray release: its step and weight in the list, its split and gates on the workload's page; then undone.
+    master.upload_example("http-version").expect("upload");
+    let steps = "    strategy: Canary\n    steps:\n    - {weight: 10, hold: 10m}\n";
+    apply(&master, &web(1, 0, 1, steps));
+    wait_running(&master, "web", 1);
+    apply(&master, &web(2, 0, 1, steps));
+    browser.wait(
+        "the canary in the list",
+        "return document.querySelector('tr[data-workload=\"web\"] .rollout')?.textContent === 'Canary step 1/2, 10%'",
+    );
+    browser.run("location.hash = '#/workloads/web'");
+    browser.wait(
+        "the split on the workload's page",
+        "const r = document.getElementById('rollout'); \
+         return r && r.dataset.rollout === 'Progressing' && r.textContent.includes('10% to revision 2, 90% to revision 1')",
+    );
+    let (status, body) = master.send_json(Method::POST, "/workloads/web/rollout/undo", &json!({})).expect("undo");
+    assert_eq!(status, 200, "{body}");
+    browser.wait(
+        "the rollback on the page",
+        "const r = document.getElementById('rollout'); return r && r.dataset.rollout === 'RolledBack' \
+           && r.textContent.includes('rolled back to rev 1') && r.textContent.includes('undone by an admin')",
+    );
 
     // On a phone-sized screen the pages fit the width (wide tables scroll inside their card).
     browser.runtime.block_on(browser.client().set_window_size(390, 844)).expect("a phone-sized window");

@@ -32,7 +32,7 @@ fn cluster() -> (Master, Vec<Agent>) {
 }
 
 /// The `http-version` service `web` at `version`, answering 500 to `fail_percent` of its requests.
-fn web(version: u32, fail_percent: u32, replicas: u32, rollout: &str) -> Workload {
+pub fn web(version: u32, fail_percent: u32, replicas: u32, rollout: &str) -> Workload {
     let extra = format!(
         "  replicas: {replicas}\n  route: {{pathPrefix: /v}}\n  env: {{VERSION: \"{version}\", FAIL_PERCENT: \"{fail_percent}\"}}\n  rollout:\n{rollout}"
     );
@@ -40,7 +40,7 @@ fn web(version: u32, fail_percent: u32, replicas: u32, rollout: &str) -> Workloa
 }
 
 /// Creates the workload, or replaces it (as `wasmlet apply` does).
-fn apply(master: &Master, workload: &Workload) {
+pub fn apply(master: &Master, workload: &Workload) {
     let name = &workload.metadata.name;
     let exists = master.get_json::<Workload>(&format!("/workloads/{name}")).is_ok();
     let (method, path, expected) =
