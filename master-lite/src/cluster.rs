@@ -546,7 +546,12 @@ impl Cluster {
                 self.registry_credentials.insert(credential.metadata.name.clone(), *credential);
             }
             Change::Rollout(rollout) => {
-                self.touch(Kind::Rollout, revision);
+                // Only what the ingresses follow moves the collection (and wakes every node's endpoints watch):
+                // the gates' readings change every second of a step.
+                let routed = |r: &Rollout| (r.status.revision, r.status.phase, r.status.step, r.status.weight);
+                if self.rollouts.get(&rollout.metadata.name).is_none_or(|old| routed(old) != routed(&rollout)) {
+                    self.touch(Kind::Rollout, revision);
+                }
                 self.rollouts.insert(rollout.metadata.name.clone(), *rollout);
             }
             Change::Delete(kind, name) => {
@@ -812,6 +817,33 @@ mod tests {
         let kept = build(false);
         assert_eq!(nodes_of(&kept)[..3], ["n0", "n1", "n2"]);
         assert_eq!(pieces_with(kept, "n0"), 3, "kept in order, n0 spans three pieces");
+    }
+
+    /// A rollout's record is written every second of a step (its gates'
+    /// readings); only a change the ingresses follow moves the collection that
+    /// every node's endpoints watch waits on.
+    #[test]
+    fn only_a_rollouts_routing_moves_its_collection() {
+        let mut cluster = Cluster::new(Snapshot::default());
+        let spec = workload("w").spec;
+        let mut record = wasmlet_api::Rollout::first("w", &spec, Utc::now());
+        let write = |cluster: &mut Cluster, revision: u64, record: &wasmlet_api::Rollout| {
+            let value = Some(serde_json::to_vec(record).unwrap());
+            cluster.apply(crate::store::Batch {
+                revision,
+                epoch: None,
+                changes: vec![crate::store::Change { kind: Kind::Rollout, name: "w".into(), value }],
+            });
+        };
+        write(&mut cluster, 1, &record);
+        assert_eq!(cluster.collection_revision(Kind::Rollout), 1);
+        record.status.message = "holding".into();
+        write(&mut cluster, 2, &record);
+        assert_eq!(cluster.collection_revision(Kind::Rollout), 1, "a new message moves nothing");
+        assert_eq!(cluster.rollouts["w"].status.message, "holding", "but is kept");
+        record.status.weight = 50;
+        write(&mut cluster, 3, &record);
+        assert_eq!(cluster.collection_revision(Kind::Rollout), 3, "a new weight does");
     }
 
     /// 30,000 random names of five letters out of 27 collide all but surely
