@@ -441,7 +441,12 @@ impl Cluster {
                     }
                 }
                 Change::Rollout(rollout) => {
+                    // A record this master cannot read (damaged, or a newer master's) is written over: a
+                    // workload's record must never keep the workload from changing.
+                    let unreadable =
+                        rollout.metadata.resource_version.is_none() && self.invalid(Kind::Rollout, &rollout.metadata.name).is_some();
                     let expect = stamp(&mut rollout.metadata);
+                    let expect = if unreadable { Expect::Any } else { expect };
                     Op::Put { kind: Kind::Rollout, name: rollout.metadata.name.clone(), value: encode(rollout.as_ref())?, expect }
                 }
                 Change::Delete(kind, name) => Op::Delete { kind: *kind, name: name.clone(), expect: Expect::Any },

@@ -117,7 +117,7 @@ fn an_object_asking_for_too_much_is_refused_naming_the_field_and_the_limit() {
 }
 
 /// Writes `ops` into the store of a stopped master, with the master's own store code.
-fn write_into_store(master: &Master, ops: Vec<Op>) {
+pub fn write_into_store(master: &Master, ops: Vec<Op>) {
     let store = RedbStore::open(master.data_dir.path()).expect("the store opens");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     runtime.block_on(store.commit(Write { ops, ..Default::default() })).expect("commit");

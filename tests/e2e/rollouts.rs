@@ -383,3 +383,31 @@ fn a_job_on_every_node_runs_once_per_node_and_revision_wave_by_wave() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(master.instances().iter().filter(|i| i.spec.workload == "once").count(), 6, "nor does the new revision's");
 }
+
+/// A rollout record the master cannot read (damaged, or a newer master's) never keeps its workload from changing.
+#[test]
+fn an_unreadable_rollout_record_is_written_over_and_never_blocks_its_workload() {
+    use wasmlet_master::store::{Expect, Kind, Op};
+    let mut master = Master::start(&[]).expect("master starts");
+    master.upload_example("http-version").expect("upload");
+    let canary = "    strategy: Canary\n    steps:\n    - {weight: 10, hold: 1s}\n";
+    apply(&master, &web(1, 0, 1, canary));
+    master.stop().expect("master stops");
+    let garbled = Op::Put { kind: Kind::Rollout, name: "web".into(), value: b"{\"status\": {\"revi".to_vec(), expect: Expect::Any };
+    crate::control_plane::write_into_store(&master, vec![garbled]);
+    master.restart().expect("the master starts with it");
+    let event = wait_for(WAIT, "the record named as not acted on", || {
+        master.events().into_iter().find(|e| e.reason == "InvalidStoredObject" && e.involved_object.kind == "Rollout")
+    });
+    assert_eq!(event.involved_object.name, "web");
+    assert!(master.get_json::<Workload>("/workloads/web").is_ok(), "the workload reads");
+
+    // Changed: a new, readable record; deleted: the record goes too, and the name is free again.
+    apply(&master, &web(2, 0, 1, canary));
+    let record = rollout(&master, "web");
+    assert_eq!((record.status.revision, record.status.phase), (2, RolloutPhase::Progressing));
+    let deleted = master.client().delete(master.api("/workloads/web")).send().expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 200);
+    apply(&master, &web(3, 0, 1, canary));
+    assert_eq!(rollout(&master, "web").status.revision, 1, "a new workload of that name starts at revision 1");
+}

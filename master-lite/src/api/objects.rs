@@ -420,7 +420,7 @@ pub async fn delete_workload(State(shared): State<Arc<Shared>>, Path(name): Path
             // The workload first; its instances may follow in pieces (the controller removes any left).
             txn.divisible();
             txn.delete(Kind::Workload, &name);
-            if cluster.rollouts.contains_key(&name) {
+            if cluster.rollouts.contains_key(&name) || cluster.invalid(Kind::Rollout, &name).is_some() {
                 txn.delete(Kind::Rollout, &name);
             }
             let instances: Vec<String> =
