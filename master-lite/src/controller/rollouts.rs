@@ -458,10 +458,50 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_looping_new_instance_fails_the_step_whatever_the_gates() {
+    fn a_slow_new_revision_fails_its_p99_gate_and_one_not_running_in_time_its_deadline() {
+        let mut spec = canary(&[20]);
+        spec.gates.max_p99 = Some(wasmlet_api::Duration::from_millis(200));
+        let (old, new) = (workload("1", spec.clone()), workload("2", spec));
+        let instances = [("w-1", "a", false, Phase::Running), ("w-2", "a", true, Phase::Running)];
+        let c = cluster(&[("a", None)], &new, &old, &instances);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        let traffic = TrafficReadings::default();
+        let mut buckets = vec![0; wasmlet_api::instance::LATENCY_BUCKETS_MS.len()];
+        buckets[RequestFigures::bucket_of(std::time::Duration::from_millis(5))] = 10;
+        buckets[RequestFigures::bucket_of(std::time::Duration::from_millis(400))] = 20;
+        traffic
+            .set("w", TrafficReading { revision: 2, figures: RequestFigures { requests: 30, server_errors: 0, latency_buckets: buckets } });
+        let mut txn = c.txn();
+        let decision = progress(&c, &new, &mine, &traffic, Utc::now(), &mut txn).expect("a failed gate");
+        assert!(decision.rolled_back.is_some());
+        let message = &decision.rollout.status.message;
+        assert!(
+            message.contains("gate maxP99 failed: the new revision's 99th percentile latency was <= 500ms, more than 200ms"),
+            "{message}"
+        );
+
+        // A new instance still Pending when the progress deadline (2m by default) is past.
+        let c = cluster(&[("a", None)], &new, &old, &[("w-1", "a", false, Phase::Running), ("w-2", "a", true, Phase::Pending)]);
+        let mine: Vec<&Placed> = c.instances.values().collect();
+        let quiet = TrafficReadings::default();
+        let in_time = progress(&c, &new, &mine, &quiet, Utc::now() + chrono::Duration::seconds(60), &mut txn).expect("a change");
+        assert!(in_time.rolled_back.is_none(), "a minute in, it may still come up");
+        let late = progress(&c, &new, &mine, &quiet, Utc::now() + chrono::Duration::seconds(121), &mut txn).expect("a failed gate");
+        assert!(late.rolled_back.is_some());
+        assert!(
+            late.rollout.status.message.contains("gate progressDeadline failed: 0 of 1 new instance(s) Running after 2m"),
+            "{}",
+            late.rollout.status.message
+        );
+    }
+
+    #[test]
+    fn a_crash_looping_new_instance_fails_the_step_whatever_the_gates_even_paused() {
         let spec = canary(&[50]);
         let (old, new) = (workload("1", spec.clone()), workload("2", spec));
-        let c = cluster(&[("a", None)], &new, &old, &[("w-1", "a", false, Phase::Running), ("w-2", "a", true, Phase::Failed)]);
+        let mut c = cluster(&[("a", None)], &new, &old, &[("w-1", "a", false, Phase::Running), ("w-2", "a", true, Phase::Failed)]);
+        // Paused, too: a pause holds the steps, not the gates.
+        c.rollouts.get_mut("w").expect("the record").status.phase = RolloutPhase::Paused;
         let mine: Vec<&Placed> = c.instances.values().collect();
         let mut txn = c.txn();
         let decision = progress(&c, &new, &mine, &TrafficReadings::default(), Utc::now(), &mut txn).expect("a failed gate");
