@@ -142,6 +142,9 @@ fn a_canary_gets_its_share_on_every_ingress_then_everything() {
     assert_eq!(share_of(&pinned, 2), 100.0, "the canary header pins every request to version 2");
     let other_value = spread(&ingresses, 30, Some(("x-canary", "never")));
     assert!(share_of(&other_value, 2) < 50.0, "another value of the header pins nothing");
+    // The header ingresses tell each other the chosen revision with is not the public's to set.
+    let forged = spread(&ingresses, 60, Some(("x-wasmlet-revision", "new")));
+    assert!(share_of(&forged, 2) < 50.0, "a forged revision header picks nothing: {:.0}%", share_of(&forged, 2));
     // The previous version kept all its instances; the canary has one.
     let now: Vec<String> = running(&master, "web").into_iter().map(|i| i.metadata.name).collect();
     assert_eq!(now.len(), 4, "three of version 1 and one canary: {now:?}");
